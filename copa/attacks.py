@@ -1,0 +1,220 @@
+"""The attack interface and registry.
+
+An attack is a class with a ``name``, references, source-cited hyperparameter defaults, an
+applicability check and ``reconstruct(observation, generator)``. It sees only the
+:class:`~copa.threat.Observation` — never the ground truth — and must pick any restart or iterate
+by its own loss. Register it with :func:`register_attack`; every module in the ``baselines``
+package and every module named in ``COPA_PLUGINS`` (comma-separated module names or ``.py`` paths)
+or passed to :func:`load_plugins` is imported on first use, so adding an attack is adding one file.
+
+Example::
+
+    from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
+
+    @register_attack
+    class Zeros(Attack):
+        name = "zeros"
+        paper = "-"
+        hyperparameters = {"value": Hyperparameter(0.0, "illustration")}
+
+        def reconstruct(self, observation, generator):
+            shape = (observation.batch_size, *observation.input_shape)
+            images = torch.full(shape, self.hp["value"], dtype=observation.dtype, device=observation.device)
+            return Reconstruction(images=images, labels=observation.labels)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import CopaError, InvalidSpecError, UnknownNameError
+from .registry import Registry
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A hyperparameter default with where it comes from (paper section, code file, or 'ours: why')."""
+
+    default: Any
+    source: str
+    help: str = ""
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """Convert ``value`` (possibly a ``--set`` string) to the default's type, or raise a clear error."""
+        kind = type(self.default)
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                if kind is bool:
+                    if text.lower() in ("1", "true", "yes", "on"):
+                        return True
+                    if text.lower() in ("0", "false", "no", "off"):
+                        return False
+                    raise ValueError(text)
+                if kind is int:
+                    as_float = float(text)
+                    if not as_float.is_integer():
+                        raise ValueError(text)
+                    return int(as_float)
+                if kind is float:
+                    return float(text)
+                if kind is str:
+                    return text
+            except ValueError:
+                pass
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        elif kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise InvalidSpecError(f"hyperparameter {name}={value!r} has the wrong type: expected {kind.__name__} "
+                               f"(default {self.default!r})")
+
+
+@dataclass
+class Reconstruction:
+    """An attack's output.
+
+    ``images``: B×C×H×W in the model's input (preprocessed) space; ``labels``: the labels the attack
+    used or estimated (None if it has none); ``loss``: the attack's own final objective;
+    ``forward_evals``/``gradient_evals``: model evaluations it spent (None: not counted by the attack,
+    the runner then reports the forward calls it counted itself).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    loss: float | None = None
+    forward_evals: int | None = None
+    gradient_evals: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class of attacks. Subclasses set the class attributes and implement :meth:`reconstruct`."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    code: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs_label: ClassVar[bool] = False
+    hyperparameters: ClassVar[dict[str, Hyperparameter]] = {}
+
+    def __init__(self, **overrides: Any):
+        unknown = sorted(set(overrides) - set(self.hyperparameters))
+        if unknown:
+            raise UnknownNameError(
+                f"attack {self.name!r} has no hyperparameter {unknown[0]!r}{_close_hint(unknown[0], self.hyperparameters)}; "
+                f"accepted: {', '.join(sorted(self.hyperparameters)) or '(none)'}")
+        self.hp: dict[str, Any] = {k: h.default for k, h in self.hyperparameters.items()}
+        for key, value in overrides.items():
+            self.hp[key] = self.hyperparameters[key].coerce(key, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check hyperparameter values (after type coercion); raise InvalidSpecError naming the bad one."""
+
+    def applicable(self, observation) -> str | None:
+        """Return None if the attack applies to this observation, else the reason it does not."""
+        if self.needs_label and not observation.label_known:
+            return f"attack {self.name!r} needs the label, but the scenario keeps it unknown"
+        return None
+
+    def reconstruct(self, observation, generator: torch.Generator) -> Reconstruction:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {"name": cls.name, "paper": cls.paper, "code": cls.code, "description": cls.description,
+                "needs_label": cls.needs_label,
+                "hyperparameters": {k: {"default": h.default, "source": h.source, "help": h.help}
+                                    for k, h in cls.hyperparameters.items()}}
+
+
+def _close_hint(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def register_attack(cls: type[Attack] | None = None, *, replace: bool = False):
+    """Class decorator: register an :class:`Attack` subclass under its ``name``."""
+    def decorator(c: type[Attack]) -> type[Attack]:
+        if not (isinstance(c, type) and issubclass(c, Attack)):
+            raise CopaError(f"{c!r} is not an Attack subclass")
+        if not c.name:
+            raise CopaError(f"attack class {c.__name__} has no name")
+        ATTACKS.register(c.name, c, replace=replace, paper=c.paper, description=c.description)
+        return c
+    return decorator(cls) if cls is not None else decorator
+
+
+_loaded: set[str] = set()
+
+
+def load_plugins(modules: tuple[str, ...] | list[str] = ()) -> None:
+    """Import the ``baselines`` package's modules, ``COPA_PLUGINS`` and ``modules`` (names or .py paths)."""
+    targets = []
+    if "baselines" not in _loaded:
+        import baselines
+
+        targets += [f"baselines.{m.name}" for m in pkgutil.iter_modules(baselines.__path__) if not m.name.startswith("_")]
+        _loaded.add("baselines")
+    env = [m.strip() for m in os.environ.get("COPA_PLUGINS", "").split(",") if m.strip()]
+    for target in [*targets, *env, *modules]:
+        if target in _loaded:
+            continue
+        _import_plugin(target)
+        _loaded.add(target)
+
+
+def _import_plugin(target: str) -> None:
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise CopaError(f"plugin file {target!r} does not exist")
+        module_name = f"copa_plugin_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            sys.modules.pop(module_name, None)
+            raise
+    else:
+        try:
+            importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name and target.startswith(exc.name):
+                raise CopaError(f"plugin module {target!r} cannot be imported: {exc}") from None
+            raise
+
+
+def create_attack(name: str, overrides: dict[str, Any] | None = None, plugins=()) -> Attack:
+    """Instantiate a registered attack with hyperparameter overrides (strings are coerced)."""
+    load_plugins(plugins)
+    return ATTACKS.get(name)(**(overrides or {}))
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse ``["key=value", ...]`` from ``--set``; values stay strings (the attack coerces them)."""
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidSpecError(f"--set {item!r} is malformed: expected key=value, e.g. --set iterations=24000")
+        result[key.strip()] = value
+    return result

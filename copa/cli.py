@@ -1,0 +1,134 @@
+"""The ``copa`` command line.
+
+    copa list models|attacks|datasets|metrics
+    copa attack --attack NAME --model NAME --dataset SPEC --split train|test --index I [...] --out DIR
+
+Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .errors import CopaError
+
+EXIT_BAD_INPUT = 2
+
+
+def _parse_indices(values: list[str]) -> tuple[int, ...]:
+    indices = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            try:
+                indices.append(int(part))
+            except ValueError:
+                raise CopaError(f"--index {value!r} is invalid: expected integers, e.g. --index 3 or --index 3,5") from None
+    return tuple(indices)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="copa", description="Gradient-leakage attacks benchmark (copa-bench).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="list registered models, attacks, datasets or metrics")
+    p_list.add_argument("what", choices=["models", "attacks", "datasets", "metrics"])
+    p_list.add_argument("--plugin", action="append", default=[], help="extra attack module or .py file to load")
+
+    p_attack = sub.add_parser("attack", help="run one attack on one scenario and write its record")
+    p_attack.add_argument("--attack", required=True, help="attack name (copa list attacks)")
+    p_attack.add_argument("--model", required=True, help="model name or chain:SPEC (copa list models)")
+    p_attack.add_argument("--dataset", default="sample", help="dataset spec (copa list datasets); default: sample")
+    p_attack.add_argument("--split", default="train", help="train or test (default train)")
+    p_attack.add_argument("--index", action="append", default=None,
+                          help="official image index; repeat or comma-separate for a batch (default 0)")
+    p_attack.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
+    p_attack.add_argument("--model-seed", type=int, default=0, help="model initialisation seed (default 0)")
+    p_attack.add_argument("--checkpoint", default=None, help="trained weights (state_dict, loaded weights_only)")
+    p_attack.add_argument("--label", choices=["known", "unknown"], default="known",
+                          help="whether the attacker knows the labels (default known)")
+    p_attack.add_argument("--preprocess", default="center", help="center (default), normalize or none")
+    p_attack.add_argument("--input-shape", default="3x32x32", help="model input CxHxW (default 3x32x32)")
+    p_attack.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
+    p_attack.add_argument("--dtype", default="float32", help="float32 (default) or float64")
+    p_attack.add_argument("--data-root", default=None, help="root of torchvision datasets (default $COPA_DATA_ROOT or ./data)")
+    p_attack.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
+    p_attack.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p_attack.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p_attack.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="attack hyperparameter override, e.g. --set iterations=24000")
+    p_attack.add_argument("--plugin", action="append", default=[], help="extra attack module or .py file to load")
+    p_attack.add_argument("--out", required=True, help="output directory (record.json, images.npz, reconstruction.png)")
+    return parser
+
+
+def cmd_list(args) -> int:
+    from . import data, metrics, models
+    from .attacks import ATTACKS, load_plugins
+
+    if args.what == "models":
+        for entry in models.MODELS:
+            chain = "chain" if entry.meta.get("is_chain") else "not a chain"
+            print(f"{entry.name:14s} {chain:12s} {entry.meta.get('description', '')}")
+        print(f"\nChain variants: append {', '.join(models.ACTIVATION_SUFFIXES)} to a chain's name "
+              f"(e.g. cnn2_c1-sigmoid); any chain: chain:SPEC (see copa.models).")
+    elif args.what == "attacks":
+        load_plugins(args.plugin)
+        for entry in ATTACKS:
+            label = "label needed" if entry.obj.needs_label else ""
+            print(f"{entry.name:14s} {label:13s} {entry.meta.get('paper', '')}")
+    elif args.what == "datasets":
+        for entry in data.DATASETS:
+            print(f"{entry.meta.get('form', entry.name):16s} {entry.meta.get('description', '')}")
+    else:
+        for entry in metrics.METRICS:
+            print(f"{entry.name:8s} {entry.meta.get('description', '')}")
+    return 0
+
+
+def cmd_attack(args) -> int:
+    from pathlib import Path
+
+    from .attacks import create_attack, parse_overrides
+    from .bench import run_attack, summary_line, write_outputs
+    from .threat import Scenario
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CopaError(f"--out {args.out!r} exists and is not a directory")
+    attack = create_attack(args.attack, parse_overrides(args.overrides), plugins=args.plugin)
+    scenario = Scenario(model=args.model, dataset=args.dataset, split=args.split,
+                        indices=_parse_indices(args.index or ["0"]), model_seed=args.model_seed,
+                        checkpoint=args.checkpoint, label_known=args.label == "known", preprocess=args.preprocess,
+                        input_shape=args.input_shape, num_classes=args.num_classes, data_root=args.data_root,
+                        download=args.download, dtype=args.dtype)
+    record, reconstruction, truth = run_attack(scenario, attack, seed=args.seed, device=args.device,
+                                               threads=args.threads)
+    write_outputs(out, record, reconstruction, truth)
+    print(summary_line(record))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "attack":
+            return cmd_attack(args)
+    except CopaError as exc:
+        print(f"copa: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. `copa list models | head`
+        sys.stderr.close()
+        return 0
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

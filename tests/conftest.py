@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CIFAR_NPZ = SHARED_DATA / "cifar10_subset.npz"
+MNIST_NPZ = SHARED_DATA / "mnist_subset.npz"
+
+# Tests must not depend on the developer's plugins or data root.
+os.environ.pop("COPA_PLUGINS", None)
+
+
+@pytest.fixture
+def cifar_npz() -> Path:
+    if not CIFAR_NPZ.is_file():
+        pytest.skip(f"shared data not present: {CIFAR_NPZ}")
+    return CIFAR_NPZ
+
+
+@pytest.fixture
+def mnist_npz() -> Path:
+    if not MNIST_NPZ.is_file():
+        pytest.skip(f"shared data not present: {MNIST_NPZ}")
+    return MNIST_NPZ
