@@ -162,11 +162,12 @@ def register_attack(cls: type[Attack] | None = None, *, replace: bool = False):
 
 
 _loaded: set[str] = set()
+BUILTIN_ATTACK_MODULES = ("copa.copa_attack",)  # COPA lives in the library; baselines/ holds the rest
 
 
 def load_plugins(modules: tuple[str, ...] | list[str] = ()) -> None:
     """Import the ``baselines`` package's modules, ``COPA_PLUGINS`` and ``modules`` (names or .py paths)."""
-    targets = []
+    targets = [m for m in BUILTIN_ATTACK_MODULES if m not in _loaded]
     if "baselines" not in _loaded:
         import baselines
 

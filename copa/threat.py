@@ -141,7 +141,13 @@ class Scenario:
         attacker_model = copy.deepcopy(model)  # weights as sent by the server, before the client's step
         client_model = model.train()
         inputs = preprocess.apply(images01)
-        loss = F.cross_entropy(client_model(inputs), labels)
+        try:
+            logits = client_model(inputs)
+        except ValueError as exc:  # e.g. BatchNorm in training mode with one value per channel
+            raise InvalidSpecError(f"model {self.model!r} cannot take a training step on a batch of "
+                                   f"{self.batch_size} at input shape {'x'.join(map(str, self.input_shape))}: {exc}. "
+                                   f"Use a larger batch or input") from None
+        loss = F.cross_entropy(logits, labels)
         names, params = zip(*[(n, p) for n, p in client_model.named_parameters() if p.requires_grad])
         grads = torch.autograd.grad(loss, params)
 
