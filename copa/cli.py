@@ -2,6 +2,7 @@
 
     copa list models|attacks|datasets|metrics
     copa attack --attack NAME --model NAME --dataset SPEC --split train|test --index I [...] --out DIR
+    copa security --model NAME [--json] [--out FILE]
 
 Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
 """
@@ -62,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="attack hyperparameter override, e.g. --set iterations=24000")
     p_attack.add_argument("--plugin", action="append", default=[], help="extra attack module or .py file to load")
     p_attack.add_argument("--out", required=True, help="output directory (record.json, images.npz, reconstruction.png)")
+
+    p_sec = sub.add_parser("security", help="COPA security metric of a chain model: per-layer ranks and COPA index")
+    p_sec.add_argument("--model", required=True, action="append",
+                       help="model name or chain:SPEC; repeat for several models")
+    p_sec.add_argument("--model-seed", type=int, default=0, help="model initialisation seed (default 0)")
+    p_sec.add_argument("--dataset", default="sample",
+                       help="dataset whose train image gives δ (default sample; the index does not depend on it)")
+    p_sec.add_argument("--index", type=int, default=0, help="image index that gives δ (default 0)")
+    p_sec.add_argument("--delta-source", default="image", help="image (default) or random")
+    p_sec.add_argument("--input-shape", default="3x32x32", help="model input CxHxW (default 3x32x32)")
+    p_sec.add_argument("--no-condition", action="store_true", help="skip condition numbers (faster)")
+    p_sec.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p_sec.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p_sec.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p_sec.add_argument("--out", default=None, help="also write the JSON report to this file (atomically)")
     return parser
 
 
@@ -112,6 +128,32 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def cmd_security(args) -> int:
+    import torch
+
+    from .io import atomic_write_json
+    from .security import security_report
+    from .threat import parse_input_shape
+
+    shape = parse_input_shape(args.input_shape)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
+        torch.set_num_threads(args.threads)
+    reports = [security_report(name, seed=args.model_seed, dataset=args.dataset, index=args.index,
+                               delta_source=args.delta_source, input_shape=shape,
+                               condition=not args.no_condition, device=args.device)
+               for name in args.model]
+    payload = [r.to_dict() for r in reports]
+    if args.out:
+        atomic_write_json(args.out, payload if len(payload) > 1 else payload[0])
+    if args.json:
+        print(json.dumps(payload if len(payload) > 1 else payload[0], indent=2))
+    else:
+        print("\n\n".join(r.to_table() for r in reports))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -120,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "attack":
             return cmd_attack(args)
+        if args.command == "security":
+            return cmd_security(args)
     except CopaError as exc:
         print(f"copa: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -32,9 +32,11 @@ security metric (:mod:`copa.security`) cheap; :func:`analyse_chain` gives, for a
 input, every layer's ``x``, ``z``, ``δ``, ``W`` and ``∂ℓ/∂W``; :func:`fc_input_from_gradients` is the
 closed form for the last Linear layer's input and :func:`propagate_delta` passes ``δ`` one layer down.
 
-Numerical rank convention (used everywhere here): singular values ``σ > σ_max · max(m, n) · ε``
+Numerical rank convention (for every SVD here): singular values ``σ > σ_max · max(m, n) · ε``
 with ``ε`` the machine epsilon of float64 (2.2e-16) count — NumPy's ``matrix_rank`` default and
-LAPACK ``gelsd``'s ``rcond`` default in ``torch.linalg.lstsq``. COPA's released code uses an
+LAPACK ``gelsd``'s ``rcond`` default in ``torch.linalg.lstsq``. Ranks taken from a Gram matrix
+(``solve_dense(method="normal")``, large blocks in :func:`layer_rank`) can only resolve
+``σ > √(N·ε)·σ_max`` and use that threshold. COPA's released code uses an
 absolute tolerance ``1e-10`` instead (``np.linalg.matrix_rank(U, tol=1e-10)`` in ``hybrid.py``);
 both give the same ranks on the paper's models because the rank drops are exact identities (see
 :mod:`copa.security`).
@@ -81,6 +83,9 @@ __all__ = [
     "gram_singular_values",
     "solve_matrix_free",
     "svdvals",
+    "DENSE_DTYPE",
+    "EPS64",
+    "GRAM_THRESHOLD",
 ]
 
 DENSE_DTYPE = torch.float64
@@ -120,7 +125,8 @@ class ConvGeometry:
     def __post_init__(self):
         for name in ("kernel", "stride", "padding", "input"):
             object.__setattr__(self, name, _pair(getattr(self, name), name))
-        if min(self.in_channels, self.out_channels, *self.kernel, *self.stride, *self.input) < 1 or min(self.padding) < 0:
+        sizes = (self.in_channels, self.out_channels, *self.kernel, *self.stride, *self.input)
+        if min(sizes) < 1 or min(self.padding) < 0:
             raise InvalidSpecError(f"convolution geometry {self} has a non-positive size")
         if min(self.output) < 1:
             raise InvalidSpecError(f"kernel {self.kernel} does not fit the padded input {self.padded}")
@@ -603,7 +609,7 @@ def _solve_normal(a: Tensor, b: Tensor) -> tuple[Tensor, SolveInfo]:
         factor, piv, rank, _ = lapack.dpstrf(gram.numpy(), lower=1, tol=-1.0)
         piv = piv - 1
         tol = k * EPS64 * float(gram.diagonal().max())
-        l11 = np.tril(factor[:rank, :rank])
+        l11 = factor[:rank, :rank]  # solve_triangular reads only the lower triangle (dpstrf leaves junk above)
         r = rhs.numpy()[piv[:rank]]
         w = solve_triangular(l11, solve_triangular(l11, r, lower=True), lower=True, trans="T")
         yp = np.zeros((k, rhs.shape[1]))
@@ -1042,7 +1048,8 @@ def _check_chain(model: nn.Module) -> None:
         raise NotApplicableError(f"model {model.spec!r} is not a COPA/R-GAP chain: {model.not_chain_reason}")
 
 
-def analyse_chain(model: nn.Module, inputs: Tensor, labels: Tensor, *, dtype: torch.dtype = DENSE_DTYPE) -> ChainAnalysis:
+def analyse_chain(model: nn.Module, inputs: Tensor, labels: Tensor, *,
+                  dtype: torch.dtype = DENSE_DTYPE) -> ChainAnalysis:
     """Forward and backward pass of a chain on one example, keeping what the layer systems need.
 
     ``inputs`` ``1×C×H×W`` in model space (already preprocessed), ``labels`` ``(1,)``. The loss is the

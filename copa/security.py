@@ -1,0 +1,310 @@
+"""The COPA security metric: how much of each layer's input the gradients determine.
+
+For every convolution ``i`` of a chain (Chen & Campbell, arXiv 2111.10178), the layer's input
+``x̃_i`` (padded entries included) satisfies the linear system ``U_i x̃_i = [z_i; g_i; 0]`` with
+``U_i = [A_i; K_i(δ_i); P_i]`` (forward, gradient and padding rows; see :mod:`copa.linalg`). Its
+rank deficiency ``def_i = rank(U_i) − unknowns_i ≤ 0`` is the dimension of the inputs the layer's
+equations cannot tell apart.
+
+COPA index (the authors' released definition, ``rgap()`` in ``hybrid.py`` of
+github.com/CangxiongChen/training-data-leakage)::
+
+    index = Σ_{conv layers i} round(def_i · (L − 1 − i) / (L − 1))
+
+with ``L`` the number of weight layers including the final Linear (which is not in the sum) and
+``i = 0`` the input layer, so deficits near the input weigh most. ``round`` is Python's (halves to
+even: ``round(-2266.5) = -2266``), as in their code. ``0`` means every layer is uniquely solvable
+(the most leaky model); the more negative, the more secure. Their code counts the unknowns as
+``C·(H+2p)·(W+2p)`` and adds one identity row per padded entry (R-GAP's ``padding_constraints``);
+``δ_i`` comes from the attacked image and its true label, propagated down from the last layer.
+
+Normalised score (ours, documented here): the weighted fraction of unknowns left undetermined,
+
+    score = Σ_i w_i · (−def_i) / Σ_i w_i · unknowns_i,   w_i = (L − 1 − i) / (L − 1),
+
+over the same conv layers and weights as the index, without rounding. It lies in ``[0, 1]``:
+``0`` = every layer's input is determined (as leaky as the index 0), ``1`` = no equation
+constrains anything; ``0.4`` reads "40 % of the (weighted) input dimensions are free", whatever
+the input size. Padded entries count as unknowns (as in the index), but they are always pinned
+by the padding rows, so they only ever lower the score.
+
+Ranks: :func:`copa.linalg.layer_rank` (exact block elimination; SVD blocks count singular values
+``σ > σ_max · max(m, n) · ε₆₄``, NumPy's ``matrix_rank`` default, blocks with both sides above
+:data:`copa.linalg.GRAM_THRESHOLD` use a pivoted Cholesky of their Gram matrix, which resolves
+``σ > √(N·ε₆₄)·σ_max``; the authors use an absolute ``1e-10`` on an SVD of the whole ``U``).
+On the paper's models the rank drops are exact identities — e.g.
+``Σ_{c,u,v} W[f',c,u,v]·g[f,c,u,v] = Σ_{p,q} δ[f,p,q]·z[f',p,q]`` gives ``F²`` dependent rows,
+and input rows/columns that no kernel window reaches (``(H + 2p − k) mod s ≠ 0``, e.g. cnn2_c6,
+cnn4_c3) are zero columns — so kept and dropped singular values are far apart (``rank_gap`` in the
+report: ≥ 1e11 on every chain of the zoo where the rank comes from an SVD, 5e5 for cnn4_c3's
+second layer, whose rank comes from a pivoted Cholesky) and the tolerance does not matter. Condition number: ``σ_max(U)/σ_rank(U)`` (the 2-norm condition of
+the least-squares problem on the row space), from the eigenvalues of the smaller Gram matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InvalidSpecError, NotApplicableError
+from .linalg import (
+    EPS64,
+    GRAM_THRESHOLD,
+    ChainAnalysis,
+    analyse_chain,
+    gram_singular_values,
+    layer_rank,
+    layer_system,
+)
+
+__all__ = ["DELTA_SOURCES", "LayerSecurity", "SecurityReport", "copa_index", "security_report"]
+
+DELTA_SOURCES = {
+    "image": "δ from the dataset image and its true label (the authors' setting)",
+    "random": "δ from a uniform random image in [0, 1] (seeded), with the dataset image's label",
+}
+
+
+@dataclass
+class LayerSecurity:
+    """One weight layer of the security report.
+
+    ``rank``/``deficiency`` are of ``U = [A; K; P]``; ``weight`` is ``(L−1−i)/(L−1)`` and
+    ``contribution`` ``round(deficiency · weight)`` (0 for Linear layers, which are not in the
+    index). ``tolerance`` holds the absolute singular-value thresholds of the two blocks the rank
+    is computed from (see :func:`copa.linalg.layer_rank`), ``rank_gap`` how far the kept and dropped
+    singular values are apart, ``rank_method`` how each block's rank was obtained.
+    ``condition_number`` is ``σ_max(U)/σ_rank(U)`` (``None`` if not
+    computed, ``inf`` if ``σ_rank`` is below what the Gram eigenvalues resolve).
+    """
+
+    index: int
+    kind: str
+    description: str
+    unknowns: int
+    forward_rows: int
+    gradient_rows: int
+    padding_rows: int
+    rank: int
+    deficiency: int
+    weight: float
+    contribution: int
+    condition_number: float | None
+    tolerance: dict[str, float]
+    rank_gap: float
+    rank_method: str = ""
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.forward_rows + self.gradient_rows + self.padding_rows
+
+
+@dataclass
+class SecurityReport:
+    """Per-layer ranks, the COPA index and the normalised score of one model (see module docstring)."""
+
+    model: str
+    layers: list[LayerSecurity]
+    copa_index: int
+    normalised_score: float
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(value):
+            if isinstance(value, float) and not math.isfinite(value):
+                return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        return clean({
+            "model": self.model,
+            "copa_index": self.copa_index,
+            "normalised_score": self.normalised_score,
+            "layers": [asdict(layer) for layer in self.layers],
+            "notes": list(self.notes),
+            "settings": dict(self.settings),
+        })
+
+    def to_table(self) -> str:
+        from tabulate import tabulate
+
+        def fmt(value: float | None) -> str:
+            if value is None:
+                return "–"
+            return "inf" if math.isinf(value) else f"{value:.3g}"
+
+        headers = ["layer", "kind", "unknowns (incl. padded)", "forward rows", "gradient rows", "padding rows",
+                   "rank", "deficiency", "weight", "contribution", "condition number", "tolerance (K₁ / forward)",
+                   "rank gap"]
+        rows = [[layer.index, layer.description, layer.unknowns, layer.forward_rows, layer.gradient_rows,
+                 layer.padding_rows, layer.rank, layer.deficiency, f"{layer.weight:.3g}", layer.contribution,
+                 fmt(layer.condition_number),
+                 " / ".join(f"{v:.1e}" for v in layer.tolerance.values()) or "–", fmt(layer.rank_gap)]
+                for layer in self.layers]
+        table = tabulate(rows, headers=headers, tablefmt="github")
+        lines = [f"COPA security of {self.model}", "", table, "",
+                 f"COPA index: {self.copa_index}  (0 = every layer uniquely solvable, i.e. most leaky; "
+                 "more negative = more secure)",
+                 f"normalised score: {self.normalised_score:.4f}  (weighted fraction of undetermined unknowns; "
+                 "0 = fully determined, 1 = nothing determined)"]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def copa_index(deficits: list[int], num_weight_layers: int) -> int:
+    """``Σ_i round(def_i · (L−1−i)/(L−1))`` for the conv-layer deficits ``def_0, def_1, ...``."""
+    L = num_weight_layers
+    if L < 2 or len(deficits) > L - 1:
+        raise InvalidSpecError(f"{len(deficits)} conv deficits do not fit a chain of {L} weight layers")
+    return int(sum(round(d * 1.0 * (L - 1 - i) / (L - 1)) for i, d in enumerate(deficits)))
+
+
+def _resolve_model(model: str | nn.Module, seed: int, input_shape, num_classes: int) -> tuple[nn.Module, str]:
+    from .models import ChainNet, create_model, model_info
+
+    if isinstance(model, str):
+        module = create_model(model, num_classes=num_classes, in_shape=tuple(input_shape), seed=seed)
+        name = model
+    elif isinstance(model, nn.Module):
+        module = model
+        info = getattr(model, "copa_info", None)
+        name = info.name if info is not None else (f"chain:{model.spec}" if isinstance(model, ChainNet)
+                                                   else type(model).__name__)
+    else:
+        raise InvalidSpecError(f"model {model!r} is invalid: give a model name or an nn.Module")
+    if not isinstance(module, ChainNet) or not module.is_chain:
+        reason = None
+        try:
+            reason = model_info(module).not_chain_reason
+        except NotApplicableError:
+            pass
+        raise NotApplicableError(
+            f"the COPA security metric needs a chain (bias-free convolutions, invertible activations, final "
+            f"Linear with bias); {name!r} is not one: {reason or 'not a ChainNet'}")
+    return module, name
+
+
+def _reference_input(module: nn.Module, dataset: str, index: int, delta_source: str, seed: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    from . import data as data_mod
+
+    images = data_mod.load_images(dataset, "train", [index])
+    labels = images.labels
+    if int(labels.max()) >= module.num_classes:
+        raise InvalidSpecError(f"label {int(labels.max())} of {dataset} image {index} does not fit a model with "
+                               f"{module.num_classes} classes")
+    if delta_source == "image":
+        x01 = data_mod.fit_to_input(images.images, module.in_shape).to(torch.float64)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        x01 = torch.rand((1, *module.in_shape), generator=generator, dtype=torch.float64)
+    # the COPA authors' preprocessing (hybrid.py, MyTransform): x - 0.5
+    inputs = data_mod.Preprocess("center").apply(x01)
+    return inputs.to(device), labels.to(device)
+
+
+def security_report(
+    model: str | nn.Module,
+    *,
+    seed: int = 0,
+    dataset: str = "sample",
+    index: int = 0,
+    delta_source: str = "image",
+    input_shape: tuple[int, int, int] | None = None,
+    condition: bool = True,
+    device: str | torch.device = "cpu",
+) -> SecurityReport:
+    """The COPA security report of a chain model at its (seeded, untrained) weights.
+
+    ``model``: a registered name (built with ``create_model(name, seed=seed)``, input shape
+    ``input_shape`` or 3×32×32, as many classes as ``dataset``) or a chain module. ``δ`` of every
+    layer comes from one example: ``dataset`` image ``index`` of the train split with its label,
+    centred (``x − 0.5``) as in the authors' code, or a random image (``delta_source="random"``).
+    ``condition=False`` skips the condition numbers (the Gram eigenvalues are most of the cost).
+    Raises :class:`NotApplicableError` for models that are not chains.
+    """
+    from . import data as data_mod
+    from .threat import resolve_device
+
+    if delta_source not in DELTA_SOURCES:
+        raise InvalidSpecError(f"delta_source {delta_source!r} is invalid: accepted are {', '.join(DELTA_SOURCES)}")
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    classes = data_mod.num_classes(dataset) if isinstance(model, str) else None
+    shape = tuple(input_shape) if input_shape is not None else (3, 32, 32)
+    module, name = _resolve_model(model, seed, shape, classes or 10)
+    inputs, labels = _reference_input(module, dataset, index, delta_source, seed, dev)
+    analysis: ChainAnalysis = analyse_chain(module, inputs, labels)
+    L = len(analysis.layers)
+    notes: list[str] = []
+    layers: list[LayerSecurity] = []
+    deficits: list[int] = []
+    for la in analysis.layers:
+        t0 = time.perf_counter()
+        weight_i = (L - 1 - la.index) / (L - 1)
+        if la.kind == "conv":
+            g = la.geometry
+            lr = layer_rank(la.weight, la.delta, g)
+            cond = None
+            if condition:
+                cond = _condition_number(la, lr.rank)
+                if cond is not None and math.isinf(cond):
+                    notes.append(f"layer {la.index}: σ_rank is below the Gram eigenvalues' resolution "
+                                 "(√(N·ε)·σ_max); condition number reported as inf")
+            deficits.append(lr.deficiency)
+            layers.append(LayerSecurity(
+                la.index, "conv", g.describe(), g.unknowns, g.forward_rows, g.gradient_rows, g.padding_rows,
+                lr.rank, lr.deficiency, weight_i, round(lr.deficiency * weight_i), cond,
+                {"gradient": lr.gradient_tolerance, "forward": lr.forward_tolerance}, lr.rank_gap,
+                f"padding rows: {lr.padding_rank}; gradient rows: {g.in_channels}×rank K₁ (SVD) = {lr.gradient_rank}; "
+                f"projected forward rows: {lr.forward_rank} ({lr.forward_method})", time.perf_counter() - t0))
+        else:
+            final = la.index == L - 1
+            d_in, d_out = la.module.in_features, la.module.out_features
+            usable = la.grad_bias is not None and bool((la.grad_bias.abs() > 0).any())
+            rank = d_in if usable else 0
+            layers.append(LayerSecurity(
+                la.index, "fc", f"linear {d_in}→{d_out} ({'final, ' if final else ''}closed form x = g_W[r]/g_b[r])",
+                d_in, d_out, d_out * d_in, 0, rank, rank - d_in, 0.0 if final else weight_i, 0, None, {},
+                math.inf, "closed form (any non-zero bias gradient determines the input)", time.perf_counter() - t0))
+            if not final:
+                notes.append(f"layer {la.index} is a hidden Linear layer: its input follows in closed form from "
+                             "its weight and bias gradients; it is listed but not part of the index (conv layers only)")
+    total = copa_index(deficits, L)
+    conv = [layer for layer in layers if layer.kind == "conv"]
+    denominator = sum(layer.weight * layer.unknowns for layer in conv)
+    score = sum(layer.weight * -layer.deficiency for layer in conv) / denominator if denominator else 0.0
+    notes.insert(0, "ranks by exact block elimination (padding rows, then the gradient rows per input channel, "
+                    "then the forward rows projected off their span); SVD blocks count σ > σ_max·max(m,n)·ε₆₄ "
+                    f"(ε₆₄ = {EPS64:.2e}), blocks larger than {GRAM_THRESHOLD} use a pivoted Cholesky of their Gram "
+                    "matrix (σ > √(N·ε₆₄)·σ_max); the authors' code uses an absolute 1e-10 on the whole U. "
+                    "'rank gap' = last kept / first dropped singular value (≫1: the tolerance does not matter)")
+    settings = {"seed": seed, "dataset": dataset, "index": index, "delta_source": delta_source,
+                "delta_source_meaning": DELTA_SOURCES[delta_source], "input_shape": list(module.in_shape),
+                "num_classes": module.num_classes, "loss": "cross-entropy (mean)", "preprocess": "center (x - 0.5)",
+                "device": str(dev), "seconds": round(time.perf_counter() - start, 3)}
+    return SecurityReport(name, layers, total, score, notes, settings)
+
+
+def _condition_number(la, rank: int) -> float | None:
+    """``σ_max/σ_rank`` of the layer's ``U`` from the eigenvalues of its smaller Gram matrix."""
+    if rank == 0:
+        return None
+    system = layer_system(la.weight, la.delta, la.pre_activation, la.grad_weight, la.geometry, layout="sparse")
+    sv = gram_singular_values(system.matrix)
+    if rank > sv.numel():
+        return math.inf
+    m, n = system.matrix.shape
+    resolution = float(sv[0]) * math.sqrt(max(m, n) * EPS64)
+    smallest = float(sv[rank - 1])
+    return math.inf if smallest <= resolution else float(sv[0]) / smallest

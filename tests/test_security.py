@@ -1,0 +1,155 @@
+"""Tests of copa.security: the COPA index (authors' definition) and the per-layer security report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from copa.errors import InvalidSpecError, NotApplicableError
+from copa.linalg import analyse_chain, layer_system, numerical_rank
+from copa.models import MODELS, create_model
+from copa.security import copa_index, security_report
+
+# Chen & Campbell's released code (hybrid.py, rgap()) on their targets.py models.
+PAPER_VALUES = {"cnn2_c1": (0, [0]), "cnn2_c2": (-1470, [-1470]), "cnn3_c1": (-2266, [0, -4533])}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One thread for these float64 factorizations: on a 2-core machine shared with other jobs, two
+    OpenMP threads waiting for each other at barriers made them up to 10× slower (same results)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_VALUES))
+def test_copa_index_reproduces_the_authors_values(name):
+    index, deficits = PAPER_VALUES[name]
+    report = security_report(name, condition=False)
+    assert report.copa_index == index
+    conv = [layer for layer in report.layers if layer.kind == "conv"]
+    assert [layer.deficiency for layer in conv] == deficits
+    assert sum(layer.contribution for layer in report.layers) == index
+    assert report.layers[-1].kind == "fc" and report.layers[-1].weight == 0.0
+
+
+def test_cnn3_c1_layer_counts():
+    report = security_report("cnn3_c1", condition=False)
+    first, second = report.layers[0], report.layers[1]
+    # layer 0: conv 3→6 k3 on 3×32×32: A alone (5400 rows) determines the 3072 unknowns
+    assert (first.unknowns, first.forward_rows, first.gradient_rows, first.padding_rows) == (3072, 5400, 162, 0)
+    assert first.rank == 3072 and first.weight == 1.0
+    # layer 1: conv 6→3 k4 s2 on 6×30×30: 588 + 288 rows, 3² = 9 of them dependent → rank 867
+    assert (second.unknowns, second.forward_rows, second.gradient_rows, second.padding_rows) == (5400, 588, 288, 0)
+    assert second.rank == 588 + 288 - 9 and second.deficiency == -4533
+    assert second.weight == 0.5 and second.contribution == -2266  # round(-2266.5) = -2266 (half to even)
+    assert second.rank_gap > 1e6  # the rank does not hinge on the tolerance
+    assert report.normalised_score == pytest.approx(0.5 * 4533 / (3072 + 0.5 * 5400))
+
+
+def test_index_does_not_depend_on_the_image_seed_or_delta_source():
+    base = security_report("cnn3_c1", condition=False)
+    other = security_report("cnn3_c1", seed=3, index=5, delta_source="random", condition=False)
+    assert other.copa_index == base.copa_index
+    assert [layer.rank for layer in other.layers] == [layer.rank for layer in base.layers]
+    assert other.settings["delta_source"] == "random" and other.settings["index"] == 5
+
+
+def test_copa_index_formula():
+    assert copa_index([0, -4533], 3) == -2266
+    assert copa_index([-1470], 2) == -1470
+    assert copa_index([-3, -3, -3], 4) == round(-3.0) + round(-2.0) + round(-1.0)
+    with pytest.raises(InvalidSpecError):
+        copa_index([-1, -1], 2)
+
+
+def test_padding_is_counted_as_unknowns_and_rows():
+    report = security_report("cnn2_c5", condition=False)  # conv 3→3 k3 p1
+    layer = report.layers[0]
+    assert layer.unknowns == 3 * 34 * 34 and layer.padding_rows == 3 * 34 * 34 - 3 * 32 * 32
+    assert layer.rank == layer.unknowns and report.copa_index == 0
+
+
+def test_condition_number_matches_the_svd_of_u():
+    from copa.security import _reference_input
+
+    model = create_model("cnn3_c1", in_shape=(3, 16, 16))
+    report = security_report(model)
+    # rebuild the layer systems from the same input (sample image 0) and take a full SVD of each U
+    inputs, labels = _reference_input(model, "sample", 0, "image", 0, torch.device("cpu"))
+    analysis = analyse_chain(model, inputs, labels)
+    for la, layer in zip(analysis.conv_layers, report.layers):
+        u = layer_system(la.weight, la.delta, la.pre_activation, la.grad_weight, la.geometry).matrix
+        ref = numerical_rank(u)
+        assert layer.rank == ref.rank
+        expected = float(ref.singular_values[0] / ref.singular_values[ref.rank - 1])
+        assert layer.condition_number == pytest.approx(expected, rel=1e-6)
+
+
+def test_runs_on_every_chain_in_the_zoo():
+    chains = [entry.name for entry in MODELS if entry.meta.get("is_chain")]
+    assert {"cnn2_c1", "cnn4_c2", "cnn6", "cnn6-d"} <= set(chains)
+    for name in chains:
+        report = security_report(name, condition=False)
+        conv = [layer for layer in report.layers if layer.kind == "conv"]
+        assert conv and all(layer.deficiency <= 0 for layer in conv), name
+        assert all(layer.rank <= min(layer.rows, layer.unknowns) for layer in conv), name
+        assert report.copa_index == sum(layer.contribution for layer in conv), name
+        assert 0.0 <= report.normalised_score <= 1.0, name
+        assert (report.copa_index == 0) == (report.normalised_score == 0.0), name
+
+
+def test_hidden_linear_layers_are_listed_but_not_counted():
+    report = security_report("chain:c4k3:tanh fc32:tanh fc:identity", condition=False)
+    kinds = [layer.kind for layer in report.layers]
+    assert kinds == ["conv", "fc", "fc"]
+    assert report.layers[1].deficiency == 0 and report.layers[0].weight == 1.0
+    assert report.copa_index == report.layers[0].contribution
+
+
+@pytest.mark.parametrize("name", ["convnet", "lenet-zhu", "cnn2_c1-relu"])
+def test_non_chains_are_refused_with_a_reason(name):
+    with pytest.raises(NotApplicableError, match="not one"):
+        security_report(name)
+
+
+def test_report_serialises_and_prints():
+    report = security_report("cnn2_c2")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["copa_index"] == -1470 and data["layers"][0]["deficiency"] == -1470
+    assert data["layers"][0]["condition_number"] > 1
+    table = report.to_table()
+    assert table.count("\n|") >= 3 and "deficiency" in table and "COPA index: -1470" in table
+    assert "normalised score" in table
+    with pytest.raises(InvalidSpecError):
+        security_report("cnn2_c2", delta_source="zeros")
+
+
+def test_cli_security_prints_tables_and_writes_json(tmp_path, capsys):
+    from copa.cli import main
+
+    out = tmp_path / "security.json"
+    assert main(["security", "--model", "cnn2_c2", "--model", "cnn2_c1", "--no-condition", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "COPA index: -1470" in printed and "COPA index: 0" in printed
+    data = json.loads(out.read_text())
+    assert [d["copa_index"] for d in data] == [-1470, 0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "cnn2_c9"], "unknown model 'cnn2_c9'"),
+    (["--model", "lenet-zhu"], "is not one: conv layers 0, 1, 2 have a bias"),
+    (["--model", "cnn2_c1", "--delta-source", "zeros"], "delta_source 'zeros' is invalid"),
+    (["--model", "cnn2_c1", "--threads", "0"], "--threads 0 is invalid"),
+])
+def test_cli_security_bad_inputs(tmp_path, capsys, argv, message):
+    from copa.cli import main
+
+    out = tmp_path / "s.json"
+    assert main(["security", *argv, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
