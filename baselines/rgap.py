@@ -11,8 +11,7 @@ network with a logistic loss, where that layer's input follows from the single r
 from __future__ import annotations
 
 from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
-from copa.errors import InvalidSpecError, NotApplicableError
-from copa.layerwise import chain_context, solve_backwards
+from copa.layerwise import chain_problem, check_solver, solve_backwards
 
 
 @register_attack
@@ -27,15 +26,10 @@ class RGAP(Attack):
     }
 
     def validate(self):
-        if self.hp["solver"] not in ("normal", "lstsq"):
-            raise InvalidSpecError(f"solver={self.hp['solver']!r} is invalid: accepted are 'normal', 'lstsq'")
+        check_solver(self.hp["solver"])
 
     def applicable(self, observation):
-        try:
-            chain_context(observation)
-        except NotApplicableError as exc:
-            return str(exc)
-        return super().applicable(observation)
+        return chain_problem(observation) or super().applicable(observation)
 
     def reconstruct(self, observation, generator):
         x, ctx = solve_backwards(observation, solver=self.hp["solver"])
