@@ -59,14 +59,10 @@ from torch import Tensor
 from . import linalg
 from .attacks import Attack, Hyperparameter, Reconstruction, register_attack
 from .errors import InvalidSpecError
+from .gradmatch import per_tensor_cosine_distance, total_variation
 from .layerwise import ChainContext, LayerProblem, solve_backwards
 
 HYBRID = "authors' hybrid.py (CangxiongChen/training-data-leakage)"
-
-
-def total_variation(x: Tensor) -> Tensor:
-    """Anisotropic TV: mean |horizontal| + mean |vertical| differences (as in the authors' hybrid.py)."""
-    return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
 
 
 class _PullBack:
@@ -178,8 +174,7 @@ class _GradientMatch:
 
     def __call__(self, x_i: Tensor) -> Tensor:
         grads = self.gradients(x_i, create_graph=True)
-        return sum(1 - F.cosine_similarity(g.flatten(), t.flatten(), dim=0, eps=1e-10)
-                   for g, t in zip(grads, self.targets))
+        return per_tensor_cosine_distance(grads, self.targets)
 
 
 class _LinearResidual:

@@ -24,3 +24,15 @@ def mnist_npz() -> Path:
     if not MNIST_NPZ.is_file():
         pytest.skip(f"shared data not present: {MNIST_NPZ}")
     return MNIST_NPZ
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for float64 factorizations: on a 2-core machine shared with other jobs, two
+    OpenMP threads waiting for each other at barriers made them up to 10× slower (same results)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

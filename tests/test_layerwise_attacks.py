@@ -5,6 +5,8 @@ import pytest
 from copa.bench import run_attack
 from copa.threat import Scenario
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _run(model, attack, dataset, overrides=None, **scenario):
     return run_attack(Scenario(model=model, dataset=dataset, indices=scenario.pop("indices", (3,)),

@@ -32,14 +32,7 @@ from copa.linalg import (
 from copa.threat import Scenario
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One thread for these float64 factorizations: on a 2-core machine shared with other jobs, two
-    OpenMP threads waiting for each other at barriers made them up to 10× slower (same results)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # (in, out, kernel, stride, padding, (H, W)): stride and padding, rectangular inputs and kernels,
 # and geometries whose last rows/columns no kernel window reaches ((H + 2p − k) % s ≠ 0).

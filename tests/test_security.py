@@ -16,14 +16,7 @@ from copa.security import copa_index, security_report
 PAPER_VALUES = {"cnn2_c1": (0, [0]), "cnn2_c2": (-1470, [-1470]), "cnn3_c1": (-2266, [0, -4533])}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One thread for these float64 factorizations: on a 2-core machine shared with other jobs, two
-    OpenMP threads waiting for each other at barriers made them up to 10× slower (same results)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_VALUES))
