@@ -1,17 +1,57 @@
-# copa-bench workflow: `snakemake --cores 8` (see README.md).
-configfile: "config/config.yaml"
+# copa-bench workflow: `snakemake --cores 8` (README.md, "Workflow"). Other runs: --configfile config/paper.yaml.
+import shlex
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
 
 
+# The default config, unless config files are given (--configfile): Snakemake would otherwise merge them
+# into it key by key, and e.g. config/paper.yaml would inherit this file's reduced attack_settings.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+from copa.errors import CopaError
+from copa.pipeline import attack_overrides, check_config, dataset_tag, results_dir
+
+try:
+    check_config(config)
+except CopaError as exc:
+    raise WorkflowError(f"invalid config: {exc}") from None
+
+OUT = config["out"].rstrip("/")
+TAG = dataset_tag(config["dataset"], config["split"])
+RESULTS = results_dir(config).rstrip("/")
+MODELS = config["models"]
+ATTACKS = config["attacks"]
+# The command line, for the tables' header. Kept out of params (a new command line must not rerun
+# anything); the leaderboard rule runs locally, so it sees this process's config.
+config["_command"] = shlex.join(["snakemake", *sys.argv[1:]])
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_.+-]+",
+    attack=r"[A-Za-z0-9_.+-]+",
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/security.smk"
 include: "workflow/rules/attack.smk"
+include: "workflow/rules/leaderboard.smk"
+include: "workflow/rules/plots.smk"
 
 
 rule all:
     input:
-        expand(
-            "{out}/{model}/{attack}/{index}/record.json",
-            out=config["out"],
-            model=config["models"],
-            attack=config["attacks"],
-            index=config["indices"],
-        ),
+        rules.leaderboard.output,
+        rules.plots.output,
     default_target: True

@@ -16,6 +16,7 @@ import io
 import platform
 import subprocess
 import time
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,16 @@ class _ForwardCounter:
 def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                seed: int = 0, device: str = "cpu", threads: int | None = None,
                metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"),
+               record_failures: bool = False,
                ) -> tuple[dict[str, Any], Reconstruction | None, GroundTruth]:
     """Build the scenario, run the attack on its observation, score the result.
 
     Returns ``(record, reconstruction, ground_truth)``. An attack that does not apply yields a record
     with ``status: "not-applicable"`` and its reason; ``reconstruction`` is then None.
     Bad inputs (names, options) raise :class:`~copa.errors.CopaError` before any work is done.
+    With ``record_failures=True`` an exception raised by the attack (or by scoring its output) yields
+    a record with ``status: "failed"``, the reason and the traceback instead of propagating (the
+    workflow uses this so that one failing image does not stop the others); interrupts still propagate.
     """
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -116,19 +121,28 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
             reconstruction = attack_obj.reconstruct(observation, generator)
         except NotApplicableError as exc:
             reason = str(exc)
+        except Exception as exc:
+            if not record_failures:
+                raise
+            return _failed(record, exc, dev), None, truth
         finally:
             seconds = time.perf_counter() - start
             counter.remove()
-        record["seconds"] = seconds
+            record["seconds"] = seconds
     if reason is not None:
         record.update(status="not-applicable", reason=f"not applicable: {reason}")
         record.update(_provenance(dev))
         return record, None, truth
 
-    _check_shape(reconstruction, observation)
-    recon01 = truth.preprocess.undo(reconstruction.images.detach().to(truth.images01))
-    scores = metrics_mod.score_images(recon01, truth.images01, predicted_labels=reconstruction.labels,
-                                      true_labels=truth.labels, metrics=metrics)
+    try:
+        _check_shape(reconstruction, observation)
+        recon01 = truth.preprocess.undo(reconstruction.images.detach().to(truth.images01))
+        scores = metrics_mod.score_images(recon01, truth.images01, predicted_labels=reconstruction.labels,
+                                          true_labels=truth.labels, metrics=metrics)
+    except Exception as exc:
+        if not record_failures:
+            raise
+        return _failed(record, exc, dev), None, truth
     record["metrics"] = scores
     record["attack_loss"] = reconstruction.loss
     record["evaluations"] = {
@@ -139,6 +153,13 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
     record["attack_info"] = reconstruction.info
     record.update(_provenance(dev))
     return record, reconstruction, truth
+
+
+def _failed(record: dict[str, Any], exc: Exception, device: torch.device) -> dict[str, Any]:
+    record.update(status="failed", reason=f"failed: {type(exc).__name__}: {exc}",
+                  traceback=traceback.format_exc(limit=20))
+    record.update(_provenance(device))
+    return record
 
 
 def _model_description(observation: Observation) -> dict[str, Any]:

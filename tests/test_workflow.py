@@ -1,33 +1,320 @@
-"""The Snakemake workflow runs end to end in a temporary directory and is idempotent."""
+"""The Snakemake workflow and its library (copa.pipeline): smoke run end to end, idempotence, report,
+resumption after a real kill, a plugin attack, failed records, config errors, lint and profiles."""
 
+import importlib.util
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
+CIFAR_NPZ = ROOT.parent / "shared" / "data" / "cifar10_subset.npz"
+needs_snakemake = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed")
+
+SMOKE_RESULTS = Path("runs/smoke/results")
+SMOKE_RECORDS = Path("runs/smoke/sample-train/records")
+
+# A plugin attack, as a user would add one: a file and its name in the config.
+PLUGIN = textwrap.dedent('''
+    import time
+
+    import torch
+
+    from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
 
 
-def snakemake(workdir, *args):
+    @register_attack(replace=True)
+    class SlowGrey(Attack):
+        name = "slow-grey"
+        paper = "test plugin"
+        hyperparameters = {"seconds": Hyperparameter(0.0, "test: sleep per image"),
+                           "fail_on_label": Hyperparameter(-1, "test: raise on this label")}
+
+        def reconstruct(self, observation, generator):
+            time.sleep(self.hp["seconds"])
+            if int(observation.labels[0]) == self.hp["fail_on_label"]:
+                raise RuntimeError("planned failure of the test plugin")
+            shape = (observation.batch_size, *observation.input_shape)
+            grey = torch.full(shape, 0.4, dtype=observation.dtype, device=observation.device)
+            return Reconstruction(images=observation.preprocess.apply(grey), labels=observation.labels)
+''')
+
+
+def snakemake(workdir, *args, configfile=ROOT / "config" / "smoke.yaml", timeout=400):
+    config = ["--configfile", str(configfile)] if configfile else []
     return subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-                           "--configfile", str(ROOT / "config" / "config.yaml"), *args],
-                          capture_output=True, text=True)
+                           *config, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-@pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed")
-def test_workflow_runs_and_a_second_run_has_nothing_to_do(tmp_path):
-    config = ["--config", "models=[cnn2_c1]", "attacks=[mean-image,noise]", "indices=[0,1]", "out=runs/test"]
-    first = snakemake(tmp_path, *config)
-    assert first.returncode == 0, first.stderr[-3000:]
-    records = sorted((tmp_path / "runs" / "test").glob("*/*/*/record.json"))
-    assert len(records) == 4
-    for path in records:
-        record = json.loads(path.read_text())
-        assert record["status"] == "ok" and record["scenario"]["dataset"] == "sample"
-    second = snakemake(tmp_path, *config, "--dry-run")
-    assert second.returncode == 0
+def snapshot(paths):
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end
+
+
+@needs_snakemake
+def test_smoke_run_end_to_end_then_nothing_to_do_and_report(tmp_path):
+    first = snakemake(tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    results = tmp_path / SMOKE_RESULTS
+    smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    models, attacks, indices = smoke["models"], smoke["attacks"], smoke["indices"]
+    for name in ["leaderboard.csv", "leaderboard.md", "records.csv", "security.csv", "security.md", "config.yaml",
+                 "plots/psnr_vs_security.png", "plots/psnr_distribution.png", "plots/time_vs_psnr.png",
+                 *[f"plots/reconstructions_{m}.png" for m in models]]:
+        assert (results / name).stat().st_size > 0, name
+    assert not (tmp_path / "results").exists()  # the published leaderboard is only written by config/paper.yaml
+
+    records = sorted((tmp_path / SMOKE_RECORDS).glob("*/*/*/record.json"))
+    assert len(records) == len(models) * len(attacks) * len(indices)
+
+    board = pd.read_csv(results / "leaderboard.csv")
+    assert len(board) == len(models) * len(attacks)
+    lenet_copa = board[(board.model == "lenet-zhu") & (board.attack == "copa")].iloc[0]
+    assert (lenet_copa.ok, lenet_copa.not_applicable, lenet_copa.runs) == (0, len(indices), len(indices))
+    chain_copa = board[(board.model == "cnn2_c1") & (board.attack == "copa")].iloc[0]
+    assert chain_copa.ok == len(indices) and chain_copa.psnr_mean > 100  # exact recovery on a full-rank chain
+    assert chain_copa.copa_index == 0
+
+    security = pd.read_csv(results / "security.csv").set_index("model")
+    assert security.loc["cnn2_c1", "status"] == "ok"
+    assert security.loc["lenet-zhu", "status"] == "not-applicable"
+    assert "chain" in security.loc["lenet-zhu", "reason"]
+
+    md = (results / "leaderboard.md").read_text()
+    for fact in ["**command**: `snakemake", "**commit**", "**device**: cpu", f"**images per cell**: {len(indices)}",
+                 "**date**", "## lenet-zhu — security metric not applicable", "not-applicable"]:
+        assert fact in md, fact
+
+    second = snakemake(tmp_path, "--dry-run")
+    assert second.returncode == 0, second.stderr[-2000:]
     assert "Nothing to be done" in second.stdout + second.stderr
+
+    report = snakemake(tmp_path, "--report", "report.html")
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "psnr_vs_security.png" in html and "Spearman" in html
+
+
+@needs_snakemake
+def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path):
+    """A new attack is a file + its name in the config; a failing image is a failed record; a run killed
+    midway (SIGKILL to snakemake and its jobs) resumes without recomputing its finished records."""
+    (tmp_path / "my_attack.py").write_text(PLUGIN)
+    config = tmp_path / "test.yaml"
+    config.write_text(yaml.safe_dump({
+        "dataset": "sample", "indices": [0, 1, 2, 3, 4], "models": ["lenet-zhu"],
+        "attacks": ["mean-image", "slow-grey"], "plugins": ["my_attack.py"],
+        "attack_settings": {"slow-grey": {"seconds": 1.0, "fail_on_label": 2}},
+        "out": "runs/test", "dtype": "float32", "device": "cpu"}))
+    cell_records = tmp_path / "runs/test/sample-train/records/lenet-zhu/slow-grey"
+    summary = tmp_path / "runs/test/sample-train/cells/lenet-zhu/slow-grey.json"
+
+    proc = subprocess.Popen([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
+                             "--configfile", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(cell_records.glob("*/record.json"))) < 2:
+            assert proc.poll() is None, "snakemake ended before it could be killed"
+            assert time.monotonic() < deadline, "no records within 180 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the running job
+        proc.wait()
+    before = snapshot(sorted(cell_records.glob("*/record.json")) + sorted(cell_records.glob("*/images.npz")))
+    assert 2 <= len(list(cell_records.glob("*/record.json"))) < 5 and not summary.exists()
+
+    assert snakemake(tmp_path, "--unlock", configfile=config).returncode == 0
+    rerun = snakemake(tmp_path, configfile=config)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+
+    assert snapshot(Path(p) for p in before) == before  # finished records untouched
+    records = {int(p.parent.name): json.loads(p.read_text()) for p in cell_records.glob("*/record.json")}
+    assert sorted(records) == [0, 1, 2, 3, 4]
+    assert records[2]["status"] == "failed" and "planned failure" in records[2]["reason"]
+    assert all(records[i]["status"] == "ok" for i in (0, 1, 3, 4))
+    assert records[0]["hyperparameters"] == {"seconds": 1.0, "fail_on_label": 2}
+    log = (tmp_path / "runs/test/logs/sample-train/cells/lenet-zhu/slow-grey.log").read_text()
+    assert log.count("kept the complete record") == len([p for p in before if p.endswith("record.json")])
+
+    results = tmp_path / "runs/test/results"
+    board = pd.read_csv(results / "leaderboard.csv").set_index("attack")
+    assert (board.loc["slow-grey", "ok"], board.loc["slow-grey", "failed"]) == (4, 1)
+    md = (results / "leaderboard.md").read_text()
+    assert "| slow-grey " in md and "planned failure of the test plugin" in md
+    # --configfile replaces config/config.yaml rather than merging into it
+    effective = yaml.safe_load((results / "config.yaml").read_text())
+    assert effective["attack_settings"] == {"slow-grey": {"seconds": 1.0, "fail_on_label": 2}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Config errors, lint, profiles, the paper config
+
+
+@needs_snakemake
+@pytest.mark.parametrize("args, expected", [
+    (["--config", "attacks=[copa,idgl]"], ["invalid config: unknown attack 'idgl'", "Did you mean 'idlg'",
+                                           "Known attacks:"]),
+    (["--config", "dtype=float16"], ["'float16' is not one of ['float32', 'float64']"]),
+])
+def test_bad_config_fails_before_any_job_naming_the_value(tmp_path, args, expected):
+    result = snakemake(tmp_path, "--dry-run", *args)
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stdout + result.stderr, text
+    assert not (tmp_path / "runs").exists()
+
+
+@needs_snakemake
+def test_lint_is_clean():
+    result = subprocess.run([SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_slurm_profile_requests_a_gpu_for_attack_cells():
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert int(profile["set-resources"]["cell"]["gpu"]) >= 1
+    text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    for rule in profile["set-resources"]:
+        assert f"rule {rule}:" in text, f"profile sets resources of unknown rule {rule!r}"
+
+
+@needs_snakemake
+@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+                    reason="snakemake-executor-plugin-slurm not installed (pip install -e '.[slurm]')")
+def test_slurm_profile_dry_run(tmp_path):
+    result = snakemake(tmp_path, "--dry-run", "--profile", str(ROOT / "profiles" / "slurm"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "cell" in out and "security" in out and "gpu=1" in out
+
+
+@needs_snakemake
+@pytest.mark.skipif(not CIFAR_NPZ.is_file(), reason=f"shared data not present: {CIFAR_NPZ}")
+def test_paper_config_dry_run_on_the_offline_cifar10_subset(tmp_path):
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    assert {"copa", "copa-gm", "rgap", "dlg", "idlg", "ig"} <= set(paper["attacks"])
+    assert {"cnn2_c1", "cnn2_c2", "cnn3_c1", "cnn4_c1", "cnn4_c2", "lenet-zhu", "cnn6", "cnn6-d"} <= set(paper["models"])
+    assert len(paper["indices"]) >= 8 and paper["results_dir"] == "results"
+    result = snakemake(tmp_path, "--dry-run", "--config", f"dataset=npz:{CIFAR_NPZ}",
+                       configfile=ROOT / "config" / "paper.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = len(paper["models"]) * len(paper["attacks"])
+    assert any(line.split() == ["cell", str(cells)] for line in result.stdout.splitlines()), result.stdout[-2000:]
+    assert "results/leaderboard.md" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# copa.pipeline (the logic behind the rules)
+
+
+def _config(tmp_path, **changes):
+    config = {"dataset": "sample", "split": "train", "indices": [0, 1], "models": ["cnn2_c1"],
+              "attacks": ["mean-image"], "attack_settings": {}, "plugins": [], "label": "known",
+              "preprocess": "center", "dtype": "float32", "input_shape": "3x32x32", "num_classes": None,
+              "model_seed": 0, "seed": 0, "device": "cpu", "threads": 1, "data_root": None, "download": False,
+              "retry_failed": True, "out": str(tmp_path / "out")}
+    config.update(changes)
+    return config
+
+
+def test_dataset_tag_is_path_safe():
+    from copa.pipeline import dataset_tag
+
+    assert dataset_tag("sample", "train") == "sample-train"
+    assert dataset_tag("npz:../shared/data/cifar10_subset.npz", "test") == "npz-cifar10_subset-test"
+    assert dataset_tag("folder:/data/my images/", "train") == "folder-my_images-train"
+
+
+def test_check_config_names_unknown_attacks_and_settings(tmp_path):
+    from copa.errors import CopaError
+    from copa.pipeline import check_config
+
+    with pytest.raises(CopaError, match=r"unknown attack 'rgp'.*Did you mean 'rgap'"):
+        check_config(_config(tmp_path, attacks=["rgp"]))
+    with pytest.raises(CopaError, match=r"attack_settings: unknown attack 'copa_gm'.*'copa-gm'"):
+        check_config(_config(tmp_path, attack_settings={"copa_gm": {"steps_image": 5}}))
+    with pytest.raises(CopaError, match=r"attack_settings.mean-image: .*level='dark'.*expected float"):
+        check_config(_config(tmp_path, attack_settings={"mean-image": {"level": "dark"}}))
+    with pytest.raises(CopaError, match=r"attack_settings.copa: .*no hyperparameter 'stepz'.*did you mean 'steps'"):
+        check_config(_config(tmp_path, attack_settings={"copa": {"stepz": 3}}))
+    with pytest.raises(CopaError, match=r"models: unknown model 'cnn2_c9'.*Did you mean"):
+        check_config(_config(tmp_path, models=["cnn2_c9"]))
+    with pytest.raises(CopaError, match=r"indices \[99\] are not in sample train \(10 images; official indices 0–9\)"):
+        check_config(_config(tmp_path, indices=[0, 99]))
+    check_config(_config(tmp_path, attack_settings={"mean-image": {"level": 0.3}}))
+
+
+def test_run_cell_resumes_and_reruns_only_what_changed(tmp_path):
+    from copa.pipeline import run_cell
+
+    config = _config(tmp_path, indices=[0, 1, 2])
+    records = tmp_path / "records"
+    lines = []
+    cell = run_cell(config, "cnn2_c1", "mean-image", records_dir=records, summary=tmp_path / "cell.json",
+                    log=lines.append)
+    assert cell["counts"] == {"ok": 3, "failed": 0, "not-applicable": 0}
+    paths = sorted(records.glob("*/record.json"))
+    before = snapshot(paths)
+
+    (tmp_path / "cell.json").unlink()
+    (records / "1" / "record.json").unlink()  # as if killed while image 1 was running
+    cell = run_cell(config, "cnn2_c1", "mean-image", records_dir=records, summary=tmp_path / "cell.json",
+                    log=lines.append)
+    assert [e["reused"] for e in cell["records"]] == [True, False, True]
+    after = snapshot(paths)
+    assert after[str(records / "0" / "record.json")] == before[str(records / "0" / "record.json")]
+    assert after[str(records / "2" / "record.json")] == before[str(records / "2" / "record.json")]
+
+    changed = _config(tmp_path, indices=[0, 1, 2], attack_settings={"mean-image": {"level": 0.25}})
+    cell = run_cell(changed, "cnn2_c1", "mean-image", records_dir=records, summary=tmp_path / "cell.json",
+                    log=lines.append)
+    assert not any(e["reused"] for e in cell["records"])
+    assert json.loads((records / "0" / "record.json").read_text())["hyperparameters"] == {"level": 0.25}
+    assert any("different hyperparameters" in line for line in lines)
+
+
+def test_run_cell_records_a_failing_image_and_goes_on(tmp_path):
+    import torch
+
+    from copa.attacks import Attack, Reconstruction, register_attack
+    from copa.pipeline import run_cell
+
+    @register_attack(replace=True)
+    class FailsOnLabelOne(Attack):
+        name = "test-fails-on-label-one"
+        paper = "test"
+
+        def reconstruct(self, observation, generator):
+            if int(observation.labels[0]) == 1:
+                raise ValueError("boom on label 1")
+            grey = torch.full((1, *observation.input_shape), 0.5, dtype=observation.dtype)
+            return Reconstruction(images=observation.preprocess.apply(grey), labels=observation.labels)
+
+    config = _config(tmp_path, indices=[0, 1, 2], attacks=["test-fails-on-label-one"], retry_failed=False)
+    records = tmp_path / "records"
+    cell = run_cell(config, "cnn2_c1", "test-fails-on-label-one", records_dir=records,
+                    summary=tmp_path / "cell.json", log=lambda line: None)
+    assert cell["counts"] == {"ok": 2, "failed": 1, "not-applicable": 0}
+    failed = json.loads((records / "1" / "record.json").read_text())
+    assert failed["status"] == "failed" and "ValueError: boom on label 1" in failed["reason"]
+    assert "Traceback" in failed["traceback"] and not (records / "1" / "images.npz").exists()
+    again = run_cell(config, "cnn2_c1", "test-fails-on-label-one", records_dir=records,
+                     summary=tmp_path / "cell.json", log=lambda line: None)
+    assert all(e["reused"] for e in again["records"])  # retry_failed: false keeps the failed record

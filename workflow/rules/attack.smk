@@ -1,20 +1,23 @@
-rule attack:
-    """One attack on one image of the configured dataset: record.json, images.npz, reconstruction.png."""
+rule cell:
+    """One (dataset, model, attack) cell: the attack on each configured image, one record per image.
+
+    The records (OUT/TAG/records/MODEL/ATTACK/INDEX/) are not outputs, so Snakemake never deletes them;
+    rerun after a kill, the job keeps every complete, matching record and computes only the rest.
+    The output is the cell's summary, written last.
+    """
     output:
-        record="{out}/{model}/{attack}/{index}/record.json",
-        images="{out}/{model}/{attack}/{index}/images.npz",
-        png="{out}/{model}/{attack}/{index}/reconstruction.png",
-    wildcard_constraints:
-        index=r"\d+",
+        f"{OUT}/{TAG}/cells/{{model}}/{{attack}}.json",
     params:
-        dataset=config["dataset"],
-        split=config["split"],
-        preprocess=config.get("preprocess", "center"),
-        seed=config.get("seed", 0),
-        model_seed=config.get("model_seed", 0),
-        label=config.get("label", "known"),
-    threads: 1
+        run=lambda wildcards: {**scenario_params(), "attack_settings": {
+            wildcards.attack: attack_overrides(config, wildcards.attack)}},
+        records=lambda wildcards: f"{OUT}/{TAG}/records/{wildcards.model}/{wildcards.attack}",
+    threads: config["threads"]
+    resources:
+        runtime=720,
+        mem_mb=4000,
     log:
-        "{out}/logs/{model}/{attack}/{index}.log",
+        f"{OUT}/logs/{TAG}/cells/{{model}}/{{attack}}.log",
+    conda:
+        "../envs/copa.yaml"
     script:
-        "../scripts/attack.py"
+        "../scripts/cell.py"

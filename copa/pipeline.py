@@ -1,0 +1,288 @@
+"""The benchmark workflow's logic: config checks, attack cells with resumption, security entries.
+
+The Snakefile and ``workflow/scripts/*.py`` are thin wrappers over this module (and over
+:mod:`copa.leaderboard` and :mod:`copa.plots`), so that everything here is unit-testable.
+
+Layout of one run (``OUT`` = ``config["out"]``, ``TAG`` = :func:`dataset_tag`)::
+
+    OUT/TAG/records/MODEL/ATTACK/INDEX/record.json   one record per image (+ images.npz, reconstruction.png)
+    OUT/TAG/cells/MODEL/ATTACK.json                   the cell's summary: written last, the Snakemake output
+    OUT/TAG/security/MODEL.json                       the model's COPA security metric (or not-applicable)
+
+A cell (dataset, model, attack) is one job that runs its N images one after the other. The per-image
+records are not Snakemake outputs, so Snakemake never deletes them: a cell that was killed midway and
+is run again keeps every complete record that matches the current scenario, attack, hyperparameters
+and seed, and computes only the rest (:func:`record_matches`). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import CopaError, InvalidSpecError, NotApplicableError, unknown_name
+from .io import atomic_write_json
+
+STATUSES = ("ok", "failed", "not-applicable")
+"""Record statuses, as :func:`copa.bench.run_attack` writes them."""
+
+RECORD_FILES = ("record.json", "images.npz", "reconstruction.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# Names and paths
+
+
+def dataset_tag(dataset: str, split: str) -> str:
+    """A path-safe name of (dataset spec, split): ``sample-train``, ``npz-cifar10_subset-train``."""
+    kind, sep, rest = dataset.partition(":")
+    if sep:
+        stem = Path(rest.rstrip("/\\")).name
+        stem = stem[: -len(".npz")] if stem.endswith(".npz") else stem
+        name = f"{kind}-{stem}" if stem else kind
+    else:
+        name = dataset
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "dataset"
+    return f"{name}-{split}"
+
+
+def resolve_device_name(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; other names unchanged."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def results_dir(config: dict[str, Any]) -> str:
+    return config.get("results_dir") or f"{config['out']}/results"
+
+
+# --------------------------------------------------------------------------------------------------
+# Config checks beyond the JSON schema
+
+
+def attack_overrides(config: dict[str, Any], attack: str) -> dict[str, Any]:
+    return dict((config.get("attack_settings") or {}).get(attack) or {})
+
+
+def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
+    """Check the names and values the schema cannot: raise :class:`CopaError` naming the bad value.
+
+    Loads the plugins, then checks every attack name (and every ``attack_settings`` key) against the
+    attack registry, every hyperparameter override by instantiating the attack, every model name by
+    building the model, and (``check_data``) that the dataset has the configured indices.
+    """
+    from .attacks import ATTACKS, create_attack, load_plugins
+    from .models import create_model
+    from .threat import parse_input_shape
+
+    load_plugins(tuple(config.get("plugins") or ()))
+    for name in config["attacks"]:
+        if name not in ATTACKS:
+            raise unknown_name("attack", name, ATTACKS.names())
+    for name, overrides in (config.get("attack_settings") or {}).items():
+        if name not in ATTACKS:
+            err = unknown_name("attack", name, ATTACKS.names())
+            raise type(err)(f"attack_settings: {err}")
+        try:
+            create_attack(name, overrides)
+        except CopaError as exc:
+            raise type(exc)(f"attack_settings.{name}: {exc}") from None
+    shape = parse_input_shape(config.get("input_shape", "3x32x32"))
+    classes = config.get("num_classes") or 10
+    for name in config["models"]:
+        try:
+            create_model(name, num_classes=classes, in_shape=shape)
+        except CopaError as exc:
+            raise type(exc)(f"models: {exc}") from None
+    if len(set(config["indices"])) != len(config["indices"]):
+        raise InvalidSpecError(f"indices {config['indices']} repeat an index: give each image once")
+    if check_data and not config.get("download"):
+        check_indices(config)
+
+
+def check_indices(config: dict[str, Any]) -> None:
+    """Raise if the dataset split lacks one of the configured indices (names the missing ones)."""
+    import numpy as np
+
+    from .data import available_indices
+
+    present = available_indices(config["dataset"], config.get("split", "train"), root=config.get("data_root"))
+    missing = sorted(set(config["indices"]) - set(np.asarray(present).tolist()))
+    if missing:
+        raise InvalidSpecError(
+            f"indices {missing[:10]}{' ...' if len(missing) > 10 else ''} are not in {config['dataset']} "
+            f"{config.get('split', 'train')} ({len(present)} images; official indices {_ranges(present)})")
+
+
+def _ranges(values) -> str:
+    values = sorted(int(v) for v in values)
+    parts, start, prev = [], None, None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            parts.append(f"{start}–{prev}" if prev != start else str(start))
+            start = prev = v
+    if start is not None:
+        parts.append(f"{start}–{prev}" if prev != start else str(start))
+    return ", ".join(parts[:8]) + (" ..." if len(parts) > 8 else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Attack cells
+
+
+def scenario_for(config: dict[str, Any], model: str, index: int):
+    """The scenario of one image of a cell (batch of one, as in the COPA paper)."""
+    from .threat import Scenario
+
+    return Scenario(model=model, dataset=config["dataset"], split=config.get("split", "train"), indices=(int(index),),
+                    model_seed=int(config.get("model_seed", 0)), label_known=config.get("label", "known") == "known",
+                    preprocess=config.get("preprocess", "center"), input_shape=config.get("input_shape", "3x32x32"),
+                    num_classes=config.get("num_classes"), data_root=config.get("data_root"),
+                    download=bool(config.get("download", False)), dtype=config.get("dtype", "float32"))
+
+
+def read_record(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The record in ``directory``, or None when there is none (or it cannot be read)."""
+    path = Path(directory) / "record.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, allow_nan=True))
+
+
+def record_matches(record: dict[str, Any] | None, directory: str | os.PathLike, scenario, attack_name: str,
+                   hyperparameters: dict[str, Any], seed: int, *, accept_failed: bool = False) -> str | None:
+    """None if ``record`` is a complete result of exactly this run; else why it must be recomputed."""
+    from .bench import RECORD_VERSION
+
+    if record is None:
+        return "no record"
+    if record.get("record_version") != RECORD_VERSION:
+        return f"record version {record.get('record_version')} != {RECORD_VERSION}"
+    status = record.get("status")
+    if status not in STATUSES:
+        return f"unknown status {status!r}"
+    if status == "failed" and not accept_failed:
+        return "failed before (retry_failed)"
+    if record.get("scenario") != scenario.to_dict():
+        return "different scenario"
+    if (record.get("attack") or {}).get("name") != attack_name:
+        return "different attack"
+    if record.get("hyperparameters") != _jsonable(hyperparameters):
+        return "different hyperparameters"
+    if record.get("seed") != seed:
+        return "different seed"
+    if status == "ok" and not (Path(directory) / "images.npz").is_file():
+        return "images.npz missing"
+    return None
+
+
+def clear_record(directory: str | os.PathLike) -> None:
+    """Remove a stale record: record.json first, so the directory never looks complete midway."""
+    for name in RECORD_FILES:
+        (Path(directory) / name).unlink(missing_ok=True)
+
+
+def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: str | os.PathLike,
+             summary: str | os.PathLike, threads: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``attack`` on every configured image for ``model``; write one record per image, then the summary.
+
+    Images whose record in ``records_dir/INDEX/`` matches (:func:`record_matches`) are kept as they
+    are. An exception inside the attack becomes a ``failed`` record (the other images still run);
+    a bad configuration or missing data raises :class:`CopaError` before anything is written.
+    """
+    import torch
+
+    from .attacks import create_attack, load_plugins
+    from .bench import run_attack, summary_line, write_outputs
+
+    load_plugins(tuple(config.get("plugins") or ()))
+    threads = int(threads)
+    if threads < 1:
+        raise InvalidSpecError(f"threads {threads} is invalid: expected a positive integer")
+    torch.set_num_threads(threads)
+    overrides = attack_overrides(config, attack)
+    device = resolve_device_name(config.get("device", "cpu"))
+    seed = int(config.get("seed", 0))
+    hp = create_attack(attack, overrides).hp
+    scenarios = [(int(i), scenario_for(config, model, int(i))) for i in config["indices"]]
+    records_dir = Path(records_dir)
+    entries, counts = [], {status: 0 for status in STATUSES}
+    start = time.perf_counter()
+    for index, scenario in scenarios:
+        directory = records_dir / str(index)
+        old = read_record(directory)
+        why = record_matches(old, directory, scenario, attack, hp, seed,
+                             accept_failed=not config.get("retry_failed", True))
+        if why is None:
+            record, reused = old, True
+            log(f"[{index}] kept the complete record: {summary_line(record)}")
+        else:
+            if old is not None or directory.exists():
+                log(f"[{index}] recomputing ({why})")
+            clear_record(directory)
+            record, reconstruction, truth = run_attack(scenario, create_attack(attack, overrides), seed=seed,
+                                                       device=device, threads=threads, record_failures=True)
+            record["workflow"] = {"attack_settings": overrides, "cell": f"{model}/{attack}",
+                                  "threads": threads}
+            write_outputs(directory, record, reconstruction, truth)
+            reused = False
+            log(f"[{index}] {summary_line(record)}")
+        counts[record["status"]] += 1
+        entries.append({"index": index, "record": str(directory / "record.json"), "status": record["status"],
+                        "reason": record.get("reason"), "reused": reused})
+    cell = {"model": model, "attack": attack, "dataset": config["dataset"], "split": config.get("split", "train"),
+            "indices": [i for i, _ in scenarios], "hyperparameters": _jsonable(hp), "attack_settings": overrides,
+            "seed": seed, "device": device, "threads": threads, "counts": counts, "records": entries,
+            "seconds": round(time.perf_counter() - start, 3)}
+    atomic_write_json(summary, cell)
+    return cell
+
+
+# --------------------------------------------------------------------------------------------------
+# Security metric per architecture
+
+
+def security_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The model's COPA security report as a dict with ``status`` ok, or not-applicable and the reason."""
+    from .bench import device_description, git_commit, package_versions
+    from .security import security_report
+    from .threat import parse_input_shape, resolve_device
+
+    sec = config.get("security") or {}
+    index = sec.get("index")
+    if index is None:
+        index = int(config["indices"][0]) if config.get("split", "train") == "train" else 0
+    device = resolve_device(resolve_device_name(config.get("device", "cpu")))
+    entry: dict[str, Any] = {"model": model, "dataset": config["dataset"], "index": int(index)}
+    start = time.perf_counter()
+    try:
+        report = security_report(model, seed=int(config.get("model_seed", 0)), dataset=config["dataset"],
+                                 index=int(index), delta_source=sec.get("delta_source", "image"),
+                                 input_shape=parse_input_shape(config.get("input_shape", "3x32x32")),
+                                 condition=bool(sec.get("condition", False)), device=device)
+    except NotApplicableError as exc:
+        entry.update(status="not-applicable", reason=f"not applicable: {exc}", copa_index=None,
+                     normalised_score=None)
+    else:
+        entry.update(status="ok", reason=None, copa_index=report.copa_index,
+                     normalised_score=report.normalised_score, report=report.to_dict())
+    entry.update(seconds=round(time.perf_counter() - start, 3), device=device_description(device),
+                 versions=package_versions(), git_commit=git_commit())
+    return entry

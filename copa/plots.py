@@ -1,0 +1,198 @@
+"""The leaderboard's plots (matplotlib, Agg: no display needed). Every file is written atomically.
+
+* :func:`reconstruction_grid` — per model: the target images on the top row, every attack's
+  reconstruction below (failed / not-applicable runs shown as labelled empty cells);
+* :func:`psnr_vs_security` — mean PSNR per (model, attack) against the model's security metric,
+  with Spearman's ρ per attack printed on the plot;
+* :func:`psnr_distribution` — per-image PSNR per attack (box plot and the points);
+* :func:`time_vs_psnr` — seconds per image against PSNR, per attack.
+
+PSNR values above ``psnr_cap`` (exact recoveries reach 140 dB in float64, or +inf) are drawn at the
+cap, marked by a dashed line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CopaError
+from .io import atomic_write
+
+MARKERS = "osD^vP*Xph<>"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    return atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
+
+
+def _colours(names: Sequence[str]) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def _capped(values: np.ndarray, cap: float) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return np.where(values > cap, cap, values)
+
+
+def _cap_line(ax, cap: float, values: np.ndarray, horizontal: bool = True) -> None:
+    if np.any(np.asarray(values, dtype=float) > cap):
+        (ax.axhline if horizontal else ax.axvline)(cap, ls="--", lw=0.8, color="grey")
+        ax.annotate(f"≥ {cap:g} dB (drawn at the cap)", xy=(0.01, cap) if horizontal else (cap, 0.01),
+                    xycoords=("axes fraction", "data") if horizontal else ("data", "axes fraction"),
+                    fontsize=7, color="grey", va="bottom")
+
+
+def _load_pair(images_path: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(images_path) as data:
+        return data["target"][0], data["reconstruction"][0]
+
+
+def _to_hwc(image: np.ndarray) -> np.ndarray:
+    image = np.clip(np.asarray(image, dtype=float), 0, 1)
+    return image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+
+
+def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
+                        attacks: Sequence[str] | None = None, max_images: int = 8) -> Path:
+    """Targets (top row) vs every attack's reconstruction for ``model``, one column per image."""
+    sub = records[records["model"] == model]
+    if sub.empty:
+        raise CopaError(f"no records for model {model!r}: models with records are {sorted(set(records['model']))}")
+    attacks = list(dict.fromkeys([*(attacks or []), *sub["attack"]]))
+    indices = sorted(dict.fromkeys(sub["index"]), key=lambda v: (str(type(v)), v))[:max_images]
+    fig = _figure(1.25 * len(indices) + 1.6, 1.35 * (len(attacks) + 1))
+    axes = fig.subplots(len(attacks) + 1, len(indices), squeeze=False)
+    targets: dict = {}
+    for row, attack in enumerate(attacks, start=1):
+        for col, index in enumerate(indices):
+            ax = axes[row][col]
+            match = sub[(sub["attack"] == attack) & (sub["index"] == index)]
+            rec = match.iloc[0] if len(match) else None
+            if rec is not None and rec["status"] == "ok" and isinstance(rec["images"], str):
+                target, recon = _load_pair(rec["images"])
+                targets.setdefault(index, target)
+                ax.imshow(_to_hwc(recon), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                psnr = rec["psnr"]
+                ax.set_title("inf dB" if math.isinf(psnr) else f"{psnr:.1f} dB", fontsize=7, pad=2)
+            else:
+                label = "no record" if rec is None else ("n.a." if rec["status"] == "not-applicable" else rec["status"])
+                ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+                ax.set_facecolor("0.92")
+            if col == 0:
+                ax.set_ylabel(attack, fontsize=8, rotation=0, ha="right", va="center")
+    for col, index in enumerate(indices):
+        ax = axes[0][col]
+        if index in targets:
+            ax.imshow(_to_hwc(targets[index]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.set_facecolor("0.92")
+        ax.set_title(f"image {index}", fontsize=7, pad=2)
+        if col == 0:
+            ax.set_ylabel("target", fontsize=8, rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{model}: targets vs reconstructions (PSNR per image)", fontsize=9)
+    return _save(fig, path)
+
+
+def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "normalised_score",
+                     psnr_cap: float = 100.0) -> Path:
+    """Mean PSNR of each (model, attack) against the model's security metric; Spearman ρ per attack."""
+    from .leaderboard import spearman_by_attack
+
+    rho = spearman_by_attack(board, metric).set_index("attack")
+    usable = board[(board["ok"] > 0) & board[metric].notna()]
+    attacks = list(dict.fromkeys(board["attack"]))
+    colours = _colours(attacks)
+    fig = _figure(7.5, 4.8)
+    ax = fig.subplots()
+    for i, attack in enumerate(attacks):
+        sub = usable[usable["attack"] == attack]
+        r = rho.loc[attack, "spearman_rho"]
+        label = f"{attack}: ρ = {r:.2f}" if np.isfinite(r) else f"{attack}: ρ undefined (n={len(sub)})"
+        ax.scatter(sub[metric], _capped(sub["psnr_mean"], psnr_cap), label=label, color=colours[attack],
+                   marker=MARKERS[i % len(MARKERS)], s=36, alpha=0.85)
+    models = usable.drop_duplicates("model")
+    top = ax.secondary_xaxis("top")  # the models' names at their security metric
+    top.set_xticks(models[metric].to_numpy(float), models["model"].tolist(), rotation=60, fontsize=6, ha="left")
+    _cap_line(ax, psnr_cap, usable["psnr_mean"])
+    excluded = sorted(set(board["model"]) - set(usable["model"]))
+    ax.set_xlabel({"normalised_score": "normalised security score (higher = more secure)",
+                   "copa_index": "COPA index (more negative = more secure)"}[metric])
+    ax.set_ylabel("mean PSNR (dB)")
+    finite = rho["spearman_rho"].dropna()
+    summary = ", ".join(f"{a} {v:.2f}" for a, v in finite.items()) or "undefined (fewer than 3 models)"
+    ax.set_title(f"PSNR vs security across architectures — Spearman ρ: {summary}", fontsize=8)
+    if excluded:
+        ax.text(0.99, 0.01, "no security metric: " + ", ".join(excluded), transform=ax.transAxes, fontsize=6,
+                ha="right", va="bottom", color="0.4")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def psnr_distribution(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[str] | None = None,
+                      psnr_cap: float = 100.0) -> Path:
+    """Per-image PSNR of the ok runs, one box per attack, with the individual images as points."""
+    ok = records[records["status"] == "ok"]
+    attacks = list(dict.fromkeys([*(attacks or []), *records["attack"]]))
+    fig = _figure(max(4.0, 0.9 * len(attacks) + 1.5), 4.2)
+    ax = fig.subplots()
+    data = [_capped(ok[ok["attack"] == a]["psnr"].dropna(), psnr_cap) for a in attacks]
+    positions = np.arange(1, len(attacks) + 1)
+    present = [i for i, d in enumerate(data) if len(d)]
+    if present:
+        ax.boxplot([data[i] for i in present], positions=positions[present], widths=0.5, showfliers=False)
+    rng = np.random.default_rng(0)
+    for i, values in enumerate(data):
+        ax.scatter(positions[i] + rng.uniform(-0.15, 0.15, len(values)), values, s=10, alpha=0.6, color="C0")
+        if not len(values):
+            ax.text(positions[i], 0.5, "no ok run", rotation=90, ha="center", va="center", fontsize=7,
+                    transform=ax.get_xaxis_transform())
+    ax.set_xticks(positions, attacks, rotation=30, ha="right", fontsize=8)
+    _cap_line(ax, psnr_cap, ok["psnr"])
+    ax.set_ylabel("PSNR per image (dB)")
+    ax.set_title("PSNR distribution per attack (all models)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def time_vs_psnr(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[str] | None = None,
+                 psnr_cap: float = 100.0) -> Path:
+    """Seconds per image (log scale) against PSNR, one colour per attack."""
+    ok = records[(records["status"] == "ok") & records["seconds"].notna()]
+    attacks = list(dict.fromkeys([*(attacks or []), *records["attack"]]))
+    colours = _colours(attacks)
+    fig = _figure(7.0, 4.5)
+    ax = fig.subplots()
+    for i, attack in enumerate(attacks):
+        sub = ok[ok["attack"] == attack]
+        ax.scatter(np.maximum(sub["seconds"].to_numpy(float), 1e-4), _capped(sub["psnr"], psnr_cap),
+                   label=f"{attack} ({len(sub)})", color=colours[attack], marker=MARKERS[i % len(MARKERS)], s=22,
+                   alpha=0.8)
+    ax.set_xscale("log")
+    _cap_line(ax, psnr_cap, ok["psnr"])
+    ax.set_xlabel("seconds per image (log scale; floor 1e-4)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title("Time vs PSNR (ok runs)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,28 @@
+localrules:
+    plots,
+
+
+rule plots:
+    """Reconstruction grid per model, PSNR vs security metric (Spearman ρ), PSNR distribution, time vs PSNR."""
+    input:
+        records=rules.leaderboard.output.records_csv,
+        board=rules.leaderboard.output.leaderboard_csv,
+    output:
+        grids=report(expand(f"{RESULTS}/plots/reconstructions_{{model}}.png", model=MODELS),
+                     caption="../report/reconstructions.rst", category="Plots", subcategory="Reconstructions"),
+        security=report(f"{RESULTS}/plots/psnr_vs_security.png", caption="../report/psnr_vs_security.rst",
+                        category="Plots"),
+        distribution=report(f"{RESULTS}/plots/psnr_distribution.png", caption="../report/psnr_distribution.rst",
+                            category="Plots"),
+        time=report(f"{RESULTS}/plots/time_vs_psnr.png", caption="../report/time_vs_psnr.rst", category="Plots"),
+    params:
+        models=MODELS,
+        attacks=ATTACKS,
+        metric=config["plots"]["security_metric"],
+        psnr_cap=config["plots"]["psnr_cap"],
+    log:
+        f"{OUT}/logs/plots.log",
+    conda:
+        "../envs/copa.yaml"
+    script:
+        "../scripts/plots.py"

@@ -1,0 +1,23 @@
+"""Snakemake script of rule `leaderboard`: copa.leaderboard.write_tables."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821 (injected by Snakemake)
+from _bootstrap import logged  # noqa: E402
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0]) as log:
+    import yaml
+
+    from copa.io import atomic_write_text
+    from copa.leaderboard import write_tables
+
+    tables = {key: path for key, path in sm.output.items() if key != "run_config"}
+    board = write_tables(sm.input.cells, sm.input.security, outputs=tables,
+                         models=sm.params.models, attacks=sm.params.attacks, command=sm.config.get("_command"),
+                         images_per_cell=sm.params.images_per_cell, title=sm.params.title, metric=sm.params.metric)
+    effective = {key: value for key, value in sm.config.items() if not key.startswith("_")}
+    atomic_write_text(sm.output.run_config, "# the validated config of this run (defaults filled in)\n"
+                      + yaml.safe_dump(effective, sort_keys=False, allow_unicode=True))
+    print(board.to_string(), file=log)

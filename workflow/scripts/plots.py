@@ -1,0 +1,23 @@
+"""Snakemake script of rule `plots`: copa.plots on the leaderboard's tables."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821 (injected by Snakemake)
+from _bootstrap import logged  # noqa: E402
+
+sm = snakemake  # noqa: F821
+with logged(sm.log[0]) as log:
+    import pandas as pd
+
+    from copa import plots
+
+    records = pd.read_csv(sm.input.records)
+    board = pd.read_csv(sm.input.board)
+    cap = float(sm.params.psnr_cap)
+    for model, path in zip(sm.params.models, sm.output.grids):
+        plots.reconstruction_grid(records, model, path, attacks=sm.params.attacks)
+    plots.psnr_vs_security(board, sm.output.security, metric=sm.params.metric, psnr_cap=cap)
+    plots.psnr_distribution(records, sm.output.distribution, attacks=sm.params.attacks, psnr_cap=cap)
+    plots.time_vs_psnr(records, sm.output.time, attacks=sm.params.attacks, psnr_cap=cap)
+    print("wrote", *sm.output, sep="\n", file=log)

@@ -1,0 +1,25 @@
+"""Snakemake script of rule `security`: copa.pipeline.security_entry (ok, or not-applicable with the reason)."""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821 (injected by Snakemake)
+from _bootstrap import logged  # noqa: E402
+
+run = snakemake.params.run  # noqa: F821
+if run.get("data_root"):  # copa.security reads torchvision datasets from the default root
+    os.environ["COPA_DATA_ROOT"] = str(run["data_root"])
+
+with logged(snakemake.log[0]) as log:  # noqa: F821
+    import torch
+
+    from copa.io import atomic_write_json
+    from copa.pipeline import security_entry
+
+    torch.set_num_threads(snakemake.threads)  # noqa: F821
+    entry = security_entry(run, snakemake.wildcards.model)  # noqa: F821
+    atomic_write_json(snakemake.output[0], entry)  # noqa: F821
+    print(f"{entry['model']}: {entry['status']}, COPA index {entry['copa_index']}, "
+          f"normalised score {entry['normalised_score']} ({entry['seconds']} s){' — ' + entry['reason'] if entry['reason'] else ''}",
+          file=log)
