@@ -18,7 +18,7 @@ if not workflow.overwrite_configfiles:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 from copa.errors import CopaError
-from copa.pipeline import attack_overrides, check_config, dataset_tag, results_dir
+from copa.pipeline import attack_identity, attack_overrides, check_config, dataset_tag, results_dir
 
 try:
     check_config(config)

@@ -72,6 +72,28 @@ def attack_overrides(config: dict[str, Any], attack: str) -> dict[str, Any]:
     return dict((config.get("attack_settings") or {}).get(attack) or {})
 
 
+def attack_identity(config: dict[str, Any], attack: str) -> dict[str, Any]:
+    """What identifies an attack's results besides the scenario: its full hyperparameters (defaults
+    included) and the SHA-256 of the file that defines it. The Snakefile passes this as a rule param, so
+    a changed default or a changed attack file reruns the attack's cells, which then recompute their records.
+    (Changes in shared library modules are not tracked: rerun with ``--forcerun cell``.)"""
+    import hashlib
+    import inspect
+
+    from .attacks import ATTACKS, create_attack, load_plugins
+
+    load_plugins(tuple(config.get("plugins") or ()))
+    cls = ATTACKS.get(attack)
+    try:
+        source = Path(inspect.getsourcefile(cls) or "")
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        where = f"{cls.__module__} ({source.name})"
+    except (OSError, TypeError):
+        digest, where = None, cls.__module__
+    return {"hyperparameters": _jsonable(create_attack(attack, attack_overrides(config, attack)).hp),
+            "source": where, "source_sha256": digest}
+
+
 def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     """Check the names and values the schema cannot: raise :class:`CopaError` naming the bad value.
 
@@ -167,7 +189,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def record_matches(record: dict[str, Any] | None, directory: str | os.PathLike, scenario, attack_name: str,
-                   hyperparameters: dict[str, Any], seed: int, *, accept_failed: bool = False) -> str | None:
+                   hyperparameters: dict[str, Any], seed: int, *, accept_failed: bool = False,
+                   source_sha256: str | None = None) -> str | None:
     """None if ``record`` is a complete result of exactly this run; else why it must be recomputed."""
     from .bench import RECORD_VERSION
 
@@ -188,6 +211,8 @@ def record_matches(record: dict[str, Any] | None, directory: str | os.PathLike, 
         return "different hyperparameters"
     if record.get("seed") != seed:
         return "different seed"
+    if source_sha256 is not None and (record.get("workflow") or {}).get("attack_source_sha256") != source_sha256:
+        return "the attack's source file changed"
     if status == "ok" and not (Path(directory) / "images.npz").is_file():
         return "images.npz missing"
     return None
@@ -220,6 +245,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     overrides = attack_overrides(config, attack)
     device = resolve_device_name(config.get("device", "cpu"))
     seed = int(config.get("seed", 0))
+    identity = attack_identity(config, attack)
     hp = create_attack(attack, overrides).hp
     scenarios = [(int(i), scenario_for(config, model, int(i))) for i in config["indices"]]
     records_dir = Path(records_dir)
@@ -229,7 +255,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
         directory = records_dir / str(index)
         old = read_record(directory)
         why = record_matches(old, directory, scenario, attack, hp, seed,
-                             accept_failed=not config.get("retry_failed", True))
+                             accept_failed=not config.get("retry_failed", True),
+                             source_sha256=identity["source_sha256"])
         if why is None:
             record, reused = old, True
             log(f"[{index}] kept the complete record: {summary_line(record)}")
@@ -239,8 +266,9 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
             clear_record(directory)
             record, reconstruction, truth = run_attack(scenario, create_attack(attack, overrides), seed=seed,
                                                        device=device, threads=threads, record_failures=True)
-            record["workflow"] = {"attack_settings": overrides, "cell": f"{model}/{attack}",
-                                  "threads": threads}
+            record["workflow"] = {"attack_settings": overrides, "cell": f"{model}/{attack}", "threads": threads,
+                                  "attack_source": identity["source"],
+                                  "attack_source_sha256": identity["source_sha256"]}
             write_outputs(directory, record, reconstruction, truth)
             reused = False
             log(f"[{index}] {summary_line(record)}")
@@ -249,6 +277,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
                         "reason": record.get("reason"), "reused": reused})
     cell = {"model": model, "attack": attack, "dataset": config["dataset"], "split": config.get("split", "train"),
             "indices": [i for i, _ in scenarios], "hyperparameters": _jsonable(hp), "attack_settings": overrides,
+            "attack_source": identity["source"], "attack_source_sha256": identity["source_sha256"],
             "seed": seed, "device": device, "threads": threads, "counts": counts, "records": entries,
             "seconds": round(time.perf_counter() - start, 3)}
     atomic_write_json(summary, cell)

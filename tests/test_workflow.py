@@ -102,6 +102,9 @@ def test_smoke_run_end_to_end_then_nothing_to_do_and_report(tmp_path):
     second = snakemake(tmp_path, "--dry-run")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Nothing to be done" in second.stdout + second.stderr
+    changed = snakemake(tmp_path, "--dry-run", "--config", "seed=1")  # a changed setting reruns the cells
+    assert changed.returncode == 0 and "Params have changed since last execution" in changed.stdout, changed.stdout[-2000:]
+    assert any(line.split() == ["cell", str(len(models) * len(attacks))] for line in changed.stdout.splitlines())
 
     report = snakemake(tmp_path, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-3000:]
@@ -290,11 +293,47 @@ def test_run_cell_resumes_and_reruns_only_what_changed(tmp_path):
     assert any("different hyperparameters" in line for line in lines)
 
 
-def test_run_cell_records_a_failing_image_and_goes_on(tmp_path):
+@pytest.fixture
+def forget_attacks():
+    """Attack names registered by a test, removed from the registry afterwards (other tests list attacks)."""
+    from copa.attacks import ATTACKS
+
+    names = []
+    yield names
+    for name in names:
+        ATTACKS._entries.pop(name, None)
+
+
+def test_run_cell_recomputes_when_the_attack_file_changes(tmp_path, forget_attacks):
+    from copa.pipeline import attack_identity, run_cell
+
+    plugin = tmp_path / "grey_plugin.py"
+    plugin.write_text(PLUGIN)
+    forget_attacks.append("slow-grey")
+    config = _config(tmp_path, attacks=["slow-grey"], plugins=[str(plugin)], indices=[0, 1])
+    first = attack_identity(config, "slow-grey")
+    assert first["hyperparameters"] == {"seconds": 0.0, "fail_on_label": -1} and len(first["source_sha256"]) == 64
+    lines = []
+
+    def run():
+        return run_cell(config, "cnn2_c1", "slow-grey", records_dir=tmp_path / "records",
+                        summary=tmp_path / "cell.json", log=lines.append)
+
+    assert not any(e["reused"] for e in run()["records"])
+    assert all(e["reused"] for e in run()["records"])
+    plugin.write_text(PLUGIN + "\n# a changed attack\n")
+    assert attack_identity(config, "slow-grey")["source_sha256"] != first["source_sha256"]
+    assert not any(e["reused"] for e in run()["records"])
+    assert any("the attack's source file changed" in line for line in lines)
+
+
+def test_run_cell_records_a_failing_image_and_goes_on(tmp_path, forget_attacks):
     import torch
 
     from copa.attacks import Attack, Reconstruction, register_attack
     from copa.pipeline import run_cell
+
+    forget_attacks.append("test-fails-on-label-one")
 
     @register_attack(replace=True)
     class FailsOnLabelOne(Attack):

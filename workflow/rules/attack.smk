@@ -10,6 +10,7 @@ rule cell:
     params:
         run=lambda wildcards: {**scenario_params(), "attack_settings": {
             wildcards.attack: attack_overrides(config, wildcards.attack)}},
+        attack=lambda wildcards: attack_identity(config, wildcards.attack),
         records=lambda wildcards: f"{OUT}/{TAG}/records/{wildcards.model}/{wildcards.attack}",
     threads: config["threads"]
     resources:
