@@ -11,8 +11,9 @@ Layout of one run (``OUT`` = ``config["out"]``, ``TAG`` = :func:`dataset_tag`)::
 
 A cell (dataset, model, attack) is one job that runs its N images one after the other. The per-image
 records are not Snakemake outputs, so Snakemake never deletes them: a cell that was killed midway and
-is run again keeps every complete record that matches the current scenario, attack, hyperparameters
-and seed, and computes only the rest (:func:`record_matches`). Every file is written atomically.
+is run again keeps every complete record that matches the current scenario, attack, hyperparameters,
+seed and attack source file, and computes only the rest (:func:`record_matches`). Every file is
+written atomically.
 """
 
 from __future__ import annotations
@@ -229,8 +230,9 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     """Run ``attack`` on every configured image for ``model``; write one record per image, then the summary.
 
     Images whose record in ``records_dir/INDEX/`` matches (:func:`record_matches`) are kept as they
-    are. An exception inside the attack becomes a ``failed`` record (the other images still run);
-    a bad configuration or missing data raises :class:`CopaError` before anything is written.
+    are. An exception inside the attack (or in scoring its output) becomes a ``failed`` record and the
+    other images still run; a bad configuration raises :class:`CopaError` before any image runs, and
+    an image that cannot be loaded raises it without a record (the records written so far stay valid).
     """
     import torch
 
