@@ -49,6 +49,7 @@ kept (the attack's own loss; never the ground truth).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -282,12 +283,16 @@ class COPA(Attack):
         def unflat(x_flat: Tensor) -> Tensor:
             return g.unpad(x_flat.reshape(g.in_channels, *g.padded))
 
-        pull = (_PullBack(problem, ctx, unflat(problem.solution))
-                if problem.index > 0 and self.hp["pullback_weight"] > 0 else None)
-        if pull is not None and not pull.active:
-            pull = None
+        @functools.cache
+        def pull_back() -> _PullBack | None:
+            """Built on first use: full-rank, consistent layers never pay for its eigendecomposition."""
+            if problem.index == 0 or self.hp["pullback_weight"] <= 0:
+                return None
+            penalty = _PullBack(problem, ctx, unflat(problem.solution))
+            return penalty if penalty.active else None
 
         def priors(x: Tensor, tv: float) -> Tensor:
+            pull = pull_back()
             total = tv * total_variation(x)
             if problem.index == 0 and self.hp["box_weight"] > 0:
                 below, above = (lower - x).clamp_min(0), (x - upper).clamp_min(0)
