@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -94,37 +93,6 @@ def test_list_shows_every_registered_name(capsys):
         assert form in listed
     assert main(["list", "metrics"]) == 0
     assert "ssim" in capsys.readouterr().out
-
-
-PLUGIN = textwrap.dedent('''
-    import torch
-    from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
-
-    @register_attack
-    class Constant(Attack):
-        name = "plugin-constant"
-        paper = "a test plug-in"
-        hyperparameters = {"value": Hyperparameter(0.25, "test")}
-
-        def reconstruct(self, observation, generator):
-            shape = (observation.batch_size, *observation.input_shape)
-            images = torch.full(shape, self.hp["value"], dtype=observation.dtype)
-            return Reconstruction(images=observation.preprocess.apply(images), labels=observation.labels)
-''')
-
-
-def test_an_attack_from_a_plugin_file_is_listed_and_runs(tmp_path):
-    plugin = tmp_path / "my_attack.py"
-    plugin.write_text(PLUGIN)
-    listed = copa("list", "attacks", "--plugin", plugin)
-    assert listed.returncode == 0 and "plugin-constant" in listed.stdout
-    out = tmp_path / "run"
-    result = copa("attack", "--plugin", plugin, "--attack", "plugin-constant", "--model", "cnn2_c1",
-                  "--set", "value=0.75", "--out", out)
-    assert result.returncode == 0, result.stderr
-    record = json.loads((out / "record.json").read_text())
-    assert record["hyperparameters"] == {"value": 0.75}
-    assert np.allclose(np.load(out / "images.npz")["reconstruction"], 0.75)
 
 
 def test_the_readme_plugin_example_runs_as_written(tmp_path):
