@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import io
+import json
 import platform
 import subprocess
 import time
@@ -89,61 +91,136 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
     Returns ``(record, reconstruction, ground_truth)``. An attack that does not apply yields a record
     with ``status: "not-applicable"`` and its reason; ``reconstruction`` is then None.
     Bad inputs (names, options) raise :class:`~copa.errors.CopaError` before any work is done.
-    With ``record_failures=True`` an exception raised by the attack (or by scoring its output) yields
-    a record with ``status: "failed"``, the reason and the traceback instead of propagating (the
-    workflow uses this so that one failing image does not stop the others); interrupts still propagate.
+    With ``record_failures=True`` a run that cannot give a valid result yields a record with
+    ``status: "failed"``, the reason and (for an exception) the traceback instead of propagating (the
+    workflow uses this so that one failing image does not stop the others): an exception raised by the
+    attack or by scoring its output (solver errors such as ``torch.linalg.LinAlgError``, out of memory),
+    non-finite observed gradients (checked before the attack runs) and a non-finite reconstruction
+    (never scored). Interrupts still propagate. Without ``record_failures`` these raise
+    (the non-finite checks as :class:`RunFailure`).
     """
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
     attack_obj = attack if isinstance(attack, Attack) else create_attack(attack, overrides)
     observation, truth = scenario.build(dev)
+    record, reconstruction = attack_observation(observation, attack_obj, truth=truth, seed=seed, device=dev,
+                                                metrics=metrics, record_failures=record_failures,
+                                                scenario=scenario.to_dict())
+    return record, reconstruction, truth
 
+
+class RunFailure(CopaError):
+    """A run that cannot give a valid result: non-finite observed gradients or a non-finite reconstruction."""
+
+
+def config_hash(scenario: dict[str, Any] | None, attack: str, hyperparameters: dict[str, Any], seed: int,
+                **extra: Any) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces) of what determines a run's result:
+    the scenario (or, for an observation file, its description in ``extra``), the attack's name,
+    its full hyperparameters and the seed."""
+    payload = {"scenario": scenario, "attack": attack, "hyperparameters": hyperparameters, "seed": seed, **extra}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True, default=str)
+
+
+def check_finite_gradients(observation: Observation) -> None:
+    """Raise :class:`RunFailure` naming every observed gradient tensor with NaN or Inf entries."""
+    bad = []
+    for name, grad in zip(observation.parameter_names, observation.gradients):
+        finite = torch.isfinite(grad)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(grad).sum())
+            count = int(grad.numel() - finite.sum())
+            bad.append(f"{name} has {count} non-finite entries of {grad.numel()} ({nan} NaN, {count - nan} Inf)")
+    if bad:
+        more = f"; ... ({len(bad) - 4} more tensors)" if len(bad) > 4 else ""
+        raise RunFailure(f"observed gradients are not finite: {'; '.join(bad[:4])}{more}")
+
+
+def check_finite_images(images: torch.Tensor) -> None:
+    """Raise :class:`RunFailure` when an attack's returned iterate has NaN or Inf entries."""
+    finite = torch.isfinite(images)
+    if not bool(finite.all()):
+        raise RunFailure(f"attack returned non-finite images ({int(images.numel() - finite.sum())} of "
+                         f"{images.numel()} entries)")
+
+
+def attack_observation(observation: Observation, attack: Attack, *, truth: GroundTruth | None = None,
+                       seed: int = 0, device: torch.device | str | None = None,
+                       metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"), record_failures: bool = False,
+                       scenario: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
+                       ) -> tuple[dict[str, Any], Reconstruction | None]:
+    """Run ``attack`` on ``observation``; score it against ``truth`` when given (else metrics are null).
+
+    ``scenario`` (the :class:`Scenario` as a dict) or ``source`` (e.g. the observation file it came
+    from) describe where the observation came from. Failures: see :func:`run_attack`.
+    Returns ``(record, reconstruction)``; the reconstruction is None unless the status is ok.
+    """
+    dev = torch.device(device) if device is not None else observation.device
+    hp = dict(attack.hp)
     record: dict[str, Any] = {
         "record_version": RECORD_VERSION,
         "status": "ok",
         "reason": None,
-        "scenario": scenario.to_dict(),
+        "scenario": scenario,
+        **({"source": source} if source is not None else {}),
         "observation": observation.describe(),
-        "attack": {"name": attack_obj.name, "paper": attack_obj.paper, "code": attack_obj.code},
-        "hyperparameters": dict(attack_obj.hp),
+        "attack": {"name": attack.name, "paper": attack.paper, "code": attack.code},
+        "hyperparameters": hp,
         "seed": seed,
+        "config_hash": config_hash(scenario, attack.name, json.loads(canonical_json(hp)), seed,
+                                   **({"source": source} if source is not None else {})),
         "model": _model_description(observation),
     }
-    reason = attack_obj.applicable(observation)
-    reconstruction = None
-    if reason is None:
-        counter = _ForwardCounter(observation.model)
-        generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        start = time.perf_counter()
-        try:
-            reconstruction = attack_obj.reconstruct(observation, generator)
-        except NotApplicableError as exc:
-            reason = str(exc)
-        except Exception as exc:
-            if not record_failures:
-                raise
-            return _failed(record, exc, dev), None, truth
-        finally:
-            seconds = time.perf_counter() - start
-            counter.remove()
-            record["seconds"] = seconds
-    if reason is not None:
-        record.update(status="not-applicable", reason=f"not applicable: {reason}")
-        record.update(_provenance(dev))
-        return record, None, truth
-
+    reason = None
+    reconstruction = scores = None
+    counter = None
+    failed = False
     try:
-        _check_shape(reconstruction, observation)
-        recon01 = truth.preprocess.undo(reconstruction.images.detach().to(truth.images01))
-        scores = metrics_mod.score_images(recon01, truth.images01, predicted_labels=reconstruction.labels,
-                                          true_labels=truth.labels, metrics=metrics)
+        check_finite_gradients(observation)
+        reason = attack.applicable(observation)
+        if reason is None:
+            counter = _ForwardCounter(observation.model)
+            generator = torch.Generator().manual_seed(seed)
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            try:
+                reconstruction = attack.reconstruct(observation, generator)
+            finally:
+                record["seconds"] = time.perf_counter() - start
+                counter.remove()
+            _check_shape(reconstruction, observation)
+            check_finite_images(reconstruction.images)
+            if truth is not None:
+                recon01 = truth.preprocess.undo(reconstruction.images.detach().to(truth.images01))
+                scores = metrics_mod.score_images(recon01, truth.images01, predicted_labels=reconstruction.labels,
+                                                  true_labels=truth.labels, metrics=metrics)
+    except NotApplicableError as exc:
+        reason = str(exc)
     except Exception as exc:
         if not record_failures:
             raise
-        return _failed(record, exc, dev), None, truth
-    record["metrics"] = scores
+        _failed(record, exc)
+        failed = True
+    if failed:  # the exception and its frames are gone here: free the cached GPU memory they held
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        record.update(_provenance(dev))
+        return record, None
+    if reason is not None:
+        record.update(status="not-applicable", reason=f"not applicable: {reason}")
+        record.update(_provenance(dev))
+        return record, None
+
+    if truth is not None:
+        record["metrics"] = scores
+    else:
+        record["metrics"] = None
+        record["metrics_note"] = "no ground truth: the observation came without the client's images"
     record["attack_loss"] = reconstruction.loss
     record["evaluations"] = {
         "forward": reconstruction.forward_evals if reconstruction.forward_evals is not None else counter.count,
@@ -152,14 +229,25 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
     }
     record["attack_info"] = reconstruction.info
     record.update(_provenance(dev))
-    return record, reconstruction, truth
+    return record, reconstruction
 
 
-def _failed(record: dict[str, Any], exc: Exception, device: torch.device) -> dict[str, Any]:
-    record.update(status="failed", reason=f"failed: {type(exc).__name__}: {exc}",
-                  traceback=traceback.format_exc(limit=20))
-    record.update(_provenance(device))
-    return record
+def failure_reason(exc: BaseException) -> str:
+    """The one-line reason of a failed record, naming the kind of failure."""
+    if isinstance(exc, RunFailure):
+        return f"failed: {exc}"
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return f"failed: out of memory ({type(exc).__name__}): {exc}"
+    if isinstance(exc, torch.linalg.LinAlgError):
+        return f"failed: solver failure ({type(exc).__name__}): {exc}"
+    return f"failed: {type(exc).__name__}: {exc}"
+
+
+def _failed(record: dict[str, Any], exc: BaseException) -> None:
+    """Turn ``record`` into a failed record for ``exc``: its reason (one line) and traceback."""
+    reason = " ".join(failure_reason(exc).split())
+    record.update(status="failed", reason=reason[:2000],
+                  traceback=None if isinstance(exc, RunFailure) else traceback.format_exc(limit=20))
 
 
 def _model_description(observation: Observation) -> dict[str, Any]:
@@ -182,23 +270,34 @@ def _check_shape(reconstruction: Reconstruction, observation: Observation) -> No
 
 
 def write_outputs(out_dir: str | Path, record: dict[str, Any], reconstruction: Reconstruction | None,
-                  truth: GroundTruth) -> Path:
+                  truth: GroundTruth | None, *, preprocess=None) -> Path:
     """Write record.json, and for a finished run images.npz and reconstruction.png, each atomically.
 
+    With ``truth``, images.npz holds the targets, the paired reconstructions and the indices, and the
+    PNG shows targets above reconstructions; without it (an observation file's run) they hold the
+    reconstruction alone, mapped to [0, 1] with ``preprocess`` (the observation's).
     record.json is written last, so its presence marks a complete output directory.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    target01 = truth.images01.detach().float().cpu()
     if reconstruction is not None:
-        recon01 = truth.preprocess.undo(reconstruction.images.detach().to(truth.images01)).float().cpu()
-        pairing = torch.as_tensor(record["metrics"]["pairing"])
-        recon01 = recon01[pairing]
+        if truth is not None:
+            target01 = truth.images01.detach().float().cpu()
+            recon01 = truth.preprocess.undo(reconstruction.images.detach().to(truth.images01)).float().cpu()
+            pairing = torch.as_tensor(record["metrics"]["pairing"])
+            recon01 = recon01[pairing]
+            arrays = {"target": target01.numpy(), "reconstruction": recon01.numpy(),
+                      "indices": np.asarray(truth.indices)}
+        else:
+            if preprocess is None:
+                raise CopaError("write_outputs needs the preprocessing to map a reconstruction without targets to [0, 1]")
+            target01 = None
+            recon01 = preprocess.undo(reconstruction.images.detach()).float().cpu().clamp(0, 1)
+            arrays = {"reconstruction": recon01.numpy()}
 
         def save_npz(path: Path) -> None:
             with path.open("wb") as fh:
-                np.savez(fh, target=target01.numpy(), reconstruction=recon01.numpy(),
-                         indices=np.asarray(truth.indices))
+                np.savez(fh, **arrays)
 
         atomic_write(out / "images.npz", save_npz)
         atomic_write(out / "reconstruction.png", lambda p: save_grid(p, target01, recon01.clamp(0, 1)))
@@ -206,21 +305,29 @@ def write_outputs(out_dir: str | Path, record: dict[str, Any], reconstruction: R
     return out / "record.json"
 
 
-def save_grid(path: Path, target01: torch.Tensor, recon01: torch.Tensor) -> None:
-    """Targets on the top row, paired reconstructions below (torchvision.utils.save_image)."""
+def save_grid(path: Path, target01: torch.Tensor | None, recon01: torch.Tensor) -> None:
+    """Targets on the top row (when given), paired reconstructions below (torchvision.utils.save_image)."""
     from torchvision.utils import save_image
 
-    grid = torch.cat([target01, recon01])
+    grid = recon01 if target01 is None else torch.cat([target01, recon01])
     buffer = io.BytesIO()
-    save_image(grid, buffer, format="png", nrow=len(target01), padding=2, pad_value=1.0)
+    save_image(grid, buffer, format="png", nrow=len(recon01), padding=2, pad_value=1.0)
     path.write_bytes(buffer.getvalue())
 
 
 def summary_line(record: dict[str, Any]) -> str:
-    s = record["scenario"]
-    head = f"{record['attack']['name']} on {s['model']} / {s['dataset']}:{s['split']} {s['indices']}"
+    s = record.get("scenario")
+    if s is not None:
+        head = f"{record['attack']['name']} on {s['model']} / {s['dataset']}:{s['split']} {s['indices']}"
+    else:
+        where = (record.get("source") or {}).get("path", "an observation")
+        head = f"{record['attack']['name']} on {record['observation']['model']} / {where}"
     if record["status"] != "ok":
         return f"{head}: {record['status']} ({record['reason']})"
+    if record.get("metrics") is None:
+        loss = record.get("attack_loss")
+        return (f"{head}: ok, no ground truth to score against (attack loss "
+                f"{'–' if loss is None else f'{loss:.4g}'}), {record['seconds']:.2f} s")
     mean = record["metrics"]["mean"]
     parts = [f"PSNR {mean['psnr']:.2f} dB", f"SSIM {mean['ssim']:.4f}"]
     if mean.get("lpips") is not None:

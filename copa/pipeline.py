@@ -219,6 +219,17 @@ def record_matches(record: dict[str, Any] | None, directory: str | os.PathLike, 
     return None
 
 
+def run_config_hash(config: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (sorted keys) of a validated run config, without its private
+    ``_``-prefixed keys (e.g. the command line): the same settings give the same hash."""
+    import hashlib
+
+    from .bench import canonical_json
+
+    public = {key: value for key, value in config.items() if not str(key).startswith("_")}
+    return hashlib.sha256(canonical_json(_jsonable(public)).encode()).hexdigest()
+
+
 def clear_record(directory: str | os.PathLike) -> None:
     """Remove a stale record: record.json first, so the directory never looks complete midway."""
     for name in RECORD_FILES:
@@ -249,6 +260,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     seed = int(config.get("seed", 0))
     identity = attack_identity(config, attack)
     hp = create_attack(attack, overrides).hp
+    run_hash = run_config_hash(config)
     scenarios = [(int(i), scenario_for(config, model, int(i))) for i in config["indices"]]
     records_dir = Path(records_dir)
     entries, counts = [], {status: 0 for status in STATUSES}
@@ -270,7 +282,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
                                                        device=device, threads=threads, record_failures=True)
             record["workflow"] = {"attack_settings": overrides, "cell": f"{model}/{attack}", "threads": threads,
                                   "attack_source": identity["source"],
-                                  "attack_source_sha256": identity["source_sha256"]}
+                                  "attack_source_sha256": identity["source_sha256"],
+                                  "run_config_hash": run_hash}
             write_outputs(directory, record, reconstruction, truth)
             reused = False
             log(f"[{index}] {summary_line(record)}")
@@ -280,7 +293,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     cell = {"model": model, "attack": attack, "dataset": config["dataset"], "split": config.get("split", "train"),
             "indices": [i for i, _ in scenarios], "hyperparameters": _jsonable(hp), "attack_settings": overrides,
             "attack_source": identity["source"], "attack_source_sha256": identity["source_sha256"],
-            "seed": seed, "device": device, "threads": threads, "counts": counts, "records": entries,
+            "seed": seed, "device": device, "threads": threads, "run_config_hash": run_hash,
+            "counts": counts, "records": entries,
             "seconds": round(time.perf_counter() - start, 3)}
     atomic_write_json(summary, cell)
     return cell
@@ -292,10 +306,12 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
 
 def security_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
     """The model's COPA security report as a dict with ``status`` ok, or not-applicable and the reason."""
+    from .attacks import load_plugins
     from .bench import device_description, git_commit, package_versions
     from .security import security_report
     from .threat import parse_input_shape, resolve_device
 
+    load_plugins(tuple(config.get("plugins") or ()))  # plug-in modules may register models
     sec = config.get("security") or {}
     index = sec.get("index")
     if index is None:
