@@ -481,13 +481,32 @@ def _read_npz(signature: tuple[str, int, int]) -> dict[str, np.ndarray]:
     """Every array of an .npz archive (key: _file_signature, so a changed file is read again)."""
     path = signature[0]
     try:
+        with open(path, "rb") as file:
+            head = file.read(6)
+    except OSError as err:
+        raise DataUnavailableError(f"npz file {path} cannot be read ({err.strerror or err})") from err
+    if not head:
+        raise InvalidSpecError(f"{path} is not a readable .npz archive: the file is empty (0 bytes); expected "
+                               f"named arrays saved with numpy.savez or numpy.savez_compressed")
+    if head == b"\x93NUMPY":
+        raise InvalidSpecError(f"{path} is a single .npy array, not an .npz archive of named arrays")
+    if not head.startswith(b"PK"):
+        raise InvalidSpecError(f"{path} is not a readable .npz archive: it has no zip header; expected named "
+                               f"arrays saved with numpy.savez or numpy.savez_compressed")
+    try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise InvalidSpecError(f"{path} is a single .npy array, not an .npz archive of named arrays")
         with loaded as archive:
             return {key: archive[key] for key in archive.files}
     except _NPZ_READ_ERRORS as err:
-        raise InvalidSpecError(f"{path} is not a readable .npz archive ({type(err).__name__}: {err})") from err
+        if isinstance(err, ValueError) and "allow_pickle" in str(err):
+            raise InvalidSpecError(f"{path} is not a readable .npz archive: it holds object (pickled) arrays, "
+                                   f"which are never loaded; store numeric arrays and class names as a string "
+                                   f"array") from err
+        reason = " ".join(str(err).split())
+        raise InvalidSpecError(f"{path} is not a readable .npz archive: it is truncated or corrupted "
+                               f"({type(err).__name__}: {reason}); copy it again or re-create it with numpy.savez") from err
 
 
 def _npz_arrays(path_text: str) -> tuple[Path, dict[str, np.ndarray]]:
@@ -642,7 +661,8 @@ def _decode_image(path: str) -> np.ndarray:
     try:
         return np.asarray(default_loader(path), dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, SyntaxError, ValueError) as err:  # PIL: unidentified, truncated, broken files
-        raise InvalidSpecError(f"image file {path} cannot be decoded ({type(err).__name__}: {err})") from err
+        raise InvalidSpecError(f"image file {path} cannot be decoded ({type(err).__name__}: {err}): replace or "
+                               f"remove it") from err
 
 
 @functools.lru_cache(maxsize=8)

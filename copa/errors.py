@@ -36,6 +36,9 @@ class NotApplicableError(CopaError):
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
     """Build the error for an unknown registry name, with close matches and the full list."""
     known = sorted(known)
+    if not isinstance(name, str):  # e.g. a number from a config file: no close matches, but the same message
+        return UnknownNameError(f"unknown {kind} {name!r} (a {type(name).__name__}, not a name). "
+                                f"Known {kind}s: {', '.join(known)}.")
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}.")

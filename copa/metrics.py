@@ -40,6 +40,7 @@ __all__ = [
     "lpips_weights_path",
     "label_accuracy",
     "match_pairs",
+    "check_metric_names",
     "score_images",
 ]
 
@@ -351,6 +352,24 @@ METRICS.register(
 )
 
 
+def check_metric_names(metrics: str | Iterable[str]) -> list[str]:
+    """The metric names as a list; :class:`~copa.errors.UnknownNameError` (with close matches) for an
+    unknown one, :class:`~copa.errors.InvalidSpecError` when ``metrics`` is not a name or names.
+
+    Cheap: callers can check the names before an attack runs instead of after it."""
+    if isinstance(metrics, str):
+        names = [metrics]
+    else:
+        try:
+            names = list(metrics)
+        except TypeError:
+            raise InvalidSpecError(f"metrics {metrics!r} is invalid: give a metric name or a sequence of names "
+                                   f"({', '.join(METRICS.names())})") from None
+    for name in names:
+        METRICS.entry(name)  # UnknownNameError with close matches
+    return names
+
+
 def score_images(
     reconstruction: Tensor,
     target: Tensor,
@@ -377,9 +396,7 @@ def score_images(
     writes it as ``Infinity``, which Python's ``json`` reads back but strict JSON parsers
     reject. Unknown metric names raise :class:`~copa.errors.UnknownNameError`.
     """
-    names = [metrics] if isinstance(metrics, str) else list(metrics)
-    for name in names:
-        METRICS.entry(name)  # UnknownNameError with close matches
+    names = check_metric_names(metrics)
     _check_pair(reconstruction, target, "score_images")
 
     perm = match_pairs(reconstruction, target)

@@ -38,7 +38,9 @@ Construction runs under ``torch.random.fork_rng`` with ``torch.manual_seed(seed)
 from __future__ import annotations
 
 import math
+import pickle
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -49,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import DataUnavailableError, InvalidSpecError, NotApplicableError, unknown_name
+from .errors import DataUnavailableError, InvalidSpecError, NotApplicableError, UnknownNameError, unknown_name
 from .registry import Registry
 
 __all__ = [
@@ -608,16 +610,40 @@ def _first_few(items: list[str], sep: str = ", ", limit: int = 8) -> str:
     return sep.join(items[:limit]) + more
 
 
-def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
+_UNSAFE_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_CHECKPOINT_ACCEPTED = "accepted: a file written by torch.save(model.state_dict(), PATH)"
+
+
+def _checkpoint_problem(err: Exception) -> str:
+    """One line saying why ``torch.load(..., weights_only=True)`` refused a checkpoint (torch's own message
+    spans many lines and suggests ``weights_only=False``, which copa never uses: it runs arbitrary code)."""
+    text = str(err)
+    if unsafe := _UNSAFE_GLOBAL_RE.search(text):
+        return (f"holds a pickled {unsafe[1]} object, not only tensors: it cannot be loaded with "
+                f"weights_only=True (copa never unpickles arbitrary objects); {_CHECKPOINT_ACCEPTED}")
+    if "Weights only load failed" in text or isinstance(err, pickle.UnpicklingError):
+        detail = text.split("WeightsUnpickler error:")[-1] if "WeightsUnpickler error:" in text else ""
+        detail = " ".join(detail.split()).split(" Check the documentation")[0]
+        return (f"is not a PyTorch file of tensors: torch.load(weights_only=True) refuses it"
+                f"{f' ({detail})' if detail else ''}; {_CHECKPOINT_ACCEPTED}")
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first_sentence = first_line.split(". ")[0].rstrip(".")
+    detail = f"{type(err).__name__}: {first_sentence}" if first_sentence else type(err).__name__
+    return f"is not a readable PyTorch file, it may be truncated or corrupted ({detail}); {_CHECKPOINT_ACCEPTED}"
+
+
+def _load_checkpoint(model: nn.Module, path: str | Path, which: str = "the model") -> None:
     path = Path(path)
     if not path.is_file():
         raise DataUnavailableError(f"checkpoint {str(path)!r} does not exist (or is not a file)")
+    if path.stat().st_size == 0:
+        raise InvalidSpecError(f"checkpoint {str(path)!r} is empty (0 bytes); {_CHECKPOINT_ACCEPTED}")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says what is wrong
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors for garbage or non-weights files
-        raise InvalidSpecError(
-            f"checkpoint {str(path)!r} cannot be read as a PyTorch state_dict ({type(err).__name__}: {err})"
-        ) from None
+        raise InvalidSpecError(f"checkpoint {str(path)!r} {_checkpoint_problem(err)}") from None
     if isinstance(loaded, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(loaded.get(key), Mapping):
@@ -646,7 +672,7 @@ def _load_checkpoint(model: nn.Module, path: str | Path) -> None:
             parts.append("missing " + _first_few(missing))
         if unexpected:
             parts.append("unexpected " + _first_few(unexpected))
-        raise InvalidSpecError(f"checkpoint {str(path)!r} does not fit the model: {' | '.join(parts)}")
+        raise InvalidSpecError(f"checkpoint {str(path)!r} does not fit {which}: {' | '.join(parts)}")
     model.load_state_dict(state)
 
 
@@ -686,6 +712,22 @@ def _split_activation_suffix(name: str) -> tuple[str, str] | None:
     return base, suffix
 
 
+def _unknown_model(name: str) -> UnknownNameError:
+    """Unknown model name; for ``CHAIN-SUFFIX`` with a registered chain, also why the suffix is not accepted."""
+    err = unknown_name(MODELS.kind, name, MODELS.names())
+    base, dash, suffix = name.rpartition("-")
+    if dash and base in MODELS and MODELS.entry(base).meta.get("spec"):
+        try:
+            make_activation(suffix)
+        except InvalidSpecError as bad:
+            reason = str(bad).split(":")[0] if suffix.startswith("leakyrelu") and suffix != "leakyrelu" else \
+                f"unknown activation {suffix!r}"
+            return UnknownNameError(f"{err} As an activation variant of {base!r}, '-{suffix}' is not accepted "
+                                    f"({reason}): accepted suffixes are -tanh, -sigmoid, -identity, -softplus, "
+                                    f"-relu, -leakyrelu, -leakyrelu<slope> (e.g. {base}-sigmoid).")
+    return err
+
+
 def create_model(
     name: str,
     num_classes: int = 10,
@@ -723,7 +765,7 @@ def create_model(
                 )
             layers = with_hidden_activation(entry.meta["spec"], suffix)
         else:
-            raise unknown_name(MODELS.kind, name, MODELS.names())
+            raise _unknown_model(name)
         factory = entry.obj if layers is None else _chain_factory(layers)
         meta = entry.meta
 
@@ -734,7 +776,8 @@ def create_model(
         if init_fn is not None:
             init_fn(model)
     if checkpoint is not None:
-        _load_checkpoint(model, checkpoint)
+        _load_checkpoint(model, checkpoint,
+                         f"model {name!r} ({'x'.join(map(str, in_shape))} input, {num_classes} classes)")
 
     reason = chain_not_chain_reason(layers) if layers is not None else meta.get("not_chain_reason")
     model.copa_info = ModelInfo(

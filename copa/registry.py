@@ -46,7 +46,7 @@ class Registry(Generic[T]):
     def entry(self, name: str) -> Entry[T]:
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable "name" such as a list
             raise unknown_name(self.kind, name, self._entries) from None
 
     def get(self, name: str) -> T:
@@ -56,7 +56,7 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries[n] for n in self.names())

@@ -14,8 +14,9 @@ github.com/CangxiongChen/training-data-leakage)::
 with ``L`` the number of weight layers including the final Linear (which is not in the sum) and
 ``i = 0`` the input layer, so deficits near the input weigh most. ``round`` is Python's (halves to
 even: ``round(-2266.5) = -2266``), as in their code. ``0`` means every layer is uniquely solvable
-(the most leaky model); the more negative, the more secure. Their code counts the unknowns as
-``C·(H+2p)·(W+2p)`` and adds one identity row per padded entry (R-GAP's ``padding_constraints``);
+(the most leaky model); the more negative, the more secure. A chain that is only its final
+Linear (``L = 1``, no convolution) has index 0 and score 0: its input follows in closed form.
+Their code counts the unknowns as ``C·(H+2p)·(W+2p)`` and adds one identity row per padded entry (R-GAP's ``padding_constraints``);
 ``δ_i`` comes from the attacked image and its true label, propagated down from the last layer.
 
 Normalised score (ours, documented here): the weighted fraction of unknowns left undetermined,
@@ -164,9 +165,14 @@ class SecurityReport:
 def copa_index(deficits: list[int], num_weight_layers: int) -> int:
     """``Σ_i round(def_i · (L−1−i)/(L−1))`` for the conv-layer deficits ``def_0, def_1, ...``."""
     L = num_weight_layers
-    if L < 2 or len(deficits) > L - 1:
+    if L < 1 or len(deficits) > L - 1:
         raise InvalidSpecError(f"{len(deficits)} conv deficits do not fit a chain of {L} weight layers")
-    return int(sum(round(d * 1.0 * (L - 1 - i) / (L - 1)) for i, d in enumerate(deficits)))
+    return int(sum(round(d * 1.0 * _layer_weight(i, L)) for i, d in enumerate(deficits)))
+
+
+def _layer_weight(i: int, L: int) -> float:
+    """``(L−1−i)/(L−1)``; 0 for a chain that is only its final Linear (``L = 1``, nothing to weigh)."""
+    return (L - 1 - i) / (L - 1) if L > 1 else 0.0
 
 
 def _resolve_model(model: str | nn.Module, seed: int, input_shape, num_classes: int) -> tuple[nn.Module, str]:
@@ -251,7 +257,7 @@ def security_report(
     deficits: list[int] = []
     for la in analysis.layers:
         t0 = time.perf_counter()
-        weight_i = (L - 1 - la.index) / (L - 1)
+        weight_i = _layer_weight(la.index, L)
         if la.kind == "conv":
             g = la.geometry
             lr = layer_rank(la.weight, la.delta, g)
