@@ -236,10 +236,12 @@ def failure_reason(exc: BaseException) -> str:
     """The one-line reason of a failed record, naming the kind of failure."""
     if isinstance(exc, RunFailure):
         return f"failed: {exc}"
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return f"failed: out of memory ({type(exc).__name__}): {exc}"
+    if isinstance(exc, torch.OutOfMemoryError):
+        return f"failed: out of memory (torch.OutOfMemoryError): {exc}"
+    if isinstance(exc, MemoryError):
+        return f"failed: out of memory (MemoryError): {exc}"
     if isinstance(exc, torch.linalg.LinAlgError):
-        return f"failed: solver failure ({type(exc).__name__}): {exc}"
+        return f"failed: solver failure (torch.linalg.LinAlgError): {exc}"
     return f"failed: {type(exc).__name__}: {exc}"
 
 
@@ -275,7 +277,8 @@ def write_outputs(out_dir: str | Path, record: dict[str, Any], reconstruction: R
 
     With ``truth``, images.npz holds the targets, the paired reconstructions and the indices, and the
     PNG shows targets above reconstructions; without it (an observation file's run) they hold the
-    reconstruction alone, mapped to [0, 1] with ``preprocess`` (the observation's).
+    reconstruction alone, mapped to [0, 1] image space with ``preprocess`` (the observation's). The
+    npz keeps the reconstruction unclamped (float32, so scores can be recomputed); the PNG is clamped.
     record.json is written last, so its presence marks a complete output directory.
     """
     out = Path(out_dir)
@@ -292,17 +295,25 @@ def write_outputs(out_dir: str | Path, record: dict[str, Any], reconstruction: R
             if preprocess is None:
                 raise CopaError("write_outputs needs the preprocessing to map a reconstruction without targets to [0, 1]")
             target01 = None
-            recon01 = preprocess.undo(reconstruction.images.detach()).float().cpu().clamp(0, 1)
+            recon01 = preprocess.undo(reconstruction.images.detach()).float().cpu()  # unclamped, as with targets
             arrays = {"reconstruction": recon01.numpy()}
 
-        def save_npz(path: Path) -> None:
-            with path.open("wb") as fh:
-                np.savez(fh, **arrays)
-
-        atomic_write(out / "images.npz", save_npz)
+        atomic_write(out / "images.npz", lambda p: save_npz(p, arrays))
         atomic_write(out / "reconstruction.png", lambda p: save_grid(p, target01, recon01.clamp(0, 1)))
     atomic_write_json(out / "record.json", record)
     return out / "record.json"
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with fixed zip timestamps, so that the same arrays give the same bytes (np.savez
+    stamps each member with the current time); ``np.load`` reads it as usual."""
+    import zipfile
+
+    with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
 
 def save_grid(path: Path, target01: torch.Tensor | None, recon01: torch.Tensor) -> None:

@@ -2,6 +2,8 @@
 
     copa list models|attacks|datasets|metrics
     copa attack --attack NAME --model NAME --dataset SPEC --split train|test --index I [...] --out DIR
+    copa observe --model NAME --dataset SPEC --index I [...] --out FILE.pt
+    copa attack --attack NAME --observation FILE.pt [--targets FILE.npz] --out DIR
     copa security --model NAME [--json] [--out FILE]
 
 Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
@@ -31,38 +33,85 @@ def _parse_indices(values: list[str]) -> tuple[int, ...]:
     return tuple(indices)
 
 
+#: The scenario options of ``copa attack`` and ``copa observe``: dest -> default (None: required or optional).
+SCENARIO_DEFAULTS = {"model": None, "dataset": "sample", "split": "train", "index": None, "model_seed": 0,
+                     "checkpoint": None, "label": "known", "preprocess": "center", "input_shape": "3x32x32",
+                     "num_classes": None, "dtype": "float32", "data_root": None, "download": False, "device": "cpu"}
+
+
+def _add_scenario_options(p: argparse.ArgumentParser, *, model_required: bool) -> None:
+    """Add the scenario options with default None, so that an explicitly given one can be told apart
+    (:func:`_scenario_from_args` fills the defaults of :data:`SCENARIO_DEFAULTS`)."""
+    p.add_argument("--model", required=model_required, default=None, help="model name or chain:SPEC (copa list models)")
+    p.add_argument("--dataset", default=None, help="dataset spec (copa list datasets); default: sample")
+    p.add_argument("--split", default=None, help="train or test (default train)")
+    p.add_argument("--index", action="append", default=None,
+                   help="official image index; repeat or comma-separate for a batch (default 0)")
+    p.add_argument("--model-seed", type=int, default=None, help="model initialisation seed (default 0)")
+    p.add_argument("--checkpoint", default=None, help="trained weights (state_dict, loaded weights_only)")
+    p.add_argument("--label", choices=["known", "unknown"], default=None,
+                   help="whether the attacker knows the labels (default known)")
+    p.add_argument("--preprocess", default=None, help="center (default), normalize or none")
+    p.add_argument("--input-shape", default=None, help="model input CxHxW (default 3x32x32)")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
+    p.add_argument("--dtype", default=None, help="float32 (default) or float64")
+    p.add_argument("--data-root", default=None, help="root of torchvision datasets (default $COPA_DATA_ROOT or ./data)")
+    p.add_argument("--download", action="store_true", default=None,
+                   help="allow torchvision to download missing datasets")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+
+
+def _given_scenario_options(args) -> list[str]:
+    return [f"--{dest.replace('_', '-')}" for dest in SCENARIO_DEFAULTS
+            if dest != "device" and getattr(args, dest, None) is not None]
+
+
+def _scenario_from_args(args):
+    from .threat import Scenario
+
+    v = {dest: SCENARIO_DEFAULTS[dest] if getattr(args, dest) is None else getattr(args, dest)
+         for dest in SCENARIO_DEFAULTS}
+    if v["model"] is None:
+        raise CopaError("--model is required (or --observation FILE to attack an observation file)")
+    return Scenario(model=v["model"], dataset=v["dataset"], split=v["split"],
+                    indices=_parse_indices(v["index"] or ["0"]), model_seed=v["model_seed"],
+                    checkpoint=v["checkpoint"], label_known=v["label"] == "known", preprocess=v["preprocess"],
+                    input_shape=v["input_shape"], num_classes=v["num_classes"], data_root=v["data_root"],
+                    download=bool(v["download"]), dtype=v["dtype"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="copa", description="Gradient-leakage attacks benchmark (copa-bench).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_list = sub.add_parser("list", help="list registered models, attacks, datasets or metrics")
     p_list.add_argument("what", choices=["models", "attacks", "datasets", "metrics"])
-    p_list.add_argument("--plugin", action="append", default=[], help="extra attack module or .py file to load")
+    p_list.add_argument("--plugin", action="append", default=[],
+                        help="extra attack (or model) module or .py file to load")
 
-    p_attack = sub.add_parser("attack", help="run one attack on one scenario and write its record")
+    p_attack = sub.add_parser("attack", help="run one attack on one scenario (or on an observation file) and write "
+                                             "its record")
     p_attack.add_argument("--attack", required=True, help="attack name (copa list attacks)")
-    p_attack.add_argument("--model", required=True, help="model name or chain:SPEC (copa list models)")
-    p_attack.add_argument("--dataset", default="sample", help="dataset spec (copa list datasets); default: sample")
-    p_attack.add_argument("--split", default="train", help="train or test (default train)")
-    p_attack.add_argument("--index", action="append", default=None,
-                          help="official image index; repeat or comma-separate for a batch (default 0)")
+    _add_scenario_options(p_attack, model_required=False)
+    p_attack.add_argument("--observation", default=None, metavar="FILE",
+                          help="attack the gradients in this observation file (copa observe, or your FL client; "
+                               "docs/observations.md) instead of a scenario; the scenario options are then not accepted")
+    p_attack.add_argument("--targets", default=None, metavar="FILE.npz",
+                          help="with --observation: score against these images (npz: 'images' NxCxHxW in [0, 1], "
+                               "optional 'labels')")
     p_attack.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
-    p_attack.add_argument("--model-seed", type=int, default=0, help="model initialisation seed (default 0)")
-    p_attack.add_argument("--checkpoint", default=None, help="trained weights (state_dict, loaded weights_only)")
-    p_attack.add_argument("--label", choices=["known", "unknown"], default="known",
-                          help="whether the attacker knows the labels (default known)")
-    p_attack.add_argument("--preprocess", default="center", help="center (default), normalize or none")
-    p_attack.add_argument("--input-shape", default="3x32x32", help="model input CxHxW (default 3x32x32)")
-    p_attack.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
-    p_attack.add_argument("--dtype", default="float32", help="float32 (default) or float64")
-    p_attack.add_argument("--data-root", default=None, help="root of torchvision datasets (default $COPA_DATA_ROOT or ./data)")
-    p_attack.add_argument("--download", action="store_true", help="allow torchvision to download missing datasets")
-    p_attack.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p_attack.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p_attack.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="attack hyperparameter override, e.g. --set iterations=24000")
-    p_attack.add_argument("--plugin", action="append", default=[], help="extra attack module or .py file to load")
+    p_attack.add_argument("--plugin", action="append", default=[],
+                          help="extra attack (or model) module or .py file to load")
     p_attack.add_argument("--out", required=True, help="output directory (record.json, images.npz, reconstruction.png)")
+
+    p_obs = sub.add_parser("observe", help="write the observation of a scenario (what the server sees: weights, "
+                                           "gradients, labels if known; no images) to a file")
+    _add_scenario_options(p_obs, model_required=True)
+    p_obs.add_argument("--plugin", action="append", default=[], help="extra model (or attack) module or .py file to load")
+    p_obs.add_argument("--out", required=True, metavar="FILE", help="observation file to write (.pt, atomically)")
 
     p_sec = sub.add_parser("security", help="COPA security metric of a chain model: per-layer ranks and COPA index")
     p_sec.add_argument("--model", required=True, action="append",
@@ -86,6 +135,7 @@ def cmd_list(args) -> int:
     from .attacks import ATTACKS, load_plugins
 
     if args.what == "models":
+        load_plugins(args.plugin)  # plug-in modules may register models too
         for entry in models.MODELS:
             chain = "chain" if entry.meta.get("is_chain") else "not a chain"
             print(f"{entry.name:14s} {chain:12s} {entry.meta.get('description', '')}")
@@ -109,22 +159,64 @@ def cmd_attack(args) -> int:
     from pathlib import Path
 
     from .attacks import create_attack, parse_overrides
-    from .bench import run_attack, summary_line, write_outputs
-    from .threat import Scenario
+    from .bench import attack_observation, run_attack, summary_line, write_outputs
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CopaError(f"--out {args.out!r} exists and is not a directory")
+    if args.observation is None and args.targets is not None:
+        raise CopaError("--targets only goes with --observation FILE (a scenario has its own images)")
+    if args.observation is not None:
+        given = _given_scenario_options(args)
+        if given:
+            raise CopaError(f"--observation replaces the scenario: {', '.join(given)} cannot be used with it "
+                            f"(the file holds the model, weights, gradients and labels)")
     attack = create_attack(args.attack, parse_overrides(args.overrides), plugins=args.plugin)
-    scenario = Scenario(model=args.model, dataset=args.dataset, split=args.split,
-                        indices=_parse_indices(args.index or ["0"]), model_seed=args.model_seed,
-                        checkpoint=args.checkpoint, label_known=args.label == "known", preprocess=args.preprocess,
-                        input_shape=args.input_shape, num_classes=args.num_classes, data_root=args.data_root,
-                        download=args.download, dtype=args.dtype)
-    record, reconstruction, truth = run_attack(scenario, attack, seed=args.seed, device=args.device,
-                                               threads=args.threads)
-    write_outputs(out, record, reconstruction, truth)
+    if args.observation is None:
+        scenario = _scenario_from_args(args)
+        record, reconstruction, truth = run_attack(scenario, attack, seed=args.seed,
+                                                   device=args.device or SCENARIO_DEFAULTS["device"],
+                                                   threads=args.threads)
+        write_outputs(out, record, reconstruction, truth)
+    else:
+        import torch
+
+        from .observation_file import file_sha256, load_observation, load_targets
+        from .threat import resolve_device
+
+        if args.threads is not None:
+            if args.threads < 1:
+                raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
+            torch.set_num_threads(args.threads)
+        device = resolve_device(args.device or SCENARIO_DEFAULTS["device"])
+        observation, source = load_observation(args.observation, device=device)
+        truth = None
+        if args.targets is not None:
+            truth = load_targets(args.targets, observation)
+            source["targets"] = {"path": str(args.targets), "sha256": file_sha256(args.targets)}
+        record, reconstruction = attack_observation(observation, attack, truth=truth, seed=args.seed, device=device,
+                                                    source=source)
+        write_outputs(out, record, reconstruction, truth, preprocess=observation.preprocess)
     print(summary_line(record))
+    return 0
+
+
+def cmd_observe(args) -> int:
+    from pathlib import Path
+
+    from .attacks import load_plugins
+    from .observation_file import describe_payload, observe_meta, read_payload, save_observation
+    from .threat import resolve_device
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise CopaError(f"--out {args.out!r} is a directory: expected a file name, e.g. observation.pt")
+    load_plugins(args.plugin)
+    scenario = _scenario_from_args(args)
+    observation, _truth = scenario.build(resolve_device(args.device or SCENARIO_DEFAULTS["device"]))
+    del _truth  # the file holds what the server sees, never the images
+    save_observation(out, observation, model_seed=scenario.model_seed, meta=observe_meta(scenario.to_dict()))
+    print(f"wrote {out}: {describe_payload(read_payload(out))}")
     return 0
 
 
@@ -162,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "attack":
             return cmd_attack(args)
+        if args.command == "observe":
+            return cmd_observe(args)
         if args.command == "security":
             return cmd_security(args)
     except CopaError as exc:

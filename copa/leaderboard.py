@@ -6,7 +6,8 @@
   accuracy, seconds, evaluations (over the cell's ``ok`` runs) and the counts of ok / failed /
   not-applicable runs, with the model's security metric; a cell with no ``ok`` run is still a row;
 * :func:`leaderboard_markdown` / :func:`security_markdown` — GitHub-flavoured tables with a header
-  stating the command, commit, device, images per cell and date; failed and not-applicable runs are
+  stating the command, commit(s), config hash, device(s), package versions, images per cell and date;
+  the overview shows a cell without ok runs as ``failed (N)``; failed and not-applicable runs are
   listed with their reasons.
 
 Aggregates are over ``ok`` runs only; a PSNR of ``+inf`` (an exact recovery) makes the mean ``inf``
@@ -30,7 +31,7 @@ from .errors import CopaError
 
 RECORD_COLUMNS = ["model", "attack", "dataset", "split", "index", "status", "reason", "psnr", "ssim", "lpips", "mse",
                   "label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit",
-                  "finished_at", "hyperparameters", "record", "images"]
+                  "finished_at", "config_hash", "run_config_hash", "versions", "hyperparameters", "record", "images"]
 SECURITY_COLUMNS = ["model", "status", "reason", "copa_index", "normalised_score", "seconds"]
 BOARD_COLUMNS = ["model", "attack", "runs", "ok", "failed", "not_applicable", "psnr_mean", "psnr_std", "psnr_median",
                  "ssim_mean", "lpips_mean", "label_accuracy", "seconds_mean", "forward_evals_mean",
@@ -73,9 +74,18 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "seconds": _num(record.get("seconds")), "forward_evals": _num(evals.get("forward")),
         "gradient_evals": _num(evals.get("gradient")), "device": record.get("device"),
         "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at"),
+        "config_hash": record.get("config_hash"), "run_config_hash": (record.get("workflow") or {}).get("run_config_hash"),
+        "versions": _versions_text(record.get("versions")),
         "hyperparameters": json.dumps(record.get("hyperparameters") or {}, sort_keys=True),
         "record": None if path is None else str(path), "images": images,
     }
+
+
+def _versions_text(versions: Any) -> str | None:
+    """``{"python": "3.12", "torch": "2.5"}`` → ``"python 3.12, torch 2.5"`` (None when absent)."""
+    if not isinstance(versions, dict) or not versions:
+        return None
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
 
 
 def _num(value: Any) -> float:
@@ -252,7 +262,7 @@ def overview_table(board: pd.DataFrame) -> str:
             elif r.not_applicable and not r.failed:
                 cells.append("n.a.")
             elif r.failed:
-                cells.append("failed")
+                cells.append(f"failed ({r.failed})")
             else:
                 cells.append("–")
         index = _fmt_int(first.copa_index, "n.a." if first.security_status == "not-applicable" else "–")
@@ -277,16 +287,22 @@ def problems_table(records: pd.DataFrame, width: int = 160) -> str | None:
 
 
 def run_metadata(records: pd.DataFrame, *, command: str | None = None, images_per_cell: int | None = None,
-                 extra: dict[str, str] | None = None, date: str | None = None) -> dict[str, str]:
-    """The header's facts, from the records (commits and devices actually used) and the caller."""
-    def distinct(column: str) -> str:
-        values = sorted({str(v) for v in records[column].dropna()})
-        return ", ".join(values) if values else "–"
+                 extra: dict[str, str] | None = None, date: str | None = None,
+                 config_hash: str | None = None) -> dict[str, str]:
+    """The header's facts, from the records (commits, devices and package versions actually used) and
+    the caller (command, images per cell, ``config_hash``: the hash of the run's validated config,
+    :func:`copa.pipeline.run_config_hash`). Records computed under several commits, devices or package
+    sets list each one."""
+    def distinct(column: str, sep: str = ", ") -> str:
+        values = sorted({str(v) for v in records[column].dropna()}) if column in records else []
+        return sep.join(values) if values else "–"
 
     meta = {
         "command": command or "–",
         "commit": distinct("git_commit"),
+        "config hash": config_hash or "–",
         "device": distinct("device"),
+        "package versions": distinct("versions", " | "),
         "images per cell": str(images_per_cell) if images_per_cell is not None else "–",
         "dataset": ", ".join(f"{d} ({s})" for d, s in
                              sorted({(str(d), str(s)) for d, s in zip(records["dataset"], records["split"])})) or "–",
@@ -299,7 +315,7 @@ def run_metadata(records: pd.DataFrame, *, command: str | None = None, images_pe
 def _header(title: str, meta: dict[str, str]) -> list[str]:
     lines = [f"# {title}", ""]
     for key, value in meta.items():
-        text = f"`{value}`" if key in ("command", "commit") and value != "–" else value
+        text = f"`{value}`" if key in ("command", "commit", "config hash") and value != "–" else value
         lines.append(f"- **{key}**: {text}")
     return lines
 
@@ -357,7 +373,8 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
                  outputs: dict[str, str | Path], models: Sequence[str] | None = None,
                  attacks: Sequence[str] | None = None, command: str | None = None,
                  images_per_cell: int | None = None, title: str = "copa-bench leaderboard",
-                 extra: dict[str, str] | None = None, metric: str = "normalised_score") -> pd.DataFrame:
+                 extra: dict[str, str] | None = None, metric: str = "normalised_score",
+                 config_hash: str | None = None) -> pd.DataFrame:
     """Write ``outputs`` (keys: records_csv, leaderboard_csv, leaderboard_md, security_csv, security_md),
     each atomically; return the leaderboard frame."""
     from .io import atomic_write, atomic_write_text
@@ -365,7 +382,8 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
     records = records_from_cells(cell_paths)
     security = load_security(security_paths)
     board = leaderboard(records, security, models=models, attacks=attacks)
-    meta = run_metadata(records, command=command, images_per_cell=images_per_cell, extra=extra)
+    meta = run_metadata(records, command=command, images_per_cell=images_per_cell, extra=extra,
+                        config_hash=config_hash)
     writers = {
         "records_csv": lambda p: records.to_csv(p, index=False),
         "leaderboard_csv": lambda p: board.to_csv(p, index=False),

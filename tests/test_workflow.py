@@ -50,6 +50,54 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+# Failures injected into the smoke run, as a user could write them: a plug-in module (listed under
+# `plugins:`) that registers a model whose forward overflows — every observed gradient is NaN — and an
+# attack whose solver raises. Both must become failed records with their reasons, never crashes.
+INJECT = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    from copa.attacks import Attack, Reconstruction, register_attack
+    from copa.models import MODELS
+
+
+    class OverflowNet(nn.Module):
+        """A linear classifier whose logits overflow to ±inf: the client's gradients are NaN."""
+
+        def __init__(self, num_classes, in_shape):
+            super().__init__()
+            c, h, w = in_shape
+            self.fc = nn.Linear(c * h * w, num_classes)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) * float("inf")
+
+
+    MODELS.register("overflow-net", OverflowNet, replace=True, description="test: non-finite gradients",
+                    not_chain_reason="a test model")
+
+
+    @register_attack(replace=True)
+    class SolverFails(Attack):
+        name = "solver-fails"
+        paper = "test plug-in"
+
+        def reconstruct(self, observation, generator):
+            raise torch.linalg.LinAlgError("planned singular system of the test plug-in")
+''')
+
+
+def smoke_config_with_injected_failures(workdir) -> Path:
+    """config/smoke.yaml plus the INJECT plug-in: one more model (NaN gradients) and one more attack (raises)."""
+    (Path(workdir) / "inject.py").write_text(INJECT)
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config.update(plugins=["inject.py"], models=[*config["models"], "overflow-net"],
+                  attacks=[*config["attacks"], "solver-fails"])
+    path = Path(workdir) / "smoke-injected.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def snakemake(workdir, *args, configfile=ROOT / "config" / "smoke.yaml", timeout=400):
     config = ["--configfile", str(configfile)] if configfile else []
     return subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
@@ -66,12 +114,17 @@ def snapshot(paths):
 
 
 @needs_snakemake
-def test_smoke_run_end_to_end_then_nothing_to_do_and_report(tmp_path):
-    first = snakemake(tmp_path)
+def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_report(tmp_path):
+    """config/smoke.yaml, plus a model with NaN gradients and an attack that raises (INJECT): the failures
+    are records with status failed and their reasons, counted per cell in the leaderboard; every other
+    cell completes as in the plain smoke run."""
+    configfile = smoke_config_with_injected_failures(tmp_path)
+    first = snakemake(tmp_path, configfile=configfile)
     assert first.returncode == 0, first.stderr[-4000:]
     results = tmp_path / SMOKE_RESULTS
+    config = yaml.safe_load(configfile.read_text())
+    models, attacks, indices = config["models"], config["attacks"], config["indices"]
     smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    models, attacks, indices = smoke["models"], smoke["attacks"], smoke["indices"]
     for name in ["leaderboard.csv", "leaderboard.md", "records.csv", "security.csv", "security.md", "config.yaml",
                  "plots/psnr_vs_security.png", "plots/psnr_distribution.png", "plots/time_vs_psnr.png",
                  *[f"plots/reconstructions_{m}.png" for m in models]]:
@@ -81,32 +134,60 @@ def test_smoke_run_end_to_end_then_nothing_to_do_and_report(tmp_path):
     records = sorted((tmp_path / SMOKE_RECORDS).glob("*/*/*/record.json"))
     assert len(records) == len(models) * len(attacks) * len(indices)
 
-    board = pd.read_csv(results / "leaderboard.csv")
+    board = pd.read_csv(results / "leaderboard.csv").set_index(["model", "attack"])
     assert len(board) == len(models) * len(attacks)
-    lenet_copa = board[(board.model == "lenet-zhu") & (board.attack == "copa")].iloc[0]
-    assert (lenet_copa.ok, lenet_copa.not_applicable, lenet_copa.runs) == (0, len(indices), len(indices))
-    chain_copa = board[(board.model == "cnn2_c1") & (board.attack == "copa")].iloc[0]
+    lenet_copa = board.loc[("lenet-zhu", "copa")]
+    assert (lenet_copa.ok, lenet_copa.not_applicable, lenet_copa.failed, lenet_copa.runs) == (0, len(indices), 0,
+                                                                                             len(indices))
+    chain_copa = board.loc[("cnn2_c1", "copa")]
     assert chain_copa.ok == len(indices) and chain_copa.psnr_mean > 100  # exact recovery on a full-rank chain
     assert chain_copa.copa_index == 0
+    for model in smoke["models"]:  # the plain smoke cells are untouched by the injected failures
+        assert board.loc[(model, "mean-image"), "ok"] == len(indices)
+        assert board.loc[(model, "solver-fails"), ["ok", "failed"]].tolist() == [0, len(indices)]
+    for attack in attacks:  # NaN gradients fail every attack on that model, before it runs
+        assert board.loc[("overflow-net", attack), ["ok", "failed", "not_applicable"]].tolist() == [0, len(indices), 0]
+    assert board["failed"].sum() == len(indices) * (len(models) + len(attacks) - 1)
+
+    rows = pd.read_csv(results / "records.csv")
+    failed = rows[rows.status == "failed"]
+    nan_reasons = failed[failed.model == "overflow-net"].reason
+    assert nan_reasons.str.fullmatch(r"failed: observed gradients are not finite: fc\.weight has \d+ non-finite "
+                                     r"entries of 30720 .*; fc\.bias has 10 non-finite entries of 10 .*").all()
+    solver_reasons = failed[(failed.model != "overflow-net")].reason
+    assert (solver_reasons == "failed: solver failure (torch.linalg.LinAlgError): planned singular system of the "
+                              "test plug-in").all() and len(solver_reasons) == len(indices) * len(smoke["models"])
+    assert set(rows[rows.status == "ok"].model) == set(smoke["models"])
 
     security = pd.read_csv(results / "security.csv").set_index("model")
     assert security.loc["cnn2_c1", "status"] == "ok"
     assert security.loc["lenet-zhu", "status"] == "not-applicable"
     assert "chain" in security.loc["lenet-zhu", "reason"]
+    assert security.loc["overflow-net", "status"] == "not-applicable"
 
     md = (results / "leaderboard.md").read_text()
-    for fact in ["**command**: `snakemake", "**commit**", "**device**: cpu", f"**images per cell**: {len(indices)}",
-                 "**date**", "## lenet-zhu — security metric not applicable", "not-applicable"]:
+    for fact in ["**command**: `snakemake", "**commit**", "**config hash**: `", "**device**: cpu",
+                 "**package versions**: python ", "torch ", f"**images per cell**: {len(indices)}",
+                 "**date**", "## lenet-zhu — security metric not applicable", "not-applicable",
+                 f"failed ({len(indices)})", "| solver-fails ", f"| 0 / {len(indices)} / 0 ",
+                 "observed gradients are not finite: fc.weight has",
+                 "solver failure (torch.linalg.LinAlgError): planned singular system of the test plug-in"]:
         assert fact in md, fact
+    from copa.pipeline import run_config_hash
 
-    second = snakemake(tmp_path, "--dry-run")
+    effective = yaml.safe_load((results / "config.yaml").read_text())
+    assert f"**config hash**: `{run_config_hash(effective)}`" in md  # the hash of the validated config it wrote
+    record = json.loads(records[0].read_text())
+    assert len(record["config_hash"]) == 64 and len(record["workflow"]["run_config_hash"]) == 64
+
+    second = snakemake(tmp_path, "--dry-run", configfile=configfile)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Nothing to be done" in second.stdout + second.stderr
-    changed = snakemake(tmp_path, "--dry-run", "--config", "seed=1")  # a changed setting reruns the cells
+    changed = snakemake(tmp_path, "--dry-run", "--config", "seed=1", configfile=configfile)  # reruns the cells
     assert changed.returncode == 0 and "Params have changed since last execution" in changed.stdout, changed.stdout[-2000:]
     assert any(line.split() == ["cell", str(len(models) * len(attacks))] for line in changed.stdout.splitlines())
 
-    report = snakemake(tmp_path, "--report", "report.html")
+    report = snakemake(tmp_path, "--report", "report.html", configfile=configfile)
     assert report.returncode == 0, report.stderr[-3000:]
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "psnr_vs_security.png" in html and "Spearman" in html
