@@ -7,8 +7,12 @@ are those of the authors' ``main.py``: 300 ``optimizer.step(closure)`` calls of
 ``torch.optim.LBFGS`` with its defaults (lr 1, max_iter 20, history_size 100). With a known label,
 the label is fixed (one-hot) and only the image is optimised.
 
-Every closure evaluation is one forward and one parameter gradient (plus the backward through
-it); each is counted. The returned iterate is the one with the lowest distance among all evaluated
+B independent instances (``reconstruct_batch``: e.g. B images under one global model) run as one
+vectorised computation: per-instance gradients through ``torch.func.vmap``
+(:class:`copa.gradmatch.GradientModel`) and :class:`copa.lbfgs.BatchedLBFGS`, which follows
+``torch.optim.LBFGS`` per instance (its own history, step sizes and stopping tests); ``reconstruct``
+is the batch of one. Every closure evaluation is one forward and one parameter gradient (plus the
+backward through it); each is counted per instance. The returned iterate is the one with the lowest distance among all evaluated
 iterates (the attack's own loss; non-finite values — L-BFGS on DLG's objective can diverge to NaN —
 are never kept).
 """
@@ -22,6 +26,7 @@ import torch
 from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
 from copa.errors import InvalidSpecError
 from copa.gradmatch import GradientModel, squared_l2_distance
+from copa.lbfgs import BatchedLBFGS
 
 DLG_CODE = "mit-han-lab/dlg main.py"
 
@@ -35,6 +40,7 @@ class DLG(Attack):
     code = "github.com/mit-han-lab/dlg"
     description = "L-BFGS on the squared-L2 gradient distance; soft label optimised jointly when unknown"
     needs_label = False
+    batched = True
     hyperparameters = {
         "iterations": Hyperparameter(300, f"{DLG_CODE}: for iters in range(300): optimizer.step(closure)",
                                      "L-BFGS steps (each up to max_iter closure evaluations)"),
@@ -53,60 +59,98 @@ class DLG(Attack):
                                    f"accepted are finite numbers > 0")
 
     def reconstruct(self, observation, generator):
-        return self.run(observation, generator, observation.labels, info={})
+        return self.reconstruct_batch([observation], [generator])[0]
 
-    def run(self, observation, generator, labels, info):
-        """Optimise from randn; ``labels`` fixed when given, else soft labels optimised jointly."""
-        dtype, device = observation.dtype, observation.device
-        shape = (observation.batch_size, *observation.input_shape)
-        images = torch.randn(shape, generator=generator, dtype=dtype).to(device).requires_grad_(True)
+    def reconstruct_batch(self, observations, generators):
+        """B independent instances at once: one vectorised L-BFGS (:class:`copa.lbfgs.BatchedLBFGS`)."""
+        labels = [o.labels for o in observations]
+        return self.run(observations, generators, labels, infos=[{} for _ in observations])
+
+    def run(self, observations, generators, labels, infos):
+        """Optimise every instance from its own randn draw; ``labels[b]`` fixed when given, else soft labels
+        optimised jointly (all instances alike: all known or all unknown)."""
+        first = observations[0]
+        dtype, device = first.dtype, first.device
+        known = labels[0] is not None
+        gradient_model = GradientModel(observations)
+        B = gradient_model.instances
+        shape = (first.batch_size, *first.input_shape)
+        draws = []
+        for generator in generators:  # per instance: the image, then the label logits (the sequential order)
+            image = torch.randn(shape, generator=generator, dtype=dtype)
+            logits = None if known else torch.randn((first.batch_size, first.num_classes), generator=generator,
+                                                    dtype=dtype)
+            draws.append((image, logits))
+        images = torch.stack([d[0] for d in draws]).to(device).requires_grad_(True)
         variables = [images]
         label_logits = None
-        if labels is None:
-            label_logits = torch.randn((observation.batch_size, observation.num_classes), generator=generator,
-                                       dtype=dtype).to(device).requires_grad_(True)
+        if not known:
+            label_logits = torch.stack([d[1] for d in draws]).to(device).requires_grad_(True)
             variables.append(label_logits)
-        targets = tuple(g.detach() for g in observation.gradients)
-        gradient_model = GradientModel(observation)
-        optimizer = torch.optim.LBFGS(variables, lr=self.hp["lr"], max_iter=self.hp["max_iter"],
-                                      history_size=self.hp["history_size"])
-        first: list[float] = []
-        best = {"loss": math.inf, "images": images.detach().clone(),
-                "logits": None if label_logits is None else label_logits.detach().clone()}
+        fixed_labels = torch.stack(labels) if known else None
+        optimizer = BatchedLBFGS(variables, lr=self.hp["lr"], max_iter=self.hp["max_iter"],
+                                 history_size=self.hp["history_size"])
+        best_loss = torch.full((B,), math.inf, dtype=torch.float64, device=device)
+        best_images = images.detach().clone()
+        best_logits = None if label_logits is None else label_logits.detach().clone()
+        first_loss = torch.full((B,), math.nan, dtype=torch.float64, device=device)
+        seen = torch.zeros(B, dtype=torch.bool, device=device)
 
-        def objective():
-            soft = labels if label_logits is None else torch.softmax(label_logits, dim=-1)
-            return squared_l2_distance(gradient_model(images, soft), targets)
+        def objective(count):
+            soft = fixed_labels if label_logits is None else torch.softmax(label_logits, dim=-1)
+            return squared_l2_distance(gradient_model(images, soft, count=count), gradient_model.targets, batched=True)
 
-        def closure():
-            optimizer.zero_grad()
-            loss = objective()
-            value = float(loss.detach())
-            first[:] = first or [value]
-            if value < best["loss"]:  # NaN compares False: never kept
-                best.update(loss=value, images=images.detach().clone(),
-                            logits=None if label_logits is None else label_logits.detach().clone())
-            loss.backward()
-            return loss
+        def keep_best(values, count):
+            nonlocal best_images, best_logits
+            values = values.to(torch.float64)
+            better = count & (values < best_loss)  # NaN compares False: never kept
+            best_loss.copy_(torch.where(better, values, best_loss))
+            mask = better.reshape(-1, *[1] * (images.dim() - 1))
+            best_images = torch.where(mask, images.detach(), best_images)
+            if label_logits is not None:
+                best_logits = torch.where(better[:, None, None], label_logits.detach(), best_logits)
 
-        steps, diverged = 0, False
+        def closure(count):
+            for v in variables:
+                v.grad = None
+            losses = objective(count)
+            values = losses.detach()
+            fresh = count & ~seen
+            first_loss.copy_(torch.where(fresh, values.to(torch.float64), first_loss))
+            seen.logical_or_(count)
+            keep_best(values, count)
+            losses.sum().backward()
+            return values
+
+        active = torch.ones(B, dtype=torch.bool, device=device)
+        steps = [0] * B
         for _ in range(self.hp["iterations"]):
-            loss = optimizer.step(closure)
-            steps += 1
-            if not (torch.isfinite(images).all() and math.isfinite(float(loss.detach()))):
-                diverged = True  # later steps cannot recover a finite iterate
+            if not bool(active.any()):
                 break
-        if not diverged:  # the final iterate is not evaluated inside the last step
-            value = float(objective().detach())
-            if value < best["loss"]:
-                best.update(loss=value, images=images.detach().clone(),
-                            logits=None if label_logits is None else label_logits.detach().clone())
-        if labels is None:
-            labels = best["logits"].argmax(dim=-1)
-            info["soft_labels"] = torch.softmax(best["logits"], dim=-1).tolist()
-        info.update(steps=steps, diverged=diverged,
-                    initial_loss=first[0] if first and math.isfinite(first[0]) else None)
-        evaluations = gradient_model.evaluations
-        return Reconstruction(images=best["images"], labels=labels,
-                              loss=best["loss"] if math.isfinite(best["loss"]) else None,
-                              forward_evals=evaluations, gradient_evals=evaluations, info=info)
+            loss = optimizer.step(closure, active)
+            for b in torch.nonzero(active).flatten().tolist():
+                steps[b] += 1
+            finite = torch.isfinite(images.detach()).flatten(1).all(dim=1) & torch.isfinite(loss)
+            active = active & finite  # a diverged instance stops: later steps cannot recover a finite iterate
+        diverged = ~active
+        if bool(active.any()):  # the final iterate is not evaluated inside the last step
+            with torch.no_grad():
+                keep_best(objective(active), active)
+
+        results = []
+        for b, observation in enumerate(observations):
+            info = infos[b]
+            loss_b = float(best_loss[b])
+            if known:
+                labels_b = labels[b]
+            else:
+                labels_b = best_logits[b].argmax(dim=-1)
+                info["soft_labels"] = torch.softmax(best_logits[b], dim=-1).tolist()
+            initial = float(first_loss[b])
+            info.update(steps=steps[b], diverged=bool(diverged[b]),
+                        initial_loss=initial if math.isfinite(initial) else None)
+            evaluations = gradient_model.evaluations[b]
+            results.append(Reconstruction(images=best_images[b], labels=labels_b,
+                                          loss=loss_b if math.isfinite(loss_b) else None,
+                                          forward_evals=evaluations, gradient_evals=evaluations, info=info))
+        return results

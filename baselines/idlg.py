@@ -44,13 +44,16 @@ class IDLG(DLG):
             return str(exc)
         return super().applicable(observation)
 
-    def reconstruct(self, observation, generator):
-        extracted, rule = label_from_gradients(observation)
-        info = {"extracted_label": rule["label"], "label_rule": rule["rule"], "output_layer": rule["layer"],
-                "label_sign_unique": rule["unique_sign"]}
-        if observation.label_known:
-            info["extracted_matches_known"] = bool((extracted == observation.labels).all())
-            labels = observation.labels
-        else:
-            labels = extracted
-        return self.run(observation, generator, labels, info=info)
+    def reconstruct_batch(self, observations, generators):
+        labels, infos = [], []
+        for observation in observations:
+            extracted, rule = label_from_gradients(observation)
+            info = {"extracted_label": rule["label"], "label_rule": rule["rule"], "output_layer": rule["layer"],
+                    "label_sign_unique": rule["unique_sign"]}
+            if observation.label_known:
+                info["extracted_matches_known"] = bool((extracted == observation.labels).all())
+                labels.append(observation.labels)
+            else:
+                labels.append(extracted)
+            infos.append(info)
+        return self.run(observations, generators, labels, infos=infos)

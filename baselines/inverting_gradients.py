@@ -8,6 +8,10 @@ by 0.1 at 3/8, 5/8 and 7/8 of the iterations (``MultiStepLR``). Initialisation r
 independent runs, the one with the lowest final objective kept (the attack's own loss), and within a
 run the evaluated iterate with the lowest objective (non-finite values never kept).
 
+B instances × ``restarts`` runs are optimised as one vectorised computation (``reconstruct_batch``;
+per-run gradients through ``torch.func.vmap``); Adam is element-wise, so each run gets exactly the
+updates it would get alone (tests/test_batched.py).
+
 With an unknown label and one image the label comes from iDLG's rule, as in inversefed
 (``self.iDLG = True``); with an unknown label and a larger batch the attack is not applicable
 (inversefed would then optimise soft labels with Adam; not reproduced here).
@@ -40,6 +44,7 @@ class InvertingGradients(Attack):
     code = "github.com/JonasGeiping/invertinggradients"
     description = "signed Adam on 1 − cosine of the gradient vector + TV, clamped to the pixel box"
     needs_label = False
+    batched = True
     hyperparameters = {
         "iterations": Hyperparameter(4800, f"{IG_CODE} inversefed/reconstruction_algorithms.py DEFAULT_CONFIG "
                                            "max_iterations=4800 (paper and reconstruct_image.py: 24000)"),
@@ -76,60 +81,94 @@ class InvertingGradients(Attack):
         return sorted({n * 3 // 8, n * 5 // 8, n * 7 // 8} - {0})
 
     def reconstruct(self, observation, generator):
-        info = {}
-        labels = observation.labels
-        if labels is None:
-            labels, rule = label_from_gradients(observation)
-            info["extracted_label"] = rule["label"]
-        dtype, device = observation.dtype, observation.device
-        shape = (observation.batch_size, *observation.input_shape)
-        lower, upper = observation.bounds()
-        targets = tuple(g.detach() for g in observation.gradients)
-        gradient_model = GradientModel(observation)
+        return self.reconstruct_batch([observation], [generator])[0]
+
+    def reconstruct_batch(self, observations, generators):
+        """B instances × ``restarts`` runs as one vectorised signed-Adam optimisation (Adam is element-wise,
+        so every run follows exactly the updates it would get alone; the lr schedule is shared)."""
+        infos, labels = [], []
+        for observation in observations:
+            info = {}
+            label = observation.labels
+            if label is None:
+                label, rule = label_from_gradients(observation)
+                info["extracted_label"] = rule["label"]
+            infos.append(info)
+            labels.append(label)
+        first = observations[0]
+        dtype, device = first.dtype, first.device
+        restarts, B = self.hp["restarts"], len(observations)
+        shape = (first.batch_size, *first.input_shape)
+        lower, upper = first.bounds()
+        # run r of instance b is row b·restarts + r; each instance draws its restarts from its own generator
+        runs_of = [o for o in observations for _ in range(restarts)]
+        gradient_model = GradientModel(runs_of)
+        run_labels = torch.stack([label for label in labels for _ in range(restarts)])
+        x = torch.stack([torch.randn(shape, generator=g, dtype=dtype) for g in generators for _ in range(restarts)])
+        x = x.to(device).requires_grad_(True)
+        runs = x.shape[0]
         tv_weight = self.hp["tv_weight"]
 
-        def objective(x):
-            distance = cosine_distance(gradient_model(x, labels), targets)
-            return distance + tv_weight * total_variation(x) if tv_weight > 0 else distance
+        def objective(images, count, model=gradient_model, targets_labels=run_labels):
+            distance = cosine_distance(model(images, targets_labels, count=count), model.targets, batched=True)
+            return distance + tv_weight * total_variation(images, batched=True) if tv_weight > 0 else distance
 
-        runs, initial = [], []
-        for _ in range(self.hp["restarts"]):
-            x = torch.randn(shape, generator=generator, dtype=dtype).to(device).requires_grad_(True)
-            optimizer = torch.optim.Adam([x], lr=self.hp["lr"])
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=self.milestones(), gamma=0.1)
-            best_loss, best_x = math.inf, x.detach().clone()
-            for iteration in range(self.hp["iterations"]):
-                optimizer.zero_grad()
-                loss = objective(x)
-                value = float(loss.detach())
-                if iteration == 0:
-                    initial.append(value)
-                if value < best_loss:  # the objective at x before this step; NaN is never kept
-                    best_loss, best_x = value, x.detach().clone()
-                loss.backward()
-                if self.hp["signed"]:
-                    x.grad.sign_()
-                optimizer.step()
-                scheduler.step()
-                if self.hp["boxed"]:
-                    with torch.no_grad():
-                        x.copy_(torch.maximum(torch.minimum(x, upper), lower))
-                if not torch.isfinite(x).all():
-                    break
-            if torch.isfinite(x).all():
-                value = float(objective(x).detach())
-                if value < best_loss:
-                    best_loss, best_x = value, x.detach().clone()
-            runs.append((best_loss, best_x))
-        losses = [loss for loss, _ in runs]
-        chosen = min(range(len(runs)), key=lambda i: (not math.isfinite(losses[i]), losses[i]))
-        best_x = runs[chosen][1]
-        cosine = float(cosine_distance(gradient_model(best_x, labels, create_graph=False), targets))
+        optimizer = torch.optim.Adam([x], lr=self.hp["lr"])
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=self.milestones(), gamma=0.1)
+        active = torch.ones(runs, dtype=torch.bool, device=device)
+        best_loss = torch.full((runs,), math.inf, dtype=torch.float64, device=device)
+        best_x = x.detach().clone()
+        initial = None
+        box = (-1, *[1] * (x.dim() - 1))
+
+        def keep_best(values, count):
+            nonlocal best_x
+            better = count & (values.to(torch.float64) < best_loss)  # NaN is never kept
+            best_loss.copy_(torch.where(better, values.to(torch.float64), best_loss))
+            best_x = torch.where(better.reshape(box), x.detach(), best_x)
+
+        for iteration in range(self.hp["iterations"]):
+            if not bool(active.any()):
+                break
+            optimizer.zero_grad()
+            losses = objective(x, active)
+            values = losses.detach()
+            if iteration == 0:
+                initial = values.to(torch.float64).clone()
+            keep_best(values, active)  # the objective at x before this step
+            losses.sum().backward()
+            if self.hp["signed"]:
+                x.grad.sign_()
+            optimizer.step()
+            scheduler.step()
+            if self.hp["boxed"]:
+                with torch.no_grad():
+                    x.copy_(torch.maximum(torch.minimum(x, upper), lower))
+            active = active & torch.isfinite(x.detach()).flatten(1).all(dim=1)  # a non-finite run stops
+        if bool(active.any()):
+            with torch.no_grad():
+                keep_best(objective(x, active), active)
+
+        losses = best_loss.reshape(B, restarts)
+        final_model = GradientModel(observations)
+        chosen = [min(range(restarts), key=lambda r, b=b: (not math.isfinite(float(losses[b, r])), float(losses[b, r])))
+                  for b in range(B)]
+        chosen_x = torch.stack([best_x[b * restarts + r] for b, r in enumerate(chosen)])
+        with torch.no_grad():
+            cosines = cosine_distance(final_model(chosen_x, torch.stack(labels)), final_model.targets, batched=True)
+            tvs = total_variation(chosen_x, batched=True)
+
         def finite(v):
             return v if math.isfinite(v) else None
 
-        info.update(initial_losses=[finite(v) for v in initial], restart_losses=[finite(v) for v in losses],
-                    chosen_restart=chosen, cosine_distance=cosine, total_variation=float(total_variation(best_x)))
-        evaluations = gradient_model.evaluations
-        return Reconstruction(images=best_x, labels=labels, loss=finite(losses[chosen]),
-                              forward_evals=evaluations, gradient_evals=evaluations, info=info)
+        results = []
+        for b in range(B):
+            rows = range(b * restarts, (b + 1) * restarts)
+            restart_losses = [float(losses[b, r]) for r in range(restarts)]
+            info = infos[b]
+            info.update(initial_losses=[finite(float(initial[i])) for i in rows], restart_losses=[finite(v) for v in restart_losses],
+                        chosen_restart=chosen[b], cosine_distance=float(cosines[b]), total_variation=float(tvs[b]))
+            evaluations = sum(gradient_model.evaluations[i] for i in rows) + final_model.evaluations[b]
+            results.append(Reconstruction(images=chosen_x[b], labels=labels[b], loss=finite(restart_losses[chosen[b]]),
+                                          forward_evals=evaluations, gradient_evals=evaluations, info=info))
+        return results

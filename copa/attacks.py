@@ -110,6 +110,7 @@ class Attack:
     description: ClassVar[str] = ""
     needs_label: ClassVar[bool] = False
     hyperparameters: ClassVar[dict[str, Hyperparameter]] = {}
+    batched: ClassVar[bool] = False  # True: reconstruct_batch solves its instances in one vectorised computation
 
     def __init__(self, **overrides: Any):
         unknown = sorted(set(overrides) - set(self.hyperparameters))
@@ -133,6 +134,13 @@ class Attack:
 
     def reconstruct(self, observation, generator: torch.Generator) -> Reconstruction:  # pragma: no cover
         raise NotImplementedError
+
+    def reconstruct_batch(self, observations, generators) -> list[Reconstruction]:
+        """Attack B independent instances (observations of one model and weights, each with its own
+        generator). The default runs them one after the other; a vectorised attack overrides this (and
+        sets ``batched = True``), and must give each instance what :meth:`reconstruct` would give it alone
+        with the same generator (tests/test_batched.py checks the built-in ones)."""
+        return [self.reconstruct(o, g) for o, g in zip(observations, generators, strict=True)]
 
     @classmethod
     def describe(cls) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Gradient-matching building blocks shared by DLG, iDLG, Inverting Gradients (and COPA-GM).
 
-An optimisation attack proposes images (and labels), computes the gradients the client would have
-sent for them — :func:`parameter_gradients`, through ``torch.func.functional_call`` on the
-observation's model with *detached* copies of its parameters, so the observation is never
-modified — and compares them with the observed gradients:
+An optimisation attack proposes images (and labels) for B independent instances at once, computes
+the gradients each client would have sent for them — :class:`GradientModel`, ``torch.func.vmap`` over
+``torch.func.grad`` of ``functional_call`` on the observation's model with *detached* parameters, so
+the observation is never modified — and compares them with the observed gradients (``batched=True``:
+one distance per instance):
 
 * :func:`squared_l2_distance` — DLG (Zhu et al., NeurIPS 2019, ``main.py``: ``((gx - gy) ** 2).sum()``
   summed over all parameter tensors);
@@ -22,62 +23,121 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import NotApplicableError
+from .errors import CopaError, NotApplicableError
 
 
 class GradientModel:
-    """The observation's model as a function of an image batch, returning per-parameter gradients.
+    """The observations' shared model as a function of B independent attack instances' images.
 
-    Holds detached views of the parameters the observation has gradients for (in the observation's
-    order) and copies of the buffers (BatchNorm statistics a train-mode forward would update), so
-    calling it never changes ``observation.model``. The model stays in the client's mode (train).
-    ``evaluations`` counts calls: each is one forward and one parameter gradient.
+    ``GradientModel([obs_1, …, obs_B])`` — observations of the *same* model and weights (checked), e.g.
+    B clients' images under one global model — maps images of shape ``B × n × C × H × W`` (each
+    instance's batch of ``n`` images) and labels (``B × n`` class ids or ``B × n × K`` soft labels) to
+    each instance's parameter gradients, every tensor with a leading instance dimension ``B``. The
+    per-instance gradients come from ``torch.func.vmap`` over ``torch.func.grad`` of the client's loss
+    (``functional_call`` on *detached* parameters), so an attack optimises B independent instances in
+    one vectorised computation and the result is differentiable in the images. Buffers (BatchNorm
+    statistics a train-mode forward updates) are copied per instance and per call, so calling it never
+    changes ``observation.model``; the model stays in the client's mode (train).
+
+    ``targets``: the observed gradients stacked per instance. ``evaluations[b]`` counts the calls that
+    counted for instance ``b`` (``count`` mask; default all): each is one forward and one gradient.
     """
 
-    def __init__(self, observation):
-        self.model = observation.model
-        self.names = tuple(observation.parameter_names)
+    def __init__(self, observations):
+        observations = _as_list(observations)
+        first = observations[0]
+        _check_same_model(observations)
+        self.model = first.model
+        self.names = tuple(first.parameter_names)
         named = dict(self.model.named_parameters())
         missing = [n for n in self.names if n not in named]
         if missing:
             raise NotApplicableError(f"observed gradient for {missing[0]!r} has no parameter in the model")
-        self.params = {n: named[n].detach().requires_grad_(True) for n in self.names}
+        self.params = {n: named[n].detach() for n in self.names}
         self.frozen = {n: p.detach() for n, p in named.items() if n not in self.params}
         self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
-        self.loss_fn = observation.loss_fn
-        self.evaluations = 0
+        self.loss_fn = first.loss_fn
+        self.instances = len(observations)
+        self.targets = tuple(torch.stack([o.gradients[k].detach() for o in observations])
+                             for k in range(len(self.names)))
+        self.evaluations = [0] * self.instances
 
-    def logits(self, images: Tensor) -> Tensor:
-        buffers = {n: b.clone() for n, b in self.buffers.items()}  # a train-mode forward may update these
-        return torch.func.functional_call(self.model, {**self.params, **self.frozen, **buffers}, (images,))
+        def instance_loss(params, buffers, images, labels):
+            logits = torch.func.functional_call(self.model, {**params, **self.frozen, **buffers}, (images,))
+            return self.loss_fn(logits, labels)
 
-    def __call__(self, images: Tensor, labels: Tensor, create_graph: bool = True) -> tuple[Tensor, ...]:
-        """Gradients of the client's loss at ``(images, labels)``; ``labels``: class ids (N) or soft (N×K)."""
-        self.evaluations += 1
-        loss = self.loss_fn(self.logits(images), labels)
-        params = [self.params[n] for n in self.names]
-        return torch.autograd.grad(loss, params, create_graph=create_graph)
+        self._per_instance_gradients = torch.func.vmap(torch.func.grad(instance_loss), in_dims=(None, 0, 0, 0))
 
-
-def parameter_gradients(observation, images: Tensor, labels: Tensor, create_graph: bool = True) -> tuple[Tensor, ...]:
-    """One-off :class:`GradientModel` call: the gradients the client would send for ``(images, labels)``."""
-    return GradientModel(observation)(images, labels, create_graph=create_graph)
-
-
-def squared_l2_distance(grads: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
-    """DLG's distance: ``Σ_t ‖g_t − t_t‖²`` over all parameter tensors (mit-han-lab/dlg ``main.py``)."""
-    return sum((g - t).square().sum() for g, t in zip(grads, targets, strict=True))
+    def __call__(self, images: Tensor, labels: Tensor, count: Tensor | None = None) -> tuple[Tensor, ...]:
+        """Each instance's gradients at ``(images[b], labels[b])``, as a tuple ordered like ``names``."""
+        if images.shape[0] != self.instances or labels.shape[0] != self.instances:
+            raise ValueError(f"expected {self.instances} instances, got images {tuple(images.shape)} "
+                             f"and labels {tuple(labels.shape)}")
+        counted = range(self.instances) if count is None else torch.nonzero(count.cpu()).flatten().tolist()
+        for b in counted:
+            self.evaluations[b] += 1
+        buffers = {n: b.expand(self.instances, *b.shape).clone() for n, b in self.buffers.items()}
+        grads = self._per_instance_gradients(self.params, buffers, images, labels)
+        return tuple(grads[n] for n in self.names)
 
 
-def cosine_distance(grads: Sequence[Tensor], targets: Sequence[Tensor]) -> Tensor:
+def _as_list(observations) -> list:
+    if isinstance(observations, (list, tuple)):
+        if not observations:
+            raise ValueError("no observations given")
+        return list(observations)
+    return [observations]
+
+
+def _check_same_model(observations) -> None:
+    """Batched instances must share the model, its weights and the observation format (one vmap)."""
+    first = observations[0]
+    for k, other in enumerate(observations[1:], start=1):
+        for what, a, b in (("model", first.model_name, other.model_name),
+                           ("parameter names", first.parameter_names, other.parameter_names),
+                           ("batch size", first.batch_size, other.batch_size),
+                           ("input shape", first.input_shape, other.input_shape),
+                           ("number of classes", first.num_classes, other.num_classes),
+                           ("dtype", first.dtype, other.dtype), ("device", first.device, other.device),
+                           ("label knowledge", first.label_known, other.label_known)):
+            if a != b:
+                raise CopaError(f"cannot batch attack instances 0 and {k}: their {what} differ ({a} vs {b}); "
+                                f"batch only observations of one model and format")
+        if other.model is not first.model:
+            theirs = dict(other.model.named_parameters())
+            for name, p in first.model.named_parameters():
+                if not torch.equal(p, theirs[name]):
+                    raise CopaError(f"cannot batch attack instances 0 and {k}: their weights differ "
+                                    f"(parameter {name!r}); batch only observations of the same weights")
+
+
+def parameter_gradients(observation, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+    """The gradients the client would send for ``(images, labels)`` (one instance, no batch dimension added)."""
+    return tuple(g[0] for g in GradientModel([observation])(images.unsqueeze(0), labels.unsqueeze(0)))
+
+
+def _total(t: Tensor, batched: bool) -> Tensor:
+    return t.flatten(1).sum(1) if batched else t.sum()
+
+
+def squared_l2_distance(grads: Sequence[Tensor], targets: Sequence[Tensor], batched: bool = False) -> Tensor:
+    """DLG's distance: ``Σ_t ‖g_t − t_t‖²`` over all parameter tensors (mit-han-lab/dlg ``main.py``).
+
+    ``batched=True``: every tensor has a leading instance dimension; returns one distance per instance.
+    """
+    return sum(_total((g - t).square(), batched) for g, t in zip(grads, targets, strict=True))
+
+
+def cosine_distance(grads: Sequence[Tensor], targets: Sequence[Tensor], batched: bool = False) -> Tensor:
     """Inverting Gradients' distance: ``1 − ⟨g, t⟩ / (‖g‖ ‖t‖)`` of the concatenated gradient vectors.
 
     As inversefed's ``reconstruction_costs(cost_fn='sim', indices='def', weights='equal')``; the norm
     product is floored at the dtype's smallest normal number so an all-zero gradient gives 1, not NaN.
+    ``batched=True``: per instance (leading dimension), as :func:`squared_l2_distance`.
     """
-    dot = sum((g * t).sum() for g, t in zip(grads, targets, strict=True))
-    g_norm = sum(g.square().sum() for g in grads).sqrt()
-    t_norm = sum(t.square().sum() for t in targets).sqrt()
+    dot = sum(_total(g * t, batched) for g, t in zip(grads, targets, strict=True))
+    g_norm = sum(_total(g.square(), batched) for g in grads).sqrt()
+    t_norm = sum(_total(t.square(), batched) for t in targets).sqrt()
     return 1 - dot / (g_norm * t_norm).clamp_min(torch.finfo(dot.dtype).tiny)
 
 
@@ -87,9 +147,15 @@ def per_tensor_cosine_distance(grads: Sequence[Tensor], targets: Sequence[Tensor
                for g, t in zip(grads, targets, strict=True))
 
 
-def total_variation(x: Tensor) -> Tensor:
-    """Anisotropic TV, mean |horizontal| + mean |vertical| differences (inversefed ``metrics.total_variation``)."""
-    return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+def total_variation(x: Tensor, batched: bool = False) -> Tensor:
+    """Anisotropic TV, mean |horizontal| + mean |vertical| differences (inversefed ``metrics.total_variation``).
+
+    ``batched=True``: the means are taken per instance (leading dimension); returns one value per instance.
+    """
+    dx, dy = (x[..., :, 1:] - x[..., :, :-1]).abs(), (x[..., 1:, :] - x[..., :-1, :]).abs()
+    if batched:
+        return dx.flatten(1).mean(1) + dy.flatten(1).mean(1)
+    return dx.mean() + dy.mean()
 
 
 def last_linear(observation) -> tuple[str, nn.Linear]:
