@@ -107,14 +107,17 @@ def read_payload(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        first = next((line for line in lines if "global" in line.lower()), lines[0] if lines else type(err).__name__)
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
+        detail = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue",
+                                                                 "Check the documentation"))]
+        if any("global" in line.lower() for line in detail):  # an object weights_only does not allow
+            refused = next(line for line in detail if "global" in line.lower())
             raise InvalidSpecError(
                 f"observation file {str(path)!r} was refused: it holds Python objects other than tensors and plain "
                 f"data, and copa loads observation files with torch.load(weights_only=True) only, never unpickling "
-                f"arbitrary objects ({first})") from None
-        raise InvalidSpecError(f"observation file {str(path)!r} cannot be read: truncated or corrupt "
-                               f"(UnpicklingError: {first})") from None
+                f"arbitrary objects ({refused})") from None
+        raise InvalidSpecError(f"observation file {str(path)!r} cannot be read: truncated or corrupt, or not a "
+                               f"torch.save file (UnpicklingError: {detail[-1] if detail else lines[0] if lines else ''})"
+                               ) from None
     except Exception as err:  # zip, EOF and torch errors for truncated or garbage files
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InvalidSpecError(f"observation file {str(path)!r} cannot be read: truncated or corrupt, or not a "

@@ -1,0 +1,260 @@
+"""Observation files: `copa observe` then `copa attack --observation` reproduces `copa attack` bit for bit;
+the file holds no images; bad files (missing keys, wrong shapes, gradients not matching the parameters,
+truncated, arbitrary pickles) are refused with a clear error naming the key; checkpoints and observation
+files are loaded with weights_only=True only."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from copa.cli import main
+from copa.errors import CopaError
+from copa.observation_file import KEYS, load_observation, observation_payload, read_payload, save_observation
+from copa.threat import Scenario
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+SAMPLE = ["--model", "cnn2_c1", "--dtype", "float64", "--index", "3"]
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory):
+    """`copa observe` on sample image 3 (cnn2_c1, float64) and `copa attack` directly on the same scenario."""
+    tmp = tmp_path_factory.mktemp("observed")
+    assert main(["observe", *SAMPLE, "--out", str(tmp / "obs.pt")]) == 0
+    assert main(["attack", "--attack", "rgap", *SAMPLE, "--out", str(tmp / "direct")]) == 0
+    return tmp
+
+
+def test_round_trip_gives_the_direct_attacks_reconstruction_bit_for_bit(observed, tmp_path, capsys):
+    code, out, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
+                          "--out", tmp_path / "via-file")
+    assert code == 0, err
+    assert "rgap on cnn2_c1" in out and "no ground truth" in out
+    with np.load(observed / "direct" / "images.npz") as direct, np.load(tmp_path / "via-file" / "images.npz") as via:
+        assert via.files == ["reconstruction"]  # only the reconstruction: the file has no targets
+        assert via["reconstruction"].dtype == np.float32
+        assert np.array_equal(via["reconstruction"], direct["reconstruction"])  # bit-identical
+        assert np.abs(direct["reconstruction"] - direct["target"]).max() < 1e-6  # rgap is exact here
+    record = json.loads((tmp_path / "via-file" / "record.json").read_text())
+    direct_record = json.loads((observed / "direct" / "record.json").read_text())
+    assert record["status"] == "ok" and record["metrics"] is None and "no ground truth" in record["metrics_note"]
+    assert record["scenario"] is None and record["source"]["kind"] == "observation file"
+    assert record["source"]["sha256"] == __import__("hashlib").sha256((observed / "obs.pt").read_bytes()).hexdigest()
+    assert record["source"]["meta"]["created_by"] == "copa observe"
+    for key in ["attack", "hyperparameters", "seed", "observation", "attack_info", "evaluations", "attack_loss"]:
+        assert record[key] == direct_record[key], key
+    for key in ["seconds", "git_commit", "versions", "device", "finished_at", "config_hash"]:
+        assert key in record, key
+    assert (tmp_path / "via-file" / "reconstruction.png").stat().st_size > 0
+
+
+def test_targets_score_the_observations_reconstruction_as_the_direct_run(observed, tmp_path, capsys):
+    with np.load(observed / "direct" / "images.npz") as direct:
+        np.savez(tmp_path / "targets.npz", images=direct["target"], labels=np.array([3]))
+    code, out, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
+                          "--targets", tmp_path / "targets.npz", "--out", tmp_path / "scored")
+    assert code == 0, err
+    record = json.loads((tmp_path / "scored" / "record.json").read_text())
+    direct = json.loads((observed / "direct" / "record.json").read_text())
+    assert record["metrics"]["per_image"]["psnr"] == pytest.approx(direct["metrics"]["per_image"]["psnr"], rel=1e-6)
+    assert record["metrics"]["label_accuracy"] == 1.0
+    assert record["source"]["targets"]["path"] == str(tmp_path / "targets.npz")
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 3, 32, 32)))
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
+                        "--targets", tmp_path / "bad.npz", "--out", tmp_path / "never")
+    assert code == 2 and "'images' is float64 of shape (2, 3, 32, 32): expected float of shape (1, 3, 32, 32)" in err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("index", [0, 10001])
+def test_round_trip_on_the_shared_cifar_subset(cifar_npz, tmp_path, capsys, index):
+    scenario = ["--model", "cnn2_c1", "--dtype", "float64", "--dataset", f"npz:{cifar_npz}", "--index", str(index)]
+    assert _run(capsys, "observe", *scenario, "--out", tmp_path / "o.pt")[0] == 0
+    assert _run(capsys, "attack", "--attack", "rgap", *scenario, "--out", tmp_path / "d")[0] == 0
+    assert _run(capsys, "attack", "--attack", "rgap", "--observation", tmp_path / "o.pt", "--out", tmp_path / "f")[0] == 0
+    with np.load(tmp_path / "d" / "images.npz") as d, np.load(tmp_path / "f" / "images.npz") as f:
+        assert np.array_equal(d["reconstruction"], f["reconstruction"])
+
+
+def test_the_file_holds_what_the_server_sees_and_no_images(observed):
+    payload = read_payload(observed / "obs.pt")
+    assert set(payload) == set(KEYS)
+    assert payload["format"] == "copa-observation" and payload["format_version"] == 1
+    assert payload["model"] == "cnn2_c1" and payload["model_spec"] == "c6k3:tanh fc:identity"
+    assert payload["labels"].tolist() == [3] and payload["dtype"] == "float64" and payload["batch_size"] == 1
+    assert payload["preprocess"] == {"mode": "center", "mean": [], "std": []}
+    assert "index" not in json.dumps(payload["meta"]) and "indices" not in payload["meta"]
+    observation, truth = Scenario(model="cnn2_c1", dtype="float64", indices=(3,)).build()
+    images = [truth.images01, truth.preprocess.apply(truth.images01)]
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                yield from tensors(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                yield from tensors(value)
+
+    found = list(tensors(payload))
+    assert len(found) == 7  # 3 weights, 3 gradients, the labels
+    for tensor in found:
+        for image in images:
+            assert tensor.numel() != image.numel() or not torch.equal(tensor.reshape(image.shape).to(image), image)
+    for name, grad in zip(observation.parameter_names, observation.gradients):
+        assert torch.equal(payload["gradients"][name], grad)
+
+
+def _edited(src, dst, edit):
+    payload = torch.load(src, weights_only=True)
+    edit(payload)
+    torch.save(payload, dst)
+    return dst
+
+
+BAD_FILES = [
+    ("missing-key", lambda p: p.pop("gradients"), r"lacks the key\(s\) 'gradients'"),
+    ("unknown-key", lambda p: p.__setitem__("images", torch.zeros(1)), r"unknown key\(s\) 'images': accepted are format"),
+    ("version", lambda p: p.__setitem__("format_version", 7), r"key 'format_version' is 7: this copa reads version 1"),
+    ("grad-missing", lambda p: p["gradients"].pop("weight_layers.1.bias"),
+     r"key 'gradients' does not match 'parameter_names': no gradient for weight_layers\.1\.bias"),
+    ("grad-shape", lambda p: p["gradients"].__setitem__("weight_layers.1.bias", torch.zeros(5, dtype=torch.float64)),
+     r"key 'gradients'\['weight_layers\.1\.bias'\] has shape \(5,\): the parameter has shape \(10,\)"),
+    ("grad-dtype", lambda p: p["gradients"].__setitem__("weight_layers.1.bias", torch.zeros(10)),
+     r"key 'gradients'\['weight_layers\.1\.bias'\] has dtype torch\.float32: the file declares dtype 'float64'"),
+    ("weights-shape", lambda p: p["state_dict"].__setitem__("weight_layers.0.weight",
+                                                            torch.zeros(2, 3, 3, 3, dtype=torch.float64)),
+     r"key 'state_dict' does not fit model 'cnn2_c1'.*weight_layers\.0\.weight: expected shape \(6, 3, 3, 3\), "
+     r"found \(2, 3, 3, 3\)"),
+    ("order", lambda p: p.__setitem__("parameter_names", p["parameter_names"][::-1]),
+     r"key 'parameter_names' is weight_layers\.1\.bias, .*has the trainable parameters weight_layers\.0\.weight"),
+    ("labels", lambda p: p.__setitem__("labels", torch.tensor([11])), r"key 'labels' holds \[11\]: expected class "
+                                                                     r"indices in \[0, 10\)"),
+    ("input-shape", lambda p: p.__setitem__("input_shape", [3, 32]), r"key 'input_shape' is \[3, 32\]: expected \[C, H, W\]"),
+    ("loss", lambda p: p.__setitem__("loss", "mse"), r"key 'loss' is 'mse': accepted is 'cross-entropy"),
+    ("model", lambda p: (p.__setitem__("model", "cnn2_c9"), p.__setitem__("model_spec", None)),
+     r"key 'model': unknown model 'cnn2_c9'"),
+    ("spec", lambda p: p.__setitem__("model_spec", "c6k5:tanh fc:identity"),
+     r"key 'model_spec' is 'c6k5:tanh fc:identity', but model 'cnn2_c1' here is 'c6k3:tanh fc:identity'"),
+    ("preprocess", lambda p: p.__setitem__("preprocess", {"mode": "whiten"}),
+     r"key 'preprocess': preprocess mode 'whiten' is invalid"),
+]
+
+
+@pytest.mark.parametrize("name, edit, message", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_files_are_refused_naming_the_key(observed, tmp_path, capsys, name, edit, message):
+    path = _edited(observed / "obs.pt", tmp_path / f"{name}.pt", edit)
+    with pytest.raises(CopaError, match=message):
+        load_observation(path)
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", path, "--out", tmp_path / "never")
+    assert code == 2 and re.search(message, err) and str(path) in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_truncated_corrupt_and_missing_files(observed, tmp_path):
+    data = (observed / "obs.pt").read_bytes()
+    for cut in (len(data) // 2, 100, 0):
+        (tmp_path / "cut.pt").write_bytes(data[:cut])
+        with pytest.raises(CopaError, match=r"observation file .*cut\.pt' cannot be read: truncated or corrupt"):
+            load_observation(tmp_path / "cut.pt")
+    (tmp_path / "text.pt").write_text("not a torch file")
+    with pytest.raises(CopaError, match="cannot be read: truncated or corrupt"):
+        load_observation(tmp_path / "text.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CopaError, match=r"holds a list: expected the dict of format 'copa-observation'"):
+        load_observation(tmp_path / "list.pt")
+    with pytest.raises(CopaError, match=r"observation file .*nope\.pt' does not exist"):
+        load_observation(tmp_path / "nope.pt")
+
+
+class Payload:
+    """An arbitrary object whose unpickling would run a command: must never be unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_arbitrary_pickles_are_refused_never_unpickled(observed, tmp_path):
+    marker = tmp_path / "unpickled"
+    payload = read_payload(observed / "obs.pt")
+    payload["meta"] = {"x": Payload(marker)}
+    torch.save(payload, tmp_path / "evil-observation.pt")
+    with pytest.raises(CopaError, match=r"evil-observation\.pt' was refused: it holds Python objects other than "
+                                        r"tensors.*weights_only=True.*GLOBAL"):
+        load_observation(tmp_path / "evil-observation.pt")
+    torch.save({"weight_layers.0.weight": Payload(marker)}, tmp_path / "evil-checkpoint.pt")
+    from copa.models import create_model
+
+    with pytest.raises(CopaError, match=r"evil-checkpoint\.pt.*weights_only"):
+        create_model("cnn2_c1", checkpoint=tmp_path / "evil-checkpoint.pt")
+    assert not marker.exists()  # nothing was unpickled
+
+
+def test_observe_and_attack_refuse_bad_options_and_write_nothing(observed, tmp_path, capsys):
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt", "--model", "cnn2_c1",
+                        "--index", "2", "--out", tmp_path / "never")
+    assert code == 2 and "--observation replaces the scenario: --model, --index cannot be used with it" in err
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--out", tmp_path / "never")
+    assert code == 2 and "--model is required (or --observation FILE" in err
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", *SAMPLE, "--targets", "t.npz", "--out", tmp_path / "never")
+    assert code == 2 and "--targets only goes with --observation" in err
+    code, _, err = _run(capsys, "observe", "--model", "cnn2_c1", "--index", "99", "--out", tmp_path / "o.pt")
+    assert code == 2 and "99" in err
+    code, _, err = _run(capsys, "observe", "--model", "cnn2_c1", "--out", tmp_path)
+    assert code == 2 and "is a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing partial, no temporary files
+
+
+def test_the_docs_client_example_writes_a_file_that_copa_attacks(tmp_path, capsys):
+    """docs/observations.md's example, as written (torch only), then rgap on the file recovers its image."""
+    doc = (ROOT / "docs" / "observations.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", doc, re.S)[0]
+    imports = re.findall(r"^\s*(?:import|from)\s+(\w+)", example, re.M)
+    assert set(imports) == {"torch"}, imports  # a client writes it with torch alone
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        namespace = {"__name__": "__doc_example__"}
+        exec(compile(example, "docs/observations.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    observation, source = load_observation(tmp_path / "client-step.pt")
+    assert observation.labels.tolist() == [3] and source["meta"] == {"client": "my FL client", "round": 17}
+    code, out, err = _run(capsys, "attack", "--attack", "rgap", "--observation", tmp_path / "client-step.pt",
+                          "--out", tmp_path / "r")
+    assert code == 0, err
+    with np.load(tmp_path / "r" / "images.npz") as npz:
+        error = np.abs(npz["reconstruction"] - namespace["images"].numpy()).max()
+    assert error < 1e-3, error  # the client's private image, recovered from the file alone
+
+
+def test_save_observation_round_trips_in_process(tmp_path):
+    observation, _ = Scenario(model="lenet-zhu", dtype="float32", indices=(0, 1), label_known=False).build()
+    save_observation(tmp_path / "o.pt", observation, meta={"note": "test"})
+    loaded, source = load_observation(tmp_path / "o.pt")
+    assert loaded.labels is None and loaded.batch_size == 2 and loaded.dtype == torch.float32
+    assert loaded.parameter_names == observation.parameter_names
+    assert all(torch.equal(a, b) for a, b in zip(loaded.gradients, observation.gradients))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+                                                 observation.model.state_dict().values()))
+    assert loaded.model.training and source["meta"] == {"note": "test"}
+    assert observation_payload(loaded)["model_seed"] == 0
