@@ -179,8 +179,8 @@ def solve_backwards(observation, refine: Refine | None = None, *, rcond: float |
     x_fc = linalg.fc_input_from_gradients(gw, gb)
     ctx.reconstructed[last] = x_fc
     delta = gb  # ∂ℓ/∂z of the final layer (batch 1)
-    if last == 0:
-        return x_fc.reshape(1, *ctx.input_shapes[0]), ctx
+    if last == 0:  # only the final Linear: its input is the flattened image
+        return x_fc.reshape(1, *ctx.model.in_shape), ctx
     x_next = x_fc.reshape(_output_shape(ctx, last - 1))
     grad_x = (delta @ layers[last].weight).reshape(x_next.shape)
     for i in range(last - 1, -1, -1):
