@@ -357,13 +357,28 @@ def _where_to_put_files(info: _TorchvisionDataset, root: Path, split: str, offer
 
 
 def _download(info: _TorchvisionDataset, root: Path, split: str) -> None:
-    """Let torchvision's class fetch the files into ``root``."""
+    """Let torchvision's class fetch the files into ``root``; on failure, remove the folders it made empty."""
+    existed = {path for path in (root, *root.parents) if path.exists()}
     try:
         info.dataset_class(str(root), train=split == "train", download=True)
     except (OSError, RuntimeError, ValueError, EOFError, tarfile.TarError) as err:
+        _remove_empty_folders(root, keep=existed)
         reason = " ".join(str(err).split())  # torchvision's messages span lines
         raise DataUnavailableError(f"{info.title} could not be downloaded ({type(err).__name__}: {reason}): "
                                    f"{_where_to_put_files(info, root, split, offer_download=False)}") from err
+
+
+def _remove_empty_folders(root: Path, keep: set[Path]) -> None:
+    """Remove the empty folders under and above ``root`` that did not exist before (a failed download's)."""
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    for folder in (root, *root.parents):
+        if folder in keep or not folder.is_dir() or any(folder.iterdir()):
+            break
+        folder.rmdir()
 
 
 @functools.lru_cache(maxsize=4)

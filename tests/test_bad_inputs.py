@@ -379,3 +379,24 @@ def test_the_real_command_line_prints_the_same_line_and_exits_2(tmp_path):
     assert result.stderr == table_rows()[case.id]["message"] + "\n"
     assert not (tmp_path / "out").exists()
 
+
+
+def test_a_failed_download_names_the_files_and_leaves_no_empty_folders(tmp_path):
+    """--download offline: the error says where to put the files, and the folders torchvision made are gone."""
+    from dataclasses import replace
+
+    from copa import data
+    from copa.errors import DataUnavailableError
+
+    class Offline:
+        def __init__(self, root, train, download):
+            (Path(root) / "cifar-10-batches-py").mkdir(parents=True)
+            raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    (tmp_path / "kept").mkdir()
+    root = tmp_path / "kept" / "new" / "data"
+    with pytest.raises(DataUnavailableError) as err:
+        data._download(replace(data._TORCHVISION_DATASETS["cifar10"], dataset_class=Offline), root, "train")
+    assert str(err.value).startswith("CIFAR-10 could not be downloaded (OSError: <urlopen error")
+    assert f"expected {root}/cifar-10-batches-py/" in str(err.value)
+    assert not (tmp_path / "kept" / "new").exists() and (tmp_path / "kept").is_dir()
