@@ -26,6 +26,7 @@ SMOKE_RECORDS = Path("runs/smoke/sample-train/records")
 
 # A plugin attack, as a user would add one: a file and its name in the config.
 PLUGIN = textwrap.dedent('''
+    import os
     import time
 
     import torch
@@ -41,6 +42,9 @@ PLUGIN = textwrap.dedent('''
                            "fail_on_label": Hyperparameter(-1, "test: raise on this label")}
 
         def reconstruct(self, observation, generator):
+            if os.environ.get("COPA_TEST_CALLS"):  # a counter of the images computed, for the resume test
+                with open(os.environ["COPA_TEST_CALLS"], "a") as fh:
+                    fh.write(f"{int(observation.labels[0])}\\n")
             time.sleep(self.hp["seconds"])
             if int(observation.labels[0]) == self.hp["fail_on_label"]:
                 raise RuntimeError("planned failure of the test plugin")
@@ -194,9 +198,13 @@ def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_repo
 
 
 @needs_snakemake
-def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path):
+def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path, monkeypatch):
     """A new attack is a file + its name in the config; a failing image is a failed record; a run killed
-    midway (SIGKILL to snakemake and its jobs) resumes without recomputing its finished records."""
+    midway (SIGKILL to snakemake and its jobs) resumes without recomputing its finished records: every
+    record of every cell written before the kill is untouched, and the attack runs again on exactly the
+    images that had no record (counted by the plug-in itself)."""
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("COPA_TEST_CALLS", str(calls))
     (tmp_path / "my_attack.py").write_text(PLUGIN)
     config = tmp_path / "test.yaml"
     config.write_text(yaml.safe_dump({
@@ -219,21 +227,30 @@ def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the running job
         proc.wait()
-    before = snapshot(sorted(cell_records.glob("*/record.json")) + sorted(cell_records.glob("*/images.npz")))
-    assert 2 <= len(list(cell_records.glob("*/record.json"))) < 5 and not summary.exists()
+    all_records = tmp_path / "runs/test/sample-train/records"
+    before = snapshot(sorted(all_records.glob("*/*/*/record.json")) + sorted(all_records.glob("*/*/*/images.npz")))
+    kept = sorted(int(p.parent.name) for p in cell_records.glob("*/record.json"))
+    assert 2 <= len(kept) < 5 and not summary.exists()
+    calls_before_rerun = calls.read_text().split()
 
     assert snakemake(tmp_path, "--unlock", configfile=config).returncode == 0
     rerun = snakemake(tmp_path, configfile=config)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
 
-    assert snapshot(Path(p) for p in before) == before  # finished records untouched
+    assert snapshot(Path(p) for p in before) == before  # finished records of every cell untouched
+    after = snapshot(sorted(all_records.glob("*/*/*/record.json")))
+    assert len(after) == 2 * 5  # both cells complete
+    recomputed = sorted(int(i) for i in calls.read_text().split()[len(calls_before_rerun):])
+    assert recomputed == sorted(set(range(5)) - set(kept))  # only the unfinished images ran again, once each
+    cell = json.loads(summary.read_text())
+    assert [e["index"] for e in cell["records"] if e["reused"]] == kept
     records = {int(p.parent.name): json.loads(p.read_text()) for p in cell_records.glob("*/record.json")}
     assert sorted(records) == [0, 1, 2, 3, 4]
     assert records[2]["status"] == "failed" and "planned failure" in records[2]["reason"]
     assert all(records[i]["status"] == "ok" for i in (0, 1, 3, 4))
     assert records[0]["hyperparameters"] == {"seconds": 1.0, "fail_on_label": 2}
     log = (tmp_path / "runs/test/logs/sample-train/cells/lenet-zhu/slow-grey.log").read_text()
-    assert log.count("kept the complete record") == len([p for p in before if p.endswith("record.json")])
+    assert log.count("kept the complete record") == len(kept)
 
     results = tmp_path / "runs/test/results"
     board = pd.read_csv(results / "leaderboard.csv").set_index("attack")
