@@ -99,15 +99,27 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
     (never scored). Interrupts still propagate. Without ``record_failures`` these raise
     (the non-finite checks as :class:`RunFailure`).
     """
+    return run_attacks([scenario], attack, overrides=overrides, seeds=[seed], device=device, threads=threads,
+                       metrics=metrics, record_failures=record_failures)[0]
+
+
+def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: dict[str, Any] | None = None,
+                seeds: list[int] | None = None, device: str = "cpu", threads: int | None = None,
+                metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"), record_failures: bool = False,
+                batch: bool = True) -> list[tuple[dict[str, Any], Reconstruction | None, GroundTruth]]:
+    """:func:`run_attack` for several scenarios of one model (e.g. a cell's N images): a batched attack
+    solves them as one vectorised computation (:func:`attack_observations`), others one after the other.
+    ``seeds``: one per scenario (default 0 each). Returns ``(record, reconstruction, truth)`` per scenario."""
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
+    metrics_mod.check_metric_names(metrics)
     attack_obj = attack if isinstance(attack, Attack) else create_attack(attack, overrides)
-    observation, truth = scenario.build(dev)
-    record, reconstruction = attack_observation(observation, attack_obj, truth=truth, seed=seed, device=dev,
-                                                metrics=metrics, record_failures=record_failures,
-                                                scenario=scenario.to_dict())
-    return record, reconstruction, truth
+    built = [scenario.build(dev) for scenario in scenarios]
+    results = attack_observations([o for o, _ in built], attack_obj, truths=[t for _, t in built], seeds=seeds,
+                                  device=dev, metrics=metrics, record_failures=record_failures,
+                                  scenarios=[scenario.to_dict() for scenario in scenarios], batch=batch)
+    return [(record, reconstruction, truth) for (record, reconstruction), (_, truth) in zip(results, built)]
 
 
 class RunFailure(CopaError):
@@ -160,47 +172,132 @@ def attack_observation(observation: Observation, attack: Attack, *, truth: Groun
     from) describe where the observation came from. Failures: see :func:`run_attack`.
     Returns ``(record, reconstruction)``; the reconstruction is None unless the status is ok.
     """
-    dev = torch.device(device) if device is not None else observation.device
+    return attack_observations([observation], attack, truths=[truth], seeds=[seed], device=device, metrics=metrics,
+                               record_failures=record_failures, scenarios=[scenario], sources=[source])[0]
+
+
+def attack_observations(observations: list[Observation], attack: Attack, *, truths: list | None = None,
+                        seeds: list[int] | None = None, device: torch.device | str | None = None,
+                        metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"), record_failures: bool = False,
+                        scenarios: list | None = None, sources: list | None = None, batch: bool = True,
+                        ) -> list[tuple[dict[str, Any], Reconstruction | None]]:
+    """:func:`attack_observation` for B independent instances (observations of one model and weights).
+
+    With ``batch`` and an attack that declares ``batched``, the applicable instances run as one
+    vectorised ``reconstruct_batch`` call (each instance with its own seeded generator); each record
+    then carries ``batch: {instances, seconds}`` and ``seconds`` is its share of the batch's wall time.
+    If the batched call raises, every instance is rerun alone (the record's ``batch`` entry says why),
+    so one failing instance never fails the others. Returns one ``(record, reconstruction)`` per instance.
+    """
+    count = len(observations)
+    truths = truths or [None] * count
+    seeds = seeds if seeds is not None else [0] * count
+    scenarios = scenarios or [None] * count
+    sources = sources or [None] * count
     hp = dict(attack.hp)
-    record: dict[str, Any] = {
-        "record_version": RECORD_VERSION,
-        "status": "ok",
-        "reason": None,
-        "scenario": scenario,
-        **({"source": source} if source is not None else {}),
-        "observation": observation.describe(),
-        "attack": {"name": attack.name, "paper": attack.paper, "code": attack.code},
-        "hyperparameters": hp,
-        "seed": seed,
-        "config_hash": config_hash(scenario, attack.name, json.loads(canonical_json(hp)), seed,
-                                   **({"source": source} if source is not None else {})),
-        "model": _model_description(observation),
-    }
-    reason = None
-    reconstruction = scores = None
-    counter = None
-    failed = False
+    records: list[dict[str, Any]] = []
+    devices = []
+    for observation, seed, scenario, source in zip(observations, seeds, scenarios, sources, strict=True):
+        devices.append(torch.device(device) if device is not None else observation.device)
+        records.append({
+            "record_version": RECORD_VERSION,
+            "status": "ok",
+            "reason": None,
+            "scenario": scenario,
+            **({"source": source} if source is not None else {}),
+            "observation": observation.describe(),
+            "attack": {"name": attack.name, "paper": attack.paper, "code": attack.code},
+            "hyperparameters": hp,
+            "seed": seed,
+            "config_hash": config_hash(scenario, attack.name, json.loads(canonical_json(hp)), seed,
+                                       **({"source": source} if source is not None else {})),
+            "model": _model_description(observation),
+        })
+
+    outcome: dict[int, Any] = {}  # instance -> Reconstruction, or the exception / not-applicable reason
+    pending = []
+    for b, observation in enumerate(observations):
+        try:
+            check_finite_gradients(observation)
+            reason = attack.applicable(observation)
+        except NotApplicableError as exc:
+            reason = str(exc)
+        except Exception as exc:
+            if not record_failures:
+                raise
+            outcome[b] = exc
+            continue
+        if reason is not None:
+            outcome[b] = NotApplicableError(reason)
+        else:
+            pending.append(b)
+
+    counters = {b: _ForwardCounter(observations[b].model) for b in pending}
     try:
-        check_finite_gradients(observation)
-        reason = attack.applicable(observation)
-        if reason is None:
-            counter = _ForwardCounter(observation.model)
-            generator = torch.Generator().manual_seed(seed)
-            torch.manual_seed(seed)
+        if batch and type(attack).batched and len(pending) > 1:
+            generators = [torch.Generator().manual_seed(seeds[b]) for b in pending]
+            torch.manual_seed(seeds[pending[0]])
             start = time.perf_counter()
             try:
-                reconstruction = attack.reconstruct(observation, generator)
+                results = attack.reconstruct_batch([observations[b] for b in pending], generators)
+            except NotApplicableError:
+                raise
+            except Exception as exc:
+                if not record_failures:
+                    raise
+                note = {"instances": len(pending), "failed": failure_reason(exc), "rerun": "one at a time"}
+                for b in pending:
+                    records[b]["batch"] = note
+            else:
+                seconds = time.perf_counter() - start
+                for b, result in zip(pending, results, strict=True):
+                    outcome[b] = result
+                    records[b]["seconds"] = seconds / len(pending)
+                    records[b]["batch"] = {"instances": len(pending), "seconds": seconds}
+        for b in pending:
+            if b in outcome:
+                continue
+            generator = torch.Generator().manual_seed(seeds[b])
+            torch.manual_seed(seeds[b])
+            start = time.perf_counter()
+            try:
+                outcome[b] = attack.reconstruct(observations[b], generator)
+            except NotApplicableError as exc:
+                outcome[b] = exc
+            except Exception as exc:
+                if not record_failures:
+                    raise
+                outcome[b] = exc
             finally:
-                record["seconds"] = time.perf_counter() - start
-                counter.remove()
+                records[b]["seconds"] = time.perf_counter() - start
+    finally:
+        for counter in counters.values():
+            counter.remove()
+
+    return [_finish(records[b], outcome[b], observations[b], truths[b], counters.get(b), devices[b], metrics,
+                    record_failures) for b in range(count)]
+
+
+def _finish(record: dict[str, Any], outcome, observation: Observation, truth: GroundTruth | None,
+            counter: _ForwardCounter | None, dev: torch.device, metrics: tuple[str, ...], record_failures: bool,
+            ) -> tuple[dict[str, Any], Reconstruction | None]:
+    """Check and score one instance's outcome (a Reconstruction, or the exception it ended with)."""
+    reason = None
+    failed = False
+    scores = None
+    reconstruction = outcome if isinstance(outcome, Reconstruction) else None
+    try:
+        if isinstance(outcome, NotApplicableError):
+            reason = str(outcome)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
             _check_shape(reconstruction, observation)
             check_finite_images(reconstruction.images)
             if truth is not None:
                 recon01 = truth.preprocess.undo(reconstruction.images.detach().to(truth.images01))
                 scores = metrics_mod.score_images(recon01, truth.images01, predicted_labels=reconstruction.labels,
                                                   true_labels=truth.labels, metrics=metrics)
-    except NotApplicableError as exc:
-        reason = str(exc)
     except Exception as exc:
         if not record_failures:
             raise

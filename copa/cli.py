@@ -164,6 +164,8 @@ def cmd_attack(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CopaError(f"--out {args.out!r} exists and is not a directory")
+    if args.threads is not None and args.threads < 1:
+        raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
     if args.observation is None and args.targets is not None:
         raise CopaError("--targets only goes with --observation FILE (a scenario has its own images)")
     if args.observation is not None:

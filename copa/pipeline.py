@@ -9,9 +9,10 @@ Layout of one run (``OUT`` = ``config["out"]``, ``TAG`` = :func:`dataset_tag`)::
     OUT/TAG/cells/MODEL/ATTACK.json                   the cell's summary: written last, the Snakemake output
     OUT/TAG/security/MODEL.json                       the model's COPA security metric (or not-applicable)
 
-A cell (dataset, model, attack) is one job that runs its N images one after the other. The per-image
-records are not Snakemake outputs, so Snakemake never deletes them: a cell that was killed midway and
-is run again keeps every complete record that matches the current scenario, attack, hyperparameters,
+A cell (dataset, model, attack) is one job that attacks its N images: as one vectorised batch when the
+attack supports it (dlg, idlg, ig; config ``batch_size`` splits the cell into batches), else one after
+the other. The per-image records are not Snakemake outputs, so Snakemake never deletes them: a cell
+that was killed midway and is run again keeps every complete record that matches the current scenario, attack, hyperparameters,
 seed and attack source file, and computes only the rest (:func:`record_matches`). Every file is
 written atomically.
 """
@@ -127,6 +128,13 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
             raise type(exc)(f"models: {exc}") from None
     if len(set(config["indices"])) != len(config["indices"]):
         raise InvalidSpecError(f"indices {config['indices']} repeat an index: give each image once")
+    device = config.get("device", "auto")
+    if resolve_device_name(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CopaError(f"device: {device!r} requested but CUDA is not available here "
+                            f"(torch.cuda.is_available() is False): use device: cpu or auto")
     if check_data and not config.get("download"):
         check_indices(config)
 
@@ -248,7 +256,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     import torch
 
     from .attacks import create_attack, load_plugins
-    from .bench import run_attack, summary_line, write_outputs
+    from .bench import run_attacks, summary_line, write_outputs
 
     load_plugins(tuple(config.get("plugins") or ()))
     threads = int(threads)
@@ -263,8 +271,11 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     run_hash = run_config_hash(config)
     scenarios = [(int(i), scenario_for(config, model, int(i))) for i in config["indices"]]
     records_dir = Path(records_dir)
-    entries, counts = [], {status: 0 for status in STATUSES}
+    # a batched attack solves a chunk at once; any other runs (and records) its images one at a time
+    batch_size = (config.get("batch_size") or len(scenarios)) if type(create_attack(attack, overrides)).batched else 1
+    results: dict[int, tuple[dict[str, Any], bool]] = {}
     start = time.perf_counter()
+    todo = []
     for index, scenario in scenarios:
         directory = records_dir / str(index)
         old = read_record(directory)
@@ -272,28 +283,35 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
                              accept_failed=not config.get("retry_failed", True),
                              source_sha256=identity["source_sha256"])
         if why is None:
-            record, reused = old, True
-            log(f"[{index}] kept the complete record: {summary_line(record)}")
+            results[index] = (old, True)
+            log(f"[{index}] kept the complete record: {summary_line(old)}")
         else:
             if old is not None or directory.exists():
                 log(f"[{index}] recomputing ({why})")
-            clear_record(directory)
-            record, reconstruction, truth = run_attack(scenario, create_attack(attack, overrides), seed=seed,
-                                                       device=device, threads=threads, record_failures=True)
+            todo.append((index, scenario))
+    for first in range(0, len(todo), batch_size):
+        chunk = todo[first:first + batch_size]
+        for index, _ in chunk:
+            clear_record(records_dir / str(index))
+        runs = run_attacks([scenario for _, scenario in chunk], create_attack(attack, overrides),
+                           seeds=[seed] * len(chunk), device=device, threads=threads, record_failures=True)
+        for (index, _), (record, reconstruction, truth) in zip(chunk, runs, strict=True):
             record["workflow"] = {"attack_settings": overrides, "cell": f"{model}/{attack}", "threads": threads,
-                                  "attack_source": identity["source"],
-                                  "attack_source_sha256": identity["source_sha256"],
-                                  "run_config_hash": run_hash}
-            write_outputs(directory, record, reconstruction, truth)
-            reused = False
+                                  "batch_size": batch_size, "attack_source": identity["source"],
+                                  "attack_source_sha256": identity["source_sha256"], "run_config_hash": run_hash}
+            write_outputs(records_dir / str(index), record, reconstruction, truth)
+            results[index] = (record, False)
             log(f"[{index}] {summary_line(record)}")
+    entries, counts = [], {status: 0 for status in STATUSES}
+    for index, _ in scenarios:
+        record, reused = results[index]
         counts[record["status"]] += 1
-        entries.append({"index": index, "record": str(directory / "record.json"), "status": record["status"],
-                        "reason": record.get("reason"), "reused": reused})
+        entries.append({"index": index, "record": str(records_dir / str(index) / "record.json"),
+                        "status": record["status"], "reason": record.get("reason"), "reused": reused})
     cell = {"model": model, "attack": attack, "dataset": config["dataset"], "split": config.get("split", "train"),
             "indices": [i for i, _ in scenarios], "hyperparameters": _jsonable(hp), "attack_settings": overrides,
             "attack_source": identity["source"], "attack_source_sha256": identity["source_sha256"],
-            "seed": seed, "device": device, "threads": threads, "run_config_hash": run_hash,
+            "seed": seed, "device": device, "threads": threads, "batch_size": batch_size, "run_config_hash": run_hash,
             "counts": counts, "records": entries,
             "seconds": round(time.perf_counter() - start, 3)}
     atomic_write_json(summary, cell)

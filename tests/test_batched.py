@@ -183,3 +183,53 @@ def test_unbatched_attacks_run_their_instances_one_after_the_other(cifar_npz):
     sequential = [instance.reconstruct(o, g) for o, g in zip(observations, _generators([0, 0]))]
     for s, b in zip(sequential, batched, strict=True):
         assert torch.equal(s.images, b.images)
+
+
+# --- the runner: a cell's images as one batch ---------------------------------------------------------
+
+
+def test_run_attacks_batches_a_cells_images_and_equals_single_runs(cifar_npz):
+    from copa.bench import run_attack, run_attacks
+
+    scenarios = [Scenario(model="lenet-zhu", dataset=f"npz:{cifar_npz}", split="test", indices=(i,)) for i in (0, 1, 2)]
+    batched = run_attacks(scenarios, "ig", overrides={"iterations": 10}, seeds=[3, 3, 3])
+    for scenario, (record, reconstruction, _) in zip(scenarios, batched, strict=True):
+        single_record, single, _ = run_attack(scenario, "ig", overrides={"iterations": 10}, seed=3)
+        assert record["status"] == "ok" and record["batch"]["instances"] == 3
+        assert record["seconds"] == pytest.approx(record["batch"]["seconds"] / 3)
+        assert "batch" not in single_record
+        assert torch.equal(reconstruction.images, single.images)
+        assert record["metrics"]["mean"]["psnr"] == single_record["metrics"]["mean"]["psnr"]
+        assert record["evaluations"]["gradient"] == single_record["evaluations"]["gradient"] == 10 + 2
+    sequential = run_attacks(scenarios, "ig", overrides={"iterations": 10}, seeds=[3, 3, 3], batch=False)
+    assert all("batch" not in record for record, _, _ in sequential)
+
+
+def test_a_failing_batch_is_rerun_one_instance_at_a_time(cifar_npz):
+    from copa.attacks import Attack, Reconstruction
+    from copa.bench import run_attacks
+
+    class FailsWhenBatched(Attack):
+        name = "fails-when-batched"
+        batched = True
+
+        def reconstruct_batch(self, observations, generators):
+            raise RuntimeError("vectorised path broke")
+
+        def reconstruct(self, observation, generator):
+            if int(observation.labels[0]) == 3:
+                raise RuntimeError("this instance fails alone too")
+            shape = (observation.batch_size, *observation.input_shape)
+            return Reconstruction(images=torch.zeros(shape, dtype=observation.dtype), labels=observation.labels)
+
+    scenarios = [Scenario(model="lenet-zhu", dataset=f"npz:{cifar_npz}", split="test", indices=(i,)) for i in (0, 1)]
+    labels = [int(s.build()[1].labels[0]) for s in scenarios]
+    assert labels == [3, 8]  # CIFAR-10 test 0: cat, 1: ship
+    results = run_attacks(scenarios, FailsWhenBatched(), record_failures=True)
+    (first, _, _), (second, reconstruction, _) = results
+    for record in (first, second):
+        assert "vectorised path broke" in record["batch"]["failed"] and record["batch"]["rerun"] == "one at a time"
+    assert first["status"] == "failed" and "fails alone too" in first["reason"]
+    assert second["status"] == "ok" and reconstruction is not None
+    with pytest.raises(RuntimeError, match="vectorised path broke"):
+        run_attacks(scenarios, FailsWhenBatched())
