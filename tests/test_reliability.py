@@ -205,3 +205,48 @@ def test_same_scenario_attack_and_seed_give_bit_identical_records(tmp_path, mode
         assert other["config_hash"] != first["config_hash"]
     with np.load(outs[0] / "images.npz") as npz:  # the deterministic npz is an ordinary npz
         assert set(npz.files) == {"target", "reconstruction", "indices"} and npz["indices"].tolist() == [2]
+
+
+PLUGIN_MODEL = '''
+import torch
+from torch import nn
+
+from copa.models import MODELS
+
+
+class Overflow(nn.Module):
+    def __init__(self, num_classes, in_shape):
+        super().__init__()
+        self.fc = nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("inf")
+
+
+MODELS.register("test-plugin-overflow", Overflow, replace=True, description="a plug-in model with NaN gradients",
+                not_chain_reason="test")
+'''
+
+
+def test_plugin_modules_register_models_for_the_command_line(tmp_path, capsys):
+    """A --plugin module may register a model: `copa list models` shows it, and `copa attack` on it stops
+    with the non-finite gradients named (exit 2, nothing written)."""
+    import sys
+
+    from copa import attacks as attacks_mod
+    from copa.cli import main
+
+    path = tmp_path / "overflow_model.py"
+    path.write_text(PLUGIN_MODEL)
+    try:
+        assert main(["list", "models", "--plugin", str(path)]) == 0
+        assert "test-plugin-overflow" in capsys.readouterr().out
+        code = main(["attack", "--plugin", str(path), "--attack", "mean-image", "--model", "test-plugin-overflow",
+                     "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 2 and "observed gradients are not finite: fc.weight has 30720 non-finite entries" in err
+        assert not (tmp_path / "out").exists()
+    finally:
+        MODELS._entries.pop("test-plugin-overflow", None)
+        attacks_mod._loaded.discard(str(path))
+        sys.modules.pop("copa_plugin_overflow_model", None)
