@@ -233,3 +233,25 @@ def test_a_failing_batch_is_rerun_one_instance_at_a_time(cifar_npz):
     assert second["status"] == "ok" and reconstruction is not None
     with pytest.raises(RuntimeError, match="vectorised path broke"):
         run_attacks(scenarios, FailsWhenBatched())
+
+
+def test_batchnorm_models_take_the_plain_path_whose_second_derivative_is_right(cifar_npz):
+    """vmap's double backward through batch_norm disagrees with finite differences; autograd agrees."""
+    from copa.gradmatch import cosine_distance
+
+    observations = _observations(cifar_npz, [4, 5], model="convnet", input_shape=(3, 16, 16), dtype="float64")
+    assert not GradientModel(observations).vectorised and GradientModel(_observations(cifar_npz, [0, 1])).vectorised
+    model = GradientModel(observations)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 3, 16, 16, generator=gen, dtype=torch.float64)
+    v = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    labels = torch.stack([o.labels for o in observations])
+
+    def loss(images):
+        return cosine_distance(model(images, labels), model.targets, batched=True).sum()
+
+    leaf = x.clone().requires_grad_(True)
+    loss(leaf).backward()
+    with torch.no_grad():
+        central = (loss(x + 1e-6 * v) - loss(x - 1e-6 * v)) / 2e-6
+    assert float((leaf.grad * v).sum()) == pytest.approx(float(central), rel=1e-7)
