@@ -15,7 +15,15 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml")
+except WorkflowError as exc:  # one line naming the key, instead of Snakemake's dump of the whole schema
+    error = exc.__context__  # jsonschema's ValidationError
+    if error is None or not hasattr(error, "absolute_path"):
+        raise
+    key = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                  for i, p in enumerate(error.absolute_path)) or "(top level)"
+    raise WorkflowError(f"invalid config: {key}: {error.message}") from None
 
 from copa.errors import CopaError
 from copa.pipeline import attack_identity, attack_overrides, check_config, dataset_tag, results_dir
