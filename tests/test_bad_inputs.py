@@ -178,6 +178,8 @@ CASES = [
     # device
     Case("CUDA requested where there is none", "copa attack --attack noise --model cnn2_c1 --device cuda --out OUT",
          ("'cuda'", "CUDA is not available", "--device cpu"), needs="no-cuda"),
+    Case("threads below one", "copa attack --attack noise --model cnn2_c1 --threads 0 --out OUT",
+         ("--threads 0", "positive integer")),
     # workflow configs: the JSON schema (snakemake's own message), then copa.pipeline.check_config
     Case("config key the schema does not have", "snakemake -n --configfile bad.yaml",
          ("'iterations' was unexpected",), status=1, config=f"{{{GOOD}, iterations: 5}}"),
@@ -196,6 +198,9 @@ CASES = [
          ("attack_settings.dlg", "iterations='lots'", "expected int"), status=1,
          config="{dataset: sample, indices: [0], models: [cnn2_c1], attacks: [dlg], "
                 "attack_settings: {dlg: {iterations: lots}}}"),
+    Case("config asking for CUDA where there is none", "snakemake -n --configfile bad.yaml",
+         ("device: 'cuda'", "CUDA is not available", "device: cpu or auto"), status=1,
+         config=f"{{{GOOD}, device: cuda}}", needs="no-cuda"),
 ]
 # The JSON-schema cases: the message names the offending key ("invalid config: KEY: ...", Snakefile).
 SCHEMA_KEYS = {"config value outside the schema's choices": "split", "config value of the wrong type": "indices"}
