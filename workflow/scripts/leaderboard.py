@@ -15,10 +15,17 @@ with logged(sm.log[0]) as log:
     from copa.pipeline import run_config_hash
 
     tables = {key: path for key, path in sm.output.items() if key != "run_config"}
+    settings = sm.config.get("attack_settings") or {}
+    overrides = "; ".join(f"{attack}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                          for attack, values in settings.items() if values and attack in sm.params.attacks)
+    extra = {"attack settings": (overrides + "; every other hyperparameter" if overrides else "every hyperparameter")
+             + " at its published default (each record lists the full set)",
+             "batch size": str(sm.config.get("batch_size") or "the whole cell")
+             + " (dlg, idlg, ig: a cell's images as one vectorised batch)"}
     board = write_tables(sm.input.cells, sm.input.security, outputs=tables,
                          models=sm.params.models, attacks=sm.params.attacks, command=sm.config.get("_command"),
                          images_per_cell=sm.params.images_per_cell, title=sm.params.title, metric=sm.params.metric,
-                         config_hash=run_config_hash(sm.config))
+                         config_hash=run_config_hash(sm.config), extra=extra)
     effective = {key: value for key, value in sm.config.items() if not key.startswith("_")}
     atomic_write_text(sm.output.run_config, "# the validated config of this run (defaults filled in)\n"
                       + yaml.safe_dump(effective, sort_keys=False, allow_unicode=True))
