@@ -136,7 +136,8 @@ def _check_same_model(observations) -> None:
 
 def parameter_gradients(observation, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
     """The gradients the client would send for ``(images, labels)`` (one instance, no batch dimension added)."""
-    return tuple(g[0] for g in GradientModel([observation])(images.unsqueeze(0), labels.unsqueeze(0)))
+    with torch.no_grad():  # values only: no graph for a second derivative
+        return tuple(g[0] for g in GradientModel([observation])(images.unsqueeze(0), labels.unsqueeze(0)))
 
 
 def _total(t: Tensor, batched: bool) -> Tensor:
