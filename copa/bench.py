@@ -240,10 +240,8 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
             start = time.perf_counter()
             try:
                 results = attack.reconstruct_batch([observations[b] for b in pending], generators)
-            except NotApplicableError:
-                raise
-            except Exception as exc:
-                if not record_failures:
+            except Exception as exc:  # rerun alone: each instance then gets its own status and reason
+                if not (record_failures or isinstance(exc, NotApplicableError)):
                     raise
                 note = {"instances": len(pending), "failed": failure_reason(exc), "rerun": "one at a time"}
                 for b in pending:
