@@ -248,10 +248,11 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
                     records[b]["batch"] = note
             else:
                 seconds = time.perf_counter() - start
+                members = [(scenarios[b] or {}).get("indices") for b in pending]  # which images ran together
                 for b, result in zip(pending, results, strict=True):
                     outcome[b] = result
                     records[b]["seconds"] = seconds / len(pending)
-                    records[b]["batch"] = {"instances": len(pending), "seconds": seconds}
+                    records[b]["batch"] = {"instances": len(pending), "seconds": seconds, "members": members}
         for b in pending:
             if b in outcome:
                 continue
