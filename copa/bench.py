@@ -106,20 +106,54 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
 def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                 seeds: list[int] | None = None, device: str = "cpu", threads: int | None = None,
                 metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"), record_failures: bool = False,
-                batch: bool = True) -> list[tuple[dict[str, Any], Reconstruction | None, GroundTruth]]:
+                batch: bool = True) -> list[tuple[dict[str, Any], Reconstruction | None, GroundTruth | None]]:
     """:func:`run_attack` for several scenarios of one model (e.g. a cell's N images): a batched attack
     solves them as one vectorised computation (:func:`attack_observations`), others one after the other.
-    ``seeds``: one per scenario (default 0 each). Returns ``(record, reconstruction, truth)`` per scenario."""
+    ``seeds``: one per scenario (default 0 each). Returns ``(record, reconstruction, truth)`` per scenario.
+    With ``record_failures``, a scenario whose client step fails for a reason other than a bad input
+    (a :class:`CopaError`, raised) — e.g. out of memory on a GPU — gets a failed record and truth None."""
     if threads is not None:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
     metrics_mod.check_metric_names(metrics)
     attack_obj = attack if isinstance(attack, Attack) else create_attack(attack, overrides)
-    built = [scenario.build(dev) for scenario in scenarios]
-    results = attack_observations([o for o, _ in built], attack_obj, truths=[t for _, t in built], seeds=seeds,
-                                  device=dev, metrics=metrics, record_failures=record_failures,
-                                  scenarios=[scenario.to_dict() for scenario in scenarios], batch=batch)
-    return [(record, reconstruction, truth) for (record, reconstruction), (_, truth) in zip(results, built)]
+    seeds = seeds if seeds is not None else [0] * len(scenarios)
+    built: dict[int, tuple[Observation, GroundTruth]] = {}
+    out: dict[int, tuple[dict[str, Any], Reconstruction | None, GroundTruth | None]] = {}
+    for k, scenario in enumerate(scenarios):
+        try:
+            built[k] = scenario.build(dev)
+        except CopaError:  # a bad input (name, index, file): the caller's error, never a record
+            raise
+        except Exception as exc:  # e.g. out of memory in the client's forward pass on a GPU
+            if not record_failures:
+                raise
+            out[k] = (_build_failure(scenario, attack_obj, seeds[k], dev, exc), None, None)
+    order = sorted(built)
+    results = attack_observations([built[k][0] for k in order], attack_obj, truths=[built[k][1] for k in order],
+                                  seeds=[seeds[k] for k in order], device=dev, metrics=metrics,
+                                  record_failures=record_failures,
+                                  scenarios=[scenarios[k].to_dict() for k in order], batch=batch)
+    for k, (record, reconstruction) in zip(order, results, strict=True):
+        out[k] = (record, reconstruction, built[k][1])
+    return [out[k] for k in range(len(scenarios))]
+
+
+def _build_failure(scenario: Scenario, attack: Attack, seed: int, device: torch.device,
+                   exc: BaseException) -> dict[str, Any]:
+    """The failed record of a scenario whose client step could not be computed (no observation exists)."""
+    hp = dict(attack.hp)
+    record = {"record_version": RECORD_VERSION, "status": "failed", "reason": None,
+              "scenario": scenario.to_dict(), "attack": {"name": attack.name, "paper": attack.paper,
+                                                         "code": attack.code},
+              "hyperparameters": hp, "seed": seed,
+              "config_hash": config_hash(scenario.to_dict(), attack.name, json.loads(canonical_json(hp)), seed)}
+    _failed(record, exc)
+    record["reason"] = record["reason"].replace("failed: ", "failed: building the client's step: ", 1)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    record.update(_provenance(device))
+    return record
 
 
 class RunFailure(CopaError):

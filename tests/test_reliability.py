@@ -250,3 +250,30 @@ def test_plugin_modules_register_models_for_the_command_line(tmp_path, capsys):
         MODELS._entries.pop("test-plugin-overflow", None)
         attacks_mod._loaded.discard(str(path))
         sys.modules.pop("copa_plugin_overflow_model", None)
+
+
+class _OutOfMemoryNet(torch.nn.Module):
+    """A model whose forward pass runs out of memory (as a client step on a full GPU would)."""
+
+    def __init__(self, num_classes, in_shape):
+        super().__init__()
+        self.fc = torch.nn.Linear(int(torch.tensor(in_shape).prod()), num_classes)
+
+    def forward(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+
+
+def test_a_client_step_that_runs_out_of_memory_is_a_failed_record_and_the_others_go_on():
+    from copa.bench import run_attacks
+
+    MODELS.register("test-oom-net", _OutOfMemoryNet, replace=True, not_chain_reason="test model")
+    try:
+        scenarios = [Scenario(model="test-oom-net", indices=(0,)), Scenario(model="cnn2_c1", indices=(1,))]
+        (failed, reconstruction, truth), (ok, _, _) = run_attacks(scenarios, "mean-image", record_failures=True)
+        assert failed["status"] == "failed" and reconstruction is None and truth is None
+        assert failed["reason"].startswith("failed: building the client's step: out of memory")
+        assert failed["config_hash"] and failed["git_commit"] == ok["git_commit"] and ok["status"] == "ok"
+        with pytest.raises(torch.OutOfMemoryError):  # without record_failures (the CLI) it propagates
+            run_attacks(scenarios[:1], "mean-image")
+    finally:
+        MODELS._entries.pop("test-oom-net", None)
