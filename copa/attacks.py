@@ -120,7 +120,10 @@ class Attack:
                 f"accepted: {', '.join(sorted(self.hyperparameters)) or '(none)'}")
         self.hp: dict[str, Any] = {k: h.default for k, h in self.hyperparameters.items()}
         for key, value in overrides.items():
-            self.hp[key] = self.hyperparameters[key].coerce(key, value)
+            try:
+                self.hp[key] = self.hyperparameters[key].coerce(key, value)
+            except InvalidSpecError as exc:
+                raise InvalidSpecError(f"attack {self.name!r}: {exc}") from None
         self.validate()
 
     def validate(self) -> None:
