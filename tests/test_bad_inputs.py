@@ -180,6 +180,8 @@ CASES = [
          ("'cuda'", "CUDA is not available", "--device cpu"), needs="no-cuda"),
     Case("threads below one", "copa attack --attack noise --model cnn2_c1 --threads 0 --out OUT",
          ("--threads 0", "positive integer")),
+    Case("input too small for a metric", "copa attack --attack noise --model 'chain:c2k3:tanh fc:identity' "
+         "--input-shape 3x8x8 --out OUT", ("3x8x8", "ssim", "at least 11×11")),
     # workflow configs: the JSON schema (snakemake's own message), then copa.pipeline.check_config
     Case("config key the schema does not have", "snakemake -n --configfile bad.yaml",
          ("'iterations' was unexpected",), status=1, config=f"{{{GOOD}, iterations: 5}}"),
