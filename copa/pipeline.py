@@ -120,6 +120,12 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
         except CopaError as exc:
             raise type(exc)(f"attack_settings.{name}: {exc}") from None
     shape = parse_input_shape(config.get("input_shape", "3x32x32"))
+    from .metrics import SSIM_WINDOW
+
+    if min(shape[1:]) < SSIM_WINDOW:  # every record is scored with SSIM
+        raise InvalidSpecError(f"input_shape {'x'.join(map(str, shape))} is too small for the metric ssim: its "
+                               f"{SSIM_WINDOW}×{SSIM_WINDOW} Gaussian window needs images of at least "
+                               f"{SSIM_WINDOW}×{SSIM_WINDOW}")
     classes = config.get("num_classes") or 10
     for name in config["models"]:
         try:
