@@ -148,7 +148,7 @@ class Attack:
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "paper": cls.paper, "code": cls.code, "description": cls.description,
-                "needs_label": cls.needs_label,
+                "needs_label": cls.needs_label, "batched": cls.batched,
                 "hyperparameters": {k: {"default": h.default, "source": h.source, "help": h.help}
                                     for k, h in cls.hyperparameters.items()}}
 

@@ -145,7 +145,10 @@ def cmd_list(args) -> int:
         load_plugins(args.plugin)
         for entry in ATTACKS:
             label = "label needed" if entry.obj.needs_label else ""
-            print(f"{entry.name:14s} {label:13s} {entry.meta.get('paper', '')}")
+            batched = "batched" if entry.obj.batched else ""
+            print(f"{entry.name:14s} {label:13s} {batched:8s} {entry.meta.get('paper', '')}")
+        print("\nbatched: attacks B independent instances as one vectorised computation (README, "
+              "\"Batched instances\").")
     elif args.what == "datasets":
         for entry in data.DATASETS:
             print(f"{entry.meta.get('form', entry.name):16s} {entry.meta.get('description', '')}")

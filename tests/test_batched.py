@@ -255,3 +255,15 @@ def test_batchnorm_models_take_the_plain_path_whose_second_derivative_is_right(c
     with torch.no_grad():
         central = (loss(x + 1e-6 * v) - loss(x - 1e-6 * v)) / 2e-6
     assert float((leaf.grad * v).sum()) == pytest.approx(float(central), rel=1e-7)
+
+
+def test_attacks_declare_whether_they_batch(capsys):
+    from copa.attacks import ATTACKS, load_plugins
+    from copa.cli import main
+
+    load_plugins()
+    declared = {name: ATTACKS.get(name).describe()["batched"] for name in ("dlg", "idlg", "ig", "rgap", "copa")}
+    assert declared == {"dlg": True, "idlg": True, "ig": True, "rgap": False, "copa": False}
+    assert main(["list", "attacks"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert " batched " in lines["ig"] and " batched " not in lines["rgap"]
