@@ -267,3 +267,22 @@ def test_attacks_declare_whether_they_batch(capsys):
     assert main(["list", "attacks"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert " batched " in lines["ig"] and " batched " not in lines["rgap"]
+
+
+def test_a_cell_of_a_batched_attack_runs_in_batches_and_resumes(tmp_path):
+    import json
+
+    from copa.pipeline import run_cell
+
+    config = {"dataset": "sample", "split": "train", "indices": [0, 1, 2], "models": ["lenet-zhu"], "attacks": ["ig"],
+              "attack_settings": {"ig": {"iterations": 5}}, "dtype": "float32", "device": "cpu", "seed": 0,
+              "batch_size": 2, "out": str(tmp_path)}
+    records = tmp_path / "records"
+    cell = run_cell(config, "lenet-zhu", "ig", records_dir=records, summary=tmp_path / "cell.json", log=lambda _: None)
+    assert cell["counts"]["ok"] == 3 and cell["batch_size"] == 2
+    batches = {i: json.loads((records / str(i) / "record.json").read_text())["batch"] for i in (0, 1)}
+    assert batches[0]["members"] == batches[1]["members"] == [[0], [1]] and batches[0]["instances"] == 2
+    assert "batch" not in json.loads((records / "2" / "record.json").read_text())  # the last one ran alone
+    (records / "1" / "record.json").unlink()  # as if killed before its batch was written
+    cell = run_cell(config, "lenet-zhu", "ig", records_dir=records, summary=tmp_path / "cell.json", log=lambda _: None)
+    assert [e["reused"] for e in cell["records"]] == [True, False, True]
