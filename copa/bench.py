@@ -225,7 +225,8 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
 
     With ``batch`` and an attack that declares ``batched``, the applicable instances run as one
     vectorised ``reconstruct_batch`` call (each instance with its own seeded generator); each record
-    then carries ``batch: {instances, seconds}`` and ``seconds`` is its share of the batch's wall time.
+    then carries ``batch: {instances, seconds, members}`` (members: the scenarios' indices) and ``seconds``
+    is its share of the batch's wall time.
     If the batched call raises, every instance is rerun alone (the record's ``batch`` entry says why),
     so one failing instance never fails the others. Returns one ``(record, reconstruction)`` per instance.
     """
