@@ -39,9 +39,9 @@ class GradientModel:
     takes plain ``torch.autograd.grad`` instead (vmap's overhead buys nothing there), so the tests that
     compare batched with sequential runs compare the vectorised path with the plain one. Models with
     BatchNorm also take the plain path, instance by instance (``vectorised`` False): vmap's second
-    derivative through ``batch_norm`` disagrees with autograd and finite differences (see below). Buffers (BatchNorm
-    statistics a train-mode forward updates) are copied per instance and per call, so calling it never
-    changes ``observation.model``; the model stays in the client's mode (train).
+    derivative through ``batch_norm`` disagrees with autograd and finite differences (see below).
+    Buffers (BatchNorm statistics a train-mode forward updates) are copied per instance and per call,
+    so calling it never changes ``observation.model``; the model stays in the client's mode (train).
 
     ``targets``: the observed gradients stacked per instance. ``evaluations[b]`` counts the calls that
     counted for instance ``b`` (``count`` mask; default all): each is one forward and one gradient.
@@ -91,7 +91,6 @@ class GradientModel:
         buffers = {n: b.expand(self.instances, *b.shape).clone() for n, b in self.buffers.items()}
         grads = self._per_instance_gradients(self.params, buffers, images, labels)
         return tuple(grads[n] for n in self.names)
-
 
     def _plain_gradients(self, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
         """One instance's gradients by plain ``torch.autograd.grad`` (differentiable when grad mode is on)."""
