@@ -17,7 +17,7 @@ JSON-serialisable report.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "label_accuracy",
     "match_pairs",
     "check_metric_names",
+    "check_metric_input",
     "score_images",
 ]
 
@@ -368,6 +369,17 @@ def check_metric_names(metrics: str | Iterable[str]) -> list[str]:
     for name in names:
         METRICS.entry(name)  # UnknownNameError with close matches
     return names
+
+
+def check_metric_input(metrics: str | Iterable[str], input_shape: Sequence[int]) -> None:
+    """Raise :class:`~copa.errors.InvalidSpecError` when images of ``input_shape`` (C, H, W) cannot be
+    scored with ``metrics`` — SSIM's 11×11 window needs at least 11×11 pixels — so callers can refuse
+    before an attack runs instead of after it."""
+    c, h, w = (int(n) for n in input_shape)
+    if "ssim" in check_metric_names(metrics) and min(h, w) < SSIM_WINDOW:
+        raise InvalidSpecError(f"input shape {c}x{h}x{w} is too small for the metric ssim: its {SSIM_WINDOW}×"
+                               f"{SSIM_WINDOW} Gaussian window (Wang et al. 2004) needs images of at least "
+                               f"{SSIM_WINDOW}×{SSIM_WINDOW}")
 
 
 def score_images(

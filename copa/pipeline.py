@@ -12,9 +12,9 @@ Layout of one run (``OUT`` = ``config["out"]``, ``TAG`` = :func:`dataset_tag`)::
 A cell (dataset, model, attack) is one job that attacks its N images: as one vectorised batch when the
 attack supports it (dlg, idlg, ig; config ``batch_size`` splits the cell into batches), else one after
 the other. The per-image records are not Snakemake outputs, so Snakemake never deletes them: a cell
-that was killed midway and is run again keeps every complete record that matches the current scenario, attack, hyperparameters,
-seed and attack source file, and computes only the rest (:func:`record_matches`). Every file is
-written atomically.
+that was killed midway and is run again keeps every complete record that matches the current
+scenario, attack, hyperparameters, seed and attack source file, and computes only the rest
+(:func:`record_matches`). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -120,12 +120,12 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
         except CopaError as exc:
             raise type(exc)(f"attack_settings.{name}: {exc}") from None
     shape = parse_input_shape(config.get("input_shape", "3x32x32"))
-    from .metrics import SSIM_WINDOW
+    from .metrics import check_metric_input
 
-    if min(shape[1:]) < SSIM_WINDOW:  # every record is scored with SSIM
-        raise InvalidSpecError(f"input_shape {'x'.join(map(str, shape))} is too small for the metric ssim: its "
-                               f"{SSIM_WINDOW}×{SSIM_WINDOW} Gaussian window needs images of at least "
-                               f"{SSIM_WINDOW}×{SSIM_WINDOW}")
+    try:
+        check_metric_input(("ssim",), shape)  # every record is scored with SSIM
+    except CopaError as exc:
+        raise type(exc)(f"input_shape: {exc}") from None
     classes = config.get("num_classes") or 10
     for name in config["models"]:
         try:
@@ -149,30 +149,14 @@ def check_indices(config: dict[str, Any]) -> None:
     """Raise if the dataset split lacks one of the configured indices (names the missing ones)."""
     import numpy as np
 
-    from .data import available_indices
+    from .data import _summarise_ranges, available_indices
 
     present = available_indices(config["dataset"], config.get("split", "train"), root=config.get("data_root"))
     missing = sorted(set(config["indices"]) - set(np.asarray(present).tolist()))
     if missing:
         raise InvalidSpecError(
             f"indices {missing[:10]}{' ...' if len(missing) > 10 else ''} are not in {config['dataset']} "
-            f"{config.get('split', 'train')} ({len(present)} images; official indices {_ranges(present)})")
-
-
-def _ranges(values) -> str:
-    values = sorted(int(v) for v in values)
-    parts, start, prev = [], None, None
-    for v in values:
-        if start is None:
-            start = prev = v
-        elif v == prev + 1:
-            prev = v
-        else:
-            parts.append(f"{start}–{prev}" if prev != start else str(start))
-            start = prev = v
-    if start is not None:
-        parts.append(f"{start}–{prev}" if prev != start else str(start))
-    return ", ".join(parts[:8]) + (" ..." if len(parts) > 8 else "")
+            f"{config.get('split', 'train')} ({len(present)} images; official indices {_summarise_ranges(np.sort(present))})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,12 +257,13 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     device = resolve_device_name(config.get("device", "cpu"))
     seed = int(config.get("seed", 0))
     identity = attack_identity(config, attack)
-    hp = create_attack(attack, overrides).hp
+    attack_obj = create_attack(attack, overrides)
+    hp = attack_obj.hp
     run_hash = run_config_hash(config)
     scenarios = [(int(i), scenario_for(config, model, int(i))) for i in config["indices"]]
     records_dir = Path(records_dir)
     # a batched attack solves a chunk at once; any other runs (and records) its images one at a time
-    batch_size = (config.get("batch_size") or len(scenarios)) if type(create_attack(attack, overrides)).batched else 1
+    batch_size = (config.get("batch_size") or len(scenarios)) if type(attack_obj).batched else 1
     results: dict[int, tuple[dict[str, Any], bool]] = {}
     start = time.perf_counter()
     todo = []
@@ -299,7 +284,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
         chunk = todo[first:first + batch_size]
         for index, _ in chunk:
             clear_record(records_dir / str(index))
-        runs = run_attacks([scenario for _, scenario in chunk], create_attack(attack, overrides),
+        runs = run_attacks([scenario for _, scenario in chunk], attack_obj,
                            seeds=[seed] * len(chunk), device=device, threads=threads, record_failures=True)
         for (index, _), (record, reconstruction, truth) in zip(chunk, runs, strict=True):
             record["workflow"] = {"attack_settings": overrides, "cell": f"{model}/{attack}", "threads": threads,
