@@ -6,12 +6,15 @@ the image. It is :func:`copa.layerwise.solve_backwards` without refinement — t
 module as COPA, no second copy. The last layer uses the bias trick ``x = g_W[r]/g_b[r]`` (least
 squares over rows) with cross-entropy over all classes; R-GAP's original code attacked a one-logit
 network with a logistic loss, where that layer's input follows from the single row.
+
+Batched (``reconstruct_batch``): B observations of one model are solved in lockstep by
+:func:`copa.layerwise.solve_backwards_batch`, which builds each layer's weight-only blocks once.
 """
 
 from __future__ import annotations
 
 from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
-from copa.layerwise import chain_problem, check_solver, solve_backwards
+from copa.layerwise import chain_problem, check_solver, solve_backwards_batch
 
 
 @register_attack
@@ -20,6 +23,7 @@ class RGAP(Attack):
     paper = "Zhu & Blaschko, ICLR 2021 (R-GAP)"
     code = "github.com/JunyiZhu-AI/R-GAP"
     description = "closed-form layer-wise least squares, backwards from the output"
+    batched = True
     hyperparameters = {
         "solver": Hyperparameter("normal", "ours: 'normal' (Gram Cholesky, fast) or 'lstsq' (LAPACK gelsd, "
                                            "R-GAP's np.linalg.lstsq)"),
@@ -32,6 +36,9 @@ class RGAP(Attack):
         return chain_problem(observation) or super().applicable(observation)
 
     def reconstruct(self, observation, generator):
-        x, ctx = solve_backwards(observation, solver=self.hp["solver"])
-        return Reconstruction(images=x.to(observation.dtype), labels=observation.labels, forward_evals=0,
-                              gradient_evals=0, info={"layers": ctx.layer_info})
+        return self.reconstruct_batch([observation], [generator])[0]
+
+    def reconstruct_batch(self, observations, generators):
+        solved = solve_backwards_batch(observations, solver=self.hp["solver"])
+        return [Reconstruction(images=x.to(o.dtype), labels=o.labels, forward_evals=0, gradient_evals=0,
+                               info={"layers": ctx.layer_info}) for o, (x, ctx) in zip(observations, solved)]

@@ -1,11 +1,16 @@
 """Instances per second of batched attack instances against the same instances run one after the other.
 
-For each optimisation attack (DLG, iDLG, Inverting Gradients), model and B, B real images (one
-client image each, label known, the same global model) are attacked twice with the same seeds:
+For each batched attack (DLG, iDLG, Inverting Gradients, R-GAP, COPA, COPA-GM), model and B, B real
+images (one client image each, label known, the same global model) are attacked twice with the same
+seeds:
 
 * sequential: ``attack.reconstruct`` on each instance in turn (the batch of one);
 * batched: one ``attack.reconstruct_batch`` call on all B (per-instance gradients through
-  ``torch.func.vmap``, per-instance L-BFGS / Adam state; copa/gradmatch.py, copa/lbfgs.py).
+  ``torch.func.vmap``, per-instance L-BFGS / Adam state; copa/gradmatch.py, copa/lbfgs.py; for the
+  layer-wise attacks the weight-only blocks of every layer's systems built once and each stage's
+  Adam run over all instances at once, copa/layerwise.py, copa/copa_attack.py).
+
+Pairs where the attack does not apply (R-GAP/COPA need a chain: not lenet-zhu) are skipped.
 
 Printed per row: seconds of both, instances per second of both and their ratio, and the mean of the
 attacks' own final losses of both (a quality check: DLG's and IG's trajectories are chaotic, so long
@@ -13,6 +18,7 @@ runs are not bit-identical, but they must reach the same quality). The iteration
 (``--iterations``) so that a row takes seconds: throughput per iteration is what batching changes.
 
     python benchmarks/throughput.py                                  # CPU, float32, B = 1 4 16 64
+    python benchmarks/throughput.py --attacks rgap copa copa-gm --models cnn4_c1 cnn4_c2 --batch-sizes 1 4 16
     python benchmarks/throughput.py --device cuda --batch-sizes 1 16 64
     python benchmarks/throughput.py --json runs/throughput.json     # also write the rows
 """
@@ -37,7 +43,9 @@ from copa.attacks import create_attack  # noqa: E402
 from copa.threat import Scenario, resolve_device  # noqa: E402
 
 # iterations per attack: seconds per row, not the attacks' published counts
-DEFAULT_OVERRIDES = {"dlg": {"iterations": 2}, "idlg": {"iterations": 2}, "ig": {"iterations": 40}}
+DEFAULT_OVERRIDES = {"dlg": {"iterations": 2}, "idlg": {"iterations": 2}, "ig": {"iterations": 40},
+                     "copa": {"steps": 50},
+                     "copa-gm": {"steps": 50, "steps_image": 100, "steps_layer1": 50, "steps_deeper": 50}}
 
 
 def observations(model: str, count: int, dataset: str, split: str, dtype: str, device: torch.device):
@@ -88,7 +96,7 @@ def measure(attack_name: str, overrides: dict, instances: list, seed: int, devic
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["lenet-zhu", "cnn4_c2"])
-    parser.add_argument("--attacks", nargs="+", default=["dlg", "idlg", "ig"])
+    parser.add_argument("--attacks", nargs="+", default=["dlg", "idlg", "ig", "rgap", "copa", "copa-gm"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 16, 64])
     parser.add_argument("--dataset", default="npz:../shared/data/cifar10_subset.npz")
     parser.add_argument("--split", default="test")
@@ -120,6 +128,10 @@ def main(argv=None) -> int:
     for model in args.models:
         pool = observations(model, max(args.batch_sizes), args.dataset, args.split, args.dtype, device)
         for attack in args.attacks:
+            reason = create_attack(attack, overrides.get(attack, {})).applicable(pool[0])
+            if reason:
+                print(f"  {model} {attack}: skipped ({reason})", flush=True)
+                continue
             for size in args.batch_sizes:
                 row = {"model": model, "attack": attack, **measure(attack, overrides.get(attack, {}), pool[:size],
                                                                    args.seed, device)}

@@ -4,7 +4,7 @@
     copa attack --attack NAME --model NAME --dataset SPEC --split train|test --index I [...] --out DIR
     copa observe --model NAME --dataset SPEC --index I [...] --out FILE.pt
     copa attack --attack NAME --observation FILE.pt [--targets FILE.npz] --out DIR
-    copa security --model NAME [--json] [--out FILE]
+    copa security --model NAME [--index I [I ...]] [--json] [--out FILE]
 
 Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
 """
@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_sec.add_argument("--model-seed", type=int, default=0, help="model initialisation seed (default 0)")
     p_sec.add_argument("--dataset", default="sample",
                        help="dataset whose train image gives δ (default sample; the index does not depend on it)")
-    p_sec.add_argument("--index", type=int, default=0, help="image index that gives δ (default 0)")
+    p_sec.add_argument("--index", nargs="+", action="extend", default=None,
+                       help="image index that gives δ (default 0); several (space- or comma-separated, or repeated) "
+                            "give one report per image, their ranks computed together")
     p_sec.add_argument("--delta-source", default="image", help="image (default) or random")
     p_sec.add_argument("--input-shape", default="3x32x32", help="model input CxHxW (default 3x32x32)")
     p_sec.add_argument("--no-condition", action="store_true", help="skip condition numbers (faster)")
@@ -229,25 +231,30 @@ def cmd_security(args) -> int:
     import torch
 
     from .io import atomic_write_json
-    from .security import security_report
+    from .security import security_reports
     from .threat import parse_input_shape
 
     shape = parse_input_shape(args.input_shape)
+    indices = list(_parse_indices(args.index)) if args.index else [0]
     if args.threads is not None:
         if args.threads < 1:
             raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
         torch.set_num_threads(args.threads)
-    reports = [security_report(name, seed=args.model_seed, dataset=args.dataset, index=args.index,
-                               delta_source=args.delta_source, input_shape=shape,
-                               condition=not args.no_condition, device=args.device)
-               for name in args.model]
+    # one report per (model, index), model-major; the images of one model share its weight-only work
+    reports = [report for name in args.model
+               for report in security_reports(name, seed=args.model_seed, dataset=args.dataset, indices=indices,
+                                              delta_source=args.delta_source, input_shape=shape,
+                                              condition=not args.no_condition, device=args.device)]
     payload = [r.to_dict() for r in reports]
     if args.out:
         atomic_write_json(args.out, payload if len(payload) > 1 else payload[0])
     if args.json:
         print(json.dumps(payload if len(payload) > 1 else payload[0], indent=2))
-    else:
+    elif len(indices) == 1:
         print("\n\n".join(r.to_table() for r in reports))
+    else:  # name the image above each table
+        print("\n\n".join(f"{r.settings['dataset']} train image {r.settings['index']} "
+                           f"(delta source: {r.settings['delta_source']}):\n{r.to_table()}" for r in reports))
     return 0
 
 

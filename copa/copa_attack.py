@@ -49,6 +49,7 @@ kept (the attack's own loss; never the ground truth).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
@@ -62,16 +63,24 @@ from . import linalg
 from .attacks import Attack, Hyperparameter, Reconstruction, register_attack
 from .errors import InvalidSpecError
 from .gradmatch import per_tensor_cosine_distance, total_variation
-from .layerwise import ChainContext, LayerProblem, solve_backwards
+from .layerwise import ChainContext, LayerProblem, NullProjector, solve_backwards_batch
 
 HYBRID = "authors' hybrid.py (CangxiongChen/training-data-leakage)"
 
 
-class _PullBack:
-    """The pull-back penalty of layer ``i`` from layer ``i − 1`` (see the module docstring)."""
+def _flat_sum(t: Tensor) -> Tensor:
+    """Per-instance sum over everything but the leading instance dimension."""
+    return t.flatten(1).sum(1)
 
-    def __init__(self, problem: LayerProblem, ctx: ChainContext, x_start: Tensor):
-        i = problem.index
+
+class _PullBack:
+    """The pull-back penalty of layer ``i`` from layer ``i − 1`` for the instances of a batch (see the
+    module docstring): ``x`` ``(B, C, H, W)`` → ``(B,)``. ``A_{i−1}``'s decomposition depends on the
+    weights only and is computed once for all instances."""
+
+    def __init__(self, problems: list[LayerProblem], ctxs: list[ChainContext], x_start: Tensor):
+        first, ctx = problems[0], ctxs[0]
+        i = first.index
         self.prev = ctx.layers[i - 1]
         self.act = ctx.activations[i - 1]
         self.geometry = linalg.ConvGeometry.from_conv(self.prev, ctx.input_shapes[i - 1][-2:])
@@ -96,63 +105,77 @@ class _PullBack:
         # min-norm preimage is an arbitrary choice and its gradient residual biases x_i (measured on
         # cnn4_c1 layer 2: relative error of x_2 0.79 → 1.85), so the gradient part is left out.
         self.injective = rank == cols
-        self.grad_prev = ctx.grads[i - 1][0]
-        self.grad_x = linalg.input_gradient(problem.delta, problem.module.weight, problem.geometry)
+        self.grad_prev = torch.stack([c.grads[i - 1][0] for c in ctxs])
+        self.grad_x = torch.stack([linalg.input_gradient(p.delta, p.module.weight, p.geometry) for p in problems])
         # Fixed scales (from the starting point): normalising by the current ‖z‖² would let the optimiser
         # lower the penalty by inflating z, i.e. by pushing x_i into the activation's saturation.
-        self.z_scale = self.act.inverse(x_start).square().sum().clamp_min(1e-30)
-        self.g_scale = self.grad_prev.square().sum().clamp_min(1e-30)
+        self.z_scale = _flat_sum(self.act.inverse(x_start).square()).clamp_min(1e-30)
+        self.g_scale = _flat_sum(self.grad_prev.square()).clamp_min(1e-30)
 
     def _apply(self, x_prev: Tensor) -> Tensor:
         g = self.geometry
-        return F.conv2d(x_prev.reshape(1, g.in_channels, *g.input), self.weight, stride=g.stride, padding=g.padding)
+        return F.conv2d(x_prev.reshape(-1, g.in_channels, *g.input), self.weight, stride=g.stride, padding=g.padding)
 
     def _adjoint(self, z: Tensor) -> Tensor:
         g = self.geometry
-        return torch.nn.grad.conv2d_input((1, g.in_channels, *g.input), self.weight, z.reshape(1, *z.shape),
-                                          stride=g.stride, padding=g.padding).reshape(-1)
+        return torch.nn.grad.conv2d_input((z.shape[0], g.in_channels, *g.input), self.weight, z,
+                                          stride=g.stride, padding=g.padding).flatten(1)
 
     def __call__(self, x_i: Tensor) -> Tensor:
         z = self.act.inverse(x_i)
-        total = x_i.new_zeros(())
+        total = x_i.new_zeros(x_i.shape[0])
         if self.tall:  # A⁺z = V Λ⁻¹ Vᵀ Aᵀ z, then the range residual z − A A⁺ z
-            x_prev = self.vectors @ ((self.vectors.T @ self._adjoint(z)) / self.eigenvalues)
+            x_prev = ((self._adjoint(z) @ self.vectors) / self.eigenvalues) @ self.vectors.T
             if self.range_informative:
-                total = total + (z - self._apply(x_prev)[0]).square().sum() / self.z_scale
+                total = total + _flat_sum((z - self._apply(x_prev)).square()) / self.z_scale
         elif self.range_informative:  # wide but rank-deficient: project onto the left singular vectors
-            flat = z.reshape(-1)
-            total = total + (flat - self.vectors @ (self.vectors.T @ flat)).square().sum() / self.z_scale
+            flat = z.flatten(1)
+            total = total + (flat - (flat @ self.vectors) @ self.vectors.T).square().sum(1) / self.z_scale
         if self.injective:
-            delta_prev = self.act.derivative(z) * self.grad_x.reshape(z.shape)
             g = self.geometry
-            predicted = torch.nn.grad.conv2d_weight(x_prev.reshape(1, g.in_channels, *g.input),
-                                                    tuple(self.grad_prev.shape), delta_prev.unsqueeze(0),
-                                                    stride=g.stride, padding=g.padding)
-            total = total + (predicted - self.grad_prev).square().sum() / self.g_scale
+            delta_prev = self.act.derivative(z) * self.grad_x
+            predicted = linalg._grad_apply(g.pad(x_prev.reshape(-1, g.in_channels, *g.input)), delta_prev, g)
+            total = total + _flat_sum((predicted - self.grad_prev).square()) / self.g_scale
         return total
 
     @property
     def active(self) -> bool:
         return self.range_informative or self.injective
 
+    def subset(self, members: list[int]) -> _PullBack:
+        """The penalty of the instances ``members`` only (the weight-only decomposition is shared)."""
+        if members == list(range(self.grad_prev.shape[0])):
+            return self
+        part = copy.copy(self)
+        for name in ("grad_prev", "grad_x", "z_scale", "g_scale"):
+            setattr(part, name, getattr(self, name)[members])
+        return part
+
 
 class _GradientMatch:
-    """``Σ_t (1 − cos)`` between the sub-network's gradients at ``x_i`` and the observed ones."""
+    """``Σ_t (1 − cos)`` between the sub-network's gradients at ``x_i`` and the observed ones, per instance.
 
-    def __init__(self, problem: LayerProblem, ctx: ChainContext):
-        if ctx.labels is None:
+    The sub-network from layer ``i`` to the output is a function of the (shared, detached) parameters;
+    B instances' gradients come from ``torch.func.vmap`` over ``torch.func.grad`` (as
+    :class:`copa.gradmatch.GradientModel`), one instance's from plain ``torch.autograd.grad``.
+    """
+
+    def __init__(self, problems: list[LayerProblem], ctxs: list[ChainContext]):
+        if any(c.labels is None for c in ctxs):
             raise ValueError("gradient matching needs the label")
-        self.layers = ctx.layers[problem.index:]
-        self.acts = ctx.activations[problem.index:]
-        self.params = [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
-        observed = {id(layer.weight): g for layer, (g, _) in zip(ctx.layers, ctx.grads)}
-        observed |= {id(layer.bias): gb for layer, (_, gb) in zip(ctx.layers, ctx.grads) if layer.bias is not None}
-        self.targets = [observed[id(p)] for p in self.params]
-        self.labels = ctx.labels
-        self.evaluations = 0
+        ctx, index = ctxs[0], problems[0].index
+        self.layers = ctx.layers[index:]
+        self.acts = ctx.activations[index:]
+        self.params = [p.detach() for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
+        position = {id(layer.weight): (k, 0) for k, layer in enumerate(ctx.layers)}
+        position |= {id(layer.bias): (k, 1) for k, layer in enumerate(ctx.layers) if layer.bias is not None}
+        where = [position[id(p)] for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
+        self.targets = [torch.stack([c.grads[k][j] for c in ctxs]) for k, j in where]
+        self.labels = torch.stack([c.labels for c in ctxs])
+        self.evaluations = 0  # per instance: every call evaluates every instance once
+        self._per_instance = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0, 0))
 
-    def gradients(self, x_i: Tensor, create_graph: bool) -> tuple[Tensor, ...]:
-        params = [p.detach().requires_grad_(True) for p in self.params]
+    def _loss(self, params: list[Tensor], x_i: Tensor, labels: Tensor) -> Tensor:
         out, k = x_i.unsqueeze(0), 0
         for layer, act in zip(self.layers, self.acts):
             if isinstance(layer, torch.nn.Linear):
@@ -162,59 +185,77 @@ class _GradientMatch:
                 out = F.conv2d(out, params[k], stride=layer.stride, padding=layer.padding)
                 k += 1
             out = act(out)
-        loss = F.cross_entropy(out, self.labels)
-        self.evaluations += 1
-        return torch.autograd.grad(loss, params, create_graph=create_graph)
+        return F.cross_entropy(out, labels)
 
-    def relative_residual(self, x_i: Tensor) -> float:
-        """``Σ_t ‖∇_t − g_t‖² / Σ_t ‖g_t‖²`` at ``x_i``: 0 when ``x_i`` reproduces the observation."""
+    def gradients(self, x_i: Tensor) -> tuple[Tensor, ...]:
+        """Each instance's sub-network gradients at ``x_i`` ``(B, C, H, W)``, differentiable in ``x_i``."""
+        self.evaluations += 1
+        if x_i.shape[0] > 1:
+            return tuple(self._per_instance(self.params, x_i, self.labels))
         with torch.enable_grad():
-            grads = self.gradients(x_i.detach(), create_graph=False)
-        num = sum(float((g - t).square().sum()) for g, t in zip(grads, self.targets))
-        den = sum(float(t.square().sum()) for t in self.targets)
-        return num / den if den > 0 else 0.0
+            params = [p.requires_grad_(True) for p in self.params]
+            grads = torch.autograd.grad(self._loss(params, x_i[0], self.labels[0]), params,
+                                        create_graph=x_i.requires_grad)
+        return tuple(g.unsqueeze(0) for g in grads)
+
+    def relative_residual(self, x_i: Tensor) -> list[float]:
+        """``Σ_t ‖∇_t − g_t‖² / Σ_t ‖g_t‖²`` per instance: 0 where ``x_i`` reproduces the observation."""
+        with torch.enable_grad():
+            grads = self.gradients(x_i.detach())
+        num = sum(_flat_sum((g.detach() - t).square()) for g, t in zip(grads, self.targets))
+        den = sum(_flat_sum(t.square()) for t in self.targets)
+        return [n / d if d > 0 else 0.0 for n, d in zip(num.tolist(), den.tolist())]
 
     def __call__(self, x_i: Tensor) -> Tensor:
-        grads = self.gradients(x_i, create_graph=True)
-        return per_tensor_cosine_distance(grads, self.targets)
+        return per_tensor_cosine_distance(self.gradients(x_i), self.targets, batched=True)
 
 
 class _LinearResidual:
-    """The layer's equations as a penalty: ``(‖A x − z‖² + ‖K(δ) x − g‖²) / (‖z‖² + ‖g‖²)``."""
+    """The layer's equations as a penalty: ``(‖A x − z‖² + ‖K(δ) x − g‖²) / (‖z‖² + ‖g‖²)`` per instance."""
 
-    def __init__(self, problem: LayerProblem):
-        self.weight = problem.module.weight
-        self.stride, self.padding = problem.module.stride, problem.module.padding
-        self.z, self.delta, self.grad = problem.z, problem.delta, problem.grad_weight
-        self.scale = (self.z.square().sum() + self.grad.square().sum()).clamp_min(1e-300)
+    def __init__(self, problems: list[LayerProblem]):
+        first = problems[0]
+        self.weight, self.geometry = first.module.weight, first.geometry
+        self.stride, self.padding = first.module.stride, first.module.padding
+        self.z = torch.stack([p.z for p in problems])
+        self.delta = torch.stack([p.delta for p in problems])
+        self.grad = torch.stack([p.grad_weight for p in problems])
+        self.scale = (_flat_sum(self.z.square()) + _flat_sum(self.grad.square())).clamp_min(1e-300)
 
     def __call__(self, x_i: Tensor) -> Tensor:
-        x = x_i.unsqueeze(0)
-        forward = F.conv2d(x, self.weight, stride=self.stride, padding=self.padding)[0] - self.z
-        gradient = torch.nn.grad.conv2d_weight(x, tuple(self.grad.shape), self.delta.unsqueeze(0),
-                                               stride=self.stride, padding=self.padding) - self.grad
-        return (forward.square().sum() + gradient.square().sum()) / self.scale
+        forward = F.conv2d(x_i, self.weight, stride=self.stride, padding=self.padding) - self.z
+        gradient = linalg._grad_apply(self.geometry.pad(x_i), self.delta, self.geometry) - self.grad
+        return (_flat_sum(forward.square()) + _flat_sum(gradient.square())) / self.scale
 
 
-def _minimise(objective, start: Tensor, steps: int, lr: float) -> tuple[Tensor, float, float]:
-    """Adam on ``objective(start + d)`` over ``d``; returns the best point, its value and the initial value."""
+def _minimise(objective, start: Tensor, steps: int, lr: float) -> tuple[Tensor, list[float], list[float]]:
+    """Adam on ``objective(start + d)`` over ``d`` for B independent instances (leading dimension).
+
+    ``objective`` returns one value per instance; Adam is element-wise, so one optimiser over the stacked
+    ``d`` (gradient of the sum) is B independent Adam runs. Returns each instance's best point (the
+    iterate of lowest objective, the start included), its value and the initial value.
+    """
     d = torch.zeros_like(start, requires_grad=True)
     optimizer = torch.optim.Adam([d], lr=lr)
-    initial = float(objective(start).detach())
-    best_value, best_d = initial, torch.zeros_like(start)
+    initial = objective(start).detach()
+    best_value, best_d = initial.clone(), torch.zeros_like(start)
+
+    def keep_better(values: Tensor) -> None:
+        nonlocal best_value, best_d
+        better = torch.isfinite(values) & (values < best_value)
+        best_value = torch.where(better, values, best_value)
+        best_d = torch.where(better.reshape(-1, *[1] * (start.dim() - 1)), d.detach(), best_d)
+
     for _ in range(int(steps)):
         optimizer.zero_grad()
-        value = objective(start + d)
-        value.backward()
-        current = float(value.detach())
-        if math.isfinite(current) and current < best_value:  # value at the iterate before this step
-            best_value, best_d = current, d.detach().clone()
+        values = objective(start + d)
+        values.sum().backward()
+        keep_better(values.detach())  # value at the iterate before this step
         optimizer.step()
     if steps:
-        final = float(objective(start + d).detach())
-        if math.isfinite(final) and final < best_value:
-            best_value, best_d = final, d.detach().clone()
-    return (start + best_d).detach(), best_value, initial
+        with torch.no_grad():
+            keep_better(objective(start + d))
+    return (start + best_d).detach(), best_value.tolist(), initial.tolist()
 
 
 class COPA(Attack):
@@ -225,6 +266,7 @@ class COPA(Attack):
     code = "github.com/CangxiongChen/training-data-leakage"
     description = "layer-wise inversion: R-GAP step, then priors in the null space of each layer's system"
     needs_label = False
+    batched = True
     hyperparameters = {
         "steps": Hyperparameter(1000, "ours: Adam steps of the null-space stage per rank-deficient layer "
                                       "(hybrid.py uses 1000 for deep layers)"),
@@ -262,76 +304,108 @@ class COPA(Attack):
         return self.hp["tv_weight_image"] if index == 0 else self.hp["tv_weight_hidden"]
 
     def reconstruct(self, observation, generator):
-        lower, upper = (b.to(torch.float64) for b in observation.bounds())
-        counters = {"gradient_evals": 0}
+        return self.reconstruct_batch([observation], [generator])[0]
 
-        def refine(problem: LayerProblem, ctx: ChainContext):
-            return self._refine(problem, ctx, lower[0], upper[0], counters)
-
+    def reconstruct_batch(self, observations, generators):
+        """B instances of one model in lockstep (:func:`copa.layerwise.solve_backwards_batch`); each layer's
+        null-space and gradient-matching stages optimise all instances that need them in one vectorised
+        Adam run (per-instance objectives, best iterates and stage decisions)."""
+        bounds = [tuple(b.to(torch.float64)[0] for b in o.bounds()) for o in observations]
+        evaluations = [0] * len(observations)
         start = time.perf_counter()
-        x, ctx = solve_backwards(observation, refine, solver=self.hp["solver"])
-        info = {"layers": ctx.layer_info, "seconds_total": time.perf_counter() - start}
-        return Reconstruction(images=x.to(observation.dtype), labels=observation.labels,
-                              loss=sum(d.get("objective", 0.0) for d in ctx.layer_info),
-                              forward_evals=counters["gradient_evals"], gradient_evals=counters["gradient_evals"],
-                              info=info)
+        solved = solve_backwards_batch(observations, functools.partial(self._refine, bounds=bounds,
+                                                                       evaluations=evaluations),
+                                       solver=self.hp["solver"])
+        seconds = time.perf_counter() - start
+        return [Reconstruction(images=x.to(o.dtype), labels=o.labels,
+                               loss=sum(d.get("objective", 0.0) for d in ctx.layer_info),
+                               forward_evals=n, gradient_evals=n,
+                               info={"layers": ctx.layer_info, "seconds_total": seconds})
+                for o, (x, ctx), n in zip(observations, solved, evaluations)]
 
-    def _refine(self, problem: LayerProblem, ctx: ChainContext, lower: Tensor, upper: Tensor,
-                counters: dict[str, int]) -> tuple[Tensor, dict[str, Any]]:
-        g = problem.geometry
+    def _refine(self, problems: list[LayerProblem], ctxs: list[ChainContext], *, bounds, evaluations: list[int]):
+        """Stages 2 and 3 of the module docstring for one layer of every instance."""
+        first = problems[0]
+        g, index = first.geometry, first.index
+        infos: list[dict[str, Any]] = [{} for _ in problems]
+        solutions = [p.solution for p in problems]
 
         def unflat(x_flat: Tensor) -> Tensor:
-            return g.unpad(x_flat.reshape(g.in_channels, *g.padded))
+            return g.unpad(x_flat.reshape(x_flat.shape[0], g.in_channels, *g.padded))
 
         @functools.cache
         def pull_back() -> _PullBack | None:
-            """Built on first use: full-rank, consistent layers never pay for its eigendecomposition."""
-            if problem.index == 0 or self.hp["pullback_weight"] <= 0:
+            """Built on first use, for every instance: full-rank, consistent layers never pay for its
+            eigendecomposition; its scales come from the least-squares solutions."""
+            if index == 0 or self.hp["pullback_weight"] <= 0:
                 return None
-            penalty = _PullBack(problem, ctx, unflat(problem.solution))
+            penalty = _PullBack(problems, ctxs, unflat(torch.stack([p.solution for p in problems])))
             return penalty if penalty.active else None
 
-        def priors(x: Tensor, tv: float) -> Tensor:
+        def priors_for(members: list[int]):
+            """The prior terms (TV, box, pull-back) of the instances ``members``."""
             pull = pull_back()
-            total = tv * total_variation(x)
-            if problem.index == 0 and self.hp["box_weight"] > 0:
-                below, above = (lower - x).clamp_min(0), (x - upper).clamp_min(0)
-                total = total + self.hp["box_weight"] * (below.square() + above.square()).mean()
-            if pull is not None:
-                total = total + self.hp["pullback_weight"] * pull(x)
-            return total
+            pull = pull.subset(members) if pull is not None else None
+            lower = torch.stack([bounds[b][0] for b in members])
+            upper = torch.stack([bounds[b][1] for b in members])
 
-        info: dict[str, Any] = {}
-        solution = problem.solution
-        if problem.nullity > 0 and self.hp["steps"] > 0:
-            x_ls, tv = problem.solution, self.tv_weight(problem.index)
-            point, value, initial = _minimise(lambda v: priors(unflat(x_ls + problem.project_null(v)), tv),
-                                              torch.zeros_like(x_ls), self.hp["steps"], self.hp["lr"])
-            solution = (x_ls + problem.project_null(point)).detach()
-            info.update(objective_initial=initial, objective=value, steps=int(self.hp["steps"]))
-        schedule = self.layer_schedule(problem.index)
+            def priors(x: Tensor, tv: float) -> Tensor:
+                total = tv * total_variation(x, batched=True)
+                if index == 0 and self.hp["box_weight"] > 0:
+                    below, above = (lower - x).clamp_min(0), (x - upper).clamp_min(0)
+                    total = total + self.hp["box_weight"] * (below.square() + above.square()).flatten(1).mean(1)
+                if pull is not None:
+                    total = total + self.hp["pullback_weight"] * pull(x)
+                return total
+            return priors
+
+        # stage 2: the priors inside the null space of U_i, for the instances whose system leaves one
+        members = [b for b, p in enumerate(problems) if p.nullity > 0]
+        if members and self.hp["steps"] > 0:
+            x_ls = torch.stack([solutions[b] for b in members])
+            priors = priors_for(members)
+            project = NullProjector([problems[b] for b in members])
+            tv = self.tv_weight(index)
+            point, values, initials = _minimise(lambda v: priors(unflat(x_ls + project(v)), tv),
+                                                torch.zeros_like(x_ls), self.hp["steps"], self.hp["lr"])
+            refined = (x_ls + project(point)).detach()
+            for k, b in enumerate(members):
+                solutions[b] = refined[k]
+                infos[b].update(objective_initial=initials[k], objective=values[k], steps=int(self.hp["steps"]))
+        # stage 3: gradient matching where the observation is not yet reproduced
+        schedule = self.layer_schedule(index)
         if schedule["gm"] > 0:
-            match = _GradientMatch(problem, ctx)
-            x_start = unflat(solution)
-            residual = match.relative_residual(x_start)
-            info["gm_residual_initial"] = residual
-            if residual <= self.hp["consistency_tol"] or schedule["steps"] == 0:
-                info["gm_stage"] = "skipped: the observation is reproduced (nothing for gradient matching to add)" \
-                    if residual <= self.hp["consistency_tol"] else "skipped: 0 steps"
+            x_start = unflat(torch.stack(solutions))
+            residuals = _GradientMatch(problems, ctxs).relative_residual(x_start)
+            for b, residual in enumerate(residuals):
+                infos[b]["gm_residual_initial"] = residual
+                evaluations[b] += 1
+            members = [b for b, r in enumerate(residuals) if r > self.hp["consistency_tol"]]
+            if schedule["steps"] == 0 or not members:
+                for b, r in enumerate(residuals):
+                    infos[b]["gm_stage"] = ("skipped: the observation is reproduced (nothing for gradient matching "
+                                            "to add)" if r <= self.hp["consistency_tol"] else "skipped: 0 steps")
             else:
-                linear = _LinearResidual(problem)
+                for b in set(range(len(problems))) - set(members):
+                    infos[b]["gm_stage"] = "skipped: the observation is reproduced (nothing for gradient matching to add)"
+                chosen = [problems[b] for b in members]
+                match = _GradientMatch(chosen, [ctxs[b] for b in members])
+                linear = _LinearResidual(chosen)
+                start = x_start[members]
+                priors = priors_for(members)
 
                 def objective(x: Tensor) -> Tensor:
-                    return (schedule["gm"] * match(x) + schedule["linear"] * linear(x)
-                            + priors(x, schedule["tv"]))
+                    return schedule["gm"] * match(x) + schedule["linear"] * linear(x) + priors(x, schedule["tv"])
 
-                point, value, initial = _minimise(objective, x_start, schedule["steps"], self.hp["lr"])
-                solution = g.pad(point).reshape(-1)
-                info.update(gm_stage="ran", gm_objective_initial=initial, gm_objective=value,
-                            gm_steps=int(schedule["steps"]), gm_residual_final=match.relative_residual(point),
-                            objective=info.get("objective", 0.0) + value)
-            counters["gradient_evals"] += match.evaluations
-        return solution, info
+                point, values, initials = _minimise(objective, start, schedule["steps"], self.hp["lr"])
+                finals = match.relative_residual(point)
+                for k, b in enumerate(members):
+                    solutions[b] = g.pad(point[k]).reshape(-1)
+                    infos[b].update(gm_stage="ran", gm_objective_initial=initials[k], gm_objective=values[k],
+                                    gm_steps=int(schedule["steps"]), gm_residual_final=finals[k],
+                                    objective=infos[b].get("objective", 0.0) + values[k])
+                    evaluations[b] += match.evaluations
+        return list(zip(solutions, infos))
 
 
 class COPAGradientMatching(COPA):

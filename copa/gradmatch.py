@@ -164,9 +164,14 @@ def cosine_distance(grads: Sequence[Tensor], targets: Sequence[Tensor], batched:
     return 1 - dot / (g_norm * t_norm).clamp_min(torch.finfo(dot.dtype).tiny)
 
 
-def per_tensor_cosine_distance(grads: Sequence[Tensor], targets: Sequence[Tensor], eps: float = 1e-10) -> Tensor:
-    """``Σ_t (1 − cos(g_t, t_t))`` per parameter tensor (inversefed ``cost_fn='simlocal'``, eps 1e-10)."""
-    return sum(1 - torch.nn.functional.cosine_similarity(g.flatten(), t.flatten(), dim=0, eps=eps)
+def per_tensor_cosine_distance(grads: Sequence[Tensor], targets: Sequence[Tensor], eps: float = 1e-10,
+                               batched: bool = False) -> Tensor:
+    """``Σ_t (1 − cos(g_t, t_t))`` per parameter tensor (inversefed ``cost_fn='simlocal'``, eps 1e-10).
+
+    ``batched=True``: every tensor has a leading instance dimension; returns one distance per instance.
+    """
+    start, dim = (1, 1) if batched else (0, 0)
+    return sum(1 - torch.nn.functional.cosine_similarity(g.flatten(start), t.flatten(start), dim=dim, eps=eps)
                for g, t in zip(grads, targets, strict=True))
 
 

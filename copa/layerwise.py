@@ -15,7 +15,8 @@ For a chain (bias-free convolutions, invertible activations, final Linear with b
    ``∂ℓ/∂x_i = A_iᵀ δ_i`` is passed down.
 
 Only the observation is used: weights, observed gradients and (for refinements that need it) the
-label. Batch size 1, as in both papers.
+label. Batch size 1, as in both papers; :func:`solve_backwards_batch` runs B such observations of one
+model in lockstep (shared weight-only work, one vectorised refinement per layer).
 """
 
 from __future__ import annotations
@@ -43,38 +44,23 @@ class LayerProblem:
     z: Tensor                       # σ⁻¹ of the next layer's reconstructed input, F×H'×W'
     delta: Tensor                   # ∂ℓ/∂z, F×H'×W'
     grad_weight: Tensor             # observed ∂ℓ/∂W
-    system: linalg.LayerSystem      # U, rhs, row counts
+    systems: linalg.LayerSystems    # this layer's systems of every instance of the batch (shared A, P)
+    instance: int                   # which of them is this problem's
     solution: Tensor                # minimum-norm least-squares x̃ (padded, flat)
     solve_info: linalg.SolveInfo
 
-    @functools.cached_property
-    def _null_projector(self) -> tuple[str, Tensor, Tensor | None, linalg.LayerOperator | None]:
-        """What :meth:`project_null` needs, from one eigendecomposition of the smaller Gram matrix.
+    @property
+    def system(self) -> linalg.LayerSystem:
+        """``U``, the right-hand side and the row counts of this instance (``U`` sparse)."""
+        return self.systems.system(self.instance)
 
-        Tall ``U`` (``m ≥ n``): an orthonormal row-space basis ``V`` (``n × rank``), ``Π v = v − V Vᵀ v``.
-        Wide ``U``: ``Π v = v − Uᵀ Q Λ⁻¹ Qᵀ U v`` with ``U Uᵀ = Q Λ Qᵀ`` (rank part) and ``U``, ``Uᵀ``
-        applied matrix-free (convolutions, :class:`copa.linalg.LayerOperator`): the ``n × rank``
-        basis is never formed (cnn4_c2 layer 1: 12544 × 3228), so a step costs two convolutions and
-        two ``rank``-sized products instead of two dense ``n × rank`` products.
-        """
-        rank = int(self.solve_info.rank)
-        gram, side = linalg.gram_matrix(self.system.matrix)
-        eigenvalues, vectors = torch.linalg.eigh(gram.to(self.system.matrix.device))
-        top, lam = vectors[:, gram.shape[0] - rank:], eigenvalues[gram.shape[0] - rank:]
-        if side == "columns":
-            return "basis", top.contiguous(), None, None
-        operator = linalg.LayerOperator(self.module.weight, self.delta, self.geometry)
-        return "rows", top.contiguous(), lam.clamp_min(torch.finfo(torch.float64).tiny), operator
+    @functools.cached_property
+    def _null_projector(self) -> NullProjector:
+        return NullProjector([self])
 
     def project_null(self, v: Tensor) -> Tensor:
-        """Project a flat vector onto the null space of ``U`` (differentiable)."""
-        if int(self.solve_info.rank) == 0:
-            return v
-        side, top, lam, operator = self._null_projector
-        if side == "basis":
-            return v - top @ (top.T @ v)
-        coefficients = (top.T @ operator.matvec(v)) / lam
-        return v - operator.rmatvec(top @ coefficients)
+        """Project a flat vector onto the null space of ``U`` (differentiable; :class:`NullProjector`)."""
+        return self._null_projector(v.unsqueeze(0))[0]
 
     @property
     def nullity(self) -> int:
@@ -82,7 +68,48 @@ class LayerProblem:
         return self.geometry.unknowns - int(self.solve_info.rank)
 
 
+class NullProjector:
+    """``Π_null(U_b)`` for the problems of one layer (B instances) at once: ``v`` ``(B, n)`` → ``(B, n)``,
+    differentiable, from one eigendecomposition of each instance's smaller Gram matrix.
+
+    Tall ``U`` (``m ≥ n``): an orthonormal row-space basis ``V_b`` (``n × rank_b``), ``Π v = v − V Vᵀ v``.
+    Wide ``U``: ``Π v = v − Uᵀ Q Λ⁻¹ Qᵀ U v`` with ``U Uᵀ = Q Λ Qᵀ`` (rank part) and ``U``, ``Uᵀ``
+    applied matrix-free (convolutions, :class:`copa.linalg.LayerOperator` with one ``δ`` per instance):
+    the ``n × rank`` basis is never formed (cnn4_c2 layer 1: 12544 × 3228), so a step costs two
+    convolutions and two ``rank``-sized products instead of two dense ``n × rank`` products. Instances
+    of smaller rank are padded with zero columns (``Λ`` with ones), which add exact zeros.
+    """
+
+    def __init__(self, problems: list[LayerProblem]):
+        first = problems[0]
+        systems, self.side = first.systems, first.systems.side
+        ranks = [int(p.solve_info.rank) for p in problems]
+        size = systems.shape[0] if self.side == "rows" else systems.shape[1]
+        like = {"dtype": torch.float64, "device": first.delta.device}
+        self.bases = torch.zeros(len(problems), size, max(ranks), **like)
+        self.eigenvalues = torch.ones(len(problems), max(ranks), **like)
+        for b, (problem, rank) in enumerate(zip(problems, ranks)):
+            if rank == 0:
+                continue
+            eigenvalues, vectors = torch.linalg.eigh(problem.systems.gram(problem.instance))
+            self.bases[b, :, :rank] = vectors[:, size - rank:]
+            self.eigenvalues[b, :rank] = eigenvalues[size - rank:].clamp_min(torch.finfo(torch.float64).tiny)
+            del eigenvalues, vectors
+        self.operator = None
+        if self.side == "rows":
+            self.operator = linalg.LayerOperator(first.module.weight, torch.stack([p.delta for p in problems]),
+                                                 first.geometry)
+
+    def __call__(self, v: Tensor) -> Tensor:
+        if self.side == "columns":
+            return v - torch.bmm(self.bases, torch.bmm(self.bases.transpose(1, 2), v.unsqueeze(2))).squeeze(2)
+        coefficients = torch.bmm(self.bases.transpose(1, 2), self.operator.matvec(v).unsqueeze(2)).squeeze(2)
+        return v - self.operator.rmatvec(torch.bmm(self.bases, (coefficients / self.eigenvalues).unsqueeze(2))
+                                         .squeeze(2))
+
+
 Refine = Callable[[LayerProblem, "ChainContext"], tuple[Tensor, dict[str, Any]]]
+BatchRefine = Callable[[list[LayerProblem], list["ChainContext"]], list[tuple[Tensor, dict[str, Any]]]]
 
 
 @dataclass
@@ -124,10 +151,12 @@ def chain_problem(observation) -> str | None:
     return None
 
 
-def chain_context(observation, dtype: torch.dtype = torch.float64, *, gather: bool = True) -> ChainContext | None:
+def chain_context(observation, dtype: torch.dtype = torch.float64, *, gather: bool = True,
+                  net: nn.Module | None = None) -> ChainContext | None:
     """Check that the observation's model is a chain COPA/R-GAP can solve and gather its gradients.
 
     ``gather=False`` only checks (raises :class:`NotApplicableError` with the reason) and returns None.
+    ``net``: the float64 copy of the model to use (instances of one batch share it); made if None.
     """
     from .models import ChainNet
 
@@ -147,9 +176,10 @@ def chain_context(observation, dtype: torch.dtype = torch.float64, *, gather: bo
     if not gather:
         return None
     by_param = {id(p): g for p, g in zip(model.parameters(), observation.gradients)}
-    net = copy.deepcopy(model).to(dtype)
-    for p in net.parameters():
-        p.requires_grad_(False)
+    if net is None:
+        net = copy.deepcopy(model).to(dtype)
+        for p in net.parameters():
+            p.requires_grad_(False)
     grads = []
     for layer in model.weight_layers:
         gw = by_param[id(layer.weight)].to(dtype)
@@ -162,47 +192,69 @@ def chain_context(observation, dtype: torch.dtype = torch.float64, *, gather: bo
 
 def solve_backwards(observation, refine: Refine | None = None, *, rcond: float | None = None,
                     solver: str = "normal") -> tuple[Tensor, ChainContext]:
-    """Run the recursion; returns the reconstructed input (1×C×H×W, float64) and the context.
+    """Run the recursion on one observation: :func:`solve_backwards_batch` on a batch of one, with a
+    per-instance ``refine(problem, context) -> (solution, diagnostics)``."""
+    batch_refine = None if refine is None else (lambda problems, contexts: [refine(problems[0], contexts[0])])
+    return solve_backwards_batch([observation], batch_refine, rcond=rcond, solver=solver)[0]
 
-    ``refine(problem, context)`` is called for every convolution after its least-squares step and
-    returns the refined padded solution (flat, float64) and a dict of diagnostics; it is called for
-    full-rank layers too (``problem.nullity == 0``), where COPA returns the solution unchanged and
-    COPA-GM may still correct an inconsistent system. ``solver``:
-    ``"normal"`` (default; Cholesky of the smaller Gram matrix, fast, exact when the data are
-    consistent) or ``"lstsq"`` (LAPACK gelsd, the papers' ``np.linalg.lstsq``; several times slower),
-    see :func:`copa.linalg.solve_dense`.
+
+def solve_backwards_batch(observations, refine: BatchRefine | None = None, *, rcond: float | None = None,
+                          solver: str = "normal") -> list[tuple[Tensor, ChainContext]]:
+    """Run the recursion for B instances (observations of one model and weights) in lockstep, layer by
+    layer; returns each instance's reconstructed input (1×C×H×W, float64) and context.
+
+    Per convolution the B systems share ``A`` and ``P`` (:class:`copa.linalg.LayerSystems` builds them and
+    their Gram blocks once) and are solved by minimum-norm least squares, instance by instance on CPU, in
+    one batched ``eigh`` on CUDA. ``refine(problems, contexts)`` is then called once with all B problems
+    of the layer (a vectorised refinement treats them together) and returns each refined padded solution
+    (flat, float64) and a dict of diagnostics; it is called for full-rank layers too
+    (``problem.nullity == 0``), where COPA returns the solution unchanged and COPA-GM may still correct
+    an inconsistent system. ``solver``: ``"normal"`` (default; Cholesky of the smaller Gram matrix, fast,
+    exact when the data are consistent) or ``"lstsq"`` (LAPACK gelsd, the papers' ``np.linalg.lstsq``;
+    several times slower), see :func:`copa.linalg.solve_dense`.
     """
-    ctx = chain_context(observation)
-    layers, acts = ctx.layers, ctx.activations
+    from .gradmatch import _as_list, _check_same_model
+
+    observations = _as_list(observations)
+    _check_same_model(observations)
+    first = chain_context(observations[0])
+    ctxs = [first] + [chain_context(o, net=first.model) for o in observations[1:]]
+    layers, acts = first.layers, first.activations
     last = len(layers) - 1
-    gw, gb = ctx.grads[last]
-    x_fc = linalg.fc_input_from_gradients(gw, gb)
-    ctx.reconstructed[last] = x_fc
-    delta = gb  # ∂ℓ/∂z of the final layer (batch 1)
+    xs_next, grads_x = [], []
+    for ctx in ctxs:
+        gw, gb = ctx.grads[last]
+        x_fc = linalg.fc_input_from_gradients(gw, gb)
+        ctx.reconstructed[last] = x_fc
+        if last > 0:
+            x_next = x_fc.reshape(_output_shape(ctx, last - 1))
+            xs_next.append(x_next)
+            grads_x.append((gb @ layers[last].weight).reshape(x_next.shape))  # δ of the final layer is g_b (batch 1)
     if last == 0:  # only the final Linear: its input is the flattened image
-        return x_fc.reshape(1, *ctx.model.in_shape), ctx
-    x_next = x_fc.reshape(_output_shape(ctx, last - 1))
-    grad_x = (delta @ layers[last].weight).reshape(x_next.shape)
+        return [(ctx.reconstructed[last].reshape(1, *ctx.model.in_shape), ctx) for ctx in ctxs]
     for i in range(last - 1, -1, -1):
         module, act = layers[i], acts[i]
-        geometry = linalg.ConvGeometry.from_conv(module, ctx.input_shapes[i][-2:])
-        z = act.inverse(x_next)
-        delta = act.derivative(z) * grad_x
-        system = linalg.layer_system(module.weight, delta, z, ctx.grads[i][0], geometry)
-        solution, info = linalg.solve_dense(system.matrix, system.rhs, rcond=rcond, method=solver)
-        problem = LayerProblem(i, module, geometry, z, delta, ctx.grads[i][0], system, solution, info)
-        details: dict[str, Any] = {"layer": i, "unknowns": geometry.unknowns, "rank": info.rank,
-                                   "residual_least_squares": info.residual_norm}
-        details["nullity"] = problem.nullity
-        if refine is not None:
-            solution, extra = refine(problem, ctx)
+        geometry = linalg.ConvGeometry.from_conv(module, first.input_shapes[i][-2:])
+        zs = [act.inverse(x) for x in xs_next]
+        deltas = [act.derivative(z) * gx for z, gx in zip(zs, grads_x)]
+        systems = linalg.LayerSystems(module.weight, geometry, deltas, zs, [ctx.grads[i][0] for ctx in ctxs])
+        problems = [LayerProblem(i, module, geometry, z, delta, ctx.grads[i][0], systems, b, solution, info)
+                    for b, (ctx, z, delta, (solution, info))
+                    in enumerate(zip(ctxs, zs, deltas, systems.solve(method=solver, rcond=rcond)))]
+        refined = (refine(problems, ctxs) if refine is not None
+                   else [(problem.solution, {}) for problem in problems])
+        xs_next, grads_x = [], []
+        for ctx, problem, (solution, extra) in zip(ctxs, problems, refined, strict=True):
+            info = problem.solve_info
+            details: dict[str, Any] = {"layer": i, "unknowns": geometry.unknowns, "rank": info.rank,
+                                       "residual_least_squares": info.residual_norm, "nullity": problem.nullity}
             details.update(extra)
-        ctx.layer_info.append(details)
-        x_i = geometry.unpad(solution.reshape(geometry.in_channels, *geometry.padded))
-        ctx.reconstructed[i] = x_i
-        grad_x = linalg.input_gradient(delta, module.weight, geometry)
-        x_next = x_i
-    return ctx.reconstructed[0].reshape(1, *ctx.input_shapes[0]), ctx
+            ctx.layer_info.append(details)
+            x_i = geometry.unpad(solution.reshape(geometry.in_channels, *geometry.padded))
+            ctx.reconstructed[i] = x_i
+            xs_next.append(x_i)
+            grads_x.append(linalg.input_gradient(problem.delta, module.weight, geometry))
+    return [(ctx.reconstructed[0].reshape(1, *ctx.input_shapes[0]), ctx) for ctx in ctxs]
 
 
 def _output_shape(ctx: ChainContext, i: int) -> tuple[int, ...]:

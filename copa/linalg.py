@@ -63,6 +63,7 @@ __all__ = [
     "LayerOperator",
     "LayerRank",
     "LayerSystem",
+    "LayerSystems",
     "RankInfo",
     "SolveInfo",
     "analyse_chain",
@@ -71,6 +72,7 @@ __all__ = [
     "gradient_matrix",
     "input_gradient",
     "layer_rank",
+    "layer_ranks",
     "layer_system",
     "lsqr",
     "null_space",
@@ -372,18 +374,26 @@ def _conv_adjoint(y: Tensor, weight: Tensor, geometry: ConvGeometry) -> Tensor:
     return F.conv_transpose2d(y, weight, stride=geometry.stride, output_padding=geometry.output_padding)
 
 
+def _delta_rows(delta: Tensor, geometry: ConvGeometry) -> Tensor:
+    """``δ`` as ``(F, H'·W')``, or ``(B, F, H'·W')`` for one ``δ`` per instance (``B×F×H'×W'``)."""
+    lead = delta.shape[:-3] if delta.dim() == 4 else ()
+    return delta.reshape(*lead, geometry.out_channels, -1)
+
+
 def _grad_apply(x_padded: Tensor, delta: Tensor, geometry: ConvGeometry) -> Tensor:
-    """``K(δ) x̃`` = the weight gradient: ``(B, C, Hp, Wp)`` → ``(B, F, C, kh, kw)``."""
+    """``K(δ) x̃`` = the weight gradient: ``(B, C, Hp, Wp)`` → ``(B, F, C, kh, kw)``; ``δ`` shared or one
+    per instance (``B×F×H'×W'``)."""
     g = geometry
     patches = F.unfold(x_padded, g.kernel, stride=g.stride)  # (B, C·kh·kw, H'·W')
-    out = torch.matmul(delta.reshape(g.out_channels, -1), patches.transpose(1, 2))  # (B, F, C·kh·kw)
+    out = torch.matmul(_delta_rows(delta, g), patches.transpose(1, 2))  # (B, F, C·kh·kw)
     return out.reshape(x_padded.shape[0], g.out_channels, g.in_channels, *g.kernel)
 
 
 def _grad_adjoint(r: Tensor, delta: Tensor, geometry: ConvGeometry) -> Tensor:
-    """``K(δ)ᵀ r``: ``(B, F, C, kh, kw)`` → ``(B, C, Hp, Wp)`` (sum of δ-weighted kernel windows)."""
+    """``K(δ)ᵀ r``: ``(B, F, C, kh, kw)`` → ``(B, C, Hp, Wp)`` (sum of δ-weighted kernel windows); ``δ``
+    shared or one per instance."""
     g = geometry
-    cols = torch.matmul(delta.reshape(g.out_channels, -1).T, r.reshape(r.shape[0], g.out_channels, -1))
+    cols = torch.matmul(_delta_rows(delta, g).transpose(-1, -2), r.reshape(r.shape[0], g.out_channels, -1))
     return F.fold(cols.transpose(1, 2), g.padded, g.kernel, stride=g.stride)
 
 
@@ -402,6 +412,8 @@ class LayerOperator:
     matmul with ``δ`` (gradient rows) and a gather (padding rows); ``rmatvec(y)`` maps ``(..., m)``
     to ``(..., n)`` with ``conv_transpose2d``, ``fold`` and a scatter — the exact adjoint. Same
     row order as :func:`layer_system`. Works in ``dtype`` (float64 by default) on ``weight``'s device.
+    ``delta`` of shape ``B×F×H'×W'`` makes B operators ``U_b = [A; K(δ_b); P]`` of shared weights at once:
+    ``matvec``/``rmatvec`` then take ``(B, n)``/``(B, m)``, row ``b`` for operator ``b``.
     """
 
     def __init__(self, weight: Tensor, delta: Tensor, geometry: ConvGeometry, *, include_padding: bool = True,
@@ -409,7 +421,9 @@ class LayerOperator:
         g = geometry
         self.geometry = g
         self.weight = _check_weight(weight, g).detach().to(dtype)
-        self.delta = _as_map(delta.detach(), (g.out_channels, *g.output), "delta").to(dtype=dtype, device=weight.device)
+        per_instance = delta.dim() == 4 and delta.shape[0] > 1
+        shape = (delta.shape[0], g.out_channels, *g.output) if per_instance else (g.out_channels, *g.output)
+        self.delta = _as_map(delta.detach(), shape, "delta").to(dtype=dtype, device=weight.device)
         self.dtype = dtype
         self.device = weight.device
         self.include_padding = include_padding and g.padding_rows > 0
@@ -594,37 +608,221 @@ def _solve_normal(a: Tensor, b: Tensor) -> tuple[Tensor, SolveInfo]:
     gram, side = gram_matrix(a)
     wide = side == "rows"
     rhs = b if wide else _matmul(a, b, transpose=True)
-    k = gram.shape[0]
     if gram.device.type != "cpu":
-        ev, vecs = torch.linalg.eigh(gram)
-        tol = k * EPS64 * float(ev.max().clamp_min(0))
-        keep = ev > tol
-        y = vecs[:, keep] @ ((vecs[:, keep].T @ rhs) / ev[keep, None])
-        rank, name = int(keep.sum()), "normal equations (eigh)"
-        sv = ev.flip(0).clamp_min(0).sqrt()
+        (y, rank, tol, sv), = _solve_grams_eigh(gram[None], rhs[None])
+        name = "normal equations (eigh)"
     else:
-        import numpy as np
-        from scipy.linalg import lapack, solve_triangular
-
-        factor, piv, rank, _ = lapack.dpstrf(gram.numpy(), lower=1, tol=-1.0)
-        piv = piv - 1
-        tol = k * EPS64 * float(gram.diagonal().max())
-        l11 = factor[:rank, :rank]  # solve_triangular reads only the lower triangle (dpstrf leaves junk above)
-        r = rhs.numpy()[piv[:rank]]
-        w = solve_triangular(l11, solve_triangular(l11, r, lower=True), lower=True, trans="T")
-        yp = np.zeros((k, rhs.shape[1]))
-        yp[:rank] = w
-        if rank < k and not wide:
-            # basic solution → minimum norm: project out null(G) = span of Pᵀ[-L11⁻ᵀ L21ᵀ; I]
-            z = np.vstack([-solve_triangular(l11, factor[rank:, :rank].T, lower=True, trans="T"),
-                           np.eye(k - rank)])
-            yp -= z @ np.linalg.solve(z.T @ z, z.T @ yp)
-        y = np.empty_like(yp)
-        y[piv] = yp
-        y = torch.from_numpy(y)
+        y, rank, tol = _solve_gram_pivoted(gram, rhs, minimum_norm=not wide)
         name, sv = "normal equations (LAPACK dpstrf)", None
     x = _matmul(a, y, transpose=True) if wide else y
     return x, SolveInfo(name, 0.0, rank=rank, singular_values=sv, tolerance=tol)
+
+
+def _solve_gram_pivoted(gram: Tensor, rhs: Tensor, *, minimum_norm: bool) -> tuple[Tensor, int, float]:
+    """``G y = rhs`` for a CPU PSD Gram matrix by LAPACK's pivoted Cholesky ``dpstrf``: ``(y, rank, tol)``.
+
+    Rank from ``dpstrf``'s default pivot tolerance ``N·ε·max G_kk``; the basic solution on the ``rank``
+    pivoted equations, projected onto the row space when ``minimum_norm`` (tall systems: the
+    minimum-norm least-squares solution). ``rhs``: ``(N, k)``.
+    """
+    import numpy as np
+    from scipy.linalg import lapack, solve_triangular
+
+    k = gram.shape[0]
+    factor, piv, rank, _ = lapack.dpstrf(gram.numpy(), lower=1, tol=-1.0)
+    piv = piv - 1
+    tol = k * EPS64 * float(gram.diagonal().max())
+    l11 = factor[:rank, :rank]  # solve_triangular reads only the lower triangle (dpstrf leaves junk above)
+    r = rhs.numpy()[piv[:rank]]
+    w = solve_triangular(l11, solve_triangular(l11, r, lower=True), lower=True, trans="T")
+    yp = np.zeros((k, rhs.shape[1]))
+    yp[:rank] = w
+    if rank < k and minimum_norm:
+        # basic solution → minimum norm: project out null(G) = span of Pᵀ[-L11⁻ᵀ L21ᵀ; I]
+        z = np.vstack([-solve_triangular(l11, factor[rank:, :rank].T, lower=True, trans="T"),
+                       np.eye(k - rank)])
+        yp -= z @ np.linalg.solve(z.T @ z, z.T @ yp)
+    y = np.empty_like(yp)
+    y[piv] = yp
+    return torch.from_numpy(y), int(rank), tol
+
+
+def _solve_grams_eigh(grams: Tensor, rhs: Tensor) -> list[tuple[Tensor, int, float, Tensor]]:
+    """``G_b y_b = rhs_b`` for a stack of PSD Gram matrices by one batched ``eigh`` (CUDA path).
+
+    Eigenvalues ``≤ N·ε·λ_max`` count as zero (the threshold of :func:`_solve_gram_pivoted`); returns per
+    instance ``(y, rank, tolerance, singular values descending)``.
+    """
+    ev, vecs = torch.linalg.eigh(grams)
+    out = []
+    for b in range(grams.shape[0]):
+        tol = grams.shape[-1] * EPS64 * float(ev[b].max().clamp_min(0))
+        keep = ev[b] > tol
+        top = vecs[b][:, keep]
+        out.append((top @ ((top.T @ rhs[b]) / ev[b][keep, None]), int(keep.sum()), tol,
+                    ev[b].flip(0).clamp_min(0).sqrt()))
+    return out
+
+
+class LayerSystems:
+    """The layer systems ``U_b x̃_b = [z_b; g_b; 0]``, ``U_b = [A; K(δ_b); P]``, of one convolution for B
+    instances that share the weights (R-GAP/COPA on B clients' images under one global model).
+
+    ``A`` and ``P`` depend on the weights only: they and their part of the smaller Gram matrix are built
+    once — ``AᵀA + PᵀP`` for tall systems (``UᵀU = AᵀA + K(δ)ᵀK(δ) + PᵀP``), the blocks ``AAᵀ``, ``APᵀ``,
+    ``PPᵀ`` for wide ones — and each instance adds only its blocks with ``K(δ_b)``. :meth:`solve` is
+    :func:`solve_dense` on every ``U_b`` (same methods and rank thresholds): ``"normal"`` factors each
+    instance's Gram matrix with ``dpstrf`` on CPU and all instances' Gram matrices in one batched
+    ``eigh`` on CUDA (in chunks of at most ``chunk_bytes``); ``"lstsq"`` (the reference) solves each
+    dense ``U_b`` with ``gelsd``. ``backend``: ``"sparse"`` (SciPy CSR products and ``dpstrf``; the CPU
+    default) or ``"dense"`` (torch dense products and the batched ``eigh``; the default elsewhere).
+    """
+
+    def __init__(self, weight: Tensor, geometry: ConvGeometry, deltas: Sequence[Tensor], zs: Sequence[Tensor],
+                 grads: Sequence[Tensor], *, include_padding: bool = True, chunk_bytes: int = 2 ** 31,
+                 backend: str | None = None):
+        g = geometry
+        self.geometry, self.device = g, weight.device
+        self.instances = len(deltas)
+        if not (len(zs) == len(grads) == self.instances and self.instances):
+            raise ValueError(f"need as many z and gradients as δ (got {len(deltas)}, {len(zs)}, {len(grads)})")
+        self.include_padding = include_padding and g.padding_rows > 0
+        self.row_counts = {"forward": g.forward_rows, "gradient": g.gradient_rows,
+                           "padding": g.padding_rows if self.include_padding else 0}
+        self.shape = (sum(self.row_counts.values()), g.unknowns)
+        self.side = "columns" if self.shape[0] >= self.shape[1] else "rows"
+        self.chunk_bytes = chunk_bytes
+        self._weight = weight
+        self.deltas = [_as_map(d.detach(), (g.out_channels, *g.output), "delta").to(DENSE_DTYPE) for d in deltas]
+        zero = torch.zeros(self.row_counts["padding"], dtype=DENSE_DTYPE, device=self.device)
+        self.rhs = [torch.cat([_as_map(z, (g.out_channels, *g.output), "z").reshape(-1).to(DENSE_DTYPE),
+                               _as_map(gr, (g.out_channels, g.in_channels, *g.kernel), "grad").reshape(-1)
+                               .to(DENSE_DTYPE), zero]).to(self.device) for z, gr in zip(zs, grads)]
+        self._shared_gram: dict[str, Tensor] | None = None
+        backend = backend or ("sparse" if self.device.type == "cpu" else "dense")
+        if backend not in ("sparse", "dense") or (backend == "sparse" and self.device.type != "cpu"):
+            raise InvalidSpecError(f"backend {backend!r} is invalid on {self.device.type}: accepted are 'dense' and, "
+                                   "on CPU, 'sparse'")
+        self._sparse = backend == "sparse"
+        forward = _assemble(_forward_entries(weight, g), (g.forward_rows, g.unknowns), "sparse")
+        padding = _assemble(_padding_entries(g, self.device), (self.row_counts["padding"], g.unknowns), "sparse")
+        if self._sparse:
+            self._a, self._p = _to_scipy_csr(forward), _to_scipy_csr(padding)
+        else:
+            self._a, self._p = forward.to_dense(), padding.to_dense()
+
+    # -- per-instance blocks ---------------------------------------------------------------------
+    def _k(self, b: int):
+        k = _assemble(_gradient_entries(self.deltas[b], self.geometry), (self.geometry.gradient_rows,
+                                                                          self.geometry.unknowns), "sparse")
+        return _to_scipy_csr(k) if self._sparse else k.to_dense()
+
+    def _blocks(self, b: int):
+        return [self._a, self._k(b), self._p]
+
+    def matrix(self, b: int) -> Tensor:
+        """``U_b`` as a coalesced sparse COO tensor (same rows as :func:`layer_system`)."""
+        g, offset, parts = self.geometry, 0, []
+        for entries, rows in ((_forward_entries(self._weight, g), g.forward_rows),
+                              (_gradient_entries(self.deltas[b], g), g.gradient_rows),
+                              (_padding_entries(g, self.device), self.row_counts["padding"])):
+            if rows:
+                parts.append((entries[0] + offset, entries[1], entries[2]))
+            offset += rows
+        return _assemble(tuple(torch.cat(t) for t in zip(*parts)), self.shape, "sparse")
+
+    def system(self, b: int) -> LayerSystem:
+        return LayerSystem(self.matrix(b), self.rhs[b], dict(self.row_counts))
+
+    def matvec(self, b: int, x: Tensor) -> Tensor:
+        """``U_b x`` for ``x`` of shape ``(n,)`` or ``(n, k)``."""
+        blocks = self._blocks(b)
+        if self._sparse:
+            return torch.from_numpy(_scipy_vstack(blocks) @ x.numpy())
+        return torch.cat([blk @ x for blk in blocks])
+
+    def rmatvec(self, b: int, y: Tensor) -> Tensor:
+        """``U_bᵀ y`` for ``y`` of shape ``(m,)`` or ``(m, k)``."""
+        blocks = self._blocks(b)
+        if self._sparse:
+            return torch.from_numpy(_scipy_vstack(blocks).T @ y.numpy())
+        return torch.cat([blk for blk in blocks], dim=0).T @ y
+
+    def _shared(self) -> dict[str, Tensor]:
+        if self._shared_gram is None:
+            a, p = self._a, self._p
+
+            def dense(m):
+                return torch.from_numpy(m.toarray()) if self._sparse else m
+
+            if self.side == "columns":
+                self._shared_gram = {"AtA+PtP": dense(a.T @ a + p.T @ p)}
+            else:
+                self._shared_gram = {"AAt": dense(a @ a.T), "APt": dense(a @ p.T), "PPt": dense(p @ p.T)}
+        return self._shared_gram
+
+    def gram(self, b: int) -> Tensor:
+        """The smaller Gram matrix of ``U_b`` (``U_bᵀU_b`` if tall, ``U_bU_bᵀ`` if wide), dense float64."""
+        shared, k = self._shared(), self._k(b)
+
+        def dense(m):
+            return torch.from_numpy(m.toarray() if hasattr(m, "toarray") else m) if self._sparse else m
+
+        if self.side == "columns":
+            return shared["AtA+PtP"] + dense(k.T @ k)
+        nf, ng, _ = self.row_counts.values()
+        out = torch.empty(self.shape[0], self.shape[0], dtype=DENSE_DTYPE, device=self.device)
+        ka, kk, kp = dense(k @ self._a.T), dense(k @ k.T), dense(k @ self._p.T)
+        f, gr, pd = slice(0, nf), slice(nf, nf + ng), slice(nf + ng, None)
+        out[f, f], out[f, pd], out[pd, pd] = shared["AAt"], shared["APt"], shared["PPt"]
+        out[pd, f] = shared["APt"].T
+        out[gr, f], out[f, gr], out[gr, gr], out[gr, pd], out[pd, gr] = ka, ka.T, kk, kp, kp.T
+        return out
+
+    # -- solves ----------------------------------------------------------------------------------
+    def solve(self, *, method: str = "normal", rcond: float | None = None) -> list[tuple[Tensor, SolveInfo]]:
+        """Minimum-norm least squares for every instance: ``[(vec(x̃_b), SolveInfo)]`` as :func:`solve_dense`."""
+        if method not in ("lstsq", "normal"):
+            raise InvalidSpecError(f"dense solve method {method!r} is invalid: accepted are 'lstsq' and 'normal'")
+        if method == "lstsq":
+            return [solve_dense(self.matrix(b).to_dense(), self.rhs[b], rcond=rcond, method="lstsq")
+                    for b in range(self.instances)]
+        results: list[tuple[Tensor, SolveInfo]] = []
+        wide = self.side == "rows"
+        if self._sparse:  # LAPACK has no batched pivoted Cholesky: one instance after the other
+            for b in range(self.instances):
+                start = time.perf_counter()
+                rhs = self.rhs[b][:, None] if wide else self.rmatvec(b, self.rhs[b][:, None])
+                y, rank, tol = _solve_gram_pivoted(self.gram(b), rhs, minimum_norm=not wide)
+                results.append(self._finish(b, y, SolveInfo("normal equations (LAPACK dpstrf)", 0.0, rank=rank,
+                                                            tolerance=tol), start))
+            return results
+        k = self.shape[0] if wide else self.shape[1]
+        per_chunk = max(1, self.chunk_bytes // (3 * k * k * 8))
+        for first in range(0, self.instances, per_chunk):
+            start = time.perf_counter()
+            members = range(first, min(first + per_chunk, self.instances))
+            grams = torch.stack([self.gram(b) for b in members])
+            rhs = torch.stack([self.rhs[b][:, None] if wide else self.rmatvec(b, self.rhs[b][:, None])
+                               for b in members])
+            solved = _solve_grams_eigh(grams, rhs)
+            del grams
+            for b, (y, rank, tol, sv) in zip(members, solved):
+                info = SolveInfo("normal equations (batched eigh)", 0.0, rank=rank, singular_values=sv, tolerance=tol)
+                results.append(self._finish(b, y, info, start, share=len(members)))
+        return results
+
+    def _finish(self, b: int, y: Tensor, info: SolveInfo, start: float, share: int = 1) -> tuple[Tensor, SolveInfo]:
+        x = (self.rmatvec(b, y) if self.side == "rows" else y)[:, 0]
+        info.residual_norm = float(torch.linalg.vector_norm(self.matvec(b, x) - self.rhs[b]))
+        info.seconds = (time.perf_counter() - start) / share
+        return x, info
+
+
+def _scipy_vstack(blocks):
+    import scipy.sparse
+
+    return scipy.sparse.vstack([blk for blk in blocks if blk.shape[0]], format="csr")
 
 
 def lsqr(matvec: Callable[[Tensor], Tensor], rmatvec: Callable[[Tensor], Tensor], b: Tensor, *,
@@ -782,7 +980,8 @@ class LayerRank:
     tolerances are absolute thresholds on singular values of each block. ``rank_gap`` is the
     smallest ratio, over the blocks, of the last kept to the first dropped singular value (or its
     pivoted-Cholesky estimate): ≫ 1e3 means the rank does not depend on the tolerance; ``inf`` when
-    nothing was dropped numerically (every missing rank is a dimension count).
+    nothing was dropped numerically (every missing rank is a dimension count). ``seconds``: wall
+    time (from :func:`layer_ranks`, the batch's divided by its size).
     """
 
     rank: int
@@ -905,53 +1104,106 @@ def layer_rank(weight: Tensor, delta: Tensor, geometry: ConvGeometry, *, rtol: f
     Each block's threshold is relative to that block, so the result does not depend on the scale
     of ``δ`` relative to ``W``. SVD thresholds: ``σ > σ_max · max(m, n) · ε₆₄`` (``rtol`` overrides
     ``max(m, n)·ε₆₄``); Gram thresholds: see :func:`_psd_rank`.
+
+    The batch of one of :func:`layer_ranks`: ``layer_ranks(weight, [delta], geometry, rtol=rtol)[0]``.
+    """
+    return layer_ranks(weight, [delta], geometry, rtol=rtol)[0]
+
+
+def _delta_batch(deltas: Sequence[Tensor] | Tensor, geometry: ConvGeometry, device: torch.device) -> Tensor:
+    """``B×F×H'×W'`` float64 on ``device`` from a list of δ's (each as :func:`layer_rank` takes one) or
+    a ``B×F×H'×W'`` (or ``B×(F·H'·W')``) tensor."""
+    shape = (geometry.out_channels, *geometry.output)
+    if isinstance(deltas, Tensor):
+        if deltas.dim() < 2 or math.prod(deltas.shape[1:]) != math.prod(shape):
+            raise InvalidSpecError(f"deltas of shape {tuple(deltas.shape)} do not fit the layer (expected "
+                                   f"B×{'×'.join(map(str, shape))})")
+        return deltas.detach().reshape(deltas.shape[0], *shape).to(dtype=DENSE_DTYPE, device=device)
+    items = list(deltas)
+    if not all(isinstance(d, Tensor) for d in items):
+        raise InvalidSpecError(f"deltas must be tensors (a list of F×H'×W' maps or one B×F×H'×W' tensor); got "
+                               f"{sorted({type(d).__name__ for d in items if not isinstance(d, Tensor)})}")
+    if not items:
+        return torch.zeros((0, *shape), dtype=DENSE_DTYPE, device=device)
+    return torch.stack([_as_map(d.detach(), shape, "delta").to(dtype=DENSE_DTYPE, device=device) for d in items])
+
+
+def layer_ranks(weight: Tensor, deltas: Sequence[Tensor] | Tensor, geometry: ConvGeometry, *,
+                rtol: float | None = None) -> list[LayerRank]:
+    """:func:`layer_rank` for ``B`` δ's of the same layer (same weight), e.g. one per image.
+
+    ``deltas``: a list of ``F×H'×W'`` maps (or ``1×F×H'×W'``, or flat) or one ``B×F×H'×W'`` tensor;
+    returns one :class:`LayerRank` per δ, in order (``[]`` for none). What depends on the weight
+    alone is done once: the interior forward Gram ``A_intᵀA_int`` (built on first use, only if an
+    instance takes that path) and the per-channel convolution weights that form ``B``. The ``B``
+    matrices ``K₁(δ)`` share one shape: they are built with one scatter and decomposed in one
+    batched ``torch.linalg.svd``; the rest (``N₁``, the projected forward block and its rank) is per
+    instance. Same ranks as per-δ :func:`layer_rank` calls (the same operations per instance);
+    each result's ``seconds`` is the batch's wall time divided by ``B``.
     """
     start = time.perf_counter()
     g = geometry
     dev = weight.device
     w = _check_weight(weight, g).detach().to(DENSE_DTYPE)
-    d = _as_map(delta.detach(), (g.out_channels, *g.output), "delta").to(dtype=DENSE_DTYPE, device=dev)
+    d = _delta_batch(deltas, g, dev)
+    batch = d.shape[0]
+    if batch == 0:
+        return []
     (ph, pw), (h, wd) = g.padding, g.input
-    c_in, hw = g.in_channels, h * wd
-    # K₁: the gradient rows of one channel, restricted to interior columns
+    c_in, hw, m = g.in_channels, h * wd, g.forward_rows
+    # K₁: the gradient rows of one channel, restricted to interior columns. Its entries are entries of δ at
+    # fixed positions: find which (from δ = 0, 1, 2, ...) once and scatter every instance's δ at once.
     one = ConvGeometry(1, g.out_channels, g.kernel, g.stride, g.padding, g.input)
-    k1 = gradient_matrix(d, one).reshape(-1, *g.padded)[:, ph:ph + h, pw:pw + wd].reshape(-1, hw)
+    rows, cols, slot = _gradient_entries(torch.arange(d[0].numel(), dtype=DENSE_DTYPE, device=dev), one)
+    k1 = torch.zeros(batch, one.gradient_rows, one.unknowns, dtype=DENSE_DTYPE, device=dev)
+    k1[:, rows, cols] = d.reshape(batch, -1)[:, slot.long()]
+    k1 = k1.reshape(batch, -1, *g.padded)[..., ph:ph + h, pw:pw + wd].reshape(batch, -1, hw)
     _, s1, v1h = torch.linalg.svd(k1, full_matrices=True)
-    tol1 = rank_tolerance(s1, k1.shape, rtol)
-    r1 = int((s1 > tol1).sum())
-    gaps = [_sv_gap(s1, r1)]
-    null1 = v1h[r1:]  # (k, H·W): orthonormal basis of null(K₁), as rows
-    k = null1.shape[0]
-    m = g.forward_rows
-    s2, tol2, r2, method = None, 0.0, 0, "none (the gradient rows determine the interior)"
-    if k > 0:
-        n_b, n_int = c_in * k, g.interior_unknowns
-        if (min(m, n_b) > GRAM_THRESHOLD and m >= n_b and dev.type == "cpu"
-                and n_int ** 3 / 3 < m * n_b ** 2 + n_b ** 3 / 3):  # cheaper than forming BᵀB
-            # tall and large: rank [A_int; K_int] = rank(A_intᵀA_int + s·I_C⊗K₁ᵀK₁) for any s > 0 (a sum of
-            # PSD Gram matrices), with s equalising the two blocks' scales; avoids forming B at all
-            gram = _interior_forward_gram(w, g)
-            kk = k1.T @ k1
-            scale = float(gram.diagonal().max()) / max(float(kk.diagonal().max()), 1e-300)
-            gram.view(c_in, hw, c_in, hw).diagonal(dim1=0, dim2=2).add_(scale * kk[..., None])
-            r_all, s2, tol2, gap2, method = _psd_rank(gram, rtol)
-            r2 = r_all - c_in * r1
-            method += ", of A_intᵀA_int + s·I⊗K₁ᵀK₁"
-        else:
-            # columns (c, j) of B: the convolution of image N₁[j] placed in input channel c
-            images = g.pad(null1.reshape(k, 1, h, wd))
-            per_channel = F.conv2d(images, w.transpose(0, 1).reshape(c_in * g.out_channels, 1, *g.kernel),
-                                   stride=g.stride)  # (k, C·F, H', W')
-            b = per_channel.reshape(k, c_in, -1).permute(2, 1, 0).reshape(m, c_in * k)
-            if min(b.shape) <= GRAM_THRESHOLD:
-                r2, s2, tol2, gap2 = _svd_rank(b, rtol)
-                method = "svdvals"
+    # weight-only work, shared by the instances
+    conv_weight = w.transpose(0, 1).reshape(c_in * g.out_channels, 1, *g.kernel)  # per input channel
+    forward_gram, forward_gram_max = None, 0.0  # A_intᵀA_int, on first use
+    results = []
+    for i in range(batch):
+        tol1 = rank_tolerance(s1[i], k1.shape[-2:], rtol)
+        r1 = int((s1[i] > tol1).sum())
+        gaps = [_sv_gap(s1[i], r1)]
+        null1 = v1h[i, r1:]  # (k, H·W): orthonormal basis of null(K₁), as rows
+        k = null1.shape[0]
+        s2, tol2, r2, method = None, 0.0, 0, "none (the gradient rows determine the interior)"
+        if k > 0:
+            n_b, n_int = c_in * k, g.interior_unknowns
+            if (min(m, n_b) > GRAM_THRESHOLD and m >= n_b and dev.type == "cpu"
+                    and n_int ** 3 / 3 < m * n_b ** 2 + n_b ** 3 / 3):  # cheaper than forming BᵀB
+                # tall and large: rank [A_int; K_int] = rank(A_intᵀA_int + s·I_C⊗K₁ᵀK₁) for any s > 0 (a sum
+                # of PSD Gram matrices), with s equalising the two blocks' scales; avoids forming B at all
+                if forward_gram is None:
+                    forward_gram = _interior_forward_gram(w, g)
+                    forward_gram_max = float(forward_gram.diagonal().max())
+                kk = k1[i].T @ k1[i]
+                scale = forward_gram_max / max(float(kk.diagonal().max()), 1e-300)
+                gram = forward_gram if i == batch - 1 else forward_gram.clone()  # the last one may consume it
+                gram.view(c_in, hw, c_in, hw).diagonal(dim1=0, dim2=2).add_(scale * kk[..., None])
+                r_all, s2, tol2, gap2, method = _psd_rank(gram, rtol)
+                r2 = r_all - c_in * r1
+                method += ", of A_intᵀA_int + s·I⊗K₁ᵀK₁"
             else:
-                r2, s2, tol2, gap2, method = _psd_rank(b.T @ b if m >= c_in * k else b @ b.T, rtol)
-        gaps.append(gap2)
-    rank = g.padding_rows + c_in * r1 + r2
-    return LayerRank(rank, g.unknowns, g.padding_rows, c_in * r1, r2, s1, s2, tol1, tol2, method, min(gaps),
-                     time.perf_counter() - start)
+                # columns (c, j) of B: the convolution of image N₁[j] placed in input channel c
+                images = g.pad(null1.reshape(k, 1, h, wd))
+                per_channel = F.conv2d(images, conv_weight, stride=g.stride)  # (k, C·F, H', W')
+                b = per_channel.reshape(k, c_in, -1).permute(2, 1, 0).reshape(m, c_in * k)
+                if min(b.shape) <= GRAM_THRESHOLD:
+                    r2, s2, tol2, gap2 = _svd_rank(b, rtol)
+                    method = "svdvals"
+                else:
+                    r2, s2, tol2, gap2, method = _psd_rank(b.T @ b if m >= c_in * k else b @ b.T, rtol)
+            gaps.append(gap2)
+        rank = g.padding_rows + c_in * r1 + r2
+        results.append(LayerRank(rank, g.unknowns, g.padding_rows, c_in * r1, r2, s1[i], s2, tol1, tol2, method,
+                                 min(gaps)))
+    seconds = (time.perf_counter() - start) / batch
+    for result in results:
+        result.seconds = seconds
+    return results
 
 
 # --------------------------------------------------------------------------------------------------

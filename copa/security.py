@@ -40,12 +40,17 @@ cnn4_c3) are zero columns — so kept and dropped singular values are far apart 
 report: ≥ 1e11 on every chain of the zoo where the rank comes from an SVD, 5e5 for cnn4_c3's
 second layer, whose rank comes from a pivoted Cholesky) and the tolerance does not matter. Condition number: ``σ_max(U)/σ_rank(U)`` (the 2-norm condition of
 the least-squares problem on the row space), from the eigenvalues of the smaller Gram matrix.
+
+Several images of one model: :func:`security_reports`; the weights are shared, only ``δ`` differs,
+so each layer's ranks for all images come from one :func:`copa.linalg.layer_ranks` call
+(:func:`security_report` is its batch of one).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,11 +64,11 @@ from .linalg import (
     ChainAnalysis,
     analyse_chain,
     gram_singular_values,
-    layer_rank,
+    layer_ranks,
     layer_system,
 )
 
-__all__ = ["DELTA_SOURCES", "LayerSecurity", "SecurityReport", "copa_index", "security_report"]
+__all__ = ["DELTA_SOURCES", "LayerSecurity", "SecurityReport", "copa_index", "security_report", "security_reports"]
 
 DELTA_SOURCES = {
     "image": "δ from the dataset image and its true label (the authors' setting)",
@@ -200,23 +205,33 @@ def _resolve_model(model: str | nn.Module, seed: int, input_shape, num_classes: 
     return module, name
 
 
-def _reference_input(module: nn.Module, dataset: str, index: int, delta_source: str, seed: int,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference_inputs(module: nn.Module, dataset: str, indices, delta_source: str, seed: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B×C×H×W`` model inputs and ``(B,)`` labels for train images ``indices`` of ``dataset``."""
     from . import data as data_mod
 
-    images = data_mod.load_images(dataset, "train", [index])
+    images = data_mod.load_images(dataset, "train", indices)
     labels = images.labels
-    if int(labels.max()) >= module.num_classes:
-        raise InvalidSpecError(f"label {int(labels.max())} of {dataset} image {index} does not fit a model with "
-                               f"{module.num_classes} classes")
+    too_large = (labels >= module.num_classes).nonzero().flatten().tolist()
+    if too_large:
+        j = too_large[0]
+        raise InvalidSpecError(f"label {int(labels[j])} of {dataset} image {images.indices[j]} does not fit a model "
+                               f"with {module.num_classes} classes")
     if delta_source == "image":
         x01 = data_mod.fit_to_input(images.images, module.in_shape).to(torch.float64)
-    else:
+    else:  # the same seeded random image for every index (only the label differs)
         generator = torch.Generator().manual_seed(seed)
         x01 = torch.rand((1, *module.in_shape), generator=generator, dtype=torch.float64)
+        x01 = x01.expand(len(labels), -1, -1, -1)
     # the COPA authors' preprocessing (hybrid.py, MyTransform): x - 0.5
     inputs = data_mod.Preprocess("center").apply(x01)
     return inputs.to(device), labels.to(device)
+
+
+def _reference_input(module: nn.Module, dataset: str, index: int, delta_source: str, seed: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1×C×H×W`` input and ``(1,)`` label of one image (:func:`_reference_inputs` of ``[index]``)."""
+    return _reference_inputs(module, dataset, [index], delta_source, seed, device)
 
 
 def security_report(
@@ -237,7 +252,34 @@ def security_report(
     layer comes from one example: ``dataset`` image ``index`` of the train split with its label,
     centred (``x − 0.5``) as in the authors' code, or a random image (``delta_source="random"``).
     ``condition=False`` skips the condition numbers (the Gram eigenvalues are most of the cost).
-    Raises :class:`NotApplicableError` for models that are not chains.
+    Raises :class:`NotApplicableError` for models that are not chains. The batch of one of
+    :func:`security_reports`.
+    """
+    return security_reports(model, seed=seed, dataset=dataset, indices=[index], delta_source=delta_source,
+                            input_shape=input_shape, condition=condition, device=device)[0]
+
+
+def security_reports(
+    model: str | nn.Module,
+    *,
+    indices: Sequence[int],
+    seed: int = 0,
+    dataset: str = "sample",
+    delta_source: str = "image",
+    input_shape: tuple[int, int, int] | None = None,
+    condition: bool = True,
+    device: str | torch.device = "cpu",
+) -> list[SecurityReport]:
+    """:func:`security_report` for several images of the same model: one report per index, in order.
+
+    The chain is analysed per image (:func:`copa.linalg.analyse_chain`); each conv layer's ranks
+    for all images come from one :func:`copa.linalg.layer_ranks` call, which does the weight-only
+    work once and the ``K₁`` SVDs in one batch (issue 7: shared matrices, only ``δ`` differs). The
+    ranks equal per-image :func:`security_report` calls. Timings are shares of the batch:
+    ``settings["seconds"]`` is the batch's total wall time divided by ``len(indices)``, a layer's
+    ``seconds`` its batched rank time divided by ``len(indices)`` plus that image's condition
+    number. ``indices``: distinct official train indices (:func:`copa.data.load_images` checks them);
+    with ``delta_source="random"`` every index gets the same seeded random image and its own label.
     """
     from . import data as data_mod
     from .threat import resolve_device
@@ -249,57 +291,73 @@ def security_report(
     classes = data_mod.num_classes(dataset) if isinstance(model, str) else None
     shape = tuple(input_shape) if input_shape is not None else (3, 32, 32)
     module, name = _resolve_model(model, seed, shape, classes or 10)
-    inputs, labels = _reference_input(module, dataset, index, delta_source, seed, dev)
-    analysis: ChainAnalysis = analyse_chain(module, inputs, labels)
-    L = len(analysis.layers)
-    notes: list[str] = []
-    layers: list[LayerSecurity] = []
-    deficits: list[int] = []
-    for la in analysis.layers:
-        t0 = time.perf_counter()
-        weight_i = _layer_weight(la.index, L)
-        if la.kind == "conv":
-            g = la.geometry
-            lr = layer_rank(la.weight, la.delta, g)
-            cond = None
-            if condition:
-                cond = _condition_number(la, lr.rank)
-                if cond is not None and math.isinf(cond):
-                    notes.append(f"layer {la.index}: σ_rank is below the Gram eigenvalues' resolution "
-                                 "(√(N·ε)·σ_max); condition number reported as inf")
-            deficits.append(lr.deficiency)
-            layers.append(LayerSecurity(
-                la.index, "conv", g.describe(), g.unknowns, g.forward_rows, g.gradient_rows, g.padding_rows,
-                lr.rank, lr.deficiency, weight_i, round(lr.deficiency * weight_i), cond,
-                {"gradient": lr.gradient_tolerance, "forward": lr.forward_tolerance}, lr.rank_gap,
-                f"padding rows: {lr.padding_rank}; gradient rows: {g.in_channels}×rank K₁ (SVD) = {lr.gradient_rank}; "
-                f"projected forward rows: {lr.forward_rank} ({lr.forward_method})", time.perf_counter() - t0))
+    inputs, labels = _reference_inputs(module, dataset, indices, delta_source, seed, dev)
+    indices = [int(i) for i in indices]
+    batch = len(indices)
+    analyses: list[ChainAnalysis] = [analyse_chain(module, inputs[j:j + 1], labels[j:j + 1]) for j in range(batch)]
+    L = len(analyses[0].layers)
+    notes: list[list[str]] = [[] for _ in range(batch)]
+    layers: list[list[LayerSecurity]] = [[] for _ in range(batch)]
+    for position, la0 in enumerate(analyses[0].layers):
+        weight_i = _layer_weight(la0.index, L)
+        if la0.kind == "conv":
+            g = la0.geometry
+            t0 = time.perf_counter()
+            ranks = layer_ranks(la0.weight, [a.layers[position].delta for a in analyses], g)
+            shared = (time.perf_counter() - t0) / batch
+            for j, lr in enumerate(ranks):
+                t0 = time.perf_counter()
+                cond = None
+                if condition:
+                    cond = _condition_number(analyses[j].layers[position], lr.rank)
+                    if cond is not None and math.isinf(cond):
+                        notes[j].append(f"layer {la0.index}: σ_rank is below the Gram eigenvalues' resolution "
+                                        "(√(N·ε)·σ_max); condition number reported as inf")
+                layers[j].append(LayerSecurity(
+                    la0.index, "conv", g.describe(), g.unknowns, g.forward_rows, g.gradient_rows, g.padding_rows,
+                    lr.rank, lr.deficiency, weight_i, round(lr.deficiency * weight_i), cond,
+                    {"gradient": lr.gradient_tolerance, "forward": lr.forward_tolerance}, lr.rank_gap,
+                    f"padding rows: {lr.padding_rank}; gradient rows: {g.in_channels}×rank K₁ (SVD) = "
+                    f"{lr.gradient_rank}; projected forward rows: {lr.forward_rank} ({lr.forward_method})",
+                    shared + time.perf_counter() - t0))
         else:
-            final = la.index == L - 1
-            d_in, d_out = la.module.in_features, la.module.out_features
-            usable = la.grad_bias is not None and bool((la.grad_bias.abs() > 0).any())
-            rank = d_in if usable else 0
-            layers.append(LayerSecurity(
-                la.index, "fc", f"linear {d_in}→{d_out} ({'final, ' if final else ''}closed form x = g_W[r]/g_b[r])",
-                d_in, d_out, d_out * d_in, 0, rank, rank - d_in, 0.0 if final else weight_i, 0, None, {},
-                math.inf, "closed form (any non-zero bias gradient determines the input)", time.perf_counter() - t0))
-            if not final:
-                notes.append(f"layer {la.index} is a hidden Linear layer: its input follows in closed form from "
-                             "its weight and bias gradients; it is listed but not part of the index (conv layers only)")
-    total = copa_index(deficits, L)
-    conv = [layer for layer in layers if layer.kind == "conv"]
-    denominator = sum(layer.weight * layer.unknowns for layer in conv)
-    score = sum(layer.weight * -layer.deficiency for layer in conv) / denominator if denominator else 0.0
-    notes.insert(0, "ranks by exact block elimination (padding rows, then the gradient rows per input channel, "
-                    "then the forward rows projected off their span); SVD blocks count σ > σ_max·max(m,n)·ε₆₄ "
-                    f"(ε₆₄ = {EPS64:.2e}), blocks larger than {GRAM_THRESHOLD} use a pivoted Cholesky of their Gram "
-                    "matrix (σ > √(N·ε₆₄)·σ_max); the authors' code uses an absolute 1e-10 on the whole U. "
-                    "'rank gap' = last kept / first dropped singular value (≫1: the tolerance does not matter)")
-    settings = {"seed": seed, "dataset": dataset, "index": index, "delta_source": delta_source,
-                "delta_source_meaning": DELTA_SOURCES[delta_source], "input_shape": list(module.in_shape),
-                "num_classes": module.num_classes, "loss": "cross-entropy (mean)", "preprocess": "center (x - 0.5)",
-                "device": str(dev), "seconds": round(time.perf_counter() - start, 3)}
-    return SecurityReport(name, layers, total, score, notes, settings)
+            final = la0.index == L - 1
+            d_in, d_out = la0.module.in_features, la0.module.out_features
+            for j, analysis in enumerate(analyses):
+                t0 = time.perf_counter()
+                la = analysis.layers[position]
+                usable = la.grad_bias is not None and bool((la.grad_bias.abs() > 0).any())
+                rank = d_in if usable else 0
+                layers[j].append(LayerSecurity(
+                    la.index, "fc",
+                    f"linear {d_in}→{d_out} ({'final, ' if final else ''}closed form x = g_W[r]/g_b[r])",
+                    d_in, d_out, d_out * d_in, 0, rank, rank - d_in, 0.0 if final else weight_i, 0, None, {},
+                    math.inf, "closed form (any non-zero bias gradient determines the input)",
+                    time.perf_counter() - t0))
+                if not final:
+                    notes[j].append(f"layer {la.index} is a hidden Linear layer: its input follows in closed form "
+                                    "from its weight and bias gradients; it is listed but not part of the index "
+                                    "(conv layers only)")
+    seconds = round((time.perf_counter() - start) / batch, 3)
+    reports = []
+    for j, index in enumerate(indices):
+        conv = [layer for layer in layers[j] if layer.kind == "conv"]
+        total = copa_index([layer.deficiency for layer in conv], L)
+        denominator = sum(layer.weight * layer.unknowns for layer in conv)
+        score = sum(layer.weight * -layer.deficiency for layer in conv) / denominator if denominator else 0.0
+        settings = {"seed": seed, "dataset": dataset, "index": index, "delta_source": delta_source,
+                    "delta_source_meaning": DELTA_SOURCES[delta_source], "input_shape": list(module.in_shape),
+                    "num_classes": module.num_classes, "loss": "cross-entropy (mean)",
+                    "preprocess": "center (x - 0.5)", "device": str(dev), "seconds": seconds}
+        reports.append(SecurityReport(name, layers[j], total, score, [_RANK_NOTE, *notes[j]], settings))
+    return reports
+
+
+_RANK_NOTE = ("ranks by exact block elimination (padding rows, then the gradient rows per input channel, "
+              "then the forward rows projected off their span); SVD blocks count σ > σ_max·max(m,n)·ε₆₄ "
+              f"(ε₆₄ = {EPS64:.2e}), blocks larger than {GRAM_THRESHOLD} use a pivoted Cholesky of their Gram "
+              "matrix (σ > √(N·ε₆₄)·σ_max); the authors' code uses an absolute 1e-10 on the whole U. "
+              "'rank gap' = last kept / first dropped singular value (≫1: the tolerance does not matter)")
 
 
 def _condition_number(la, rank: int) -> float | None:

@@ -27,8 +27,8 @@ from copa.threat import Scenario
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _observations(cifar_npz, indices, model="lenet-zhu", dtype="float32", label_known=True, **kw):
-    return [Scenario(model=model, dataset=f"npz:{cifar_npz}", split="test", indices=(i,), dtype=dtype,
+def _observations(cifar_npz, indices, model="lenet-zhu", dtype="float32", label_known=True, split="test", **kw):
+    return [Scenario(model=model, dataset=f"npz:{cifar_npz}", split=split, indices=(i,), dtype=dtype,
                      label_known=label_known, **kw).build()[0] for i in indices]
 
 
@@ -131,7 +131,9 @@ def _assert_same(sequential, batched, atol):
         assert (s.labels is None) == (b.labels is None)
         if s.labels is not None:
             assert torch.equal(s.labels, b.labels)
-        assert s.loss == pytest.approx(b.loss, rel=1e-4, abs=atol)
+        assert (s.loss is None) == (b.loss is None)
+        if s.loss is not None:
+            assert s.loss == pytest.approx(b.loss, rel=1e-4, abs=atol)
 
 
 @pytest.mark.parametrize("attack, dtype, overrides, atol, label_known", [
@@ -177,12 +179,106 @@ def test_instances_of_different_weights_are_not_batched(cifar_npz):
 
 
 def test_unbatched_attacks_run_their_instances_one_after_the_other(cifar_npz):
-    observations = _observations(cifar_npz, [0, 1], model="cnn2_c1", dtype="float64")
-    instance = create_attack("rgap")
-    batched = instance.reconstruct_batch(observations, _generators([0, 0]))
-    sequential = [instance.reconstruct(o, g) for o, g in zip(observations, _generators([0, 0]))]
+    observations = _observations(cifar_npz, [0, 1])
+    instance = create_attack("noise")
+    assert not type(instance).batched
+    batched = instance.reconstruct_batch(observations, _generators([0, 1]))
+    sequential = [instance.reconstruct(o, g) for o, g in zip(observations, _generators([0, 1]))]
     for s, b in zip(sequential, batched, strict=True):
         assert torch.equal(s.images, b.images)
+
+
+# --- layer-wise attacks: R-GAP, COPA, COPA-GM -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack, model, overrides, stages", [
+    ("rgap", "cnn4_c1", {}, ()),
+    ("copa", "cnn4_c1", {"steps": 25}, ("objective",)),  # null-space stage at layers 1 and 2
+    ("copa-gm", "cnn4_c1", {"steps": 10, "steps_layer1": 0, "steps_image": 40}, ("objective", "gm_objective")),
+])
+def test_batched_layerwise_attacks_equal_sequential_runs(attack, model, overrides, stages, cifar_npz):
+    """Per layer: B systems solved with shared weight-only blocks, then one vectorised Adam run per stage."""
+    observations = _observations(cifar_npz, [0, 1, 2], model=model, split="train", input_shape=(3, 16, 16))
+    instance = create_attack(attack, overrides)
+    assert type(instance).batched
+    sequential = [instance.reconstruct(o, g) for o, g in zip(observations, _generators([0, 0, 0]))]
+    batched = instance.reconstruct_batch(observations, _generators([0, 0, 0]))
+    _assert_same(sequential, batched, 1e-5)
+    for s, b in zip(sequential, batched):
+        for layer_s, layer_b in zip(s.info["layers"], b.info["layers"], strict=True):
+            assert layer_s["rank"] == layer_b["rank"] and layer_s.get("gm_stage") == layer_b.get("gm_stage")
+            for key in stages:
+                if key in layer_s:
+                    assert layer_b[key] == pytest.approx(layer_s[key], rel=1e-8, abs=1e-12)
+    ran = {key for r in batched for layer in r.info["layers"] for key in layer}
+    assert set(stages) <= ran  # the stages compared did run
+    assert not torch.equal(batched[0].images, batched[1].images)
+
+
+def test_the_null_space_projector_of_instances_of_different_ranks(cifar_npz):
+    """Instances whose systems differ in rank share one padded basis; each projection equals its own."""
+    from copa.layerwise import NullProjector, solve_backwards_batch
+
+    observations = _observations(cifar_npz, [0, 1], model="cnn4_c1", split="train", dtype="float64",
+                                 input_shape=(3, 16, 16))
+    captured = {}
+
+    def refine(problems, contexts):
+        if problems[0].index == 1:
+            captured["problems"] = problems
+        return [(p.solution, {}) for p in problems]
+
+    solve_backwards_batch(observations, refine)
+    problems = captured["problems"]
+    assert problems[0].systems.side == "rows"  # the matrix-free branch (per-instance δ in the operator)
+    problems[1].solve_info = dataclasses.replace(problems[1].solve_info, rank=problems[1].solve_info.rank - 7)
+    v = torch.randn(2, problems[0].geometry.unknowns, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    together = NullProjector(problems)(v)
+    for b, problem in enumerate(problems):
+        alone = problem.project_null(v[b])
+        assert float((together[b] - alone).abs().max()) < 1e-12 * float(v[b].abs().max())
+    # a projection onto the null space: U Π v = 0 for the instance of full rank
+    residual = problems[0].systems.matvec(0, together[0])
+    assert float(residual.abs().max()) < 1e-8 * float(problems[0].systems.matvec(0, v[0]).abs().max())
+
+
+def test_shared_layer_systems_equal_separate_solves(cifar_npz):
+    """LayerSystems (A, P and their Gram blocks built once for B instances) = one solve_dense per instance."""
+    from copa import linalg
+
+    observations = _observations(cifar_npz, [0, 1], model="cnn4_c1", split="train", dtype="float64",
+                                 input_shape=(3, 16, 16))
+    captured = {}
+
+    def refine(problems, contexts):
+        captured.setdefault("layers", []).append(problems)
+        return [(p.solution, {}) for p in problems]
+
+    from copa.layerwise import solve_backwards_batch
+
+    solve_backwards_batch(observations, refine)
+    sides = set()
+    for problems in captured["layers"]:
+        systems = problems[0].systems
+        sides.add(systems.side)
+        for problem in problems:
+            system = linalg.layer_system(problem.module.weight, problem.delta, problem.z, problem.grad_weight,
+                                         problem.geometry)
+            assert torch.equal(problem.system.matrix.to_dense(), system.matrix)
+            gram, side = linalg.gram_matrix(system.matrix)
+            assert side == systems.side
+            assert torch.allclose(systems.gram(problem.instance), gram, rtol=0, atol=1e-12 * float(gram.abs().max()))
+            x, info = linalg.solve_dense(system.matrix, system.rhs, method="normal")
+            assert info.rank == problem.solve_info.rank
+            assert float((x - problem.solution).abs().max()) < 1e-9 * max(1.0, float(x.abs().max()))
+        # the GPU path (dense products, one batched eigh for all instances), here on CPU tensors
+        dense = linalg.LayerSystems(systems._weight, problems[0].geometry, [p.delta for p in problems],
+                                    [p.z for p in problems], [p.grad_weight for p in problems], backend="dense")
+        for problem, (x, info) in zip(problems, dense.solve(), strict=True):
+            assert info.rank == problem.solve_info.rank and info.method == "normal equations (batched eigh)"
+            assert float((x - problem.solution).abs().max()) < 1e-8 * max(1.0, float(x.abs().max()))
+            assert info.residual_norm == pytest.approx(problem.solve_info.residual_norm, rel=1e-3, abs=1e-12)
+    assert sides == {"rows", "columns"}
 
 
 # --- the runner: a cell's images as one batch ---------------------------------------------------------
@@ -262,11 +358,12 @@ def test_attacks_declare_whether_they_batch(capsys):
     from copa.cli import main
 
     load_plugins()
-    declared = {name: ATTACKS.get(name).describe()["batched"] for name in ("dlg", "idlg", "ig", "rgap", "copa")}
-    assert declared == {"dlg": True, "idlg": True, "ig": True, "rgap": False, "copa": False}
+    names = ("dlg", "idlg", "ig", "rgap", "copa", "copa-gm", "noise", "mean-image")
+    declared = {name: ATTACKS.get(name).describe()["batched"] for name in names}
+    assert declared == {**dict.fromkeys(names[:6], True), "noise": False, "mean-image": False}
     assert main(["list", "attacks"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
-    assert " batched " in lines["ig"] and " batched " not in lines["rgap"]
+    assert " batched " in lines["copa"] and " batched " not in lines["noise"]
 
 
 def test_a_cell_of_a_batched_attack_runs_in_batches_and_resumes(tmp_path):

@@ -92,11 +92,12 @@ def test_the_pull_back_penalty_vanishes_at_the_true_hidden_input(cifar_npz):
     def refine(problem, ctx):
         if problem.index == 1:
             g = problem.geometry
-            pull = copa_attack._PullBack(problem, ctx, g.unpad(problem.solution.reshape(g.in_channels, *g.padded)))
+            least_squares = g.unpad(problem.solution.reshape(1, g.in_channels, *g.padded))
+            pull = copa_attack._PullBack([problem], [ctx], least_squares)
             assert pull.injective and pull.range_informative
             true_x1 = analysis.layers[1].input[0]
-            values["truth"] = float(pull(true_x1))
-            values["least_squares"] = float(pull(g.unpad(problem.solution.reshape(g.in_channels, *g.padded))))
+            values["truth"] = float(pull(true_x1.unsqueeze(0))[0])
+            values["least_squares"] = float(pull(least_squares)[0])
         return problem.solution, {}
 
     solve_backwards(obs, refine)

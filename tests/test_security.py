@@ -138,6 +138,9 @@ def test_cli_security_prints_tables_and_writes_json(tmp_path, capsys):
     (["--model", "lenet-zhu"], "is not one: conv layers 0, 1, 2 have a bias"),
     (["--model", "cnn2_c1", "--delta-source", "zeros"], "delta_source 'zeros' is invalid"),
     (["--model", "cnn2_c1", "--threads", "0"], "--threads 0 is invalid"),
+    (["--model", "cnn2_c1", "--index", "3", "x"], "--index 'x' is invalid: expected integers"),
+    (["--model", "cnn2_c1", "--index", "2", "99"], "index 99 is not in sample train (10 images"),
+    (["--model", "cnn2_c1", "--index", "3,3"], "indices [3] are repeated"),
 ])
 def test_cli_security_bad_inputs(tmp_path, capsys, argv, message):
     from copa.cli import main
@@ -146,3 +149,93 @@ def test_cli_security_bad_inputs(tmp_path, capsys, argv, message):
     assert main(["security", *argv, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- several images at once (security_reports / layer_ranks: weight-only work shared, issue 7) --------------------
+
+
+@pytest.mark.parametrize("name, method", [
+    ("cnn3_c1", "A_intᵀA_int"),  # layer 0: the tall-and-large Gram path; layer 1: svdvals
+    ("cnn2_c2", "svdvals"),      # the SVD path only
+])
+def test_security_reports_equal_per_image_reports(cifar_npz, name, method):
+    from copa.security import security_reports
+
+    spec, indices = f"npz:{cifar_npz}", [0, 1, 10000]
+    batched = security_reports(name, dataset=spec, indices=indices, condition=False)
+    assert method in batched[0].layers[0].rank_method
+    assert [r.settings["index"] for r in batched] == indices
+    for index, report in zip(indices, batched):
+        single = security_report(name, dataset=spec, index=index, condition=False)
+        assert (report.copa_index, report.normalised_score) == (single.copa_index, single.normalised_score)
+        assert [(la.rank, la.deficiency, la.contribution, la.rank_method) for la in report.layers] == \
+               [(la.rank, la.deficiency, la.contribution, la.rank_method) for la in single.layers]
+        assert set(report.settings) == set(single.settings)
+        assert {k: v for k, v in report.settings.items() if k != "seconds"} == \
+               {k: v for k, v in single.settings.items() if k != "seconds"}
+
+
+def test_layer_ranks_equal_per_delta_results(monkeypatch):
+    from copa import linalg
+    from copa.linalg import ConvGeometry, layer_rank, layer_ranks
+
+    generator = torch.Generator().manual_seed(0)
+    cases = [ConvGeometry(3, 4, 3, 1, 1, (8, 8)),   # padding: SVD path
+             ConvGeometry(2, 3, 4, 2, 0, (10, 10)),  # stride: SVD path
+             ConvGeometry(2, 8, 3, 1, 1, (4, 4)),    # K₁ of full column rank: nothing left to project
+             ConvGeometry(1, 2, 3, 1, 0, (40, 40))]  # tall and large: the Gram path
+    calls = []
+    gram = linalg._interior_forward_gram
+    monkeypatch.setattr(linalg, "_interior_forward_gram", lambda w, g: calls.append(g) or gram(w, g))
+    for g in cases:
+        weight = torch.randn(g.out_channels, g.in_channels, *g.kernel, generator=generator, dtype=torch.float64)
+        deltas = torch.randn(3, g.out_channels, *g.output, generator=generator, dtype=torch.float64)
+        deltas[2, :, ::2] = 0  # a rank-deficient K₁
+        calls.clear()
+        batched = layer_ranks(weight, deltas, g)
+        assert len(calls) == (1 if g.input == (40, 40) else 0)  # the forward Gram is built once for the batch
+        singles = [layer_rank(weight, d, g) for d in deltas]
+        assert len(batched) == 3
+        for got, ref in zip(batched, singles):
+            assert (got.rank, got.padding_rank, got.gradient_rank, got.forward_rank, got.forward_method) == \
+                   (ref.rank, ref.padding_rank, ref.gradient_rank, ref.forward_rank, ref.forward_method)
+            assert got.gradient_tolerance == pytest.approx(ref.gradient_tolerance, rel=1e-12)
+            assert got.forward_tolerance == pytest.approx(ref.forward_tolerance, rel=1e-12)
+            torch.testing.assert_close(got.gradient_singular_values, ref.gradient_singular_values, rtol=1e-12,
+                                       atol=1e-12 * float(ref.gradient_singular_values.max()))
+        assert [r.rank for r in layer_ranks(weight, list(deltas.unsqueeze(1)), g)] == [r.rank for r in singles]
+    assert "Gram" in batched[0].forward_method
+    assert layer_ranks(weight, [], g) == []
+    with pytest.raises(InvalidSpecError, match="do not fit the layer"):
+        layer_ranks(weight, torch.zeros(2, 5), g)
+
+
+def test_security_reports_of_random_deltas_and_bad_indices():
+    from copa.security import security_reports
+
+    reports = security_reports("cnn2_c1", indices=[2, 0], delta_source="random", input_shape=(3, 16, 16))
+    for report in reports:
+        single = security_report("cnn2_c1", index=report.settings["index"], delta_source="random",
+                                 input_shape=(3, 16, 16))
+        assert [la.rank for la in report.layers] == [la.rank for la in single.layers]
+        assert report.layers[0].condition_number == pytest.approx(single.layers[0].condition_number, rel=1e-9)
+    with pytest.raises(InvalidSpecError, match="repeated"):
+        security_reports("cnn2_c1", indices=[1, 1])
+    with pytest.raises(InvalidSpecError, match="single number"):
+        security_reports("cnn2_c1", indices=3)
+
+
+def test_cli_security_with_several_indices(tmp_path, capsys):
+    from copa.cli import main
+
+    out = tmp_path / "security.json"
+    argv = ["security", "--model", "cnn2_c2", "--input-shape", "3x16x16", "--no-condition", "--out", str(out)]
+    assert main([*argv, "--index", "0", "3,5", "--index", "7"]) == 0
+    printed = capsys.readouterr().out
+    for index in (0, 3, 5, 7):
+        assert f"sample train image {index} (delta source: image):\nCOPA security of cnn2_c2" in printed
+    data = json.loads(out.read_text())
+    assert [d["settings"]["index"] for d in data] == [0, 3, 5, 7]
+    assert main([*argv, "--index", "5"]) == 0  # one index: the table alone, as before
+    assert capsys.readouterr().out.startswith("COPA security of cnn2_c2")
+    assert json.loads(out.read_text())["settings"]["index"] == 5
