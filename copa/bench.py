@@ -103,6 +103,16 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
                        metrics=metrics, record_failures=record_failures)[0]
 
 
+def set_threads(threads: int) -> None:
+    """A job's CPU threads: torch's intra-op pool and, through threadpoolctl, the BLAS/LAPACK and OpenMP
+    pools of NumPy and SciPy (SciPy's LAPACK factors the layer-wise attacks' Gram matrices). With several
+    jobs at once an unpinned pool oversubscribes the cores (one attack ran 10× slower on 2 cores)."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(int(threads))
+    threadpool_limits(limits=int(threads))
+
+
 def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                 seeds: list[int] | None = None, device: str = "cpu", threads: int | None = None,
                 metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"), record_failures: bool = False,
@@ -113,7 +123,7 @@ def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: d
     With ``record_failures``, a scenario whose client step fails for a reason other than a bad input
     (a :class:`CopaError`, raised) — e.g. out of memory on a GPU — gets a failed record and truth None."""
     if threads is not None:
-        torch.set_num_threads(int(threads))
+        set_threads(threads)
     dev = resolve_device(device)
     for scenario in scenarios:  # unknown metric names, images too small for one: before the attack runs
         metrics_mod.check_metric_input(metrics, scenario.input_shape)

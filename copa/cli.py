@@ -188,13 +188,14 @@ def cmd_attack(args) -> int:
     else:
         import torch
 
+        from .bench import set_threads
         from .observation_file import file_sha256, load_observation, load_targets
         from .threat import resolve_device
 
         if args.threads is not None:
             if args.threads < 1:
                 raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
-            torch.set_num_threads(args.threads)
+            set_threads(args.threads)
         device = resolve_device(args.device or SCENARIO_DEFAULTS["device"])
         observation, source = load_observation(args.observation, device=device)
         truth = None
@@ -228,8 +229,7 @@ def cmd_observe(args) -> int:
 
 
 def cmd_security(args) -> int:
-    import torch
-
+    from .bench import set_threads
     from .io import atomic_write_json
     from .security import security_reports
     from .threat import parse_input_shape
@@ -239,7 +239,7 @@ def cmd_security(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     # one report per (model, index), model-major; the images of one model share its weight-only work
     reports = [report for name in args.model
                for report in security_reports(name, seed=args.model_seed, dataset=args.dataset, indices=indices,

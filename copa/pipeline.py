@@ -228,6 +228,19 @@ def run_config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(_jsonable(public)).encode()).hexdigest()
 
 
+def batch_description(config: dict[str, Any], attacks: list[str]) -> str:
+    """The leaderboard header's batch size: ``batch_size`` and which of ``attacks`` batch a cell's images."""
+    from .attacks import ATTACKS, load_plugins
+
+    load_plugins(tuple(config.get("plugins") or ()))
+    batched = [name for name in attacks if ATTACKS.get(name).batched]
+    size = config.get("batch_size")
+    if not batched:
+        return "1 (none of these attacks batches its instances)"
+    what = "the whole cell" if size is None else str(size)
+    return f"{what} ({', '.join(batched)}: a cell's images as one vectorised batch; the other attacks one by one)"
+
+
 def clear_record(directory: str | os.PathLike) -> None:
     """Remove a stale record: record.json first, so the directory never looks complete midway."""
     for name in RECORD_FILES:
@@ -246,13 +259,13 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     import torch
 
     from .attacks import create_attack, load_plugins
-    from .bench import run_attacks, summary_line, write_outputs
+    from .bench import run_attacks, set_threads, summary_line, write_outputs
 
     load_plugins(tuple(config.get("plugins") or ()))
     threads = int(threads)
     if threads < 1:
         raise InvalidSpecError(f"threads {threads} is invalid: expected a positive integer")
-    torch.set_num_threads(threads)
+    set_threads(threads)
     overrides = attack_overrides(config, attack)
     device = resolve_device_name(config.get("device", "cpu"))
     seed = int(config.get("seed", 0))

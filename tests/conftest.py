@@ -31,8 +31,10 @@ def single_thread():
     """One torch thread for float64 factorizations: on a 2-core machine shared with other jobs, two
     OpenMP threads waiting for each other at barriers made them up to 10× slower (same results)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):  # SciPy's LAPACK (the Gram factorisations) too
+        yield
     torch.set_num_threads(before)

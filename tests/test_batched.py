@@ -383,3 +383,13 @@ def test_a_cell_of_a_batched_attack_runs_in_batches_and_resumes(tmp_path):
     (records / "1" / "record.json").unlink()  # as if killed before its batch was written
     cell = run_cell(config, "lenet-zhu", "ig", records_dir=records, summary=tmp_path / "cell.json", log=lambda _: None)
     assert [e["reused"] for e in cell["records"]] == [True, False, True]
+
+
+def test_the_leaderboard_header_names_the_attacks_that_batch():
+    from copa.pipeline import batch_description
+
+    assert batch_description({"batch_size": None}, ["mean-image", "rgap", "copa", "ig"]) == (
+        "the whole cell (rgap, copa, ig: a cell's images as one vectorised batch; the other attacks one by one)")
+    assert batch_description({"batch_size": 4}, ["copa-gm"]).startswith("4 (copa-gm: ")
+    assert batch_description({"batch_size": 4}, ["noise", "mean-image"]) == (
+        "1 (none of these attacks batches its instances)")

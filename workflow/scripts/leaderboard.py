@@ -12,7 +12,7 @@ with logged(sm.log[0]) as log:
 
     from copa.io import atomic_write_text
     from copa.leaderboard import write_tables
-    from copa.pipeline import run_config_hash
+    from copa.pipeline import batch_description, run_config_hash
 
     tables = {key: path for key, path in sm.output.items() if key != "run_config"}
     settings = sm.config.get("attack_settings") or {}
@@ -20,8 +20,7 @@ with logged(sm.log[0]) as log:
                           for attack, values in settings.items() if values and attack in sm.params.attacks)
     extra = {"attack settings": (overrides + "; every other hyperparameter" if overrides else "every hyperparameter")
              + " at its published default (each record lists the full set)",
-             "batch size": str(sm.config.get("batch_size") or "the whole cell")
-             + " (dlg, idlg, ig: a cell's images as one vectorised batch)"}
+             "batch size": batch_description(sm.config, list(sm.params.attacks))}
     board = write_tables(sm.input.cells, sm.input.security, outputs=tables,
                          models=sm.params.models, attacks=sm.params.attacks, command=sm.config.get("_command"),
                          images_per_cell=sm.params.images_per_cell, title=sm.params.title, metric=sm.params.metric,

@@ -12,12 +12,11 @@ if run.get("data_root"):  # copa.security reads torchvision datasets from the de
     os.environ["COPA_DATA_ROOT"] = str(run["data_root"])
 
 with logged(snakemake.log[0]) as log:  # noqa: F821
-    import torch
-
+    from copa.bench import set_threads
     from copa.io import atomic_write_json
     from copa.pipeline import security_entry
 
-    torch.set_num_threads(snakemake.threads)  # noqa: F821
+    set_threads(snakemake.threads)  # noqa: F821
     entry = security_entry(run, snakemake.wildcards.model)  # noqa: F821
     atomic_write_json(snakemake.output[0], entry)  # noqa: F821
     print(f"{entry['model']}: {entry['status']}, COPA index {entry['copa_index']}, "
