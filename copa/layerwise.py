@@ -77,7 +77,9 @@ class NullProjector:
     applied matrix-free (convolutions, :class:`copa.linalg.LayerOperator` with one ``δ`` per instance):
     the ``n × rank`` basis is never formed (cnn4_c2 layer 1: 12544 × 3228), so a step costs two
     convolutions and two ``rank``-sized products instead of two dense ``n × rank`` products. Instances
-    of smaller rank are padded with zero columns (``Λ`` with ones), which add exact zeros.
+    of smaller rank are padded with zero columns (``Λ`` with ones), which add exact zeros. With the
+    systems' dense backend (CUDA) the eigendecompositions of all instances run as one batched ``eigh``
+    (in chunks of the systems' ``chunk_bytes``); on CPU one after the other (LAPACK has no batched form).
     """
 
     def __init__(self, problems: list[LayerProblem]):
@@ -88,12 +90,20 @@ class NullProjector:
         like = {"dtype": torch.float64, "device": first.delta.device}
         self.bases = torch.zeros(len(problems), size, max(ranks), **like)
         self.eigenvalues = torch.ones(len(problems), max(ranks), **like)
-        for b, (problem, rank) in enumerate(zip(problems, ranks)):
-            if rank == 0:
-                continue
-            eigenvalues, vectors = torch.linalg.eigh(problem.systems.gram(problem.instance))
-            self.bases[b, :, :rank] = vectors[:, size - rank:]
-            self.eigenvalues[b, :rank] = eigenvalues[size - rank:].clamp_min(torch.finfo(torch.float64).tiny)
+        members = [b for b, rank in enumerate(ranks) if rank > 0]
+        chunk = max(1, systems.chunk_bytes // (3 * size * size * 8)) if systems.batched_factorisations else 1
+        for first_member in range(0, len(members), chunk):
+            part = members[first_member:first_member + chunk]
+            grams = [problems[b].systems.gram(problems[b].instance) for b in part]
+            if len(part) > 1:
+                eigenvalues, vectors = torch.linalg.eigh(torch.stack(grams))
+            else:  # one instance: the unbatched call
+                eigenvalues, vectors = (t.unsqueeze(0) for t in torch.linalg.eigh(grams[0]))
+            del grams
+            for k, b in enumerate(part):
+                rank = ranks[b]
+                self.bases[b, :, :rank] = vectors[k, :, size - rank:]
+                self.eigenvalues[b, :rank] = eigenvalues[k, size - rank:].clamp_min(torch.finfo(torch.float64).tiny)
             del eigenvalues, vectors
         self.operator = None
         if self.side == "rows":

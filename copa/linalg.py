@@ -704,6 +704,7 @@ class LayerSystems:
             raise InvalidSpecError(f"backend {backend!r} is invalid on {self.device.type}: accepted are 'dense' and, "
                                    "on CPU, 'sparse'")
         self._sparse = backend == "sparse"
+        self.batched_factorisations = not self._sparse  # one batched eigh for all instances (dense backend)
         forward = _assemble(_forward_entries(weight, g), (g.forward_rows, g.unknowns), "sparse")
         padding = _assemble(_padding_entries(g, self.device), (self.row_counts["padding"], g.unknowns), "sparse")
         if self._sparse:

@@ -237,6 +237,9 @@ def test_the_null_space_projector_of_instances_of_different_ranks(cifar_npz):
     for b, problem in enumerate(problems):
         alone = problem.project_null(v[b])
         assert float((together[b] - alone).abs().max()) < 1e-12 * float(v[b].abs().max())
+    problems[0].systems.batched_factorisations = True  # the GPU path: one batched eigh for both instances
+    batched_eigh = NullProjector(problems)(v)
+    assert float((batched_eigh - together).abs().max()) < 1e-10 * float(v.abs().max())
     # a projection onto the null space: U Π v = 0 for the instance of full rank
     residual = problems[0].systems.matvec(0, together[0])
     assert float(residual.abs().max()) < 1e-8 * float(problems[0].systems.matvec(0, v[0]).abs().max())
