@@ -699,6 +699,7 @@ class LayerSystems:
                                _as_map(gr, (g.out_channels, g.in_channels, *g.kernel), "grad").reshape(-1)
                                .to(DENSE_DTYPE), zero]).to(self.device) for z, gr in zip(zs, grads)]
         self._shared_gram: dict[str, Tensor] | None = None
+        self._gradient_blocks: dict[int, object] = {}  # K(δ_b), built on first use (solve, residual, projector)
         backend = backend or ("sparse" if self.device.type == "cpu" else "dense")
         if backend not in ("sparse", "dense") or (backend == "sparse" and self.device.type != "cpu"):
             raise InvalidSpecError(f"backend {backend!r} is invalid on {self.device.type}: accepted are 'dense' and, "
@@ -714,9 +715,11 @@ class LayerSystems:
 
     # -- per-instance blocks ---------------------------------------------------------------------
     def _k(self, b: int):
-        k = _assemble(_gradient_entries(self.deltas[b], self.geometry), (self.geometry.gradient_rows,
-                                                                          self.geometry.unknowns), "sparse")
-        return _to_scipy_csr(k) if self._sparse else k.to_dense()
+        if b not in self._gradient_blocks:
+            k = _assemble(_gradient_entries(self.deltas[b], self.geometry), (self.geometry.gradient_rows,
+                                                                              self.geometry.unknowns), "sparse")
+            self._gradient_blocks[b] = _to_scipy_csr(k) if self._sparse else k.to_dense()
+        return self._gradient_blocks[b]
 
     def _blocks(self, b: int):
         return [self._a, self._k(b), self._p]
@@ -747,7 +750,7 @@ class LayerSystems:
         blocks = self._blocks(b)
         if self._sparse:
             return torch.from_numpy(_scipy_vstack(blocks).T @ y.numpy())
-        return torch.cat([blk for blk in blocks], dim=0).T @ y
+        return torch.cat(blocks).T @ y
 
     def _shared(self) -> dict[str, Tensor]:
         if self._shared_gram is None:
