@@ -26,7 +26,7 @@ except WorkflowError as exc:  # one line naming the key, instead of Snakemake's 
     raise WorkflowError(f"invalid config: {key}: {error.message}") from None
 
 from copa.errors import CopaError
-from copa.pipeline import attack_identity, attack_overrides, check_config, dataset_tag, results_dir
+from copa.bench.pipeline import attack_identity, attack_overrides, check_config, dataset_tag, results_dir
 
 try:
     check_config(config)

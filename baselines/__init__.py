@@ -1,5 +1,5 @@
-"""Attacks shipped with copa-bench, each one file registered exactly like a user's plug-in.
-
-Every module in this package is imported by :func:`copa.attacks.load_plugins`; a module registers
-its attacks with :func:`copa.attacks.register_attack`.
+"""Attacks shipped with copa-bench (installed as the package ``copa_baselines``), each one file registered
+exactly like a third-party plug-in: pyproject.toml names every module as an entry point of the group
+``copa.attacks``, and :func:`copa.plugins.load_plugins` imports them. Each module imports only copa's
+public API (``copa.attacks``, ``copa.layerwise``, ``copa.errors``; tests/test_architecture.py checks).
 """

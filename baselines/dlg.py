@@ -23,10 +23,16 @@ import math
 
 import torch
 
-from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
+from copa.attacks import (
+    Attack,
+    BatchedLBFGS,
+    GradientModel,
+    Hyperparameter,
+    Reconstruction,
+    register_attack,
+    squared_l2_distance,
+)
 from copa.errors import InvalidSpecError
-from copa.gradmatch import GradientModel, squared_l2_distance
-from copa.lbfgs import BatchedLBFGS
 
 DLG_CODE = "mit-han-lab/dlg main.py"
 

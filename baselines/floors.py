@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from copa.errors import InvalidSpecError
 from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
+from copa.errors import InvalidSpecError
 
 
 @register_attack

@@ -12,9 +12,8 @@ not hold (e.g. a saturated softmax, ``p_y = 1``). With the label known, iDLG is 
 
 from __future__ import annotations
 
-from copa.attacks import Hyperparameter, register_attack
+from copa.attacks import Hyperparameter, label_from_gradients, register_attack
 from copa.errors import NotApplicableError
-from copa.gradmatch import label_from_gradients
 
 from .dlg import DLG
 

@@ -28,9 +28,17 @@ import math
 
 import torch
 
-from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
+from copa.attacks import (
+    Attack,
+    GradientModel,
+    Hyperparameter,
+    Reconstruction,
+    cosine_distance,
+    label_from_gradients,
+    register_attack,
+    total_variation,
+)
 from copa.errors import InvalidSpecError, NotApplicableError
-from copa.gradmatch import GradientModel, cosine_distance, label_from_gradients, total_variation
 
 IG_CODE = "JonasGeiping/invertinggradients"
 

@@ -22,7 +22,7 @@ import torch
 
 from copa.bench import run_attack
 from copa.errors import CopaError
-from copa.security import security_report
+from copa.layerwise.security import security_report
 from copa.threat import Scenario
 
 DEFAULT_DATA = "npz:../shared/data/cifar10_subset.npz"

@@ -23,7 +23,7 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from copa.attacks import create_attack  # noqa: E402
-from copa.gradmatch import GradientModel, squared_l2_distance  # noqa: E402
+from copa.attacks.gradmatch import GradientModel, squared_l2_distance  # noqa: E402
 from copa.threat import Scenario  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from copa import linalg
+from copa import layerwise as linalg
 from copa.metrics import psnr
 from copa.threat import Scenario, resolve_device
 

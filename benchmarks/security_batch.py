@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     import torch
     from tabulate import tabulate
 
-    from copa.security import security_report, security_reports
+    from copa.layerwise.security import security_report, security_reports
 
     torch.set_num_threads(args.threads)
     kwargs = {"dataset": args.dataset, "condition": args.condition}

@@ -1,10 +1,11 @@
 """The ``copa`` command line.
 
-    copa list models|attacks|datasets|metrics
+    copa list models|attacks|datasets|metrics|defences
     copa attack --attack NAME --model NAME --dataset SPEC --split train|test --index I [...] --out DIR
     copa observe --model NAME --dataset SPEC --index I [...] --out FILE.pt
     copa attack --attack NAME --observation FILE.pt [--targets FILE.npz] --out DIR
     copa security --model NAME [--index I [I ...]] [--json] [--out FILE]
+    copa check --attack NAME [--plugin FILE] [--set KEY=VALUE]
 
 Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
 """
@@ -33,51 +34,48 @@ def _parse_indices(values: list[str]) -> tuple[int, ...]:
     return tuple(indices)
 
 
-#: The scenario options of ``copa attack`` and ``copa observe``: dest -> default (None: required or optional).
-SCENARIO_DEFAULTS = {"model": None, "dataset": "sample", "split": "train", "index": None, "model_seed": 0,
-                     "checkpoint": None, "label": "known", "preprocess": "center", "input_shape": "3x32x32",
-                     "num_classes": None, "dtype": "float32", "data_root": None, "download": False, "device": "cpu"}
+DEFAULT_DEVICE = "cpu"
 
 
 def _add_scenario_options(p: argparse.ArgumentParser, *, model_required: bool) -> None:
-    """Add the scenario options with default None, so that an explicitly given one can be told apart
-    (:func:`_scenario_from_args` fills the defaults of :data:`SCENARIO_DEFAULTS`)."""
-    p.add_argument("--model", required=model_required, default=None, help="model name or chain:SPEC (copa list models)")
-    p.add_argument("--dataset", default=None, help="dataset spec (copa list datasets); default: sample")
-    p.add_argument("--split", default=None, help="train or test (default train)")
-    p.add_argument("--index", action="append", default=None,
-                   help="official image index; repeat or comma-separate for a batch (default 0)")
-    p.add_argument("--model-seed", type=int, default=None, help="model initialisation seed (default 0)")
-    p.add_argument("--checkpoint", default=None, help="trained weights (state_dict, loaded weights_only)")
-    p.add_argument("--label", choices=["known", "unknown"], default=None,
-                   help="whether the attacker knows the labels (default known)")
-    p.add_argument("--preprocess", default=None, help="center (default), normalize or none")
-    p.add_argument("--input-shape", default=None, help="model input CxHxW (default 3x32x32)")
-    p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
-    p.add_argument("--dtype", default=None, help="float32 (default) or float64")
-    p.add_argument("--data-root", default=None, help="root of torchvision datasets (default $COPA_DATA_ROOT or ./data)")
-    p.add_argument("--download", action="store_true", default=None,
-                   help="allow torchvision to download missing datasets")
+    """One option per field of :class:`copa.threat.Scenario` (its one declaration: name, help, default,
+    choices), each with default None so that an explicitly given one can be told apart; plus --device."""
+    from .threat import Scenario
+
+    for option in Scenario.options():
+        shown = option.default if not isinstance(option.default, list) else ",".join(map(str, option.default)) or "none"
+        text = f"{option.help} (default {shown})" if not option.required else option.help
+        if option.field == "label_known":
+            text = f"{option.help}: known or unknown (default known)"
+        if option.kind is bool:
+            p.add_argument(option.flag, dest=option.name, action="store_true", default=None, help=text)
+        elif option.repeated:
+            p.add_argument(option.flag, dest=option.name, action="append", default=None,
+                           help=text + "; repeat" + (" or comma-separate" if option.kind is int else "") + " for more")
+        else:
+            p.add_argument(option.flag, dest=option.name, default=None, help=text,
+                           required=option.required and model_required,
+                           type=int if option.kind is int else None,
+                           choices=list(option.choices) if option.choices and option.field == "label_known" else None)
     p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
 
 
 def _given_scenario_options(args) -> list[str]:
-    return [f"--{dest.replace('_', '-')}" for dest in SCENARIO_DEFAULTS
-            if dest != "device" and getattr(args, dest, None) is not None]
+    from .threat import Scenario
+
+    return [option.flag for option in Scenario.options() if getattr(args, option.name, None) is not None]
 
 
 def _scenario_from_args(args):
     from .threat import Scenario
 
-    v = {dest: SCENARIO_DEFAULTS[dest] if getattr(args, dest) is None else getattr(args, dest)
-         for dest in SCENARIO_DEFAULTS}
-    if v["model"] is None:
+    if args.model is None:
         raise CopaError("--model is required (or --observation FILE to attack an observation file)")
-    return Scenario(model=v["model"], dataset=v["dataset"], split=v["split"],
-                    indices=_parse_indices(v["index"] or ["0"]), model_seed=v["model_seed"],
-                    checkpoint=v["checkpoint"], label_known=v["label"] == "known", preprocess=v["preprocess"],
-                    input_shape=v["input_shape"], num_classes=v["num_classes"], data_root=v["data_root"],
-                    download=bool(v["download"]), dtype=v["dtype"])
+    given = {option.name: getattr(args, option.name) for option in Scenario.options()
+             if getattr(args, option.name, None) is not None}
+    if "indices" in given:
+        given["indices"] = _parse_indices(given["indices"])
+    return Scenario.from_config(given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_list = sub.add_parser("list", help="list registered models, attacks, datasets or metrics")
-    p_list.add_argument("what", choices=["models", "attacks", "datasets", "metrics"])
+    p_list.add_argument("what", choices=["models", "attacks", "datasets", "metrics", "defences"])
     p_list.add_argument("--plugin", action="append", default=[],
                         help="extra attack (or model) module or .py file to load")
 
@@ -113,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_obs.add_argument("--plugin", action="append", default=[], help="extra model (or attack) module or .py file to load")
     p_obs.add_argument("--out", required=True, metavar="FILE", help="observation file to write (.pt, atomically)")
 
+    p_chk = sub.add_parser("check", help="check that an attack meets the contract of copa.attacks.check_attack "
+                                         "(for plug-in authors)")
+    p_chk.add_argument("--attack", required=True, help="attack name (copa list attacks)")
+    p_chk.add_argument("--plugin", action="append", default=[], help="attack module or .py file to load")
+    p_chk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="hyperparameters for a quick check, e.g. --set iterations=5")
+    p_chk.add_argument("--model", default="cnn2_c1", help="model of the check's observations (default cnn2_c1)")
+    p_chk.add_argument("--input-shape", default="3x16x16", help="their input shape (default 3x16x16)")
+
     p_sec = sub.add_parser("security", help="COPA security metric of a chain model: per-layer ranks and COPA index")
     p_sec.add_argument("--model", required=True, action="append",
                        help="model name or chain:SPEC; repeat for several models")
@@ -134,17 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_list(args) -> int:
     from . import data, metrics, models
-    from .attacks import ATTACKS, load_plugins
+    from .attacks import ATTACKS
+    from .plugins import load_plugins
 
+    load_plugins(args.plugin)  # plug-in modules may register models, attacks, defences and metrics
     if args.what == "models":
-        load_plugins(args.plugin)  # plug-in modules may register models too
         for entry in models.MODELS:
             chain = "chain" if entry.meta.get("is_chain") else "not a chain"
             print(f"{entry.name:14s} {chain:12s} {entry.meta.get('description', '')}")
         print(f"\nChain variants: append {', '.join(models.ACTIVATION_SUFFIXES)} to a chain's name "
               f"(e.g. cnn2_c1-sigmoid); any chain: chain:SPEC (see copa.models).")
     elif args.what == "attacks":
-        load_plugins(args.plugin)
         for entry in ATTACKS:
             label = "label needed" if entry.obj.needs_label else ""
             batched = "batched" if entry.obj.batched else ""
@@ -154,6 +161,13 @@ def cmd_list(args) -> int:
     elif args.what == "datasets":
         for entry in data.DATASETS:
             print(f"{entry.meta.get('form', entry.name):16s} {entry.meta.get('description', '')}")
+    elif args.what == "defences":
+        from .threat import DEFENCES
+
+        for entry in DEFENCES:
+            params = ", ".join(f"{k}={p.default}" for k, p in entry.obj.parameters.items()) or "no parameters"
+            print(f"{entry.name:14s} {params:28s} {entry.meta.get('paper', '')}")
+        print("\nuse: --defence NAME[:key=value,...] (repeat to apply several, in order); config: defences: [...]")
     else:
         for entry in metrics.METRICS:
             print(f"{entry.name:8s} {entry.meta.get('description', '')}")
@@ -182,21 +196,20 @@ def cmd_attack(args) -> int:
     if args.observation is None:
         scenario = _scenario_from_args(args)
         record, reconstruction, truth = run_attack(scenario, attack, seed=args.seed,
-                                                   device=args.device or SCENARIO_DEFAULTS["device"],
+                                                   device=args.device or DEFAULT_DEVICE,
                                                    threads=args.threads)
         write_outputs(out, record, reconstruction, truth)
     else:
-        import torch
 
         from .bench import set_threads
-        from .observation_file import file_sha256, load_observation, load_targets
+        from .threat.observation_file import file_sha256, load_observation, load_targets
         from .threat import resolve_device
 
         if args.threads is not None:
             if args.threads < 1:
                 raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
             set_threads(args.threads)
-        device = resolve_device(args.device or SCENARIO_DEFAULTS["device"])
+        device = resolve_device(args.device or DEFAULT_DEVICE)
         observation, source = load_observation(args.observation, device=device)
         truth = None
         if args.targets is not None:
@@ -212,8 +225,8 @@ def cmd_attack(args) -> int:
 def cmd_observe(args) -> int:
     from pathlib import Path
 
-    from .attacks import load_plugins
-    from .observation_file import describe_payload, observe_meta, read_payload, save_observation
+    from .plugins import load_plugins
+    from .threat.observation_file import describe_payload, observe_meta, read_payload, save_observation
     from .threat import resolve_device
 
     out = Path(args.out)
@@ -221,17 +234,29 @@ def cmd_observe(args) -> int:
         raise CopaError(f"--out {args.out!r} is a directory: expected a file name, e.g. observation.pt")
     load_plugins(args.plugin)
     scenario = _scenario_from_args(args)
-    observation, _truth = scenario.build(resolve_device(args.device or SCENARIO_DEFAULTS["device"]))
+    observation, _truth = scenario.build(resolve_device(args.device or DEFAULT_DEVICE))
     del _truth  # the file holds what the server sees, never the images
     save_observation(out, observation, model_seed=scenario.model_seed, meta=observe_meta(scenario.to_dict()))
     print(f"wrote {out}: {describe_payload(read_payload(out))}")
     return 0
 
 
+def cmd_check(args) -> int:
+    from .attacks import ATTACKS, check_attack, parse_overrides
+    from .plugins import load_plugins
+    from .threat import parse_input_shape
+
+    load_plugins(args.plugin)
+    passed = check_attack(ATTACKS.get(args.attack), overrides=parse_overrides(args.overrides), model=args.model,
+                          input_shape=parse_input_shape(args.input_shape))
+    print(f"{args.attack}: {len(passed)} checks passed ({', '.join(passed)})")
+    return 0
+
+
 def cmd_security(args) -> int:
     from .bench import set_threads
     from .io import atomic_write_json
-    from .security import security_reports
+    from .layerwise import security_reports
     from .threat import parse_input_shape
 
     shape = parse_input_shape(args.input_shape)
@@ -270,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_observe(args)
         if args.command == "security":
             return cmd_security(args)
+        if args.command == "check":
+            return cmd_check(args)
     except CopaError as exc:
         print(f"copa: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

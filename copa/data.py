@@ -126,7 +126,7 @@ def load_images(spec: str, split: str, indices: Sequence[int], *, root: str | os
     """
     kind, path = _parse_spec(spec)
     split = _check_split_name(split)
-    wanted = _check_indices(indices)
+    wanted = validate_indices(indices)
     opened = kind.open_split(path, split, _resolve_root(root), download)
     positions = _positions_of(opened.official_index, wanted, f"{spec} {split}")
     return ImageSet(
@@ -201,7 +201,7 @@ def _check_official_split(title: str, split: str) -> None:
         raise InvalidSpecError(f"split {split!r} is invalid for {title}: accepted are {', '.join(OFFICIAL_SPLITS)}")
 
 
-def _check_indices(indices: Sequence[int]) -> np.ndarray:
+def validate_indices(indices: Sequence[int]) -> np.ndarray:
     """Official indices as a 1-D int64 array: non-empty, non-negative, no repeats."""
     if isinstance(indices, (int, np.integer)):
         raise InvalidSpecError(f"indices {indices!r} is a single number: give a sequence, e.g. [{indices}]")
@@ -220,7 +220,7 @@ def _check_indices(indices: Sequence[int]) -> np.ndarray:
     return wanted
 
 
-def _summarise_ranges(sorted_indices: np.ndarray, most: int = 8) -> str:
+def summarise_ranges(sorted_indices: np.ndarray, most: int = 8) -> str:
     """'0–931, 10000–10931': the runs of consecutive values in an ascending array."""
     if sorted_indices.size == 0:
         return "none"
@@ -243,7 +243,7 @@ def _positions_of(official_index: np.ndarray, wanted: np.ndarray, where: str) ->
         shown = ", ".join(map(str, missing[:10].tolist())) + (", …" if missing.size > 10 else "")
         noun = "index {} is" if missing.size == 1 else "indices {} are"
         raise InvalidSpecError(f"{noun.format(shown)} not in {where} ({len(sorted_index)} images; official indices "
-                               f"present: {_summarise_ranges(sorted_index)})")
+                               f"present: {summarise_ranges(sorted_index)})")
     return order[slot]
 
 

@@ -33,6 +33,10 @@ class NotApplicableError(CopaError):
     """An attack or analysis that does not apply to this model or scenario."""
 
 
+class RunFailure(CopaError):
+    """A run that cannot give a valid result: non-finite observed gradients or a non-finite reconstruction."""
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
     """Build the error for an unknown registry name, with close matches and the full list."""
     known = sorted(known)

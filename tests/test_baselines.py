@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from copa import gradmatch
+from copa.attacks import gradmatch
 from copa.attacks import ATTACKS, create_attack, load_plugins, parse_overrides
 from copa.bench import run_attack
 from copa.cli import main

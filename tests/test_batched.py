@@ -20,8 +20,8 @@ import torch
 
 from copa.attacks import create_attack
 from copa.errors import CopaError
-from copa.gradmatch import GradientModel
-from copa.lbfgs import BatchedLBFGS
+from copa.attacks.gradmatch import GradientModel
+from copa.attacks.lbfgs import BatchedLBFGS
 from copa.threat import Scenario
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -247,7 +247,7 @@ def test_the_null_space_projector_of_instances_of_different_ranks(cifar_npz):
 
 def test_shared_layer_systems_equal_separate_solves(cifar_npz):
     """LayerSystems (A, P and their Gram blocks built once for B instances) = one solve_dense per instance."""
-    from copa import linalg
+    from copa import layerwise as linalg
 
     observations = _observations(cifar_npz, [0, 1], model="cnn4_c1", split="train", dtype="float64",
                                  input_shape=(3, 16, 16))
@@ -336,7 +336,7 @@ def test_a_failing_batch_is_rerun_one_instance_at_a_time(cifar_npz):
 
 def test_batchnorm_models_take_the_plain_path_whose_second_derivative_is_right(cifar_npz):
     """vmap's double backward through batch_norm disagrees with finite differences; autograd agrees."""
-    from copa.gradmatch import cosine_distance
+    from copa.attacks.gradmatch import cosine_distance
 
     observations = _observations(cifar_npz, [4, 5], model="convnet", input_shape=(3, 16, 16), dtype="float64")
     assert not GradientModel(observations).vectorised and GradientModel(_observations(cifar_npz, [0, 1])).vectorised
@@ -372,7 +372,7 @@ def test_attacks_declare_whether_they_batch(capsys):
 def test_a_cell_of_a_batched_attack_runs_in_batches_and_resumes(tmp_path):
     import json
 
-    from copa.pipeline import run_cell
+    from copa.bench.pipeline import run_cell
 
     config = {"dataset": "sample", "split": "train", "indices": [0, 1, 2], "models": ["lenet-zhu"], "attacks": ["ig"],
               "attack_settings": {"ig": {"iterations": 5}}, "dtype": "float32", "device": "cpu", "seed": 0,
@@ -389,7 +389,7 @@ def test_a_cell_of_a_batched_attack_runs_in_batches_and_resumes(tmp_path):
 
 
 def test_the_leaderboard_header_names_the_attacks_that_batch():
-    from copa.pipeline import batch_description
+    from copa.bench.pipeline import batch_description
 
     assert batch_description({"batch_size": None}, ["mean-image", "rgap", "copa", "ig"]) == (
         "the whole cell (rgap, copa, ig: a cell's images as one vectorised batch; the other attacks one by one)")
@@ -401,7 +401,7 @@ def test_the_leaderboard_header_names_the_attacks_that_batch():
 def test_the_null_space_stage_runs_in_cache_sized_groups_with_the_same_result(cifar_npz, monkeypatch):
     """On CPU, instances whose projector bases fit CPU_STAGE_CACHE_BYTES are optimised in groups that fit it
     (a batch of out-of-cache bases was 2× slower than one by one); groups are independent instances."""
-    from copa import copa_attack
+    from copa.attacks import copa as copa_attack
     from copa.layerwise import solve_backwards_batch
 
     observations = _observations(cifar_npz, [0, 1, 2], model="cnn4_c1", split="train", input_shape=(3, 16, 16))

@@ -80,9 +80,9 @@ def test_copa_gm_corrects_an_inconsistent_image_layer(cifar_npz):
 
 def test_the_pull_back_penalty_vanishes_at_the_true_hidden_input(cifar_npz):
     """Layer 1 of cnn4_c1: the true x_1 = σ(A_0 x_0) satisfies the pull-back (A_0 is injective)."""
-    from copa import copa_attack
+    from copa.attacks import copa as copa_attack
     from copa.layerwise import solve_backwards
-    from copa.linalg import analyse_chain
+    from copa.layerwise import analyse_chain
 
     obs, truth = Scenario(model="cnn4_c1", dataset=f"npz:{cifar_npz}", indices=(3,), dtype="float64",
                           input_shape="3x16x16").build()

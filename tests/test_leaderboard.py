@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from copa import leaderboard as lb
-from copa import plots
+from copa.bench import leaderboard as lb
+from copa.bench import plots
 from copa.errors import CopaError
 from copa.io import atomic_write_json
 

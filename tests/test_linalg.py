@@ -1,4 +1,4 @@
-"""Tests of copa.linalg: the layer operators A, K(δ), P, the dense and matrix-free solves, ranks."""
+"""Tests of copa.layerwise's linear algebra: the layer operators A, K(δ), P, the dense and matrix-free solves, ranks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from copa.errors import InvalidSpecError, NotApplicableError
-from copa.linalg import (
+from copa.layerwise import (
     ConvGeometry,
     LayerOperator,
     analyse_chain,
@@ -230,9 +230,9 @@ def test_layer_rank_counts_the_f_squared_dependencies():
 def test_layer_rank_gram_path_equals_the_svd_rank(spec, monkeypatch):
     # large layers get the rank of the projected forward block from a pivoted Cholesky of a Gram
     # matrix; force that path on small layers and compare with the SVD of the whole U
-    import copa.linalg
+    from copa.layerwise import ranks
 
-    monkeypatch.setattr(copa.linalg, "GRAM_THRESHOLD", 10)
+    monkeypatch.setattr(ranks, "GRAM_THRESHOLD", 10)
     conv, g, x, z, delta, grad = _layer(spec)
     u = layer_system(conv.weight, delta, z, grad, g).matrix
     lr = layer_rank(conv.weight, delta, g)

@@ -14,7 +14,7 @@ import torch
 
 from copa.cli import main
 from copa.errors import CopaError
-from copa.observation_file import KEYS, load_observation, observation_payload, read_payload, save_observation
+from copa.threat.observation_file import KEYS, load_observation, observation_payload, read_payload, save_observation
 from copa.threat import Scenario
 
 pytestmark = pytest.mark.usefixtures("single_thread")

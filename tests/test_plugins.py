@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from copa import attacks as attacks_mod
+from copa import plugins as attacks_mod
 from copa.attacks import ATTACKS, create_attack, load_plugins
 from copa.bench import run_attack
 from copa.threat import Scenario

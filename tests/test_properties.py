@@ -94,7 +94,7 @@ def test_parsing_and_building_raise_only_documented_errors(case):
 @given(case=scenario(), random_delta=st.booleans())
 def test_security_metric_runs_or_raises_a_documented_error(case, random_delta):
     spec, shape = case
-    from copa.security import security_report
+    from copa.layerwise.security import security_report
 
     report = run_or_documented_error(lambda: security_report(
         f"chain:{spec}", input_shape=shape, condition=False, delta_source="random" if random_delta else "image"))

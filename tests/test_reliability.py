@@ -119,8 +119,8 @@ def test_not_applicable_stays_separate_from_failed(injected):
 
 def test_a_cell_goes_on_after_failures_and_the_leaderboard_counts_them(injected, tmp_path):
     """run_cell + write_tables in process: failed counts per cell, reasons, and the header's provenance."""
-    from copa.leaderboard import write_tables
-    from copa.pipeline import run_cell, run_config_hash
+    from copa.bench.leaderboard import write_tables
+    from copa.bench.pipeline import run_cell, run_config_hash
 
     config = {"dataset": "sample", "split": "train", "indices": [0, 1], "label": "known", "preprocess": "center",
               "dtype": "float32", "input_shape": "3x32x32", "num_classes": None, "model_seed": 0, "seed": 0,
@@ -233,7 +233,7 @@ def test_plugin_modules_register_models_for_the_command_line(tmp_path, capsys):
     with the non-finite gradients named (exit 2, nothing written)."""
     import sys
 
-    from copa import attacks as attacks_mod
+    from copa import plugins as attacks_mod
     from copa.cli import main
 
     path = tmp_path / "overflow_model.py"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from copa.errors import InvalidSpecError, NotApplicableError
-from copa.linalg import analyse_chain, layer_system, numerical_rank
+from copa.layerwise import analyse_chain, layer_system, numerical_rank
 from copa.models import MODELS, create_model
-from copa.security import copa_index, security_report
+from copa.layerwise.security import copa_index, security_report
 
 # Chen & Campbell's released code (hybrid.py, rgap()) on their targets.py models.
 PAPER_VALUES = {"cnn2_c1": (0, [0]), "cnn2_c2": (-1470, [-1470]), "cnn3_c1": (-2266, [0, -4533])}
@@ -68,7 +68,7 @@ def test_padding_is_counted_as_unknowns_and_rows():
 
 
 def test_condition_number_matches_the_svd_of_u():
-    from copa.security import _reference_input
+    from copa.layerwise.security import _reference_input
 
     model = create_model("cnn3_c1", in_shape=(3, 16, 16))
     report = security_report(model)
@@ -106,7 +106,7 @@ def test_hidden_linear_layers_are_listed_but_not_counted():
 
 @pytest.mark.parametrize("name", ["convnet", "lenet-zhu", "cnn2_c1-relu"])
 def test_non_chains_are_refused_with_a_reason(name):
-    with pytest.raises(NotApplicableError, match="not one"):
+    with pytest.raises(NotApplicableError, match="is not a chain"):
         security_report(name)
 
 
@@ -135,7 +135,7 @@ def test_cli_security_prints_tables_and_writes_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "cnn2_c9"], "unknown model 'cnn2_c9'"),
-    (["--model", "lenet-zhu"], "is not one: conv layers 0, 1, 2 have a bias"),
+    (["--model", "lenet-zhu"], "lenet-zhu is not a chain: conv layers 0, 1, 2 have a bias"),
     (["--model", "cnn2_c1", "--delta-source", "zeros"], "delta_source 'zeros' is invalid"),
     (["--model", "cnn2_c1", "--threads", "0"], "--threads 0 is invalid"),
     (["--model", "cnn2_c1", "--index", "3", "x"], "--index 'x' is invalid: expected integers"),
@@ -159,7 +159,7 @@ def test_cli_security_bad_inputs(tmp_path, capsys, argv, message):
     ("cnn2_c2", "svdvals"),      # the SVD path only
 ])
 def test_security_reports_equal_per_image_reports(cifar_npz, name, method):
-    from copa.security import security_reports
+    from copa.layerwise.security import security_reports
 
     spec, indices = f"npz:{cifar_npz}", [0, 1, 10000]
     batched = security_reports(name, dataset=spec, indices=indices, condition=False)
@@ -176,8 +176,8 @@ def test_security_reports_equal_per_image_reports(cifar_npz, name, method):
 
 
 def test_layer_ranks_equal_per_delta_results(monkeypatch):
-    from copa import linalg
-    from copa.linalg import ConvGeometry, layer_rank, layer_ranks
+    from copa import layerwise as linalg
+    from copa.layerwise import ConvGeometry, layer_rank, layer_ranks
 
     generator = torch.Generator().manual_seed(0)
     cases = [ConvGeometry(3, 4, 3, 1, 1, (8, 8)),   # padding: SVD path
@@ -185,8 +185,10 @@ def test_layer_ranks_equal_per_delta_results(monkeypatch):
              ConvGeometry(2, 8, 3, 1, 1, (4, 4)),    # K₁ of full column rank: nothing left to project
              ConvGeometry(1, 2, 3, 1, 0, (40, 40))]  # tall and large: the Gram path
     calls = []
-    gram = linalg._interior_forward_gram
-    monkeypatch.setattr(linalg, "_interior_forward_gram", lambda w, g: calls.append(g) or gram(w, g))
+    from copa.layerwise import ranks
+
+    gram = ranks._interior_forward_gram
+    monkeypatch.setattr(ranks, "_interior_forward_gram", lambda w, g: calls.append(g) or gram(w, g))
     for g in cases:
         weight = torch.randn(g.out_channels, g.in_channels, *g.kernel, generator=generator, dtype=torch.float64)
         deltas = torch.randn(3, g.out_channels, *g.output, generator=generator, dtype=torch.float64)
@@ -211,7 +213,7 @@ def test_layer_ranks_equal_per_delta_results(monkeypatch):
 
 
 def test_security_reports_of_random_deltas_and_bad_indices():
-    from copa.security import security_reports
+    from copa.layerwise.security import security_reports
 
     reports = security_reports("cnn2_c1", indices=[2, 0], delta_source="random", input_shape=(3, 16, 16))
     for report in reports:

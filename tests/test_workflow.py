@@ -177,7 +177,7 @@ def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_repo
                  "observed gradients are not finite: fc.weight has",
                  "solver failure (torch.linalg.LinAlgError): planned singular system of the test plug-in"]:
         assert fact in md, fact
-    from copa.pipeline import run_config_hash
+    from copa.bench.pipeline import run_config_hash
 
     effective = yaml.safe_load((results / "config.yaml").read_text())
     assert f"**config hash**: `{run_config_hash(effective)}`" in md  # the hash of the validated config it wrote
@@ -336,7 +336,7 @@ def _config(tmp_path, **changes):
 
 
 def test_dataset_tag_is_path_safe():
-    from copa.pipeline import dataset_tag
+    from copa.bench.pipeline import dataset_tag
 
     assert dataset_tag("sample", "train") == "sample-train"
     assert dataset_tag("npz:../shared/data/cifar10_subset.npz", "test") == "npz-cifar10_subset-test"
@@ -345,7 +345,7 @@ def test_dataset_tag_is_path_safe():
 
 def test_check_config_names_unknown_attacks_and_settings(tmp_path):
     from copa.errors import CopaError
-    from copa.pipeline import check_config
+    from copa.bench.pipeline import check_config
 
     with pytest.raises(CopaError, match=r"unknown attack 'rgp'.*Did you mean 'rgap'"):
         check_config(_config(tmp_path, attacks=["rgp"]))
@@ -363,7 +363,7 @@ def test_check_config_names_unknown_attacks_and_settings(tmp_path):
 
 
 def test_run_cell_resumes_and_reruns_only_what_changed(tmp_path):
-    from copa.pipeline import run_cell
+    from copa.bench.pipeline import run_cell
 
     config = _config(tmp_path, indices=[0, 1, 2])
     records = tmp_path / "records"
@@ -403,7 +403,7 @@ def forget_attacks():
 
 
 def test_run_cell_recomputes_when_the_attack_file_changes(tmp_path, forget_attacks):
-    from copa.pipeline import attack_identity, run_cell
+    from copa.bench.pipeline import attack_identity, run_cell
 
     plugin = tmp_path / "grey_plugin.py"
     plugin.write_text(PLUGIN)
@@ -429,7 +429,7 @@ def test_run_cell_records_a_failing_image_and_goes_on(tmp_path, forget_attacks):
     import torch
 
     from copa.attacks import Attack, Reconstruction, register_attack
-    from copa.pipeline import run_cell
+    from copa.bench.pipeline import run_cell
 
     forget_attacks.append("test-fails-on-label-one")
 

@@ -1,4 +1,4 @@
-"""Snakemake script of rule `cell`: copa.pipeline.run_cell (one record per image, resumable)."""
+"""Snakemake script of rule `cell`: copa.bench.pipeline.run_cell (one record per image, resumable)."""
 
 import sys
 from pathlib import Path
@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821 (injected by Sn
 from _bootstrap import logged  # noqa: E402
 
 with logged(snakemake.log[0]) as log:  # noqa: F821
-    from copa.pipeline import run_cell
+    from copa.bench.pipeline import run_cell
 
     sm = snakemake  # noqa: F821
     run_cell(sm.params.run, sm.wildcards.model, sm.wildcards.attack, records_dir=sm.params.records,

@@ -1,4 +1,4 @@
-"""Snakemake script of rule `leaderboard`: copa.leaderboard.write_tables."""
+"""Snakemake script of rule `leaderboard`: copa.bench.leaderboard.write_tables."""
 
 import sys
 from pathlib import Path
@@ -11,8 +11,8 @@ with logged(sm.log[0]) as log:
     import yaml
 
     from copa.io import atomic_write_text
-    from copa.leaderboard import write_tables
-    from copa.pipeline import batch_description, run_config_hash
+    from copa.bench.leaderboard import write_tables
+    from copa.bench.pipeline import batch_description, run_config_hash
 
     tables = {key: path for key, path in sm.output.items() if key != "run_config"}
     settings = sm.config.get("attack_settings") or {}

@@ -10,7 +10,7 @@ sm = snakemake  # noqa: F821
 with logged(sm.log[0]) as log:
     import pandas as pd
 
-    from copa import plots
+    from copa.bench import plots
 
     records = pd.read_csv(sm.input.records)
     board = pd.read_csv(sm.input.board)

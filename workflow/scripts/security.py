@@ -1,6 +1,5 @@
-"""Snakemake script of rule `security`: copa.pipeline.security_entry (ok, or not-applicable with the reason)."""
+"""Snakemake script of rule `security`: copa.bench.pipeline.security_entry (ok, or not-applicable with the reason)."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -8,13 +7,11 @@ sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821 (injected by Sn
 from _bootstrap import logged  # noqa: E402
 
 run = snakemake.params.run  # noqa: F821
-if run.get("data_root"):  # copa.security reads torchvision datasets from the default root
-    os.environ["COPA_DATA_ROOT"] = str(run["data_root"])
 
 with logged(snakemake.log[0]) as log:  # noqa: F821
     from copa.bench import set_threads
     from copa.io import atomic_write_json
-    from copa.pipeline import security_entry
+    from copa.bench.pipeline import security_entry
 
     set_threads(snakemake.threads)  # noqa: F821
     entry = security_entry(run, snakemake.wildcards.model)  # noqa: F821

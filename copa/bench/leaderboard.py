@@ -18,7 +18,6 @@ AlexNet weights were not available).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,79 +26,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import CopaError
+from ..errors import CopaError
+from .record import RECORD_COLUMNS, as_number, read_json, record_row
 
-RECORD_COLUMNS = ["model", "attack", "dataset", "split", "index", "status", "reason", "psnr", "ssim", "lpips", "mse",
-                  "label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit",
-                  "finished_at", "config_hash", "run_config_hash", "versions", "hyperparameters", "record", "images"]
 SECURITY_COLUMNS = ["model", "status", "reason", "copa_index", "normalised_score", "seconds"]
 BOARD_COLUMNS = ["model", "attack", "runs", "ok", "failed", "not_applicable", "psnr_mean", "psnr_std", "psnr_median",
                  "ssim_mean", "lpips_mean", "label_accuracy", "seconds_mean", "forward_evals_mean",
                  "gradient_evals_mean", "copa_index", "normalised_score", "security_status"]
-STATUS_ORDER = ("ok", "failed", "not-applicable")
 
 
 # --------------------------------------------------------------------------------------------------
 # Loading
 
 
-def _read_json(path: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CopaError(f"record {str(path)!r} does not exist") from None
-    except ValueError as exc:
-        raise CopaError(f"record {str(path)!r} is not valid JSON: {exc}") from None
-
-
-def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
-    """Flatten one record (any status) into a row of :data:`RECORD_COLUMNS`."""
-    scenario = record.get("scenario") or {}
-    indices = scenario.get("indices") or [None]
-    status = record.get("status")
-    if status not in STATUS_ORDER:
-        raise CopaError(f"record {path or ''} has status {status!r}: accepted are {', '.join(STATUS_ORDER)}")
-    mean = (record.get("metrics") or {}).get("mean") or {}
-    evals = record.get("evaluations") or {}
-    images = None
-    if path is not None and status == "ok" and (Path(path).parent / "images.npz").is_file():
-        images = str(Path(path).parent / "images.npz")
-    return {
-        "model": scenario.get("model"), "attack": (record.get("attack") or {}).get("name"),
-        "dataset": scenario.get("dataset"), "split": scenario.get("split"),
-        "index": indices[0] if len(indices) == 1 else ",".join(map(str, indices)),
-        "status": status, "reason": record.get("reason"),
-        "psnr": _num(mean.get("psnr")), "ssim": _num(mean.get("ssim")), "lpips": _num(mean.get("lpips")),
-        "mse": _num(mean.get("mse")), "label_accuracy": _num((record.get("metrics") or {}).get("label_accuracy")),
-        "seconds": _num(record.get("seconds")), "forward_evals": _num(evals.get("forward")),
-        "gradient_evals": _num(evals.get("gradient")), "device": record.get("device"),
-        "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at"),
-        "config_hash": record.get("config_hash"), "run_config_hash": (record.get("workflow") or {}).get("run_config_hash"),
-        "versions": _versions_text(record.get("versions")),
-        "hyperparameters": json.dumps(record.get("hyperparameters") or {}, sort_keys=True),
-        "record": None if path is None else str(path), "images": images,
-    }
-
-
-def _versions_text(versions: Any) -> str | None:
-    """``{"python": "3.12", "torch": "2.5"}`` → ``"python 3.12, torch 2.5"`` (None when absent)."""
-    if not isinstance(versions, dict) or not versions:
-        return None
-    return ", ".join(f"{name} {version}" for name, version in versions.items())
-
-
-def _num(value: Any) -> float:
-    if value is None:
-        return np.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return np.nan
-
-
 def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per record file (see :func:`record_row`)."""
-    rows = [record_row(_read_json(p), p) for p in paths]
+    rows = [record_row(read_json(p), p) for p in paths]
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
@@ -107,7 +49,7 @@ def records_from_cells(cell_paths: Iterable[str | Path]) -> pd.DataFrame:
     """The records listed by the workflow's cell summaries (``OUT/TAG/cells/MODEL/ATTACK.json``)."""
     paths = []
     for cell_path in cell_paths:
-        cell = _read_json(cell_path)
+        cell = read_json(cell_path)
         paths.extend(entry["record"] for entry in cell.get("records", []))
     return load_records(paths)
 
@@ -116,13 +58,13 @@ def load_security(paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per security entry (:func:`copa.pipeline.security_entry`)."""
     rows = []
     for path in paths:
-        entry = _read_json(path)
+        entry = read_json(path)
         if entry.get("status") not in ("ok", "not-applicable"):
             raise CopaError(f"security entry {str(path)!r} has status {entry.get('status')!r}: "
                             "accepted are ok, not-applicable")
         rows.append({"model": entry.get("model"), "status": entry["status"], "reason": entry.get("reason"),
-                     "copa_index": _num(entry.get("copa_index")), "normalised_score": _num(entry.get("normalised_score")),
-                     "seconds": _num(entry.get("seconds"))})
+                     "copa_index": as_number(entry.get("copa_index")), "normalised_score": as_number(entry.get("normalised_score")),
+                     "seconds": as_number(entry.get("seconds"))})
     return pd.DataFrame(rows, columns=SECURITY_COLUMNS)
 
 
@@ -377,7 +319,7 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
                  config_hash: str | None = None) -> pd.DataFrame:
     """Write ``outputs`` (keys: records_csv, leaderboard_csv, leaderboard_md, security_csv, security_md),
     each atomically; return the leaderboard frame."""
-    from .io import atomic_write, atomic_write_text
+    from ..io import atomic_write, atomic_write_text
 
     records = records_from_cells(cell_paths)
     security = load_security(security_paths)

@@ -19,7 +19,6 @@ scenario, attack, hyperparameters, seed and attack source file, and computes onl
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -27,14 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import CopaError, InvalidSpecError, NotApplicableError, unknown_name
-from .io import atomic_write_json
-
-STATUSES = ("ok", "failed", "not-applicable")
-"""Record statuses, as :func:`copa.bench.run_attack` writes them."""
-
-RECORD_FILES = ("record.json", "images.npz", "reconstruction.png")
-
+from ..errors import CopaError, InvalidSpecError, NotApplicableError, unknown_name
+from ..io import atomic_write_json
+from .record import STATUSES, canonical_json, clear_record, jsonable, read_record, record_matches, workflow_section
 
 # --------------------------------------------------------------------------------------------------
 # Names and paths
@@ -82,7 +76,7 @@ def attack_identity(config: dict[str, Any], attack: str) -> dict[str, Any]:
     import hashlib
     import inspect
 
-    from .attacks import ATTACKS, create_attack, load_plugins
+    from ..attacks import ATTACKS, create_attack, load_plugins
 
     load_plugins(tuple(config.get("plugins") or ()))
     cls = ATTACKS.get(attack)
@@ -92,7 +86,7 @@ def attack_identity(config: dict[str, Any], attack: str) -> dict[str, Any]:
         where = f"{cls.__module__} ({source.name})"
     except (OSError, TypeError):
         digest, where = None, cls.__module__
-    return {"hyperparameters": _jsonable(create_attack(attack, attack_overrides(config, attack)).hp),
+    return {"hyperparameters": jsonable(create_attack(attack, attack_overrides(config, attack)).hp),
             "source": where, "source_sha256": digest}
 
 
@@ -103,9 +97,9 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     attack registry, every hyperparameter override by instantiating the attack, every model name by
     building the model, and (``check_data``) that the dataset has the configured indices.
     """
-    from .attacks import ATTACKS, create_attack, load_plugins
-    from .models import create_model
-    from .threat import parse_input_shape
+    from ..attacks import ATTACKS, create_attack, load_plugins
+    from ..models import create_model
+    from ..threat import parse_input_shape
 
     load_plugins(tuple(config.get("plugins") or ()))
     for name in config["attacks"]:
@@ -120,7 +114,7 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
         except CopaError as exc:
             raise type(exc)(f"attack_settings.{name}: {exc}") from None
     shape = parse_input_shape(config.get("input_shape", "3x32x32"))
-    from .metrics import check_metric_input
+    from ..metrics import check_metric_input
 
     try:
         check_metric_input(("ssim",), shape)  # every record is scored with SSIM
@@ -149,14 +143,14 @@ def check_indices(config: dict[str, Any]) -> None:
     """Raise if the dataset split lacks one of the configured indices (names the missing ones)."""
     import numpy as np
 
-    from .data import _summarise_ranges, available_indices
+    from ..data import summarise_ranges, available_indices
 
     present = available_indices(config["dataset"], config.get("split", "train"), root=config.get("data_root"))
     missing = sorted(set(config["indices"]) - set(np.asarray(present).tolist()))
     if missing:
         raise InvalidSpecError(
             f"indices {missing[:10]}{' ...' if len(missing) > 10 else ''} are not in {config['dataset']} "
-            f"{config.get('split', 'train')} ({len(present)} images; official indices {_summarise_ranges(np.sort(present))})")
+            f"{config.get('split', 'train')} ({len(present)} images; official indices {summarise_ranges(np.sort(present))})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,57 +158,11 @@ def check_indices(config: dict[str, Any]) -> None:
 
 
 def scenario_for(config: dict[str, Any], model: str, index: int):
-    """The scenario of one image of a cell (batch of one, as in the COPA paper)."""
-    from .threat import Scenario
+    """The scenario of one image of a cell (batch of one, as in the COPA paper): the config's scenario
+    keys (:meth:`copa.threat.Scenario.options`), with this model and index."""
+    from ..threat import Scenario
 
-    return Scenario(model=model, dataset=config["dataset"], split=config.get("split", "train"), indices=(int(index),),
-                    model_seed=int(config.get("model_seed", 0)), label_known=config.get("label", "known") == "known",
-                    preprocess=config.get("preprocess", "center"), input_shape=config.get("input_shape", "3x32x32"),
-                    num_classes=config.get("num_classes"), data_root=config.get("data_root"),
-                    download=bool(config.get("download", False)), dtype=config.get("dtype", "float32"))
-
-
-def read_record(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The record in ``directory``, or None when there is none (or it cannot be read)."""
-    path = Path(directory) / "record.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, allow_nan=True))
-
-
-def record_matches(record: dict[str, Any] | None, directory: str | os.PathLike, scenario, attack_name: str,
-                   hyperparameters: dict[str, Any], seed: int, *, accept_failed: bool = False,
-                   source_sha256: str | None = None) -> str | None:
-    """None if ``record`` is a complete result of exactly this run; else why it must be recomputed."""
-    from .bench import RECORD_VERSION
-
-    if record is None:
-        return "no record"
-    if record.get("record_version") != RECORD_VERSION:
-        return f"record version {record.get('record_version')} != {RECORD_VERSION}"
-    status = record.get("status")
-    if status not in STATUSES:
-        return f"unknown status {status!r}"
-    if status == "failed" and not accept_failed:
-        return "failed before (retry_failed)"
-    if record.get("scenario") != scenario.to_dict():
-        return "different scenario"
-    if (record.get("attack") or {}).get("name") != attack_name:
-        return "different attack"
-    if record.get("hyperparameters") != _jsonable(hyperparameters):
-        return "different hyperparameters"
-    if record.get("seed") != seed:
-        return "different seed"
-    if source_sha256 is not None and (record.get("workflow") or {}).get("attack_source_sha256") != source_sha256:
-        return "the attack's source file changed"
-    if status == "ok" and not (Path(directory) / "images.npz").is_file():
-        return "images.npz missing"
-    return None
+    return Scenario.from_config(config, model=model, indices=(int(index),))
 
 
 def run_config_hash(config: dict[str, Any]) -> str:
@@ -222,15 +170,13 @@ def run_config_hash(config: dict[str, Any]) -> str:
     ``_``-prefixed keys (e.g. the command line): the same settings give the same hash."""
     import hashlib
 
-    from .bench import canonical_json
-
     public = {key: value for key, value in config.items() if not str(key).startswith("_")}
-    return hashlib.sha256(canonical_json(_jsonable(public)).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(jsonable(public)).encode()).hexdigest()
 
 
 def batch_description(config: dict[str, Any], attacks: list[str]) -> str:
     """The leaderboard header's batch size: ``batch_size`` and which of ``attacks`` batch a cell's images."""
-    from .attacks import ATTACKS, load_plugins
+    from ..attacks import ATTACKS, load_plugins
 
     load_plugins(tuple(config.get("plugins") or ()))
     batched = [name for name in attacks if ATTACKS.get(name).batched]
@@ -239,12 +185,6 @@ def batch_description(config: dict[str, Any], attacks: list[str]) -> str:
         return "1 (none of these attacks batches its instances)"
     what = "the whole cell" if size is None else str(size)
     return f"{what} ({', '.join(batched)}: a cell's images as one vectorised batch; the other attacks one by one)"
-
-
-def clear_record(directory: str | os.PathLike) -> None:
-    """Remove a stale record: record.json first, so the directory never looks complete midway."""
-    for name in RECORD_FILES:
-        (Path(directory) / name).unlink(missing_ok=True)
 
 
 def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: str | os.PathLike,
@@ -256,10 +196,11 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     other images still run; a bad configuration raises :class:`CopaError` before any image runs, and
     an image that cannot be loaded raises it without a record (the records written so far stay valid).
     """
-    import torch
 
-    from .attacks import create_attack, load_plugins
-    from .bench import run_attacks, set_threads, summary_line, write_outputs
+    from ..attacks import create_attack, load_plugins
+    from .outputs import write_outputs
+    from .record import summary_line
+    from .run import run_attacks, set_threads
 
     load_plugins(tuple(config.get("plugins") or ()))
     threads = int(threads)
@@ -300,9 +241,10 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
         runs = run_attacks([scenario for _, scenario in chunk], attack_obj,
                            seeds=[seed] * len(chunk), device=device, threads=threads, record_failures=True)
         for (index, _), (record, reconstruction, truth) in zip(chunk, runs, strict=True):
-            record["workflow"] = {"attack_settings": overrides, "cell": f"{model}/{attack}", "threads": threads,
-                                  "batch_size": batch_size, "attack_source": identity["source"],
-                                  "attack_source_sha256": identity["source_sha256"], "run_config_hash": run_hash}
+            record["workflow"] = workflow_section(attack_settings=overrides, cell=f"{model}/{attack}", threads=threads,
+                                                  batch_size=batch_size, attack_source=identity["source"],
+                                                  attack_source_sha256=identity["source_sha256"],
+                                                  run_config_hash=run_hash)
             write_outputs(records_dir / str(index), record, reconstruction, truth)
             results[index] = (record, False)
             log(f"[{index}] {summary_line(record)}")
@@ -313,7 +255,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
         entries.append({"index": index, "record": str(records_dir / str(index) / "record.json"),
                         "status": record["status"], "reason": record.get("reason"), "reused": reused})
     cell = {"model": model, "attack": attack, "dataset": config["dataset"], "split": config.get("split", "train"),
-            "indices": [i for i, _ in scenarios], "hyperparameters": _jsonable(hp), "attack_settings": overrides,
+            "indices": [i for i, _ in scenarios], "hyperparameters": jsonable(hp), "attack_settings": overrides,
             "attack_source": identity["source"], "attack_source_sha256": identity["source_sha256"],
             "seed": seed, "device": device, "threads": threads, "batch_size": batch_size, "run_config_hash": run_hash,
             "counts": counts, "records": entries,
@@ -328,10 +270,10 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
 
 def security_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
     """The model's COPA security report as a dict with ``status`` ok, or not-applicable and the reason."""
-    from .attacks import load_plugins
-    from .bench import device_description, git_commit, package_versions
-    from .security import security_report
-    from .threat import parse_input_shape, resolve_device
+    from ..attacks import load_plugins
+    from ..provenance import device_description, git_commit, package_versions
+    from ..layerwise import security_report
+    from ..threat import parse_input_shape, resolve_device
 
     load_plugins(tuple(config.get("plugins") or ()))  # plug-in modules may register models
     sec = config.get("security") or {}
@@ -345,7 +287,8 @@ def security_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
         report = security_report(model, seed=int(config.get("model_seed", 0)), dataset=config["dataset"],
                                  index=int(index), delta_source=sec.get("delta_source", "image"),
                                  input_shape=parse_input_shape(config.get("input_shape", "3x32x32")),
-                                 condition=bool(sec.get("condition", False)), device=device)
+                                 condition=bool(sec.get("condition", False)), device=device,
+                                 data_root=config.get("data_root"))
     except NotApplicableError as exc:
         entry.update(status="not-applicable", reason=f"not applicable: {exc}", copa_index=None,
                      normalised_score=None)

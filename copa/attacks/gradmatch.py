@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import CopaError, NotApplicableError
+from ..errors import NotApplicableError
+from ..threat import as_observation_list, check_same_model
 
 
 class GradientModel:
@@ -48,9 +49,9 @@ class GradientModel:
     """
 
     def __init__(self, observations):
-        observations = _as_list(observations)
+        observations = as_observation_list(observations)
         first = observations[0]
-        _check_same_model(observations)
+        check_same_model(observations)
         self.model = first.model
         self.names = tuple(first.parameter_names)
         named = dict(self.model.named_parameters())
@@ -101,36 +102,6 @@ class GradientModel:
             logits = torch.func.functional_call(self.model, {**leaves, **self.frozen, **buffers}, (images,))
             return torch.autograd.grad(self.loss_fn(logits, labels), [leaves[n] for n in self.names],
                                        create_graph=differentiable)
-
-
-def _as_list(observations) -> list:
-    if isinstance(observations, (list, tuple)):
-        if not observations:
-            raise ValueError("no observations given")
-        return list(observations)
-    return [observations]
-
-
-def _check_same_model(observations) -> None:
-    """Batched instances must share the model, its weights and the observation format (one vmap)."""
-    first = observations[0]
-    for k, other in enumerate(observations[1:], start=1):
-        for what, a, b in (("model", first.model_name, other.model_name),
-                           ("parameter names", first.parameter_names, other.parameter_names),
-                           ("batch size", first.batch_size, other.batch_size),
-                           ("input shape", first.input_shape, other.input_shape),
-                           ("number of classes", first.num_classes, other.num_classes),
-                           ("dtype", first.dtype, other.dtype), ("device", first.device, other.device),
-                           ("label knowledge", first.label_known, other.label_known)):
-            if a != b:
-                raise CopaError(f"cannot batch attack instances 0 and {k}: their {what} differ ({a} vs {b}); "
-                                f"batch only observations of one model and format")
-        if other.model is not first.model:
-            theirs = dict(other.model.named_parameters())
-            for name, p in first.model.named_parameters():
-                if not torch.equal(p, theirs[name]):
-                    raise CopaError(f"cannot batch attack instances 0 and {k}: their weights differ "
-                                    f"(parameter {name!r}); batch only observations of the same weights")
 
 
 def parameter_gradients(observation, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:

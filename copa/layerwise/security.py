@@ -57,16 +57,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InvalidSpecError, NotApplicableError
-from .linalg import (
-    EPS64,
-    GRAM_THRESHOLD,
-    ChainAnalysis,
-    analyse_chain,
-    gram_singular_values,
-    layer_ranks,
-    layer_system,
-)
+from ..errors import InvalidSpecError
+from .chain import ChainAnalysis, analyse_chain, check_chain
+from .geometry import EPS64
+from .operators import layer_system
+from .ranks import GRAM_THRESHOLD, layer_ranks
+from .solves import gram_singular_values
 
 __all__ = ["DELTA_SOURCES", "LayerSecurity", "SecurityReport", "copa_index", "security_report", "security_reports"]
 
@@ -181,7 +177,7 @@ def _layer_weight(i: int, L: int) -> float:
 
 
 def _resolve_model(model: str | nn.Module, seed: int, input_shape, num_classes: int) -> tuple[nn.Module, str]:
-    from .models import ChainNet, create_model, model_info
+    from ..models import ChainNet, create_model
 
     if isinstance(model, str):
         module = create_model(model, num_classes=num_classes, in_shape=tuple(input_shape), seed=seed)
@@ -193,39 +189,34 @@ def _resolve_model(model: str | nn.Module, seed: int, input_shape, num_classes: 
                                                    else type(model).__name__)
     else:
         raise InvalidSpecError(f"model {model!r} is invalid: give a model name or an nn.Module")
-    if not isinstance(module, ChainNet) or not module.is_chain:
-        reason = None
-        try:
-            reason = model_info(module).not_chain_reason
-        except NotApplicableError:
-            pass
-        raise NotApplicableError(
-            f"the COPA security metric needs a chain (bias-free convolutions, invertible activations, final "
-            f"Linear with bias); {name!r} is not one: {reason or 'not a ChainNet'}")
+    check_chain(module, name)
     return module, name
 
 
 def _reference_inputs(module: nn.Module, dataset: str, indices, delta_source: str, seed: int,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B×C×H×W`` model inputs and ``(B,)`` labels for train images ``indices`` of ``dataset``."""
-    from . import data as data_mod
+                      device: torch.device, data_root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B×C×H×W`` model inputs and ``(B,)`` labels for train images ``indices`` of ``dataset``: the client's
+    batch of a :class:`copa.threat.Scenario` (float64, the COPA authors' preprocessing ``x − 0.5``,
+    hybrid.py's MyTransform), or with ``delta_source="random"`` one seeded random image for every index
+    (only the label differs)."""
+    from ..threat import Scenario
 
-    images = data_mod.load_images(dataset, "train", indices)
-    labels = images.labels
-    too_large = (labels >= module.num_classes).nonzero().flatten().tolist()
-    if too_large:
-        j = too_large[0]
-        raise InvalidSpecError(f"label {int(labels[j])} of {dataset} image {images.indices[j]} does not fit a model "
-                               f"with {module.num_classes} classes")
-    if delta_source == "image":
-        x01 = data_mod.fit_to_input(images.images, module.in_shape).to(torch.float64)
-    else:  # the same seeded random image for every index (only the label differs)
+    scenario = Scenario(model="security-metric", dataset=dataset, split="train", indices=indices,
+                        preprocess="center", input_shape=tuple(module.in_shape), num_classes=module.num_classes,
+                        data_root=data_root, dtype="float64")
+    try:
+        batch = scenario.load_batch(device)
+    except InvalidSpecError as exc:
+        if "too small for label" not in str(exc):
+            raise
+        raise InvalidSpecError(f"{dataset} images {list(indices)} have labels that do not fit a model with "
+                               f"{module.num_classes} classes ({exc})") from None
+    x01 = batch.images01
+    if delta_source != "image":
         generator = torch.Generator().manual_seed(seed)
-        x01 = torch.rand((1, *module.in_shape), generator=generator, dtype=torch.float64)
-        x01 = x01.expand(len(labels), -1, -1, -1)
-    # the COPA authors' preprocessing (hybrid.py, MyTransform): x - 0.5
-    inputs = data_mod.Preprocess("center").apply(x01)
-    return inputs.to(device), labels.to(device)
+        x01 = torch.rand((1, *module.in_shape), generator=generator, dtype=torch.float64).to(device)
+        x01 = x01.expand(len(batch.labels), -1, -1, -1)
+    return batch.preprocess.apply(x01), batch.labels
 
 
 def _reference_input(module: nn.Module, dataset: str, index: int, delta_source: str, seed: int,
@@ -244,6 +235,7 @@ def security_report(
     input_shape: tuple[int, int, int] | None = None,
     condition: bool = True,
     device: str | torch.device = "cpu",
+    data_root: str | None = None,
 ) -> SecurityReport:
     """The COPA security report of a chain model at its (seeded, untrained) weights.
 
@@ -252,11 +244,12 @@ def security_report(
     layer comes from one example: ``dataset`` image ``index`` of the train split with its label,
     centred (``x − 0.5``) as in the authors' code, or a random image (``delta_source="random"``).
     ``condition=False`` skips the condition numbers (the Gram eigenvalues are most of the cost).
+    ``data_root``: root of torchvision datasets (as the scenario's; default ``$COPA_DATA_ROOT`` or ./data).
     Raises :class:`NotApplicableError` for models that are not chains. The batch of one of
     :func:`security_reports`.
     """
     return security_reports(model, seed=seed, dataset=dataset, indices=[index], delta_source=delta_source,
-                            input_shape=input_shape, condition=condition, device=device)[0]
+                            input_shape=input_shape, condition=condition, device=device, data_root=data_root)[0]
 
 
 def security_reports(
@@ -269,6 +262,7 @@ def security_reports(
     input_shape: tuple[int, int, int] | None = None,
     condition: bool = True,
     device: str | torch.device = "cpu",
+    data_root: str | None = None,
 ) -> list[SecurityReport]:
     """:func:`security_report` for several images of the same model: one report per index, in order.
 
@@ -281,17 +275,17 @@ def security_reports(
     number. ``indices``: distinct official train indices (:func:`copa.data.load_images` checks them);
     with ``delta_source="random"`` every index gets the same seeded random image and its own label.
     """
-    from . import data as data_mod
-    from .threat import resolve_device
+    from .. import data as data_mod
+    from ..threat import resolve_device
 
     if delta_source not in DELTA_SOURCES:
         raise InvalidSpecError(f"delta_source {delta_source!r} is invalid: accepted are {', '.join(DELTA_SOURCES)}")
     start = time.perf_counter()
     dev = resolve_device(device)
-    classes = data_mod.num_classes(dataset) if isinstance(model, str) else None
+    classes = data_mod.num_classes(dataset, root=data_root) if isinstance(model, str) else None
     shape = tuple(input_shape) if input_shape is not None else (3, 32, 32)
     module, name = _resolve_model(model, seed, shape, classes or 10)
-    inputs, labels = _reference_inputs(module, dataset, indices, delta_source, seed, dev)
+    inputs, labels = _reference_inputs(module, dataset, indices, delta_source, seed, dev, data_root)
     indices = [int(i) for i in indices]
     batch = len(indices)
     analyses: list[ChainAnalysis] = [analyse_chain(module, inputs[j:j + 1], labels[j:j + 1]) for j in range(batch)]

@@ -3,9 +3,10 @@
 An attack is a class with a ``name``, references, source-cited hyperparameter defaults, an
 applicability check and ``reconstruct(observation, generator)``. It sees only the
 :class:`~copa.threat.Observation` — never the ground truth — and must pick any restart or iterate
-by its own loss. Register it with :func:`register_attack`; every module in the ``baselines``
-package and every module named in ``COPA_PLUGINS`` (comma-separated module names or ``.py`` paths)
-or passed to :func:`load_plugins` is imported on first use, so adding an attack is adding one file.
+by its own loss. Register it with :func:`register_attack`; plug-in modules (installed packages'
+``copa.attacks`` entry points — the baselines are registered that way —, ``COPA_PLUGINS`` and
+``--plugin`` files, :mod:`copa.plugins`) are imported on first use, so adding an attack is adding one
+file. :func:`copa.attacks.check_attack` checks the contract every attack must meet.
 
 Example::
 
@@ -25,62 +26,17 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import pkgutil
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from .errors import CopaError, InvalidSpecError, UnknownNameError
-from .registry import Registry
+from ..errors import CopaError, InvalidSpecError, UnknownNameError
+from ..hyperparameters import Hyperparameter
+from ..plugins import load_plugins
+from ..registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
-
-
-@dataclass(frozen=True)
-class Hyperparameter:
-    """A hyperparameter default with where it comes from (paper section, code file, or 'ours: why')."""
-
-    default: Any
-    source: str
-    help: str = ""
-
-    def coerce(self, name: str, value: Any) -> Any:
-        """Convert ``value`` (possibly a ``--set`` string) to the default's type, or raise a clear error."""
-        kind = type(self.default)
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            return value
-        if isinstance(value, str):
-            text = value.strip()
-            try:
-                if kind is bool:
-                    if text.lower() in ("1", "true", "yes", "on"):
-                        return True
-                    if text.lower() in ("0", "false", "no", "off"):
-                        return False
-                    raise ValueError(text)
-                if kind is int:
-                    as_float = float(text)
-                    if not as_float.is_integer():
-                        raise ValueError(text)
-                    return int(as_float)
-                if kind is float:
-                    return float(text)
-                if kind is str:
-                    return text
-            except ValueError:
-                pass
-        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        elif kind is int and isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise InvalidSpecError(f"hyperparameter {name}={value!r} has the wrong type: expected {kind.__name__} "
-                               f"(default {self.default!r})")
 
 
 @dataclass
@@ -170,49 +126,6 @@ def register_attack(cls: type[Attack] | None = None, *, replace: bool = False):
         ATTACKS.register(c.name, c, replace=replace, paper=c.paper, description=c.description)
         return c
     return decorator(cls) if cls is not None else decorator
-
-
-_loaded: set[str] = set()
-BUILTIN_ATTACK_MODULES = ("copa.copa_attack",)  # COPA lives in the library; baselines/ holds the rest
-
-
-def load_plugins(modules: tuple[str, ...] | list[str] = ()) -> None:
-    """Import the ``baselines`` package's modules, ``COPA_PLUGINS`` and ``modules`` (names or .py paths)."""
-    targets = [m for m in BUILTIN_ATTACK_MODULES if m not in _loaded]
-    if "baselines" not in _loaded:
-        import baselines
-
-        targets += [f"baselines.{m.name}" for m in pkgutil.iter_modules(baselines.__path__) if not m.name.startswith("_")]
-        _loaded.add("baselines")
-    env = [m.strip() for m in os.environ.get("COPA_PLUGINS", "").split(",") if m.strip()]
-    for target in [*targets, *env, *modules]:
-        if target in _loaded:
-            continue
-        _import_plugin(target)
-        _loaded.add(target)
-
-
-def _import_plugin(target: str) -> None:
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise CopaError(f"plugin file {target!r} does not exist")
-        module_name = f"copa_plugin_{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception:
-            sys.modules.pop(module_name, None)
-            raise
-    else:
-        try:
-            importlib.import_module(target)
-        except ModuleNotFoundError as exc:
-            if exc.name and target.startswith(exc.name):
-                raise CopaError(f"plugin module {target!r} cannot be imported: {exc}") from None
-            raise
 
 
 def create_attack(name: str, overrides: dict[str, Any] | None = None, plugins=()) -> Attack:

@@ -1,70 +1,23 @@
-"""Run one attack on one scenario, score it, and write its record.
+"""Run one attack on one scenario (or observation), score it, and make its record.
 
 The runner is the only place where the observation and the ground truth meet: the attack gets the
-observation, the scorer gets the reconstruction and the ground truth. Outputs go to a directory:
-``record.json`` (scenario, attack, hyperparameters, metrics, timing, evaluation counts,
-provenance), ``images.npz`` (targets and reconstructions in [0, 1], float32, lossless: scores can be
-recomputed from it) and ``reconstruction.png`` (targets on the top row, reconstructions below).
-Every file is written atomically.
+observation, the scorer gets the reconstruction and the ground truth. The record is made by
+:mod:`copa.bench.record`, written by :mod:`copa.bench.outputs`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import functools
-import hashlib
-import io
-import json
-import platform
-import subprocess
 import time
-import traceback
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import metrics as metrics_mod
-from .attacks import Attack, Reconstruction, create_attack
-from .errors import CopaError, NotApplicableError
-from .io import atomic_write, atomic_write_json
-from .threat import GroundTruth, Observation, Scenario, resolve_device
+from .. import metrics as metrics_mod
+from ..attacks import Attack, Reconstruction, create_attack
+from ..errors import CopaError, NotApplicableError, RunFailure
+from .record import add_outcome, failure_reason, mark_failed, mark_not_applicable, new_record, provenance
+from ..threat import GroundTruth, Observation, Scenario, resolve_device
 
-RECORD_VERSION = 1
-
-
-@functools.lru_cache(maxsize=1)
-def package_versions() -> dict[str, str]:
-    names = ["copa-bench", "torch", "torchvision", "numpy", "scipy", "torchmetrics"]
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The commit of the source tree copa was imported from, with '-dirty' if it has local changes."""
-    src = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 class _ForwardCounter:
@@ -153,35 +106,13 @@ def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: d
 def _build_failure(scenario: Scenario, attack: Attack, seed: int, device: torch.device,
                    exc: BaseException) -> dict[str, Any]:
     """The failed record of a scenario whose client step could not be computed (no observation exists)."""
-    hp = dict(attack.hp)
-    record = {"record_version": RECORD_VERSION, "status": "failed", "reason": None,
-              "scenario": scenario.to_dict(), "attack": {"name": attack.name, "paper": attack.paper,
-                                                         "code": attack.code},
-              "hyperparameters": hp, "seed": seed,
-              "config_hash": config_hash(scenario.to_dict(), attack.name, json.loads(canonical_json(hp)), seed)}
-    _failed(record, exc)
+    record = new_record(attack=attack, seed=seed, scenario=scenario.to_dict())
+    mark_failed(record, exc)
     record["reason"] = record["reason"].replace("failed: ", "failed: building the client's step: ", 1)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    record.update(_provenance(device))
+    record.update(provenance(device))
     return record
-
-
-class RunFailure(CopaError):
-    """A run that cannot give a valid result: non-finite observed gradients or a non-finite reconstruction."""
-
-
-def config_hash(scenario: dict[str, Any] | None, attack: str, hyperparameters: dict[str, Any], seed: int,
-                **extra: Any) -> str:
-    """SHA-256 of the canonical JSON (sorted keys, no spaces) of what determines a run's result:
-    the scenario (or, for an observation file, its description in ``extra``), the attack's name,
-    its full hyperparameters and the seed."""
-    payload = {"scenario": scenario, "attack": attack, "hyperparameters": hyperparameters, "seed": seed, **extra}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True, default=str)
 
 
 def check_finite_gradients(observation: Observation) -> None:
@@ -240,25 +171,11 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
     seeds = seeds if seeds is not None else [0] * count
     scenarios = scenarios or [None] * count
     sources = sources or [None] * count
-    hp = dict(attack.hp)
     records: list[dict[str, Any]] = []
     devices = []
     for observation, seed, scenario, source in zip(observations, seeds, scenarios, sources, strict=True):
         devices.append(torch.device(device) if device is not None else observation.device)
-        records.append({
-            "record_version": RECORD_VERSION,
-            "status": "ok",
-            "reason": None,
-            "scenario": scenario,
-            **({"source": source} if source is not None else {}),
-            "observation": observation.describe(),
-            "attack": {"name": attack.name, "paper": attack.paper, "code": attack.code},
-            "hyperparameters": hp,
-            "seed": seed,
-            "config_hash": config_hash(scenario, attack.name, json.loads(canonical_json(hp)), seed,
-                                       **({"source": source} if source is not None else {})),
-            "model": _model_description(observation),
-        })
+        records.append(new_record(attack=attack, seed=seed, scenario=scenario, observation=observation, source=source))
 
     outcome: dict[int, Any] = {}  # instance -> Reconstruction, or the exception / not-applicable reason
     pending = []
@@ -346,147 +263,24 @@ def _finish(record: dict[str, Any], outcome, observation: Observation, truth: Gr
     except Exception as exc:
         if not record_failures:
             raise
-        _failed(record, exc)
+        mark_failed(record, exc)
         failed = True
     if failed:  # the exception and its frames are gone here: free the cached GPU memory they held
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        record.update(_provenance(dev))
+        record.update(provenance(dev))
         return record, None
     if reason is not None:
-        record.update(status="not-applicable", reason=f"not applicable: {reason}")
-        record.update(_provenance(dev))
+        mark_not_applicable(record, reason)
+        record.update(provenance(dev))
         return record, None
 
-    if truth is not None:
-        record["metrics"] = scores
-    else:
-        record["metrics"] = None
-        record["metrics_note"] = "no ground truth: the observation came without the client's images"
-    record["attack_loss"] = reconstruction.loss
-    record["evaluations"] = {
-        "forward": reconstruction.forward_evals if reconstruction.forward_evals is not None else counter.count,
-        "gradient": reconstruction.gradient_evals,
-        "forward_calls_counted": counter.count,
-    }
-    record["attack_info"] = reconstruction.info
-    record.update(_provenance(dev))
+    add_outcome(record, reconstruction, scores, counter.count)
+    record.update(provenance(dev))
     return record, reconstruction
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The one-line reason of a failed record, naming the kind of failure."""
-    if isinstance(exc, RunFailure):
-        return f"failed: {exc}"
-    if isinstance(exc, torch.OutOfMemoryError):
-        return f"failed: out of memory (torch.OutOfMemoryError): {exc}"
-    if isinstance(exc, MemoryError):
-        return f"failed: out of memory (MemoryError): {exc}"
-    if isinstance(exc, torch.linalg.LinAlgError):
-        return f"failed: solver failure (torch.linalg.LinAlgError): {exc}"
-    return f"failed: {type(exc).__name__}: {exc}"
-
-
-def _failed(record: dict[str, Any], exc: BaseException) -> None:
-    """Turn ``record`` into a failed record for ``exc``: its reason (one line) and traceback."""
-    reason = " ".join(failure_reason(exc).split())
-    record.update(status="failed", reason=reason[:2000],
-                  traceback=None if isinstance(exc, RunFailure) else traceback.format_exc(limit=20))
-
-
-def _model_description(observation: Observation) -> dict[str, Any]:
-    info = observation.model_info()
-    return {"name": info.name, "spec": info.spec, "init": info.init, "seed": info.seed,
-            "checkpoint": None if info.checkpoint is None else str(info.checkpoint), "is_chain": info.is_chain,
-            "not_chain_reason": info.not_chain_reason,
-            "parameters": int(sum(p.numel() for p in observation.model.parameters()))}
-
-
-def _provenance(device: torch.device) -> dict[str, Any]:
-    return {"device": device_description(device), "versions": package_versions(), "git_commit": git_commit(),
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _check_shape(reconstruction: Reconstruction, observation: Observation) -> None:
     expected = (observation.batch_size, *observation.input_shape)
     if tuple(reconstruction.images.shape) != expected:
         raise CopaError(f"attack returned images of shape {tuple(reconstruction.images.shape)}, expected {expected}")
-
-
-def write_outputs(out_dir: str | Path, record: dict[str, Any], reconstruction: Reconstruction | None,
-                  truth: GroundTruth | None, *, preprocess=None) -> Path:
-    """Write record.json, and for a finished run images.npz and reconstruction.png, each atomically.
-
-    With ``truth``, images.npz holds the targets, the paired reconstructions and the indices, and the
-    PNG shows targets above reconstructions; without it (an observation file's run) they hold the
-    reconstruction alone, mapped to [0, 1] image space with ``preprocess`` (the observation's). The
-    npz keeps the reconstruction unclamped (float32, so scores can be recomputed); the PNG is clamped.
-    record.json is written last, so its presence marks a complete output directory.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if reconstruction is not None:
-        if truth is not None:
-            target01 = truth.images01.detach().float().cpu()
-            recon01 = truth.preprocess.undo(reconstruction.images.detach().to(truth.images01)).float().cpu()
-            pairing = torch.as_tensor(record["metrics"]["pairing"])
-            recon01 = recon01[pairing]
-            arrays = {"target": target01.numpy(), "reconstruction": recon01.numpy(),
-                      "indices": np.asarray(truth.indices)}
-        else:
-            if preprocess is None:
-                raise CopaError("write_outputs needs the preprocessing to map a reconstruction without targets to [0, 1]")
-            target01 = None
-            recon01 = preprocess.undo(reconstruction.images.detach()).float().cpu()  # unclamped, as with targets
-            arrays = {"reconstruction": recon01.numpy()}
-
-        atomic_write(out / "images.npz", lambda p: save_npz(p, arrays))
-        atomic_write(out / "reconstruction.png", lambda p: save_grid(p, target01, recon01.clamp(0, 1)))
-    atomic_write_json(out / "record.json", record)
-    return out / "record.json"
-
-
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` with fixed zip timestamps, so that the same arrays give the same bytes (np.savez
-    stamps each member with the current time); ``np.load`` reads it as usual."""
-    import zipfile
-
-    with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, value in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
-
-
-def save_grid(path: Path, target01: torch.Tensor | None, recon01: torch.Tensor) -> None:
-    """Targets on the top row (when given), paired reconstructions below (torchvision.utils.save_image)."""
-    from torchvision.utils import save_image
-
-    grid = recon01 if target01 is None else torch.cat([target01, recon01])
-    buffer = io.BytesIO()
-    save_image(grid, buffer, format="png", nrow=len(recon01), padding=2, pad_value=1.0)
-    path.write_bytes(buffer.getvalue())
-
-
-def summary_line(record: dict[str, Any]) -> str:
-    s = record.get("scenario")
-    if s is not None:
-        head = f"{record['attack']['name']} on {s['model']} / {s['dataset']}:{s['split']} {s['indices']}"
-    else:
-        where = (record.get("source") or {}).get("path", "an observation")
-        head = f"{record['attack']['name']} on {record['observation']['model']} / {where}"
-    if record["status"] != "ok":
-        return f"{head}: {record['status']} ({record['reason']})"
-    if record.get("metrics") is None:
-        loss = record.get("attack_loss")
-        return (f"{head}: ok, no ground truth to score against (attack loss "
-                f"{'–' if loss is None else f'{loss:.4g}'}), {record['seconds']:.2f} s")
-    mean = record["metrics"]["mean"]
-    parts = [f"PSNR {mean['psnr']:.2f} dB", f"SSIM {mean['ssim']:.4f}"]
-    if mean.get("lpips") is not None:
-        parts.append(f"LPIPS {mean['lpips']:.4f}")
-    acc = record["metrics"].get("label_accuracy")
-    if acc is not None:
-        parts.append(f"label acc {acc:.2f}")
-    parts.append(f"{record['seconds']:.2f} s")
-    return f"{head}: " + ", ".join(parts)

@@ -30,8 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import linalg
-from .errors import InvalidSpecError, NotApplicableError
+from .chain import fc_input_from_gradients
+from .geometry import ConvGeometry
+from .operators import LayerOperator, LayerSystem, input_gradient
+from .solves import LayerSystems, SolveInfo
+from ..errors import InvalidSpecError, NotApplicableError
+from ..threat import as_observation_list, check_same_model
+from .chain import check_chain
 
 
 @dataclass
@@ -40,17 +45,17 @@ class LayerProblem:
 
     index: int
     module: nn.Conv2d
-    geometry: linalg.ConvGeometry
+    geometry: ConvGeometry
     z: Tensor                       # σ⁻¹ of the next layer's reconstructed input, F×H'×W'
     delta: Tensor                   # ∂ℓ/∂z, F×H'×W'
     grad_weight: Tensor             # observed ∂ℓ/∂W
-    systems: linalg.LayerSystems    # this layer's systems of every instance of the batch (shared A, P)
+    systems: LayerSystems    # this layer's systems of every instance of the batch (shared A, P)
     instance: int                   # which of them is this problem's
     solution: Tensor                # minimum-norm least-squares x̃ (padded, flat)
-    solve_info: linalg.SolveInfo
+    solve_info: SolveInfo
 
     @property
-    def system(self) -> linalg.LayerSystem:
+    def system(self) -> LayerSystem:
         """``U``, the right-hand side and the row counts of this instance (``U`` sparse)."""
         return self.systems.system(self.instance)
 
@@ -107,7 +112,7 @@ class NullProjector:
             del eigenvalues, vectors
         self.operator = None
         if self.side == "rows":
-            self.operator = linalg.LayerOperator(first.module.weight, torch.stack([p.delta for p in problems]),
+            self.operator = LayerOperator(first.module.weight, torch.stack([p.delta for p in problems]),
                                                  first.geometry)
 
     def __call__(self, v: Tensor) -> Tensor:
@@ -168,14 +173,7 @@ def chain_context(observation, dtype: torch.dtype = torch.float64, *, gather: bo
     ``gather=False`` only checks (raises :class:`NotApplicableError` with the reason) and returns None.
     ``net``: the float64 copy of the model to use (instances of one batch share it); made if None.
     """
-    from .models import ChainNet
-
-    model = observation.model
-    if not isinstance(model, ChainNet):
-        raise NotApplicableError(f"{observation.model_name} is not a chain network (layer-wise inversion needs "
-                                 "bias-free convolutions with invertible activations and a final Linear with bias)")
-    if not model.is_chain:
-        raise NotApplicableError(f"{observation.model_name} is not a chain: {model.not_chain_reason}")
+    model = check_chain(observation.model, observation.model_name)
     kinds = [isinstance(layer, nn.Conv2d) for layer in model.weight_layers]
     if not all(kinds[:-1]) or kinds[-1]:
         raise NotApplicableError(f"{observation.model_name} has hidden Linear layers; this implementation solves "
@@ -223,10 +221,8 @@ def solve_backwards_batch(observations, refine: BatchRefine | None = None, *, rc
     exact when the data are consistent) or ``"lstsq"`` (LAPACK gelsd, the papers' ``np.linalg.lstsq``;
     several times slower), see :func:`copa.linalg.solve_dense`.
     """
-    from .gradmatch import _as_list, _check_same_model
-
-    observations = _as_list(observations)
-    _check_same_model(observations)
+    observations = as_observation_list(observations)
+    check_same_model(observations)
     first = chain_context(observations[0])
     ctxs = [first] + [chain_context(o, net=first.model) for o in observations[1:]]
     layers, acts = first.layers, first.activations
@@ -234,7 +230,7 @@ def solve_backwards_batch(observations, refine: BatchRefine | None = None, *, rc
     xs_next, grads_x = [], []
     for ctx in ctxs:
         gw, gb = ctx.grads[last]
-        x_fc = linalg.fc_input_from_gradients(gw, gb)
+        x_fc = fc_input_from_gradients(gw, gb)
         ctx.reconstructed[last] = x_fc
         if last > 0:
             x_next = x_fc.reshape(_output_shape(ctx, last - 1))
@@ -244,10 +240,10 @@ def solve_backwards_batch(observations, refine: BatchRefine | None = None, *, rc
         return [(ctx.reconstructed[last].reshape(1, *ctx.model.in_shape), ctx) for ctx in ctxs]
     for i in range(last - 1, -1, -1):
         module, act = layers[i], acts[i]
-        geometry = linalg.ConvGeometry.from_conv(module, first.input_shapes[i][-2:])
+        geometry = ConvGeometry.from_conv(module, first.input_shapes[i][-2:])
         zs = [act.inverse(x) for x in xs_next]
         deltas = [act.derivative(z) * gx for z, gx in zip(zs, grads_x)]
-        systems = linalg.LayerSystems(module.weight, geometry, deltas, zs, [ctx.grads[i][0] for ctx in ctxs])
+        systems = LayerSystems(module.weight, geometry, deltas, zs, [ctx.grads[i][0] for ctx in ctxs])
         problems = [LayerProblem(i, module, geometry, z, delta, ctx.grads[i][0], systems, b, solution, info)
                     for b, (ctx, z, delta, (solution, info))
                     in enumerate(zip(ctxs, zs, deltas, systems.solve(method=solver, rcond=rcond)))]
@@ -263,7 +259,7 @@ def solve_backwards_batch(observations, refine: BatchRefine | None = None, *, rc
             x_i = geometry.unpad(solution.reshape(geometry.in_channels, *geometry.padded))
             ctx.reconstructed[i] = x_i
             xs_next.append(x_i)
-            grads_x.append(linalg.input_gradient(problem.delta, module.weight, geometry))
+            grads_x.append(input_gradient(problem.delta, module.weight, geometry))
     return [(ctx.reconstructed[0].reshape(1, *ctx.input_shapes[0]), ctx) for ctx in ctxs]
 
 
@@ -272,5 +268,5 @@ def _output_shape(ctx: ChainContext, i: int) -> tuple[int, ...]:
     if i + 1 < len(ctx.input_shapes) and len(ctx.input_shapes[i + 1]) == 3:
         return ctx.input_shapes[i + 1]
     layer = ctx.layers[i]
-    geometry = linalg.ConvGeometry.from_conv(layer, ctx.input_shapes[i][-2:])
+    geometry = ConvGeometry.from_conv(layer, ctx.input_shapes[i][-2:])
     return (geometry.out_channels, *geometry.output)

@@ -59,11 +59,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import linalg
-from .attacks import Attack, Hyperparameter, Reconstruction, register_attack
-from .errors import InvalidSpecError
+from .. import layerwise
+from ..errors import InvalidSpecError
+from ..hyperparameters import Hyperparameter
+from ..layerwise import ChainContext, LayerProblem, NullProjector, solve_backwards_batch
+from .base import Attack, Reconstruction, register_attack
 from .gradmatch import per_tensor_cosine_distance, total_variation
-from .layerwise import ChainContext, LayerProblem, NullProjector, solve_backwards_batch
 
 HYBRID = "authors' hybrid.py (CangxiongChen/training-data-leakage)"
 
@@ -83,20 +84,20 @@ class _PullBack:
         i = first.index
         self.prev = ctx.layers[i - 1]
         self.act = ctx.activations[i - 1]
-        self.geometry = linalg.ConvGeometry.from_conv(self.prev, ctx.input_shapes[i - 1][-2:])
+        self.geometry = layerwise.ConvGeometry.from_conv(self.prev, ctx.input_shapes[i - 1][-2:])
         g = self.geometry
         self.weight = self.prev.weight
         # A_{i−1} on the unpadded input (padding entries are zero), sparse; its thin SVD comes from the
         # eigendecomposition of the smaller Gram matrix. A and Aᵀ are then applied as convolutions.
-        a = linalg.forward_matrix(self.weight, g, layout="sparse")
+        a = layerwise.forward_matrix(self.weight, g, layout="sparse")
         if g.padding_rows:
             keep = g.interior_mask(a.device).reshape(-1).nonzero().squeeze(1)
             a = torch.index_select(a, 1, keep).coalesce()
         rows, cols = a.shape
-        gram, side = linalg.gram_matrix(a)
+        gram, side = layerwise.gram_matrix(a)
         eigenvalues, vectors = torch.linalg.eigh(gram.to(self.weight.device))
         eigenvalues, vectors = eigenvalues.flip(0).clamp_min(0), vectors.flip(1)
-        rank = int((eigenvalues.sqrt() > eigenvalues[0].sqrt() * math.sqrt(max(rows, cols) * linalg.EPS64)).sum())
+        rank = int((eigenvalues.sqrt() > eigenvalues[0].sqrt() * math.sqrt(max(rows, cols) * layerwise.EPS64)).sum())
         self.vectors, self.eigenvalues = vectors[:, :rank].contiguous(), eigenvalues[:rank]
         self.tall = side == "columns"  # vectors: right singular vectors (tall) or left ones (wide)
         # σ⁻¹(x_i) must lie in range(A_{i−1}); vacuous when A_{i−1} has full row rank.
@@ -106,7 +107,7 @@ class _PullBack:
         # cnn4_c1 layer 2: relative error of x_2 0.79 → 1.85), so the gradient part is left out.
         self.injective = rank == cols
         self.grad_prev = torch.stack([c.grads[i - 1][0] for c in ctxs])
-        self.grad_x = torch.stack([linalg.input_gradient(p.delta, p.module.weight, p.geometry) for p in problems])
+        self.grad_x = torch.stack([layerwise.input_gradient(p.delta, p.module.weight, p.geometry) for p in problems])
         # Fixed scales (from the starting point): normalising by the current ‖z‖² would let the optimiser
         # lower the penalty by inflating z, i.e. by pushing x_i into the activation's saturation.
         self.z_scale = _flat_sum(self.act.inverse(x_start).square()).clamp_min(1e-30)
@@ -134,7 +135,7 @@ class _PullBack:
         if self.injective:
             g = self.geometry
             delta_prev = self.act.derivative(z) * self.grad_x
-            predicted = linalg._grad_apply(g.pad(x_prev.reshape(-1, g.in_channels, *g.input)), delta_prev, g)
+            predicted = layerwise.grad_apply(g.pad(x_prev.reshape(-1, g.in_channels, *g.input)), delta_prev, g)
             total = total + _flat_sum((predicted - self.grad_prev).square()) / self.g_scale
         return total
 
@@ -224,7 +225,7 @@ class _LinearResidual:
 
     def __call__(self, x_i: Tensor) -> Tensor:
         forward = F.conv2d(x_i, self.weight, stride=self.stride, padding=self.padding) - self.z
-        gradient = linalg._grad_apply(self.geometry.pad(x_i), self.delta, self.geometry) - self.grad
+        gradient = layerwise.grad_apply(self.geometry.pad(x_i), self.delta, self.geometry) - self.grad
         return (_flat_sum(forward.square()) + _flat_sum(gradient.square())) / self.scale
 
 
@@ -301,7 +302,7 @@ class COPA(Attack):
     }
 
     def validate(self):
-        from .layerwise import check_solver
+        from ..layerwise import check_solver
 
         check_solver(self.hp["solver"])
         steps = {k: v for k, v in self.hp.items() if k.startswith("steps")}
@@ -313,7 +314,7 @@ class COPA(Attack):
             raise InvalidSpecError(f"{negative}: weights must be ≥ 0")
 
     def applicable(self, observation):
-        from .layerwise import chain_problem
+        from ..layerwise import chain_problem
 
         return chain_problem(observation) or super().applicable(observation)
 

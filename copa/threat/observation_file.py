@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from . import data as data_mod
-from .errors import CopaError, DataUnavailableError, InvalidSpecError
-from .io import atomic_write
-from .threat import DTYPES, Observation
+from .. import data as data_mod
+from ..errors import CopaError, DataUnavailableError, InvalidSpecError
+from ..io import atomic_write
+from .observation import Observation
+from .scenario import DTYPES
 
 FORMAT = "copa-observation"
 FORMAT_VERSION = 1
@@ -50,6 +51,8 @@ KEYS: dict[str, tuple[bool, str]] = {
     "preprocess": (True, "dict {mode: center|normalize|none, mean: [...], std: [...]}"),
     "loss": (True, f"the string {LOSS!r}"),
     "dtype": (True, "'float32' or 'float64', the dtype of the weights and gradients"),
+    "defences": (False, "list of the client's defences, in order, each {name: str, parameters: dict} (public "
+                        "descriptions; absent or [] for an undefended update)"),
     "meta": (False, "dict of JSON-compatible provenance (free-form)"),
 }
 
@@ -78,6 +81,7 @@ def observation_payload(observation: Observation, *, model_seed: int | None = No
         "preprocess": observation.preprocess.to_dict(),
         "loss": observation.loss,
         "dtype": dtype,
+        "defences": [dict(d) for d in observation.defences],
         "meta": dict(meta or {}),
     }
 
@@ -223,6 +227,12 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>") -> N
         if value.is_floating_point() and value.dtype != dtype:
             raise InvalidSpecError(f"{_where(source, 'state_dict')}[{name!r}] has dtype {value.dtype}: the file "
                                    f"declares dtype {payload['dtype']!r}")
+    defences = payload.get("defences")
+    if defences is not None and (not isinstance(defences, (list, tuple)) or not all(
+            isinstance(d, Mapping) and isinstance(d.get("name"), str) and isinstance(d.get("parameters", {}), Mapping)
+            for d in defences)):
+        raise InvalidSpecError(f"{_where(source, 'defences')} is {defences!r}: expected a list of "
+                               f"{{name: str, parameters: dict}}")
     meta = payload.get("meta")
     if meta is not None and not isinstance(meta, Mapping):
         raise InvalidSpecError(f"{_where(source, 'meta')} is a {type(meta).__name__}: expected a dict or None")
@@ -232,7 +242,7 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
                              device: torch.device | str = "cpu") -> Observation:
     """Rebuild the :class:`Observation`: the model from its name (or chain spec) with the file's weights,
     the gradients in the model's parameter order. Strict: every mismatch raises InvalidSpecError."""
-    from .models import MODELS, create_model
+    from ..models import MODELS, create_model
 
     validate_payload(payload, source)
     dtype = DTYPES[payload["dtype"]]
@@ -288,6 +298,7 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
         num_classes=payload["num_classes"],
         preprocess=data_mod.Preprocess.from_dict(payload["preprocess"]),
         loss=LOSS,
+        defences=tuple(dict(d) for d in payload.get("defences") or ()),
         meta={"source": source},
     )
 
@@ -307,7 +318,7 @@ def load_targets(path: str | Path, observation: Observation):
     to score an observation's reconstruction; shapes must match the observation."""
     import numpy as np
 
-    from .threat import GroundTruth
+    from .observation import GroundTruth
 
     path = Path(path)
     if not path.is_file():
@@ -361,7 +372,7 @@ def describe_payload(payload: Mapping[str, Any]) -> str:
 
 def observe_meta(scenario_dict: dict[str, Any]) -> dict[str, Any]:
     """Provenance stored in a file written by ``copa observe``: where it came from, minus the images' indices."""
-    from .bench import git_commit, package_versions
+    from ..provenance import git_commit, package_versions
 
     return {"created_by": "copa observe", "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "dataset": scenario_dict.get("dataset"), "split": scenario_dict.get("split"),

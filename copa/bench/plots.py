@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import CopaError
-from .io import atomic_write
+from ..errors import CopaError
+from ..io import atomic_write
 
 MARKERS = "osD^vP*Xph<>"
 

@@ -1,0 +1,33 @@
+"""The attack wing: the attack interface and registry, COPA and COPA-GM, the shared gradient-matching blocks.
+
+Modules: :mod:`.base` (:class:`Attack`, :class:`Reconstruction`, the registry), :mod:`.copa` (COPA and
+COPA-GM, Chen & Campbell, arXiv 2111.10178), :mod:`.gradmatch` (gradients of dummy data, distances,
+total variation, label recovery — DLG, iDLG, Inverting Gradients and COPA-GM share them), :mod:`.lbfgs`
+(per-instance L-BFGS for batched attacks) and :mod:`.checking` (:func:`check_attack`, the contract a
+plug-in attack must meet, runnable by its author). Importing this package registers COPA and COPA-GM;
+the baselines come as plug-ins (:mod:`copa.plugins`).
+"""
+
+from __future__ import annotations
+
+from ..hyperparameters import Hyperparameter
+from ..plugins import load_plugins
+from .base import ATTACKS, Attack, Reconstruction, create_attack, parse_overrides, register_attack
+from .gradmatch import (
+    GradientModel,
+    cosine_distance,
+    label_from_gradients,
+    last_linear,
+    parameter_gradients,
+    per_tensor_cosine_distance,
+    squared_l2_distance,
+    total_variation,
+)
+from .lbfgs import BatchedLBFGS
+from . import copa as _copa  # noqa: E402,F401  (registers copa and copa-gm)
+from .checking import check_attack
+
+__all__ = ["ATTACKS", "Attack", "BatchedLBFGS", "GradientModel", "Hyperparameter", "Reconstruction", "check_attack",
+           "cosine_distance", "create_attack", "label_from_gradients", "last_linear", "load_plugins",
+           "parameter_gradients", "parse_overrides", "per_tensor_cosine_distance", "register_attack",
+           "squared_l2_distance", "total_variation"]

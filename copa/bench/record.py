@@ -1,0 +1,261 @@
+"""The record: one attack run's result, and this module its single owner.
+
+A record is a JSON object (``record.json``) with ``record_version`` :data:`RECORD_VERSION`. Its keys:
+``status`` (one of :data:`STATUSES`) and ``reason``; ``scenario`` (:meth:`copa.threat.Scenario.to_dict`)
+or ``source`` (an observation file); ``observation`` (what the attacker saw, described); ``attack``
+(name, paper, code), ``hyperparameters``, ``seed``, ``config_hash`` (:func:`config_hash`); ``model``;
+for an ok run ``metrics``, ``attack_loss``, ``evaluations``, ``attack_info``, ``seconds`` (and
+``batch`` for a batched run); for a failed one ``traceback``; provenance (``device``, ``versions``,
+``git_commit``, ``finished_at``); in the workflow a ``workflow`` section (:func:`workflow_section`).
+
+This module makes records (:func:`new_record`, :func:`add_outcome`, :func:`mark_failed`,
+:func:`mark_not_applicable`), decides whether a stored one is still valid (:func:`record_matches`), reads
+them (:func:`read_record`, :func:`record_row`) and summarises them (:func:`summary_line`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CopaError, RunFailure
+from ..provenance import device_description, git_commit, package_versions
+
+RECORD_VERSION = 1
+STATUSES = ("ok", "failed", "not-applicable")
+"""Record statuses, in the order tables list them."""
+
+RECORD_FILES = ("record.json", "images.npz", "reconstruction.png")
+
+RECORD_COLUMNS = ["model", "attack", "dataset", "split", "index", "status", "reason", "psnr", "ssim", "lpips", "mse",
+                  "label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit",
+                  "finished_at", "config_hash", "run_config_hash", "versions", "hyperparameters", "record", "images"]
+
+
+def config_hash(scenario: dict[str, Any] | None, attack: str, hyperparameters: dict[str, Any], seed: int,
+                **extra: Any) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces) of what determines a run's result:
+    the scenario (or, for an observation file, its description in ``extra``), the attack's name,
+    its full hyperparameters and the seed."""
+    payload = {"scenario": scenario, "attack": attack, "hyperparameters": hyperparameters, "seed": seed, **extra}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True, default=str)
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, allow_nan=True))
+
+def new_record(*, attack, seed: int, scenario: dict[str, Any] | None, observation=None,
+               source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A record of status ok for one run of ``attack`` (its hyperparameters ``attack.hp``), before its
+    outcome (``observation`` None: the client's step could not be computed)."""
+    hp = dict(attack.hp)
+    record: dict[str, Any] = {"record_version": RECORD_VERSION, "status": "ok", "reason": None, "scenario": scenario}
+    if source is not None:
+        record["source"] = source
+    if observation is not None:
+        record["observation"] = observation.describe()
+    record.update({
+        "attack": {"name": attack.name, "paper": attack.paper, "code": attack.code},
+        "hyperparameters": hp,
+        "seed": seed,
+        "config_hash": config_hash(scenario, attack.name, jsonable(hp), seed,
+                                   **({"source": source} if source is not None else {})),
+    })
+    if observation is not None:
+        record["model"] = model_description(observation)
+    return record
+
+
+def mark_not_applicable(record: dict[str, Any], reason: str) -> None:
+    record.update(status="not-applicable", reason=f"not applicable: {reason}")
+
+
+def add_outcome(record: dict[str, Any], reconstruction, scores: dict[str, Any] | None, forward_calls: int) -> None:
+    """The ok record's result: scores (None without ground truth), the attack's loss, evaluation counts
+    (the attack's own, else the forward calls the runner counted) and the attack's diagnostics."""
+    if scores is not None:
+        record["metrics"] = scores
+    else:
+        record["metrics"] = None
+        record["metrics_note"] = "no ground truth: the observation came without the client's images"
+    record["attack_loss"] = reconstruction.loss
+    record["evaluations"] = {
+        "forward": reconstruction.forward_evals if reconstruction.forward_evals is not None else forward_calls,
+        "gradient": reconstruction.gradient_evals,
+        "forward_calls_counted": forward_calls,
+    }
+    record["attack_info"] = reconstruction.info
+
+
+def workflow_section(*, attack_settings: dict[str, Any], cell: str, threads: int, batch_size: int,
+                     attack_source: str, attack_source_sha256: str | None, run_config_hash: str) -> dict[str, Any]:
+    """The ``workflow`` section of a record written by a workflow cell (what :func:`record_matches` checks)."""
+    return {"attack_settings": attack_settings, "cell": cell, "threads": threads, "batch_size": batch_size,
+            "attack_source": attack_source, "attack_source_sha256": attack_source_sha256,
+            "run_config_hash": run_config_hash}
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one-line reason of a failed record, naming the kind of failure."""
+    if isinstance(exc, RunFailure):
+        return f"failed: {exc}"
+    if isinstance(exc, torch.OutOfMemoryError):
+        return f"failed: out of memory (torch.OutOfMemoryError): {exc}"
+    if isinstance(exc, MemoryError):
+        return f"failed: out of memory (MemoryError): {exc}"
+    if isinstance(exc, torch.linalg.LinAlgError):
+        return f"failed: solver failure (torch.linalg.LinAlgError): {exc}"
+    return f"failed: {type(exc).__name__}: {exc}"
+
+
+def mark_failed(record: dict[str, Any], exc: BaseException) -> None:
+    """Turn ``record`` into a failed record for ``exc``: its reason (one line) and traceback."""
+    reason = " ".join(failure_reason(exc).split())
+    record.update(status="failed", reason=reason[:2000],
+                  traceback=None if isinstance(exc, RunFailure) else traceback.format_exc(limit=20))
+
+
+def model_description(observation) -> dict[str, Any]:
+    info = observation.model_info()
+    return {"name": info.name, "spec": info.spec, "init": info.init, "seed": info.seed,
+            "checkpoint": None if info.checkpoint is None else str(info.checkpoint), "is_chain": info.is_chain,
+            "not_chain_reason": info.not_chain_reason,
+            "parameters": int(sum(p.numel() for p in observation.model.parameters()))}
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    return {"device": device_description(device), "versions": package_versions(), "git_commit": git_commit(),
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def read_record(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The record in ``directory``, or None when there is none (or it cannot be read)."""
+    path = Path(directory) / "record.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def record_matches(record: dict[str, Any] | None, directory: str | os.PathLike, scenario, attack_name: str,
+                   hyperparameters: dict[str, Any], seed: int, *, accept_failed: bool = False,
+                   source_sha256: str | None = None) -> str | None:
+    """None if ``record`` is a complete result of exactly this run; else why it must be recomputed."""
+    if record is None:
+        return "no record"
+    if record.get("record_version") != RECORD_VERSION:
+        return f"record version {record.get('record_version')} != {RECORD_VERSION}"
+    status = record.get("status")
+    if status not in STATUSES:
+        return f"unknown status {status!r}"
+    if status == "failed" and not accept_failed:
+        return "failed before (retry_failed)"
+    if record.get("scenario") != scenario.to_dict():
+        return "different scenario"
+    if (record.get("attack") or {}).get("name") != attack_name:
+        return "different attack"
+    if record.get("hyperparameters") != jsonable(hyperparameters):
+        return "different hyperparameters"
+    if record.get("seed") != seed:
+        return "different seed"
+    if source_sha256 is not None and (record.get("workflow") or {}).get("attack_source_sha256") != source_sha256:
+        return "the attack's source file changed"
+    if status == "ok" and not (Path(directory) / "images.npz").is_file():
+        return "images.npz missing"
+    return None
+
+
+def clear_record(directory: str | os.PathLike) -> None:
+    """Remove a stale record: record.json first, so the directory never looks complete midway."""
+    for name in RECORD_FILES:
+        (Path(directory) / name).unlink(missing_ok=True)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CopaError(f"record {str(path)!r} does not exist") from None
+    except ValueError as exc:
+        raise CopaError(f"record {str(path)!r} is not valid JSON: {exc}") from None
+
+
+def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
+    """Flatten one record (any status) into a row of :data:`RECORD_COLUMNS`."""
+    scenario = record.get("scenario") or {}
+    indices = scenario.get("indices") or [None]
+    status = record.get("status")
+    if status not in STATUSES:
+        raise CopaError(f"record {path or ''} has status {status!r}: accepted are {', '.join(STATUSES)}")
+    mean = (record.get("metrics") or {}).get("mean") or {}
+    evals = record.get("evaluations") or {}
+    images = None
+    if path is not None and status == "ok" and (Path(path).parent / "images.npz").is_file():
+        images = str(Path(path).parent / "images.npz")
+    return {
+        "model": scenario.get("model"), "attack": (record.get("attack") or {}).get("name"),
+        "dataset": scenario.get("dataset"), "split": scenario.get("split"),
+        "index": indices[0] if len(indices) == 1 else ",".join(map(str, indices)),
+        "status": status, "reason": record.get("reason"),
+        "psnr": as_number(mean.get("psnr")), "ssim": as_number(mean.get("ssim")), "lpips": as_number(mean.get("lpips")),
+        "mse": as_number(mean.get("mse")), "label_accuracy": as_number((record.get("metrics") or {}).get("label_accuracy")),
+        "seconds": as_number(record.get("seconds")), "forward_evals": as_number(evals.get("forward")),
+        "gradient_evals": as_number(evals.get("gradient")), "device": record.get("device"),
+        "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at"),
+        "config_hash": record.get("config_hash"), "run_config_hash": (record.get("workflow") or {}).get("run_config_hash"),
+        "versions": versions_text(record.get("versions")),
+        "hyperparameters": json.dumps(record.get("hyperparameters") or {}, sort_keys=True),
+        "record": None if path is None else str(path), "images": images,
+    }
+
+
+def versions_text(versions: Any) -> str | None:
+    """``{"python": "3.12", "torch": "2.5"}`` → ``"python 3.12, torch 2.5"`` (None when absent)."""
+    if not isinstance(versions, dict) or not versions:
+        return None
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
+
+
+def as_number(value: Any) -> float:
+    if value is None:
+        return np.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def summary_line(record: dict[str, Any]) -> str:
+    s = record.get("scenario")
+    if s is not None:
+        head = f"{record['attack']['name']} on {s['model']} / {s['dataset']}:{s['split']} {s['indices']}"
+    else:
+        where = (record.get("source") or {}).get("path", "an observation")
+        head = f"{record['attack']['name']} on {record['observation']['model']} / {where}"
+    if record["status"] != "ok":
+        return f"{head}: {record['status']} ({record['reason']})"
+    if record.get("metrics") is None:
+        loss = record.get("attack_loss")
+        return (f"{head}: ok, no ground truth to score against (attack loss "
+                f"{'–' if loss is None else f'{loss:.4g}'}), {record['seconds']:.2f} s")
+    mean = record["metrics"]["mean"]
+    parts = [f"PSNR {mean['psnr']:.2f} dB", f"SSIM {mean['ssim']:.4f}"]
+    if mean.get("lpips") is not None:
+        parts.append(f"LPIPS {mean['lpips']:.4f}")
+    acc = record["metrics"].get("label_accuracy")
+    if acc is not None:
+        parts.append(f"label acc {acc:.2f}")
+    parts.append(f"{record['seconds']:.2f} s")
+    return f"{head}: " + ", ".join(parts)

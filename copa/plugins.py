@@ -1,0 +1,78 @@
+"""Plug-ins: modules that register attacks, defences, models or metrics when imported.
+
+Three ways in, all loaded by :func:`load_plugins` before a registry is read:
+
+* installed packages that declare an entry point in the group ``copa.attacks`` (pyproject:
+  ``[project.entry-points."copa.attacks"] name = "package.module"``) — copa-bench's own baselines
+  (DLG, iDLG, Inverting Gradients, R-GAP, floors) are registered exactly this way;
+* ``COPA_PLUGINS``: comma-separated module names or ``.py`` paths;
+* ``modules``: the same, from ``--plugin`` or the workflow's ``plugins:``.
+
+A module registers with the registries' decorators (``copa.attacks.register_attack``,
+``copa.threat.register_defence``, ``copa.models.MODELS.register``, ``copa.metrics.register_metric``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .errors import CopaError
+
+ENTRY_POINT_GROUP = "copa.attacks"
+
+_loaded: set[str] = set()
+
+
+def load_plugins(modules: tuple[str, ...] | list[str] = ()) -> None:
+    """Import the ``copa.attacks`` entry points, ``COPA_PLUGINS`` and ``modules`` (names or .py paths),
+    each once per process."""
+    targets = []
+    if "entry-points" not in _loaded:
+        targets += [ep for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)]
+        _loaded.add("entry-points")
+    env = [m.strip() for m in os.environ.get("COPA_PLUGINS", "").split(",") if m.strip()]
+    for target in [*targets, *env, *modules]:
+        if isinstance(target, metadata.EntryPoint):
+            _load_entry_point(target)
+            continue
+        if target in _loaded:
+            continue
+        _import_plugin(target)
+        _loaded.add(target)
+
+
+def _load_entry_point(entry: metadata.EntryPoint) -> None:
+    try:
+        entry.load()
+    except ImportError as exc:
+        dist = getattr(getattr(entry, "dist", None), "name", "an installed package")
+        raise CopaError(f"plug-in entry point {entry.name!r} = {entry.value!r} of {dist} cannot be imported: "
+                        f"{exc}") from None
+
+
+def _import_plugin(target: str) -> None:
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise CopaError(f"plugin file {target!r} does not exist")
+        module_name = f"copa_plugin_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            sys.modules.pop(module_name, None)
+            raise
+    else:
+        try:
+            importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name and target.startswith(exc.name):
+                raise CopaError(f"plugin module {target!r} cannot be imported: {exc}") from None
+            raise
