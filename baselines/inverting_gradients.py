@@ -117,8 +117,9 @@ class InvertingGradients(Attack):
         runs = x.shape[0]
         tv_weight = self.hp["tv_weight"]
 
-        def objective(images, count, model=gradient_model, targets_labels=run_labels):
-            distance = cosine_distance(model(images, targets_labels, count=count), model.targets, batched=True)
+        def objective(images, count):
+            distance = cosine_distance(gradient_model(images, run_labels, count=count), gradient_model.targets,
+                                       batched=True)
             return distance + tv_weight * total_variation(images, batched=True) if tv_weight > 0 else distance
 
         optimizer = torch.optim.Adam([x], lr=self.hp["lr"])

@@ -43,8 +43,7 @@ def _add_scenario_options(p: argparse.ArgumentParser, *, model_required: bool) -
     from .threat import Scenario
 
     for option in Scenario.options():
-        shown = option.default if not isinstance(option.default, list) else ",".join(map(str, option.default)) or "none"
-        text = f"{option.help} (default {shown})" if not option.required else option.help
+        text = f"{option.help} (default {option.default_text})" if not option.required else option.help
         if option.field == "label_known":
             text = f"{option.help}: known or unknown (default known)"
         if option.kind is bool:

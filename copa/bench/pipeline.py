@@ -157,6 +157,21 @@ def check_indices(config: dict[str, Any]) -> None:
 # Attack cells
 
 
+SCENARIO_AXES = {"model": "models"}
+"""Scenario fields that the workflow sweeps as an axis, with their config key."""
+NOT_IN_WORKFLOW = {"checkpoint": "a trained model is named by the models axis, per model"}
+"""Scenario fields that a workflow config does not set, and why."""
+RUN_KEYS = ("seed", "device", "retry_failed", "plugins")
+"""Config keys besides the scenario's that determine a record."""
+
+
+def workflow_scenario_keys() -> list[str]:
+    """The config keys of the scenario (:meth:`copa.threat.Scenario.options`) that a workflow config sets."""
+    from ..threat import Scenario
+
+    return [o.name for o in Scenario.options() if o.field not in SCENARIO_AXES and o.field not in NOT_IN_WORKFLOW]
+
+
 def scenario_for(config: dict[str, Any], model: str, index: int):
     """The scenario of one image of a cell (batch of one, as in the COPA paper): the config's scenario
     keys (:meth:`copa.threat.Scenario.options`), with this model and index."""

@@ -79,6 +79,13 @@ class ScenarioOption:
     def flag(self) -> str:
         return "--" + (self.flag_name or self.name).replace("_", "-")
 
+    @property
+    def default_text(self) -> str:
+        """The default as help texts show it (``none`` for None or an empty list)."""
+        if isinstance(self.default, list):
+            return ",".join(map(str, self.default)) or "none"
+        return "none" if self.default is None else str(self.default)
+
 
 def _option(help: str, *, name: str | None = None, shown: Any = None, choices: tuple[str, ...] | None = None,
             required: bool = False, kind: type | None = None, flag: str | None = None) -> dict[str, Any]:

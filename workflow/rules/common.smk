@@ -1,4 +1,5 @@
 # Paths and per-rule parameters shared by the rules (all values come from the validated config).
+from copa.bench.pipeline import RUN_KEYS, workflow_scenario_keys
 
 
 def cell_path(model, attack):
@@ -10,7 +11,6 @@ def security_path(model):
 
 
 def scenario_params():
-    """Everything that determines a record besides the attack: a change reruns the affected jobs."""
-    keys = ["dataset", "split", "indices", "label", "preprocess", "dtype", "input_shape", "num_classes",
-            "model_seed", "seed", "data_root", "download", "device", "retry_failed", "plugins"]
-    return {key: config[key] for key in keys}
+    """Everything that determines a record besides the attack: the scenario's keys (from the Scenario's
+    one declaration) and the run's; a change reruns the affected jobs."""
+    return {key: config[key] for key in (*workflow_scenario_keys(), *RUN_KEYS)}
