@@ -4,7 +4,8 @@ Three ways in, all loaded by :func:`load_plugins` before a registry is read:
 
 * installed packages that declare an entry point in the group ``copa.attacks`` (pyproject:
   ``[project.entry-points."copa.attacks"] name = "package.module"``) — copa-bench's own baselines
-  (DLG, iDLG, Inverting Gradients, R-GAP, floors) are registered exactly this way;
+  (DLG, iDLG, Inverting Gradients, R-GAP, floors) are registered exactly this way (from a source
+  checkout where copa-bench is not installed, ``baselines/`` is imported as ``copa_baselines`` instead);
 * ``COPA_PLUGINS``: comma-separated module names or ``.py`` paths;
 * ``modules``: the same, from ``--plugin`` or the workflow's ``plugins:``.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import pkgutil
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 from .errors import CopaError
 
 ENTRY_POINT_GROUP = "copa.attacks"
+BASELINES = "copa_baselines"
 
 _loaded: set[str] = set()
 
@@ -31,9 +34,12 @@ _loaded: set[str] = set()
 def load_plugins(modules: tuple[str, ...] | list[str] = ()) -> None:
     """Import the ``copa.attacks`` entry points, ``COPA_PLUGINS`` and ``modules`` (names or .py paths),
     each once per process."""
-    targets = []
+    targets: list = []
     if "entry-points" not in _loaded:
-        targets += [ep for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)]
+        points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        targets += points
+        if not any(p.value.startswith(f"{BASELINES}.") for p in points):  # copa-bench itself is not installed
+            targets += _source_tree_baselines()
         _loaded.add("entry-points")
     env = [m.strip() for m in os.environ.get("COPA_PLUGINS", "").split(",") if m.strip()]
     for target in [*targets, *env, *modules]:
@@ -44,6 +50,22 @@ def load_plugins(modules: tuple[str, ...] | list[str] = ()) -> None:
             continue
         _import_plugin(target)
         _loaded.add(target)
+
+
+def _source_tree_baselines() -> list[str]:
+    """The baselines of a source checkout when copa-bench is not installed (so no entry points: e.g. a
+    workflow job under ``--use-conda``, which imports copa from the checkout): ``baselines/`` beside the
+    ``copa`` package, imported as ``copa_baselines``. Returns its modules' names."""
+    folder = Path(__file__).resolve().parent.parent / "baselines"
+    if not (folder / "__init__.py").is_file():
+        return []
+    if BASELINES not in sys.modules:
+        spec = importlib.util.spec_from_file_location(BASELINES, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[BASELINES] = module
+        spec.loader.exec_module(module)
+    return [f"{BASELINES}.{m.name}" for m in pkgutil.iter_modules([str(folder)]) if not m.name.startswith("_")]
 
 
 def _load_entry_point(entry: metadata.EntryPoint) -> None:

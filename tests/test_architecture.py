@@ -154,3 +154,17 @@ def test_baselines_are_registered_as_entry_points_not_a_top_level_baselines_pack
     assert "baselines" not in project["tool"]["setuptools"]["packages"]
     installed = {ep.value for ep in metadata.entry_points(group="copa.attacks")}
     assert installed >= set(points.values()), "reinstall copa-bench (pip install -e .) to register the entry points"
+
+
+def test_a_source_checkout_without_the_installed_package_still_has_the_baselines():
+    """Under ``snakemake --use-conda`` the jobs import copa from the checkout and copa-bench is not
+    installed (no entry points): the baselines then come from baselines/ as copa_baselines."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.metadata as m; m.entry_points = lambda **kw: []\n"
+            "from copa.attacks import ATTACKS, load_plugins\nload_plugins()\n"
+            "import copa_baselines.dlg as d\nprint(sorted(ATTACKS.names()), d.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "'dlg', 'idlg', 'ig', 'mean-image', 'noise', 'rgap'" in out
+    assert str(ROOT / "baselines" / "dlg.py") in out
