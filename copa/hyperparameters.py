@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidSpecError
+from .errors import InvalidSpecError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,29 @@ class Hyperparameter:
             return int(value)
         raise InvalidSpecError(f"hyperparameter {name}={value!r} has the wrong type: expected {kind.__name__} "
                                f"(default {self.default!r})")
+
+
+def close_hint(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for a misspelt name, else an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def resolve_parameters(kind: str, owner: str, declared: dict[str, Hyperparameter], overrides: dict[str, Any],
+                       noun: str = "hyperparameter") -> dict[str, Any]:
+    """The defaults of ``declared`` with ``overrides`` applied and type-coerced; an unknown key or a wrong
+    type raises one line naming the owner (``attack 'dlg' has no hyperparameter 'iteratoins' (did you
+    mean 'iterations'?); accepted: ...``)."""
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise UnknownNameError(f"{kind} {owner!r} has no {noun} {unknown[0]!r}{close_hint(unknown[0], declared)}; "
+                               f"accepted: {', '.join(sorted(declared)) or '(none)'}")
+    values = {key: p.default for key, p in declared.items()}
+    for key, value in overrides.items():
+        try:
+            values[key] = declared[key].coerce(key, value)
+        except InvalidSpecError as exc:
+            raise InvalidSpecError(f"{kind} {owner!r}: {exc}") from None
+    return values

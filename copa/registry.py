@@ -55,6 +55,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def in_registration_order(self) -> list[str]:
+        """The names in the order they were registered (:meth:`names` sorts them)."""
+        return list(self._entries)
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._entries
 
@@ -66,3 +70,20 @@ class Registry(Generic[T]):
 
 
 Factory = Callable[..., Any]
+
+
+def class_registrar(registry: Registry, base: type, kind: str) -> Callable[..., Any]:
+    """The ``@register_…`` decorator of a registry of classes (attacks, defences): checks that the class
+    derives from ``base`` and has a ``name``, and registers it with its ``paper`` and ``description``.
+    Usable bare (``@register_attack``) or with ``replace=True``."""
+    def register(cls: type | None = None, *, replace: bool = False):
+        def decorator(c: type) -> type:
+            if not (isinstance(c, type) and issubclass(c, base)):
+                raise CopaError(f"{c!r} is not a subclass of {base.__name__}")
+            if not getattr(c, "name", ""):
+                raise CopaError(f"{kind} class {c.__name__} has no name")
+            registry.register(c.name, c, replace=replace, paper=c.paper, description=c.description)
+            return c
+        return decorator(cls) if cls is not None else decorator
+    register.__doc__ = f"Class decorator: register a {base.__name__} subclass under its ``name``."
+    return register

@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import CopaError, InvalidSpecError, UnknownNameError
-from ..hyperparameters import Hyperparameter
+from ..errors import InvalidSpecError
+from ..hyperparameters import Hyperparameter, resolve_parameters
 from ..plugins import load_plugins
-from ..registry import Registry
+from ..registry import Registry, class_registrar
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
@@ -69,17 +69,7 @@ class Attack:
     batched: ClassVar[bool] = False  # True: reconstruct_batch solves its instances in one vectorised computation
 
     def __init__(self, **overrides: Any):
-        unknown = sorted(set(overrides) - set(self.hyperparameters))
-        if unknown:
-            raise UnknownNameError(
-                f"attack {self.name!r} has no hyperparameter {unknown[0]!r}{_close_hint(unknown[0], self.hyperparameters)}; "
-                f"accepted: {', '.join(sorted(self.hyperparameters)) or '(none)'}")
-        self.hp: dict[str, Any] = {k: h.default for k, h in self.hyperparameters.items()}
-        for key, value in overrides.items():
-            try:
-                self.hp[key] = self.hyperparameters[key].coerce(key, value)
-            except InvalidSpecError as exc:
-                raise InvalidSpecError(f"attack {self.name!r}: {exc}") from None
+        self.hp: dict[str, Any] = resolve_parameters("attack", self.name, self.hyperparameters, overrides)
         self.validate()
 
     def validate(self) -> None:
@@ -109,23 +99,7 @@ class Attack:
                                     for k, h in cls.hyperparameters.items()}}
 
 
-def _close_hint(name: str, known) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-
-
-def register_attack(cls: type[Attack] | None = None, *, replace: bool = False):
-    """Class decorator: register an :class:`Attack` subclass under its ``name``."""
-    def decorator(c: type[Attack]) -> type[Attack]:
-        if not (isinstance(c, type) and issubclass(c, Attack)):
-            raise CopaError(f"{c!r} is not an Attack subclass")
-        if not c.name:
-            raise CopaError(f"attack class {c.__name__} has no name")
-        ATTACKS.register(c.name, c, replace=replace, paper=c.paper, description=c.description)
-        return c
-    return decorator(cls) if cls is not None else decorator
+register_attack = class_registrar(ATTACKS, Attack, "attack")
 
 
 def create_attack(name: str, overrides: dict[str, Any] | None = None, plugins=()) -> Attack:

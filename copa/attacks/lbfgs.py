@@ -89,7 +89,7 @@ class BatchedLBFGS:
         current_evals = 1
         opt_cond = flat_grad.abs().amax(dim=1) <= self.tolerance_grad
         running = active & ~opt_cond
-        B, rows = self.instances, torch.arange(self.instances, device=active.device)
+        rows = torch.arange(self.instances, device=active.device)
         n_iter = 0
         while bool(running.any()):
             n_iter += 1

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from ..errors import CopaError, InvalidSpecError
-from ..hyperparameters import Hyperparameter
-from ..registry import Registry
+from ..hyperparameters import Hyperparameter, resolve_parameters
+from ..registry import Registry, class_registrar
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,7 @@ class Defence:
     parameters: ClassVar[dict[str, Hyperparameter]] = {}
 
     def __init__(self, **overrides: Any):
-        unknown = sorted(set(overrides) - set(self.parameters))
-        if unknown:
-            accepted = ", ".join(sorted(self.parameters)) or "none"
-            raise InvalidSpecError(f"defence {self.name!r}: unknown parameter(s) {', '.join(unknown)}: "
-                                   f"accepted are {accepted}")
-        self.params = {key: p.default for key, p in self.parameters.items()}
-        for key, value in overrides.items():
-            try:
-                self.params[key] = self.parameters[key].coerce(key, value)
-            except InvalidSpecError as exc:
-                raise InvalidSpecError(f"defence {self.name!r}: {exc}") from None
+        self.params = resolve_parameters("defence", self.name, self.parameters, overrides, noun="parameter")
         self.validate()
 
     def validate(self) -> None:
@@ -86,16 +76,7 @@ class Defence:
 DEFENCES: Registry[type[Defence]] = Registry("defence")
 
 
-def register_defence(cls: type[Defence] | None = None, *, replace: bool = False):
-    """Class decorator: register a :class:`Defence` subclass under its ``name``."""
-    def decorator(c: type[Defence]) -> type[Defence]:
-        if not (isinstance(c, type) and issubclass(c, Defence)):
-            raise CopaError(f"{c!r} is not a Defence subclass")
-        if not c.name:
-            raise CopaError(f"defence class {c.__name__} has no name")
-        DEFENCES.register(c.name, c, replace=replace, paper=c.paper, description=c.description)
-        return c
-    return decorator(cls) if cls is not None else decorator
+register_defence = class_registrar(DEFENCES, Defence, "defence")
 
 
 def parse_defence(spec: str) -> tuple[str, dict[str, str]]:
