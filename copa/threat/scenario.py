@@ -16,7 +16,7 @@ from ..models import create_model
 from .defences import ClientUpdate, apply_defences
 from .observation import GroundTruth, Observation, client_loss
 
-PREPROCESS_MODES = ("center", "normalize", "none")
+PREPROCESS_MODES = data_mod.PREPROCESS_MODES  # declared once, in copa.data (Preprocess)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_INPUT_SHAPE = (3, 32, 32)  # the COPA paper's chains and R-GAP/DLG's CIFAR models
 
