@@ -263,8 +263,7 @@ def cli_runs(tmp_path_factory) -> dict[str, tuple[Path, dict[str, int], int, str
         args = [arg.replace("OUT", str(tmp / "out")).replace("TMP", str(tmp))
                 for arg in shlex.split(case.command)[1:]]
         jobs.append([case.id, args, str(ROOT)])  # run from the checkout: ../shared/data as in the README
-    result = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(jobs), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, "-c", CHILD], input=json.dumps(jobs), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     runs = json.loads(result.stdout.strip().splitlines()[-1])
     return {case_id: (*dirs[case_id], *runs[case_id]) for case_id in runs}
@@ -289,7 +288,7 @@ def run_snakemake(case: Case, tmp: Path) -> tuple[int, str, str]:
     workdir = tmp / "workdir"
     workdir.mkdir()
     result = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "-n",
-                             "--configfile", str(tmp / "bad.yaml")], capture_output=True, text=True, timeout=300)
+                             "--configfile", str(tmp / "bad.yaml")], capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert not any(workdir.iterdir()), f"snakemake wrote into its directory: {sorted(workdir.iterdir())}"
     return result.returncode, snakemake_message(output), output
@@ -379,8 +378,7 @@ def test_the_real_command_line_prints_the_same_line_and_exits_2(tmp_path):
     """`python -m copa` in a subprocess: status 2, the documented line on stderr, nothing on stdout."""
     case = next(case for case in CASES if case.id == "unknown attack")
     args = [arg.replace("OUT", str(tmp_path / "out")) for arg in shlex.split(case.command)[1:]]
-    result = subprocess.run([sys.executable, "-m", "copa", *args], capture_output=True, text=True, cwd=ROOT,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-m", "copa", *args], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == table_rows()[case.id]["message"] + "\n"

@@ -102,10 +102,11 @@ def smoke_config_with_injected_failures(workdir) -> Path:
     return path
 
 
-def snakemake(workdir, *args, configfile=ROOT / "config" / "smoke.yaml", timeout=400):
+def snakemake(workdir, *args, configfile=ROOT / "config" / "smoke.yaml"):
+    """Run the workflow; no wall-clock limit of its own (a busy machine must not fail a test: CI's limit governs)."""
     config = ["--configfile", str(configfile)] if configfile else []
     return subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-                           *config, *args], capture_output=True, text=True, timeout=timeout,
+                           *config, *args], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -282,7 +283,7 @@ def test_bad_config_fails_before_any_job_naming_the_value(tmp_path, args, expect
 
 @needs_snakemake
 def test_lint_is_clean():
-    result = subprocess.run([SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([SNAKEMAKE, "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Lints for" not in result.stdout + result.stderr
 
