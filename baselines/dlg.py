@@ -2,14 +2,14 @@
 
 A dummy image (randn) — and, when the label is unknown, dummy label logits (randn, softmax) — are
 optimised jointly with L-BFGS so that their gradients match the observed ones in squared L2
-distance summed over all parameter tensors (:func:`copa.gradmatch.squared_l2_distance`). Defaults
+distance summed over all parameter tensors (:func:`copa.attacks.squared_l2_distance`). Defaults
 are those of the authors' ``main.py``: 300 ``optimizer.step(closure)`` calls of
 ``torch.optim.LBFGS`` with its defaults (lr 1, max_iter 20, history_size 100). With a known label,
 the label is fixed (one-hot) and only the image is optimised.
 
 B independent instances (``reconstruct_batch``: e.g. B images under one global model) run as one
 vectorised computation: per-instance gradients through ``torch.func.vmap``
-(:class:`copa.gradmatch.GradientModel`) and :class:`copa.lbfgs.BatchedLBFGS`, which follows
+(:class:`copa.attacks.GradientModel`) and :class:`copa.attacks.BatchedLBFGS`, which follows
 ``torch.optim.LBFGS`` per instance (its own history, step sizes and stopping tests); ``reconstruct``
 is the batch of one. Every closure evaluation is one forward and one parameter gradient (plus the
 backward through it); each is counted per instance. The returned iterate is the one with the lowest distance among all evaluated
@@ -68,7 +68,7 @@ class DLG(Attack):
         return self.reconstruct_batch([observation], [generator])[0]
 
     def reconstruct_batch(self, observations, generators):
-        """B independent instances at once: one vectorised L-BFGS (:class:`copa.lbfgs.BatchedLBFGS`)."""
+        """B independent instances at once: one vectorised L-BFGS (:class:`copa.attacks.BatchedLBFGS`)."""
         labels = [o.labels for o in observations]
         return self.run(observations, generators, labels, infos=[{} for _ in observations])
 

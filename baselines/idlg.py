@@ -1,6 +1,6 @@
 """iDLG — improved DLG (Zhao, Mopuri & Bilen, arXiv 2001.02610; github.com/PatrickZH/Improved-Deep-Leakage-from-Gradients).
 
-The label is read off the output layer's gradient (:func:`copa.gradmatch.label_from_gradients`:
+The label is read off the output layer's gradient (:func:`copa.attacks.label_from_gradients`:
 the single negative entry of ``∂ℓ/∂b = softmax − onehot``, or without a bias iDLG's rule on the row
 sums of ``∂ℓ/∂W``), then DLG runs with that label fixed: L-BFGS on the image only. Batch size 1.
 

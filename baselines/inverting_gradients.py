@@ -1,7 +1,7 @@
 """Inverting Gradients (Geiping, Bauermeister, Dröge & Moeller, NeurIPS 2020; github.com/JonasGeiping/invertinggradients).
 
 Minimises ``1 − cos(∇θ ℓ(x, y), g)`` of the whole concatenated gradient vector
-(:func:`copa.gradmatch.cosine_distance`) plus ``tv_weight · TV(x)`` over the image ``x`` with Adam
+(:func:`copa.attacks.cosine_distance`) plus ``tv_weight · TV(x)`` over the image ``x`` with Adam
 on the *signed* gradient (``x.grad.sign_()``, as in inversefed's ``_gradient_closure``), clamping
 ``x`` to the valid pixel box (``observation.bounds()``) after every step and decaying the step size
 by 0.1 at 3/8, 5/8 and 7/8 of the iterations (``MultiStepLR``). Initialisation randn; ``restarts``

@@ -158,7 +158,7 @@ class _GradientMatch:
 
     The sub-network from layer ``i`` to the output is a function of the (shared, detached) parameters;
     B instances' gradients come from ``torch.func.vmap`` over ``torch.func.grad`` (as
-    :class:`copa.gradmatch.GradientModel`), one instance's from plain ``torch.autograd.grad``.
+    :class:`copa.attacks.GradientModel`), one instance's from plain ``torch.autograd.grad``.
     """
 
     def __init__(self, problems: list[LayerProblem], ctxs: list[ChainContext]):
