@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import CopaError
+from .io import check_writable
 
 EXIT_BAD_INPUT = 2
 
@@ -180,8 +181,7 @@ def cmd_attack(args) -> int:
     from .bench import attack_observation, run_attack, summary_line, write_outputs
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CopaError(f"--out {args.out!r} exists and is not a directory")
+    check_writable(out, what="--out", directory=True)
     if args.threads is not None and args.threads < 1:
         raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
     if args.observation is None and args.targets is not None:
@@ -231,6 +231,7 @@ def cmd_observe(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise CopaError(f"--out {args.out!r} is a directory: expected a file name, e.g. observation.pt")
+    check_writable(out, what="--out", directory=False)
     load_plugins(args.plugin)
     scenario = _scenario_from_args(args)
     observation, _truth = scenario.build(resolve_device(args.device or DEFAULT_DEVICE))
@@ -260,6 +261,8 @@ def cmd_security(args) -> int:
 
     shape = parse_input_shape(args.input_shape)
     indices = list(_parse_indices(args.index)) if args.index else [0]
+    if args.out:
+        check_writable(args.out, what="--out", directory=False)
     if args.threads is not None:
         if args.threads < 1:
             raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")

@@ -35,3 +35,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+
+
+def check_writable(path: str | os.PathLike, *, what: str, directory: bool) -> None:
+    """Raise :class:`~copa.errors.CopaError` unless ``path`` (a directory to fill, or a file to write) can
+    be written — checked before any work, by creating and removing a temporary file in its nearest
+    existing folder, so that nothing is left behind either way. ``what`` names the option (``--out``)."""
+    from .errors import CopaError
+
+    target = Path(path)
+    if directory and target.exists() and not target.is_dir():
+        raise CopaError(f"{what} {str(path)!r} exists and is not a directory")
+    if not directory and target.is_dir():
+        raise CopaError(f"{what} {str(path)!r} is a directory: expected a file name")
+    folder = target if directory else target.parent
+    folder = folder.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CopaError(f"{what} {str(path)!r} cannot be written: {str(folder)!r} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".copa-write-check.", dir=folder)
+    except OSError as exc:
+        raise CopaError(f"{what} {str(path)!r} cannot be written: {exc.strerror or exc} (in {str(folder)!r})") from None
+    os.close(fd)
+    os.unlink(probe)
