@@ -182,7 +182,7 @@ CASES = [
          ("--threads 0", "positive integer")),
     Case("input too small for a metric", "copa attack --attack noise --model 'chain:c2k3:tanh fc:identity' "
          "--input-shape 3x8x8 --out OUT", ("3x8x8", "ssim", "at least 11×11")),
-    # workflow configs: the JSON schema (snakemake's own message), then copa.pipeline.check_config
+    # workflow configs: the JSON schema (snakemake's own message), then copa.bench.pipeline.check_config
     Case("config key the schema does not have", "snakemake -n --configfile bad.yaml",
          ("'iterations' was unexpected",), status=1, config=f"{{{GOOD}, iterations: 5}}"),
     Case("config without a required key", "snakemake -n --configfile bad.yaml",

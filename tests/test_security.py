@@ -1,4 +1,4 @@
-"""Tests of copa.security: the COPA index (authors' definition) and the per-layer security report."""
+"""Tests of copa.layerwise.security: the COPA index (authors' definition) and the per-layer security report."""
 
 from __future__ import annotations
 

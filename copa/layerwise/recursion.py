@@ -5,11 +5,11 @@ For a chain (bias-free convolutions, invertible activations, final Linear with b
 
 1. **Last (FC) layer, closed form** (Chen & Campbell, arXiv 2111.10178, Sec. 3; R-GAP's "bias trick"):
    ``∂ℓ/∂W = δ xᵀ`` and ``∂ℓ/∂b = δ``, so ``x = g_W[r]/g_b[r]`` for every row with a usable
-   ``g_b[r]``, combined by least squares (:func:`copa.linalg.fc_input_from_gradients`);
+   ``g_b[r]``, combined by least squares (:func:`copa.layerwise.fc_input_from_gradients`);
    ``∂ℓ/∂x = Wᵀ δ`` is passed down.
 2. **Each convolution i, backwards:** ``z_i = σ_i⁻¹(x̂_{i+1})`` (clipped at saturation by the
    activation's ``inverse``), ``δ_i = σ_i'(z_i) ⊙ ∂ℓ/∂x_{i+1}``; the layer system
-   ``[A_i; K_i(δ_i); P_i] x̃_i = [z_i; g_i; 0]`` (:func:`copa.linalg.layer_system`) is solved by
+   ``[A_i; K_i(δ_i); P_i] x̃_i = [z_i; g_i; 0]`` (:func:`copa.layerwise.layer_system`) is solved by
    minimum-norm least squares in float64 (the R-GAP step). A ``refine`` callback (COPA) may then move
    the solution inside the set of least-squares solutions ``x_LS + null(U_i)``;
    ``∂ℓ/∂x_i = A_iᵀ δ_i`` is passed down.
@@ -79,7 +79,7 @@ class NullProjector:
 
     Tall ``U`` (``m ≥ n``): an orthonormal row-space basis ``V_b`` (``n × rank_b``), ``Π v = v − V Vᵀ v``.
     Wide ``U``: ``Π v = v − Uᵀ Q Λ⁻¹ Qᵀ U v`` with ``U Uᵀ = Q Λ Qᵀ`` (rank part) and ``U``, ``Uᵀ``
-    applied matrix-free (convolutions, :class:`copa.linalg.LayerOperator` with one ``δ`` per instance):
+    applied matrix-free (convolutions, :class:`copa.layerwise.LayerOperator` with one ``δ`` per instance):
     the ``n × rank`` basis is never formed (cnn4_c2 layer 1: 12544 × 3228), so a step costs two
     convolutions and two ``rank``-sized products instead of two dense ``n × rank`` products. Instances
     of smaller rank are padded with zero columns (``Λ`` with ones), which add exact zeros. With the
@@ -211,7 +211,7 @@ def solve_backwards_batch(observations, refine: BatchRefine | None = None, *, rc
     """Run the recursion for B instances (observations of one model and weights) in lockstep, layer by
     layer; returns each instance's reconstructed input (1×C×H×W, float64) and context.
 
-    Per convolution the B systems share ``A`` and ``P`` (:class:`copa.linalg.LayerSystems` builds them and
+    Per convolution the B systems share ``A`` and ``P`` (:class:`copa.layerwise.LayerSystems` builds them and
     their Gram blocks once) and are solved by minimum-norm least squares, instance by instance on CPU, in
     one batched ``eigh`` on CUDA. ``refine(problems, contexts)`` is then called once with all B problems
     of the layer (a vectorised refinement treats them together) and returns each refined padded solution
@@ -219,7 +219,7 @@ def solve_backwards_batch(observations, refine: BatchRefine | None = None, *, rc
     (``problem.nullity == 0``), where COPA returns the solution unchanged and COPA-GM may still correct
     an inconsistent system. ``solver``: ``"normal"`` (default; Cholesky of the smaller Gram matrix, fast,
     exact when the data are consistent) or ``"lstsq"`` (LAPACK gelsd, the papers' ``np.linalg.lstsq``;
-    several times slower), see :func:`copa.linalg.solve_dense`.
+    several times slower), see :func:`copa.layerwise.solve_dense`.
     """
     observations = as_observation_list(observations)
     check_same_model(observations)

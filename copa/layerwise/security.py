@@ -2,7 +2,7 @@
 
 For every convolution ``i`` of a chain (Chen & Campbell, arXiv 2111.10178), the layer's input
 ``x̃_i`` (padded entries included) satisfies the linear system ``U_i x̃_i = [z_i; g_i; 0]`` with
-``U_i = [A_i; K_i(δ_i); P_i]`` (forward, gradient and padding rows; see :mod:`copa.linalg`). Its
+``U_i = [A_i; K_i(δ_i); P_i]`` (forward, gradient and padding rows; see :mod:`copa.layerwise`). Its
 rank deficiency ``def_i = rank(U_i) − unknowns_i ≤ 0`` is the dimension of the inputs the layer's
 equations cannot tell apart.
 
@@ -29,9 +29,9 @@ constrains anything; ``0.4`` reads "40 % of the (weighted) input dimensions are 
 the input size. Padded entries count as unknowns (as in the index), but they are always pinned
 by the padding rows, so they only ever lower the score.
 
-Ranks: :func:`copa.linalg.layer_rank` (exact block elimination; SVD blocks count singular values
+Ranks: :func:`copa.layerwise.layer_rank` (exact block elimination; SVD blocks count singular values
 ``σ > σ_max · max(m, n) · ε₆₄``, NumPy's ``matrix_rank`` default, blocks with both sides above
-:data:`copa.linalg.GRAM_THRESHOLD` use a pivoted Cholesky of their Gram matrix, which resolves
+:data:`copa.layerwise.GRAM_THRESHOLD` use a pivoted Cholesky of their Gram matrix, which resolves
 ``σ > √(N·ε₆₄)·σ_max``; the authors use an absolute ``1e-10`` on an SVD of the whole ``U``).
 On the paper's models the rank drops are exact identities — e.g.
 ``Σ_{c,u,v} W[f',c,u,v]·g[f,c,u,v] = Σ_{p,q} δ[f,p,q]·z[f',p,q]`` gives ``F²`` dependent rows,
@@ -42,7 +42,7 @@ second layer, whose rank comes from a pivoted Cholesky) and the tolerance does n
 the least-squares problem on the row space), from the eigenvalues of the smaller Gram matrix.
 
 Several images of one model: :func:`security_reports`; the weights are shared, only ``δ`` differs,
-so each layer's ranks for all images come from one :func:`copa.linalg.layer_ranks` call
+so each layer's ranks for all images come from one :func:`copa.layerwise.layer_ranks` call
 (:func:`security_report` is its batch of one).
 """
 
@@ -79,7 +79,7 @@ class LayerSecurity:
     ``rank``/``deficiency`` are of ``U = [A; K; P]``; ``weight`` is ``(L−1−i)/(L−1)`` and
     ``contribution`` ``round(deficiency · weight)`` (0 for Linear layers, which are not in the
     index). ``tolerance`` holds the absolute singular-value thresholds of the two blocks the rank
-    is computed from (see :func:`copa.linalg.layer_rank`), ``rank_gap`` how far the kept and dropped
+    is computed from (see :func:`copa.layerwise.layer_rank`), ``rank_gap`` how far the kept and dropped
     singular values are apart, ``rank_method`` how each block's rank was obtained.
     ``condition_number`` is ``σ_max(U)/σ_rank(U)`` (``None`` if not
     computed, ``inf`` if ``σ_rank`` is below what the Gram eigenvalues resolve).
@@ -266,8 +266,8 @@ def security_reports(
 ) -> list[SecurityReport]:
     """:func:`security_report` for several images of the same model: one report per index, in order.
 
-    The chain is analysed per image (:func:`copa.linalg.analyse_chain`); each conv layer's ranks
-    for all images come from one :func:`copa.linalg.layer_ranks` call, which does the weight-only
+    The chain is analysed per image (:func:`copa.layerwise.analyse_chain`); each conv layer's ranks
+    for all images come from one :func:`copa.layerwise.layer_ranks` call, which does the weight-only
     work once and the ``K₁`` SVDs in one batch (issue 7: shared matrices, only ``δ`` differs). The
     ranks equal per-image :func:`security_report` calls. Timings are shares of the batch:
     ``settings["seconds"]`` is the batch's total wall time divided by ``len(indices)``, a layer's

@@ -1,4 +1,4 @@
-"""Snakemake script of rule `plots`: copa.plots on the leaderboard's tables."""
+"""Snakemake script of rule `plots`: copa.bench.plots on the leaderboard's tables."""
 
 import sys
 from pathlib import Path
