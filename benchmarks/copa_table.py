@@ -1,6 +1,6 @@
 """R-GAP vs COPA vs COPA-GM over several images and chains: the table in docs/copa.md.
 
-Runs every (model, attack, image) with :func:`copa.bench.run_attack` (CIFAR-10 train images, label
+Runs every (model, attack, image) with :func:`copa.bench.run.run_attack` (CIFAR-10 train images, label
 known, float64, untrained seeded models — the COPA papers' setting) and prints a Markdown table of
 PSNR mean ± std, min and seconds per model and attack, with each model's COPA index. Finished runs
 are kept in a JSON-lines file (``--records``), so an interrupted run resumes where it stopped.

@@ -5,7 +5,7 @@ distance. This script runs it on one real image three ways, with the same seed, 
 ``step()`` (20 closure evaluations) the largest pixel difference to the plain run:
 
 * ``torch.optim.LBFGS`` with the random start multiplied by ``1 + 1e-15`` (rounding-sized noise);
-* :class:`copa.lbfgs.BatchedLBFGS` alone (B = 1) — the reimplementation the batched attacks use;
+* :class:`copa.attacks.lbfgs.BatchedLBFGS` alone (B = 1) — the reimplementation the batched attacks use;
 * the instance inside a batch of ``--batch`` instances (``DLG.reconstruct_batch``).
 
     python benchmarks/lbfgs_sensitivity.py                          # lenet-zhu, CIFAR-10 test 2, float64

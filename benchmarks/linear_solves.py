@@ -1,4 +1,4 @@
-"""Time the layer systems of copa.linalg: dense (float64) versus matrix-free, per conv layer.
+"""Time the layer systems of copa.layerwise: dense (float64) versus matrix-free, per conv layer.
 
 For every conv layer of each model, the layer system ``[A; K(δ); P] x̃ = [z; g; 0]`` is built from
 the TRUE quantities of a real image's forward/backward pass (``z_i`` and ``δ_i`` from the forward

@@ -1,7 +1,7 @@
 """Time the COPA security metric of B images: B ``security_report`` calls versus one ``security_reports``.
 
 ``security_reports`` (issue 7) analyses the chain per image but computes each conv layer's ranks
-for all B images with one ``copa.linalg.layer_ranks`` call: the weight-only work (the interior
+for all B images with one ``copa.layerwise.ranks.layer_ranks`` call: the weight-only work (the interior
 forward Gram ``A_intᵀA_int`` of the tall-and-large Gram path, the per-channel convolution weights)
 once, the B ``K₁`` SVDs in one batched call, the rest per image. Both give the same ranks (checked
 here). Condition numbers are per image either way and left out unless ``--condition``. Each time is

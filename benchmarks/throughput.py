@@ -6,9 +6,10 @@ seeds:
 
 * sequential: ``attack.reconstruct`` on each instance in turn (the batch of one);
 * batched: one ``attack.reconstruct_batch`` call on all B (per-instance gradients through
-  ``torch.func.vmap``, per-instance L-BFGS / Adam state; copa/gradmatch.py, copa/lbfgs.py; for the
-  layer-wise attacks the weight-only blocks of every layer's systems built once and each stage's
-  Adam run over all instances at once, copa/layerwise.py, copa/copa_attack.py).
+  ``torch.func.vmap``, per-instance L-BFGS / Adam state; copa/attacks/gradmatch.py, copa/attacks/lbfgs.py;
+  for the layer-wise attacks the weight-only blocks of every layer's systems built once and each stage's
+  Adam run over all instances at once, copa/layerwise/recursion.py, copa/layerwise/solves.py,
+  copa/attacks/copa.py).
 
 Pairs where the attack does not apply (R-GAP/COPA need a chain: not lenet-zhu) are skipped.
 
