@@ -170,7 +170,9 @@ def cmd_list(args) -> int:
         print("\nuse: --defence NAME[:key=value,...] (repeat to apply several, in order); config: defences: [...]")
     else:
         for entry in metrics.METRICS:
-            print(f"{entry.name:8s} {entry.meta.get('description', '')}")
+            print(f"{entry.name:8s} {metrics.metric_info(entry.name).heading:10s} {entry.meta.get('description', '')}")
+        print("\n↑ / ↓: higher / lower is better. A plug-in registers more with copa.metrics.register_metric; "
+              "config: metrics: [...]")
     return 0
 
 

@@ -12,12 +12,19 @@ Conventions, in the style of ``torchmetrics.functional``:
 :func:`score_images` pairs a reconstructed batch with the target batch (Hungarian matching on
 MSE, as gradient-leakage attacks recover a batch in arbitrary order) and returns a
 JSON-serialisable report.
+
+Every image metric is registered with :func:`register_metric`, which declares what tables need (label,
+unit, whether higher is better, decimals; :class:`MetricInfo`): the records, records.csv and the
+leaderboard take their metric columns from the registry, so a new metric is one registration (in a
+plug-in file, :mod:`copa.plugins`) and its name in the workflow's ``metrics:``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,11 @@ from .registry import Registry
 
 __all__ = [
     "METRICS",
+    "DEFAULT_METRICS",
+    "MetricInfo",
+    "register_metric",
+    "metric_info",
+    "metric_order",
     "LPIPSUnavailable",
     "SSIM_WINDOW",
     "LPIPS_MIN_SIZE",
@@ -46,6 +58,9 @@ __all__ = [
 ]
 
 METRICS: Registry[Any] = Registry("metric")
+
+DEFAULT_METRICS = ("mse", "psnr", "ssim", "lpips")
+"""The metrics a run is scored with unless told otherwise (the workflow's ``metrics`` default)."""
 
 
 class LPIPSUnavailable(CopaError):
@@ -335,21 +350,101 @@ def match_pairs(reconstruction: Tensor, target: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # registry and report
 
-METRICS.register(
-    "mse", mse, description="mean squared error per image, on [0, 1] images",
-    higher_is_better=False, source="standard",
+_METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How tables show a metric (declared by :func:`register_metric`): its label, unit, direction and
+    decimals. ``higher_is_better`` is None for a metric not registered in this process."""
+
+    name: str
+    label: str
+    unit: str = ""
+    higher_is_better: bool | None = None
+    digits: int = 4
+    description: str = ""
+
+    @property
+    def arrow(self) -> str:
+        """↑ when higher is better, ↓ when lower is, '' when unknown."""
+        return {True: "↑", False: "↓", None: ""}[self.higher_is_better]
+
+    @property
+    def heading(self) -> str:
+        """A table header: label, unit and arrow, e.g. ``PSNR dB ↑``."""
+        return " ".join(part for part in (self.label, self.unit, self.arrow) if part)
+
+
+def register_metric(name: str, fn: Callable[[Tensor, Tensor], Tensor] | None = None, *, label: str,
+                    higher_is_better: bool, digits: int, description: str, unit: str = "",
+                    replace: bool = False, **meta: Any):
+    """Register the image metric ``fn(reconstruction, target)`` (N×C×H×W images in [0, 1] → per-image
+    tensor of shape N) under ``name`` with what tables need: ``label`` (e.g. "PSNR"), ``unit`` (e.g. "dB"),
+    ``higher_is_better`` (shown as ↑ / ↓) and ``digits`` (decimals). Without ``fn``, a decorator.
+    Extra keywords (``source``, ...) are kept as metadata, as by :meth:`copa.registry.Registry.register`."""
+    settings = dict(label=label, higher_is_better=higher_is_better, digits=digits, description=description,
+                    unit=unit, **meta)
+    if fn is None:
+        return functools.partial(register_metric, name, replace=replace, **settings)
+    _check_metric_declaration(name, fn, settings)
+    return METRICS.register(name, fn, replace=replace, **settings)
+
+
+def _check_metric_declaration(name: Any, fn: Any, settings: dict[str, Any]) -> None:
+    """Raise :class:`~copa.errors.CopaError` naming the first bad part of a metric's declaration."""
+    if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
+        raise CopaError(f"metric name {name!r} is invalid: use a letter, then letters, digits or _ "
+                        "(it names table columns, e.g. psnr, psnr_mean)")
+    digits = settings["digits"]
+    checks = [("fn", fn, callable(fn), "a function (reconstruction, target) -> per-image tensor"),
+              *((key, settings[key], isinstance(settings[key], str) and bool(settings[key].strip()),
+                 "a non-empty string") for key in ("label", "description")),
+              ("unit", settings["unit"], isinstance(settings["unit"], str), "a string ('' for none)"),
+              ("higher_is_better", settings["higher_is_better"], isinstance(settings["higher_is_better"], bool),
+               "True or False"),
+              ("digits", digits, type(digits) is int and 0 <= digits <= 12, "an integer from 0 to 12 (decimals)")]
+    for what, value, ok, accepted in checks:
+        if not ok:
+            raise CopaError(f"metric {name!r}: {what} {value!r} is invalid: expected {accepted}")
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The table metadata of metric ``name``. A name not registered in this process (a plug-in's, read back
+    from records) is shown by its name with 4 decimals and no direction."""
+    if name not in METRICS:
+        return MetricInfo(name, label=str(name))
+    meta = METRICS.entry(name).meta
+    return MetricInfo(name, meta["label"], meta["unit"], meta["higher_is_better"], meta["digits"],
+                      meta["description"])
+
+
+def metric_order(names: Iterable[str]) -> list[str]:
+    """``names`` without repeats: the registered ones in registration order (the tables' column order),
+    then any others in the order given."""
+    names = list(dict.fromkeys(names))
+    return [n for n in METRICS.in_registration_order() if n in names] + [n for n in names if n not in METRICS]
+
+
+# registration order is the tables' column order (results/leaderboard.md: PSNR, SSIM, LPIPS)
+register_metric(
+    "psnr", psnr, label="PSNR", unit="dB", higher_is_better=True, digits=2,
+    description="peak signal-to-noise ratio in dB, peak 1 (+inf for identical images)",
+    source="standard; per-image average as in Geiping et al. 2020 (arXiv 2003.14053)",
 )
-METRICS.register(
-    "psnr", psnr, description="peak signal-to-noise ratio in dB, peak 1 (+inf for identical images)",
-    higher_is_better=True, source="standard; per-image average as in Geiping et al. 2020 (arXiv 2003.14053)",
+register_metric(
+    "ssim", ssim, label="SSIM", higher_is_better=True, digits=4,
+    description="structural similarity, 11×11 Gaussian window, sigma 1.5, valid region",
+    source="Wang et al. 2004, IEEE TIP 13(4); matches skimage structural_similarity",
 )
-METRICS.register(
-    "ssim", ssim, description="structural similarity, 11×11 Gaussian window, sigma 1.5, valid region",
-    higher_is_better=True, source="Wang et al. 2004, IEEE TIP 13(4); matches skimage structural_similarity",
+register_metric(
+    "lpips", lpips, label="LPIPS", higher_is_better=False, digits=4,
+    description="learned perceptual image patch similarity, AlexNet backbone",
+    source="Zhang et al. 2018 (arXiv 1801.03924), v0.1 weights via torchmetrics",
 )
-METRICS.register(
-    "lpips", lpips, description="learned perceptual image patch similarity, AlexNet backbone",
-    higher_is_better=False, source="Zhang et al. 2018 (arXiv 1801.03924), v0.1 weights via torchmetrics",
+register_metric(
+    "mse", mse, label="MSE", higher_is_better=False, digits=4,
+    description="mean squared error per image, on [0, 1] images", source="standard",
 )
 
 
@@ -388,7 +483,7 @@ def score_images(
     *,
     predicted_labels: Any = None,
     true_labels: Any = None,
-    metrics: Iterable[str] = ("mse", "psnr", "ssim", "lpips"),
+    metrics: Iterable[str] = DEFAULT_METRICS,
 ) -> dict[str, Any]:
     """Pair a reconstructed batch with its target batch, then score every pair.
 

@@ -104,6 +104,12 @@ def test_markdown_shows_every_status_with_reasons_and_the_header(run):
                  "## lenet — security metric not applicable", "| flaky     | 1 / 1 / 0",
                  "failed: RuntimeError: diverged \\| NaN", "not applicable: lenet is not a chain", "| inf "]:
         assert fact in md, fact
+    # metric columns from the registry: label, unit and direction; the headline metric with ± std
+    header = next(line for line in md.splitlines() if line.startswith("| attack ") and "runs ok" in line)
+    assert [cell.strip() for cell in header.strip("|").split("|")] == [
+        "attack", "runs ok / failed / n.a.", "PSNR dB ↑ (mean ± std)", "SSIM ↑", "LPIPS ↓", "MSE ↓", "label acc.",
+        "seconds", "evaluations fwd / grad"]
+    assert "## Overview: mean PSNR (dB)" in md and "Spearman ρ (mean PSNR vs normalised_score)" in md
     assert "n/a" in md  # LPIPS missing
     overview = lb.overview_table(board)
     lenet_line = next(line for line in overview.splitlines() if line.startswith("| lenet"))
@@ -164,3 +170,22 @@ def test_plots_are_written(run):
     again = pd.read_csv(root / "records.csv")
     assert np.isinf(again["psnr"]).sum() == 6
     assert plots.reconstruction_grid(again, "c0", root / "p" / "grid_csv.png").stat().st_size > 0
+
+
+def test_metric_columns_are_those_of_the_records_in_registry_order(tmp_path):
+    """A metric the records hold is a column everywhere, after the registered ones when this process does
+    not know it (a plug-in's, read back): shown by its name with 4 decimals; a metric no record holds is none."""
+    records = [make_record("c0", "good", i, psnr=20.0 + i) for i in (0, 1)]
+    for i, record in enumerate(records):
+        record["metrics"]["mean"] = {"sharpness": 0.125 * (i + 1), "mse": 0.01, "psnr": 20.0 + i}
+    cells = [write_cell(tmp_path, "c0", "good", records)]
+    frame = lb.records_from_cells(cells)
+    assert list(frame.columns)[7:10] == ["psnr", "mse", "sharpness"]
+    board = lb.leaderboard(frame)
+    assert list(board.columns)[6:11] == ["psnr_mean", "psnr_std", "psnr_median", "mse_mean", "sharpness_mean"]
+    assert lb.board_metrics(board) == ["psnr", "mse", "sharpness"]
+    table = lb.board_table(board, "c0")
+    assert "| MSE ↓   | sharpness   |" in table and "| 0.0100  | 0.1875      |" in table
+    board.to_csv(tmp_path / "board.csv", index=False)  # the table of a board read back is the same
+    assert lb.board_table(pd.read_csv(tmp_path / "board.csv"), "c0") == table
+    assert "SSIM" not in table and "LPIPS" not in table

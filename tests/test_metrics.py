@@ -270,6 +270,53 @@ def test_registry():
         assert set(entry.meta) >= {"description", "higher_is_better", "source"}
     assert M.METRICS.entry("psnr").meta["higher_is_better"] is True
     assert M.METRICS.entry("lpips").meta["higher_is_better"] is False
+    # registration order is the tables' column order (results/leaderboard.md: PSNR, SSIM, LPIPS)
+    assert M.METRICS.in_registration_order() == ["psnr", "ssim", "lpips", "mse"]
+    assert M.metric_order(["mse", "unknown", "psnr"]) == ["psnr", "mse", "unknown"]
+    assert M.metric_info("psnr").heading == "PSNR dB ↑" and M.metric_info("lpips").heading == "LPIPS ↓"
+    assert M.metric_info("psnr").digits == 2 and M.metric_info("ssim").digits == 4
+    assert M.metric_info("unknown") == M.MetricInfo("unknown", "unknown")  # read back from records: its name
+    assert M.metric_info("unknown").heading == "unknown"
+
+
+@pytest.fixture
+def restore_metrics():
+    saved = dict(M.METRICS._entries)
+    yield
+    M.METRICS._entries.clear()
+    M.METRICS._entries.update(saved)
+
+
+def test_register_metric_declares_what_tables_need(restore_metrics):
+    @M.register_metric("test_mae", label="MAE", higher_is_better=False, digits=3, description="test")
+    def mae(x, y):
+        return (x - y).abs().flatten(1).mean(1).double()
+
+    assert M.METRICS.get("test_mae") is mae and M.metric_info("test_mae").heading == "MAE ↓"
+    assert M.METRICS.in_registration_order()[-1] == "test_mae"
+    x = torch.zeros(2, 3, 16, 16)
+    report = M.score_images(x, x + 0.5, metrics=("psnr", "test_mae"))
+    assert report["mean"]["test_mae"] == pytest.approx(0.5)
+    assert M.check_metric_names(["test_mae"]) == ["test_mae"]
+    with pytest.raises(CopaError, match="metric 'psnr' is already registered"):
+        M.register_metric("psnr", mae, label="P", higher_is_better=True, digits=2, description="another psnr")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"name": "my mae"}, r"metric name 'my mae' is invalid: use a letter, then letters, digits or _"),
+    ({"fn": "abs"}, r"metric 'x': fn 'abs' is invalid: expected a function"),
+    ({"label": ""}, r"metric 'x': label '' is invalid: expected a non-empty string"),
+    ({"higher_is_better": "yes"}, r"metric 'x': higher_is_better 'yes' is invalid: expected True or False"),
+    ({"digits": 2.5}, r"metric 'x': digits 2.5 is invalid: expected an integer from 0 to 12"),
+    ({"digits": True}, r"metric 'x': digits True is invalid"),
+    ({"unit": None}, r"metric 'x': unit None is invalid: expected a string"),
+])
+def test_register_metric_refuses_bad_declarations_by_name(restore_metrics, changes, message):
+    declaration = {"name": "x", "fn": M.mse, "label": "X", "higher_is_better": True, "digits": 2,
+                   "description": "test", **changes}
+    with pytest.raises(CopaError, match=message):
+        M.register_metric(**declaration)
+    assert declaration["name"] not in M.METRICS
 
 
 # ---------------------------------------------------------------------------------------------

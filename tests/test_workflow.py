@@ -363,6 +363,19 @@ def test_check_config_names_unknown_attacks_and_settings(tmp_path):
     check_config(_config(tmp_path, attack_settings={"mean-image": {"level": 0.3}}))
 
 
+def test_check_config_checks_the_metrics_by_name_and_against_the_input_shape(tmp_path):
+    from copa.bench.pipeline import RUN_KEYS, check_config, configured_metrics
+    from copa.errors import CopaError
+
+    assert "metrics" in RUN_KEYS  # a changed metric list reruns the cells, which keep the records that hold it
+    assert configured_metrics(_config(tmp_path)) == ("mse", "psnr", "ssim", "lpips")  # the schema's default
+    with pytest.raises(CopaError, match=r"metrics: unknown metric 'pnsr'\. Did you mean 'psnr'"):
+        check_config(_config(tmp_path, metrics=["mse", "pnsr"]))
+    with pytest.raises(CopaError, match=r"input_shape: input shape 3x8x8 is too small for the metric ssim"):
+        check_config(_config(tmp_path, input_shape="3x8x8"))
+    check_config(_config(tmp_path, input_shape="3x8x8", metrics=["mse", "psnr"]))  # without SSIM: fine
+
+
 def test_run_cell_resumes_and_reruns_only_what_changed(tmp_path):
     from copa.bench.pipeline import run_cell
 
@@ -424,6 +437,51 @@ def test_run_cell_recomputes_when_the_attack_file_changes(tmp_path, forget_attac
     assert attack_identity(config, "slow-grey")["source_sha256"] != first["source_sha256"]
     assert not any(e["reused"] for e in run()["records"])
     assert any("the attack's source file changed" in line for line in lines)
+
+
+def test_run_cell_loads_the_plugins_once_and_builds_the_attack_once(tmp_path, forget_attacks, monkeypatch):
+    import torch
+
+    import copa.attacks
+    import copa.attacks.base
+    from copa.attacks import Attack, Reconstruction, register_attack
+    from copa.bench.pipeline import attack_identity, run_cell
+
+    forget_attacks.append("test-counted-grey")
+    built = []
+
+    @register_attack(replace=True)
+    class CountedGrey(Attack):
+        name = "test-counted-grey"
+        paper = "test"
+
+        def __init__(self, **overrides):
+            super().__init__(**overrides)
+            built.append(self)
+
+        def reconstruct(self, observation, generator):
+            grey = torch.full((1, *observation.input_shape), 0.5, dtype=observation.dtype)
+            return Reconstruction(images=observation.preprocess.apply(grey), labels=observation.labels)
+
+    loads = []
+    real = copa.attacks.load_plugins
+
+    def counted(modules=()):
+        loads.append(tuple(modules))
+        real(modules)
+
+    monkeypatch.setattr(copa.attacks, "load_plugins", counted)
+    monkeypatch.setattr(copa.attacks.base, "load_plugins", counted)
+    config = _config(tmp_path, attacks=["test-counted-grey"])
+    expected = attack_identity(config, "test-counted-grey")  # as the Snakefile computes its rule param
+    loads.clear()
+    built.clear()
+    cell = run_cell(config, "cnn2_c1", "test-counted-grey", records_dir=tmp_path / "records",
+                    summary=tmp_path / "cell.json", log=lambda line: None)
+    assert cell["counts"]["ok"] == 2
+    assert len(loads) == 1 and len(built) == 1
+    assert attack_identity(config, "test-counted-grey", built[0]) == expected  # the same rule param
+    assert cell["attack_source_sha256"] == expected["source_sha256"]
 
 
 def test_run_cell_records_a_failing_image_and_goes_on(tmp_path, forget_attacks):

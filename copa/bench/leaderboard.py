@@ -2,17 +2,20 @@
 
 * :func:`load_records` — one row per record (a run of one attack on one image), every status kept;
 * :func:`load_security` — one row per model: COPA index and normalised score, or not-applicable;
-* :func:`leaderboard` — one row per (model, attack) cell: PSNR mean ± std, SSIM, LPIPS, label
-  accuracy, seconds, evaluations (over the cell's ``ok`` runs) and the counts of ok / failed /
-  not-applicable runs, with the model's security metric; a cell with no ``ok`` run is still a row;
+* :func:`leaderboard` — one row per (model, attack) cell: the mean of every metric the records hold
+  (the headline metric, PSNR, also ± std and median), label accuracy, seconds, evaluations (over the
+  cell's ``ok`` runs) and the counts of ok / failed / not-applicable runs, with the model's security
+  metric; a cell with no ``ok`` run is still a row;
 * :func:`leaderboard_markdown` / :func:`security_markdown` — GitHub-flavoured tables with a header
   stating the command, commit(s), config hash, device(s), package versions, images per cell and date;
   the overview shows a cell without ok runs as ``failed (N)``; failed and not-applicable runs are
   listed with their reasons.
 
-Aggregates are over ``ok`` runs only; a PSNR of ``+inf`` (an exact recovery) makes the mean ``inf``
-and the standard deviation undefined ("–"). LPIPS is "n/a" when no run of the cell has it (the
-AlexNet weights were not available).
+The metric columns come from the metric registry (:func:`copa.metrics.register_metric`): the metrics
+present in the records, in registration order, each with its label, unit, direction (↑ higher is better,
+↓ lower) and decimals. Aggregates are over ``ok`` runs only; a PSNR of ``+inf`` (an exact recovery) makes
+the mean ``inf`` and the standard deviation undefined ("–"). A metric is "n/a" when no ok run of the cell
+has it (LPIPS: the AlexNet weights were not available).
 """
 
 from __future__ import annotations
@@ -27,12 +30,34 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CopaError
-from .record import RECORD_COLUMNS, as_number, read_json, record_row
+from ..metrics import DEFAULT_METRICS, metric_info, metric_order
+from .record import as_number, metric_columns, read_json, record_columns, record_metrics, record_row
 
+HEADLINE_METRIC = "psnr"
+"""The metric of the overview, the Spearman table and the plots; the board also has its std and median."""
 SECURITY_COLUMNS = ["model", "status", "reason", "copa_index", "normalised_score", "seconds"]
-BOARD_COLUMNS = ["model", "attack", "runs", "ok", "failed", "not_applicable", "psnr_mean", "psnr_std", "psnr_median",
-                 "ssim_mean", "lpips_mean", "label_accuracy", "seconds_mean", "forward_evals_mean",
-                 "gradient_evals_mean", "copa_index", "normalised_score", "security_status"]
+COUNT_COLUMNS = ["model", "attack", "runs", "ok", "failed", "not_applicable"]
+COST_COLUMNS = ["label_accuracy", "seconds_mean", "forward_evals_mean", "gradient_evals_mean", "copa_index",
+                "normalised_score", "security_status"]
+
+
+def board_columns(metrics: Sequence[str] = DEFAULT_METRICS) -> list[str]:
+    """The leaderboard's columns: counts, each metric's statistics (registry order), costs, security."""
+    stats = [f"{name}_{stat}" for name in metric_order(metrics) for stat in _statistics(name)]
+    return [*COUNT_COLUMNS, *stats, *COST_COLUMNS]
+
+
+def _statistics(metric: str) -> tuple[str, ...]:
+    return ("mean", "std", "median") if metric == HEADLINE_METRIC else ("mean",)
+
+
+def board_metrics(board: pd.DataFrame) -> list[str]:
+    """The metrics of a leaderboard frame (also one read back from leaderboard.csv)."""
+    return [c.removesuffix("_mean") for c in board.columns if c.endswith("_mean") and c not in COST_COLUMNS]
+
+
+BOARD_COLUMNS = board_columns()
+"""The columns of a leaderboard of records scored with the default metrics."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -40,9 +65,11 @@ BOARD_COLUMNS = ["model", "attack", "runs", "ok", "failed", "not_applicable", "p
 
 
 def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per record file (see :func:`record_row`)."""
-    rows = [record_row(read_json(p), p) for p in paths]
-    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
+    """One row per record file (see :func:`record_row`); a column per metric that any record holds, and
+    the headline metric's always."""
+    records = [(read_json(p), p) for p in paths]
+    metrics = [HEADLINE_METRIC, *(name for record, _ in records for name in record_metrics(record))]
+    return pd.DataFrame([record_row(record, p) for record, p in records], columns=record_columns(metrics))
 
 
 def records_from_cells(cell_paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -88,6 +115,7 @@ def leaderboard(records: pd.DataFrame, security: pd.DataFrame | None = None, *,
     """
     models = _order(records["model"], models)
     attacks = _order(records["attack"], attacks)
+    metrics = metric_order([HEADLINE_METRIC, *metric_columns(records.columns)])
     sec = {} if security is None else {row.model: row for row in security.itertuples(index=False)}
     rows = []
     for model in models:
@@ -95,21 +123,25 @@ def leaderboard(records: pd.DataFrame, security: pd.DataFrame | None = None, *,
         for attack in attacks:
             cell = records[(records["model"] == model) & (records["attack"] == attack)]
             ok = cell[cell["status"] == "ok"]
-            psnr = ok["psnr"].astype(float)
             rows.append({
                 "model": model, "attack": attack, "runs": len(cell), "ok": len(ok),
                 "failed": int((cell["status"] == "failed").sum()),
                 "not_applicable": int((cell["status"] == "not-applicable").sum()),
-                "psnr_mean": _mean(psnr), "psnr_std": _std(psnr),
-                "psnr_median": float(psnr.median()) if len(psnr) else np.nan,
-                "ssim_mean": _mean(ok["ssim"]), "lpips_mean": _mean(ok["lpips"]),
+                **{key: value for name in metrics for key, value in _metric_statistics(ok, name).items()},
                 "label_accuracy": _mean(ok["label_accuracy"]), "seconds_mean": _mean(ok["seconds"]),
                 "forward_evals_mean": _mean(ok["forward_evals"]), "gradient_evals_mean": _mean(ok["gradient_evals"]),
                 "copa_index": np.nan if s is None else s.copa_index,
                 "normalised_score": np.nan if s is None else s.normalised_score,
                 "security_status": "missing" if s is None else s.status,
             })
-    return pd.DataFrame(rows, columns=BOARD_COLUMNS)
+    return pd.DataFrame(rows, columns=board_columns(metrics))
+
+
+def _metric_statistics(ok: pd.DataFrame, metric: str) -> dict[str, float]:
+    """``{metric}_mean`` (and for the headline metric ``_std`` and ``_median``) over a cell's ok runs."""
+    values = ok[metric].astype(float) if metric in ok else pd.Series(dtype=float)
+    compute = {"mean": _mean, "std": _std, "median": lambda v: float(v.median()) if len(v.dropna()) else np.nan}
+    return {f"{metric}_{stat}": compute[stat](values) for stat in _statistics(metric)}
 
 
 def _mean(series: pd.Series) -> float:
@@ -152,16 +184,25 @@ def _reason(reason: Any, width: int | None = None) -> str:
     return text.replace("|", "\\|")
 
 
-def _runs(row) -> str:
-    return f"{row.ok} / {row.failed} / {row.not_applicable}"
+def _runs(row: dict[str, Any]) -> str:
+    return f"{row['ok']} / {row['failed']} / {row['not_applicable']}"
 
 
-def _psnr(row) -> str:
-    if row.ok == 0:
+def _metric_heading(metric: str) -> str:
+    """``PSNR dB ↑ (mean ± std)`` for the headline metric, ``SSIM ↑`` for the others."""
+    heading = metric_info(metric).heading
+    return f"{heading} (mean ± std)" if metric == HEADLINE_METRIC else heading
+
+
+def _metric_cell(row: dict[str, Any], metric: str) -> str:
+    """A cell's metric: "–" without ok runs, "n/a" when its ok runs lack the metric, else the mean with the
+    metric's decimals (± std for the headline metric, when defined)."""
+    if not row["ok"]:
         return "–"
-    if math.isnan(row.psnr_std):
-        return _fmt(row.psnr_mean)
-    return f"{_fmt(row.psnr_mean)} ± {_fmt(row.psnr_std)}"
+    mean, std, digits = row[f"{metric}_mean"], row.get(f"{metric}_std", np.nan), metric_info(metric).digits
+    if math.isnan(mean):
+        return "n/a"
+    return _fmt(mean, digits) if math.isnan(std) else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
 
 
 def _security_heading(row) -> str:
@@ -176,21 +217,29 @@ def board_table(board: pd.DataFrame, model: str) -> str:
     """The per-model table: one row per attack."""
     from tabulate import tabulate
 
+    metrics = board_metrics(board)
     rows = []
-    for row in board[board["model"] == model].itertuples(index=False):
-        lpips = "n/a" if row.ok and math.isnan(row.lpips_mean) else _fmt(row.lpips_mean, 4)
-        evals = f"{_fmt_int(row.forward_evals_mean)} / {_fmt_int(row.gradient_evals_mean)}" if row.ok else "–"
-        rows.append([row.attack, _runs(row), _psnr(row), _fmt(row.ssim_mean, 4), lpips, _fmt(row.label_accuracy),
-                     _fmt(row.seconds_mean, 1), evals])
-    headers = ["attack", "runs ok / failed / n.a.", "PSNR dB (mean ± std)", "SSIM", "LPIPS", "label acc.",
-               "seconds", "evaluations fwd / grad"]
+    for row in board[board["model"] == model].to_dict("records"):
+        evals = f"{_fmt_int(row['forward_evals_mean'])} / {_fmt_int(row['gradient_evals_mean'])}" if row["ok"] else "–"
+        rows.append([row["attack"], _runs(row), *(_metric_cell(row, m) for m in metrics),
+                     _fmt(row["label_accuracy"]), _fmt(row["seconds_mean"], 1), evals])
+    headers = ["attack", "runs ok / failed / n.a.", *map(_metric_heading, metrics), "label acc.", "seconds",
+               "evaluations fwd / grad"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _headline_title() -> str:
+    """``mean PSNR (dB)``: the headline metric's label and unit."""
+    info = metric_info(HEADLINE_METRIC)
+    return f"mean {info.label} ({info.unit})" if info.unit else f"mean {info.label}"
+
+
 def overview_table(board: pd.DataFrame) -> str:
-    """Models × attacks: mean PSNR (dB) of the ok runs, with the model's security metric."""
+    """Models × attacks: the headline metric's mean (PSNR, dB) over the ok runs, with the model's security
+    metric."""
     from tabulate import tabulate
 
+    digits = metric_info(HEADLINE_METRIC).digits
     attacks = list(dict.fromkeys(board["attack"]))
     rows = []
     for model in dict.fromkeys(board["model"]):
@@ -200,7 +249,7 @@ def overview_table(board: pd.DataFrame) -> str:
         for attack in attacks:
             r = sub.loc[attack]
             if r.ok:
-                cells.append(_fmt(r.psnr_mean))
+                cells.append(_fmt(r[f"{HEADLINE_METRIC}_mean"], digits))
             elif r.not_applicable and not r.failed:
                 cells.append("n.a.")
             elif r.failed:
@@ -267,17 +316,20 @@ def correlation_table(board: pd.DataFrame, metric: str) -> str:
 
     rho = spearman_by_attack(board, metric)
     rows = [[r.attack, r.models, _fmt(r.spearman_rho, 3), _fmt(r.p_value, 3)] for r in rho.itertuples(index=False)]
-    return tabulate(rows, headers=["attack", "models", f"Spearman ρ (mean PSNR vs {metric})", "p"],
+    headline = metric_info(HEADLINE_METRIC).label
+    return tabulate(rows, headers=["attack", "models", f"Spearman ρ (mean {headline} vs {metric})", "p"],
                     tablefmt="github", disable_numparse=True)
 
 
 def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[str, str], *,
                          title: str = "copa-bench leaderboard", metric: str = "normalised_score") -> str:
     lines = _header(title, meta)
-    lines += ["", "Statistics are over each cell's `ok` runs; PSNR `inf` is an exact recovery (its std is "
-              "then undefined, –); LPIPS n/a: the AlexNet weights were not available; n.a. = not applicable.",
-              "", "## Overview: mean PSNR (dB)", "", overview_table(board), "",
-              "## PSNR vs security metric across architectures", "",
+    headline = metric_info(HEADLINE_METRIC).label
+    lines += ["", "Statistics are over each cell's `ok` runs; ↑ / ↓: higher / lower is better; PSNR `inf` is an "
+              "exact recovery (its std is then undefined, –); n/a: the cell's ok runs lack the metric (LPIPS: the "
+              "AlexNet weights were not available); n.a. = not applicable.",
+              "", f"## Overview: {_headline_title()}", "", overview_table(board), "",
+              f"## {headline} vs security metric across architectures", "",
               "Spearman's ρ over the models with a security metric and ok runs (– with fewer than 3 models or a "
               "constant side). A higher normalised score (a more negative COPA index) means a more secure model.",
               "", correlation_table(board, metric), ""]
@@ -345,7 +397,8 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
 
 
 def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") -> pd.DataFrame:
-    """Spearman ρ between the security ``metric`` and mean PSNR across models, per attack.
+    """Spearman ρ between the security ``metric`` and the mean of the headline metric (PSNR) across models,
+    per attack.
 
     Uses the models whose security metric is available and whose cell has ok runs; ρ is NaN with
     fewer than 3 such models or when either side is constant.
@@ -357,7 +410,7 @@ def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") ->
     rows = []
     for attack in dict.fromkeys(board["attack"]):
         sub = board[(board["attack"] == attack) & (board["ok"] > 0) & board[metric].notna()]
-        x, y = sub[metric].to_numpy(float), sub["psnr_mean"].to_numpy(float)
+        x, y = sub[metric].to_numpy(float), sub[f"{HEADLINE_METRIC}_mean"].to_numpy(float)
         rho = p = np.nan
         if len(sub) >= 3 and np.unique(x).size > 1 and np.unique(y).size > 1:
             result = spearmanr(x, y)

@@ -13,8 +13,8 @@ A cell (dataset, model, attack) is one job that attacks its N images: as one vec
 attack supports it (dlg, idlg, ig; config ``batch_size`` splits the cell into batches), else one after
 the other. The per-image records are not Snakemake outputs, so Snakemake never deletes them: a cell
 that was killed midway and is run again keeps every complete record that matches the current
-scenario, attack, hyperparameters, seed and attack source file, and computes only the rest
-(:func:`record_matches`). Every file is written atomically.
+scenario, attack, hyperparameters, seed and attack source file and holds every configured metric
+(config ``metrics``), and computes only the rest (:func:`record_matches`). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -24,11 +24,14 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CopaError, InvalidSpecError, NotApplicableError, unknown_name
 from ..io import atomic_write_json
 from .record import STATUSES, canonical_json, clear_record, jsonable, read_record, record_matches, workflow_section
+
+if TYPE_CHECKING:
+    from ..attacks import Attack
 
 # --------------------------------------------------------------------------------------------------
 # Names and paths
@@ -68,34 +71,59 @@ def attack_overrides(config: dict[str, Any], attack: str) -> dict[str, Any]:
     return dict((config.get("attack_settings") or {}).get(attack) or {})
 
 
-def attack_identity(config: dict[str, Any], attack: str) -> dict[str, Any]:
+def build_attack(config: dict[str, Any], attack: str) -> Attack:
+    """The attack ``attack`` with the config's overrides, after loading the config's plug-ins."""
+    from ..attacks import ATTACKS, load_plugins
+
+    load_plugins(tuple(config.get("plugins") or ()))
+    return ATTACKS.get(attack)(**attack_overrides(config, attack))
+
+
+def attack_identity(config: dict[str, Any], attack: str, built: Attack | None = None) -> dict[str, Any]:
     """What identifies an attack's results besides the scenario: its full hyperparameters (defaults
     included) and the SHA-256 of the file that defines it. The Snakefile passes this as a rule param, so
     a changed default or a changed attack file reruns the attack's cells, which then recompute their records.
-    (Changes in shared library modules are not tracked: rerun with ``--forcerun cell``.)"""
+    (Changes in shared library modules are not tracked: rerun with ``--forcerun cell``.)
+    ``built``: the attack already built from ``config`` (:func:`build_attack`; :func:`run_cell` passes its
+    own), else it is built here."""
     import hashlib
     import inspect
 
-    from ..attacks import ATTACKS, create_attack, load_plugins
-
-    load_plugins(tuple(config.get("plugins") or ()))
-    cls = ATTACKS.get(attack)
+    built = build_attack(config, attack) if built is None else built
+    cls = type(built)
     try:
         source = Path(inspect.getsourcefile(cls) or "")
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         where = f"{cls.__module__} ({source.name})"
     except (OSError, TypeError):
         digest, where = None, cls.__module__
-    return {"hyperparameters": jsonable(create_attack(attack, attack_overrides(config, attack)).hp),
-            "source": where, "source_sha256": digest}
+    return {"hyperparameters": jsonable(built.hp), "source": where, "source_sha256": digest}
+
+
+def configured_metrics(config: dict[str, Any]) -> tuple[str, ...]:
+    """The config's ``metrics`` (default :data:`copa.metrics.DEFAULT_METRICS`), checked after the plug-ins
+    are loaded: :class:`CopaError` naming an unknown metric (with close matches) or an empty list."""
+    from ..metrics import DEFAULT_METRICS, METRICS, check_metric_names
+    from .record import record_columns
+
+    given = config.get("metrics")
+    try:
+        names = check_metric_names(DEFAULT_METRICS if given is None else given)
+        if not names:
+            raise InvalidSpecError(f"{given!r} is empty: give one or more of {', '.join(METRICS.names())}")
+        record_columns(names)  # a metric named like a record column
+    except CopaError as exc:
+        raise type(exc)(f"metrics: {exc}") from None
+    return tuple(names)
 
 
 def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     """Check the names and values the schema cannot: raise :class:`CopaError` naming the bad value.
 
     Loads the plugins, then checks every attack name (and every ``attack_settings`` key) against the
-    attack registry, every hyperparameter override by instantiating the attack, every model name by
-    building the model, and (``check_data``) that the dataset has the configured indices.
+    attack registry, every hyperparameter override by instantiating the attack, every metric name against
+    the metric registry (and the input shape against the metrics), every model name by building the
+    model, and (``check_data``) that the dataset has the configured indices.
     """
     from ..attacks import ATTACKS, create_attack, load_plugins
     from ..models import create_model
@@ -116,8 +144,9 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     shape = parse_input_shape(config.get("input_shape", "3x32x32"))
     from ..metrics import check_metric_input
 
+    metrics = configured_metrics(config)
     try:
-        check_metric_input(("ssim",), shape)  # every record is scored with SSIM
+        check_metric_input(metrics, shape)  # e.g. SSIM's 11×11 window
     except CopaError as exc:
         raise type(exc)(f"input_shape: {exc}") from None
     classes = config.get("num_classes") or 10
@@ -161,7 +190,7 @@ SCENARIO_AXES = {"model": "models"}
 """Scenario fields that the workflow sweeps as an axis, with their config key."""
 NOT_IN_WORKFLOW = {"checkpoint": "a trained model is named by the models axis, per model"}
 """Scenario fields that a workflow config does not set, and why."""
-RUN_KEYS = ("seed", "device", "retry_failed", "plugins")
+RUN_KEYS = ("seed", "device", "retry_failed", "plugins", "metrics")
 """Config keys besides the scenario's that determine a record."""
 
 
@@ -206,18 +235,17 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
              summary: str | os.PathLike, threads: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``attack`` on every configured image for ``model``; write one record per image, then the summary.
 
-    Images whose record in ``records_dir/INDEX/`` matches (:func:`record_matches`) are kept as they
-    are. An exception inside the attack (or in scoring its output) becomes a ``failed`` record and the
-    other images still run; a bad configuration raises :class:`CopaError` before any image runs, and
+    Images whose record in ``records_dir/INDEX/`` matches (:func:`record_matches`; it holds every metric
+    of the config's ``metrics``) are kept as they are; the plug-ins are loaded and the attack is built once.
+    An exception inside the attack (or in scoring its output) becomes a ``failed`` record and the other
+    images still run; a bad configuration raises :class:`CopaError` before any image runs, and
     an image that cannot be loaded raises it without a record (the records written so far stay valid).
     """
 
-    from ..attacks import create_attack, load_plugins
     from .outputs import write_outputs
     from .record import summary_line
     from .run import run_attacks, set_threads
 
-    load_plugins(tuple(config.get("plugins") or ()))
     threads = int(threads)
     if threads < 1:
         raise InvalidSpecError(f"threads {threads} is invalid: expected a positive integer")
@@ -225,8 +253,9 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     overrides = attack_overrides(config, attack)
     device = resolve_device_name(config.get("device", "cpu"))
     seed = int(config.get("seed", 0))
-    identity = attack_identity(config, attack)
-    attack_obj = create_attack(attack, overrides)
+    attack_obj = build_attack(config, attack)  # loads the plug-ins
+    identity = attack_identity(config, attack, attack_obj)
+    metrics = configured_metrics(config)
     hp = attack_obj.hp
     run_hash = run_config_hash(config)
     scenarios = [(int(i), scenario_for(config, model, int(i))) for i in config["indices"]]
@@ -241,7 +270,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
         old = read_record(directory)
         why = record_matches(old, directory, scenario, attack, hp, seed,
                              accept_failed=not config.get("retry_failed", True),
-                             source_sha256=identity["source_sha256"])
+                             source_sha256=identity["source_sha256"], metrics=metrics)
         if why is None:
             results[index] = (old, True)
             log(f"[{index}] kept the complete record: {summary_line(old)}")
@@ -254,7 +283,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
         for index, _ in chunk:
             clear_record(records_dir / str(index))
         runs = run_attacks([scenario for _, scenario in chunk], attack_obj,
-                           seeds=[seed] * len(chunk), device=device, threads=threads, record_failures=True)
+                           seeds=[seed] * len(chunk), device=device, threads=threads, metrics=metrics,
+                           record_failures=True)
         for (index, _), (record, reconstruction, truth) in zip(chunk, runs, strict=True):
             record["workflow"] = workflow_section(attack_settings=overrides, cell=f"{model}/{attack}", threads=threads,
                                                   batch_size=batch_size, attack_source=identity["source"],

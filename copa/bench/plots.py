@@ -8,7 +8,8 @@
 * :func:`time_vs_psnr` — seconds per image against PSNR, per attack.
 
 PSNR values above ``psnr_cap`` (exact recoveries reach 140 dB in float64, or +inf) are drawn at the
-cap, marked by a dashed line.
+cap, marked by a dashed line. PSNR is the leaderboard's headline metric
+(:data:`copa.bench.leaderboard.HEADLINE_METRIC`); the axes take its label and unit from the metric registry.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pandas as pd
 
 from ..errors import CopaError
 from ..io import atomic_write
+from ..metrics import metric_info
+from .leaderboard import HEADLINE_METRIC
 
 MARKERS = "osD^vP*Xph<>"
 
@@ -46,6 +49,22 @@ def _colours(names: Sequence[str]) -> dict[str, tuple]:
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
+def _label() -> str:
+    """The headline metric's label (PSNR), from the metric registry."""
+    return metric_info(HEADLINE_METRIC).label
+
+
+def _unit() -> str:
+    """The headline metric's unit (dB), from the metric registry."""
+    return metric_info(HEADLINE_METRIC).unit
+
+
+def _axis(what: str = "{label}") -> str:
+    """An axis label: ``what`` with the headline metric's label, then its unit: ``mean {label}`` → ``mean PSNR (dB)``."""
+    text = what.format(label=_label())
+    return f"{text} ({_unit()})" if _unit() else text
+
+
 def _capped(values: np.ndarray, cap: float) -> np.ndarray:
     values = np.asarray(values, dtype=float)
     return np.where(values > cap, cap, values)
@@ -54,7 +73,7 @@ def _capped(values: np.ndarray, cap: float) -> np.ndarray:
 def _cap_line(ax, cap: float, values: np.ndarray, horizontal: bool = True) -> None:
     if np.any(np.asarray(values, dtype=float) > cap):
         (ax.axhline if horizontal else ax.axvline)(cap, ls="--", lw=0.8, color="grey")
-        ax.annotate(f"≥ {cap:g} dB (drawn at the cap)", xy=(0.01, cap) if horizontal else (cap, 0.01),
+        ax.annotate(f"≥ {cap:g} {_unit()} (drawn at the cap)", xy=(0.01, cap) if horizontal else (cap, 0.01),
                     xycoords=("axes fraction", "data") if horizontal else ("data", "axes fraction"),
                     fontsize=7, color="grey", va="bottom")
 
@@ -89,8 +108,9 @@ def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
                 target, recon = _load_pair(rec["images"])
                 targets.setdefault(index, target)
                 ax.imshow(_to_hwc(recon), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                psnr = rec["psnr"]
-                ax.set_title("inf dB" if math.isinf(psnr) else f"{psnr:.1f} dB", fontsize=7, pad=2)
+                value = rec[HEADLINE_METRIC]
+                shown = "inf" if math.isinf(value) else f"{value:.1f}"
+                ax.set_title(f"{shown} {_unit()}".strip(), fontsize=7, pad=2)
             else:
                 label = "no record" if rec is None else ("n.a." if rec["status"] == "not-applicable" else rec["status"])
                 ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=8, transform=ax.transAxes)
@@ -109,7 +129,7 @@ def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{model}: targets vs reconstructions (PSNR per image)", fontsize=9)
+    fig.suptitle(f"{model}: targets vs reconstructions ({_label()} per image)", fontsize=9)
     return _save(fig, path)
 
 
@@ -128,19 +148,19 @@ def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "no
         sub = usable[usable["attack"] == attack]
         r = rho.loc[attack, "spearman_rho"]
         label = f"{attack}: ρ = {r:.2f}" if np.isfinite(r) else f"{attack}: ρ undefined (n={len(sub)})"
-        ax.scatter(sub[metric], _capped(sub["psnr_mean"], psnr_cap), label=label, color=colours[attack],
-                   marker=MARKERS[i % len(MARKERS)], s=36, alpha=0.85)
+        ax.scatter(sub[metric], _capped(sub[f"{HEADLINE_METRIC}_mean"], psnr_cap), label=label,
+                   color=colours[attack], marker=MARKERS[i % len(MARKERS)], s=36, alpha=0.85)
     models = usable.drop_duplicates("model")
     top = ax.secondary_xaxis("top")  # the models' names at their security metric
     top.set_xticks(models[metric].to_numpy(float), models["model"].tolist(), rotation=60, fontsize=6, ha="left")
-    _cap_line(ax, psnr_cap, usable["psnr_mean"])
+    _cap_line(ax, psnr_cap, usable[f"{HEADLINE_METRIC}_mean"])
     excluded = sorted(set(board["model"]) - set(usable["model"]))
     ax.set_xlabel({"normalised_score": "normalised security score (higher = more secure)",
                    "copa_index": "COPA index (more negative = more secure)"}[metric])
-    ax.set_ylabel("mean PSNR (dB)")
+    ax.set_ylabel(_axis("mean {label}"))
     finite = rho["spearman_rho"].dropna()
     summary = ", ".join(f"{a} {v:.2f}" for a, v in finite.items()) or "undefined (fewer than 3 models)"
-    ax.set_title(f"PSNR vs security across architectures — Spearman ρ: {summary}", fontsize=8)
+    ax.set_title(f"{_label()} vs security across architectures — Spearman ρ: {summary}", fontsize=8)
     if excluded:
         ax.text(0.99, 0.01, "no security metric: " + ", ".join(excluded), transform=ax.transAxes, fontsize=6,
                 ha="right", va="bottom", color="0.4")
@@ -156,7 +176,7 @@ def psnr_distribution(records: pd.DataFrame, path: str | Path, *, attacks: Seque
     attacks = list(dict.fromkeys([*(attacks or []), *records["attack"]]))
     fig = _figure(max(4.0, 0.9 * len(attacks) + 1.5), 4.2)
     ax = fig.subplots()
-    data = [_capped(ok[ok["attack"] == a]["psnr"].dropna(), psnr_cap) for a in attacks]
+    data = [_capped(ok[ok["attack"] == a][HEADLINE_METRIC].dropna(), psnr_cap) for a in attacks]
     positions = np.arange(1, len(attacks) + 1)
     present = [i for i, d in enumerate(data) if len(d)]
     if present:
@@ -168,9 +188,9 @@ def psnr_distribution(records: pd.DataFrame, path: str | Path, *, attacks: Seque
             ax.text(positions[i], 0.5, "no ok run", rotation=90, ha="center", va="center", fontsize=7,
                     transform=ax.get_xaxis_transform())
     ax.set_xticks(positions, attacks, rotation=30, ha="right", fontsize=8)
-    _cap_line(ax, psnr_cap, ok["psnr"])
-    ax.set_ylabel("PSNR per image (dB)")
-    ax.set_title("PSNR distribution per attack (all models)", fontsize=9)
+    _cap_line(ax, psnr_cap, ok[HEADLINE_METRIC])
+    ax.set_ylabel(_axis("{label} per image"))
+    ax.set_title(f"{_label()} distribution per attack (all models)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
@@ -185,14 +205,14 @@ def time_vs_psnr(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[s
     ax = fig.subplots()
     for i, attack in enumerate(attacks):
         sub = ok[ok["attack"] == attack]
-        ax.scatter(np.maximum(sub["seconds"].to_numpy(float), 1e-4), _capped(sub["psnr"], psnr_cap),
+        ax.scatter(np.maximum(sub["seconds"].to_numpy(float), 1e-4), _capped(sub[HEADLINE_METRIC], psnr_cap),
                    label=f"{attack} ({len(sub)})", color=colours[attack], marker=MARKERS[i % len(MARKERS)], s=22,
                    alpha=0.8)
     ax.set_xscale("log")
-    _cap_line(ax, psnr_cap, ok["psnr"])
+    _cap_line(ax, psnr_cap, ok[HEADLINE_METRIC])
     ax.set_xlabel("seconds per image (log scale; floor 1e-4)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title("Time vs PSNR (ok runs)", fontsize=9)
+    ax.set_ylabel(_axis())
+    ax.set_title(f"Time vs {_label()} (ok runs)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return _save(fig, path)

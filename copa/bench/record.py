@@ -10,7 +10,9 @@ for an ok run ``metrics``, ``attack_loss``, ``evaluations``, ``attack_info``, ``
 
 This module makes records (:func:`new_record`, :func:`add_outcome`, :func:`mark_failed`,
 :func:`mark_not_applicable`), decides whether a stored one is still valid (:func:`record_matches`), reads
-them (:func:`read_record`, :func:`record_row`) and summarises them (:func:`summary_line`).
+them (:func:`read_record`, :func:`record_row`) and summarises them (:func:`summary_line`). Its table columns
+(:func:`record_columns`) take one column per metric the records were scored with, in the metric registry's
+order (:func:`copa.metrics.metric_order`), so that a new metric needs no change here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import json
 import os
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import CopaError, RunFailure
+from ..metrics import DEFAULT_METRICS, metric_info, metric_order
 from ..provenance import device_description, git_commit, package_versions
 
 RECORD_VERSION = 1
@@ -35,9 +39,34 @@ STATUSES = ("ok", "failed", "not-applicable")
 
 RECORD_FILES = ("record.json", "images.npz", "reconstruction.png")
 
-RECORD_COLUMNS = ["model", "attack", "dataset", "split", "index", "status", "reason", "psnr", "ssim", "lpips", "mse",
-                  "label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit",
-                  "finished_at", "config_hash", "run_config_hash", "versions", "hyperparameters", "record", "images"]
+IDENTITY_COLUMNS = ["model", "attack", "dataset", "split", "index", "status", "reason"]
+RUN_COLUMNS = ["label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit", "finished_at",
+               "config_hash", "run_config_hash", "versions", "hyperparameters", "record", "images"]
+
+
+def record_columns(metrics: Iterable[str] = DEFAULT_METRICS) -> list[str]:
+    """The columns of :func:`record_row` for records scored with ``metrics``: the run's identity, one column
+    per metric (its mean over the batch) in registry order, then the run's costs and provenance."""
+    names = metric_order(metrics)
+    clash = [name for name in names if name in IDENTITY_COLUMNS or name in RUN_COLUMNS]
+    if clash:
+        raise CopaError(f"metric names {clash} are record columns: accepted are other names than "
+                        f"{', '.join(IDENTITY_COLUMNS + RUN_COLUMNS)}")
+    return [*IDENTITY_COLUMNS, *names, *RUN_COLUMNS]
+
+
+RECORD_COLUMNS = record_columns()
+"""The columns of records scored with the default metrics."""
+
+
+def metric_columns(columns: Iterable[str]) -> list[str]:
+    """The metric columns among a records table's ``columns`` (those of neither the identity nor the run)."""
+    return [c for c in columns if c not in IDENTITY_COLUMNS and c not in RUN_COLUMNS]
+
+
+def record_metrics(record: dict[str, Any]) -> list[str]:
+    """The names of the metrics ``record`` was scored with (none for a run that is not ok)."""
+    return list((record.get("metrics") or {}).get("mean") or {})
 
 
 def config_hash(scenario: dict[str, Any] | None, attack: str, hyperparameters: dict[str, Any], seed: int,
@@ -151,8 +180,11 @@ def read_record(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 def record_matches(record: dict[str, Any] | None, directory: str | os.PathLike, scenario, attack_name: str,
                    hyperparameters: dict[str, Any], seed: int, *, accept_failed: bool = False,
-                   source_sha256: str | None = None) -> str | None:
-    """None if ``record`` is a complete result of exactly this run; else why it must be recomputed."""
+                   source_sha256: str | None = None, metrics: Iterable[str] = ()) -> str | None:
+    """None if ``record`` is a complete result of exactly this run; else why it must be recomputed.
+
+    An ok record must hold every metric of ``metrics`` (it may hold more): a newly configured metric
+    recomputes it, other metrics do not change the run's result."""
     if record is None:
         return "no record"
     if record.get("record_version") != RECORD_VERSION:
@@ -172,6 +204,9 @@ def record_matches(record: dict[str, Any] | None, directory: str | os.PathLike, 
         return "different seed"
     if source_sha256 is not None and (record.get("workflow") or {}).get("attack_source_sha256") != source_sha256:
         return "the attack's source file changed"
+    missing = [name for name in metrics if name not in record_metrics(record)] if status == "ok" else []
+    if missing:
+        return f"metrics {', '.join(missing)} not in the record"
     if status == "ok" and not (Path(directory) / "images.npz").is_file():
         return "images.npz missing"
     return None
@@ -193,7 +228,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 
 def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
-    """Flatten one record (any status) into a row of :data:`RECORD_COLUMNS`."""
+    """Flatten one record (any status) into a row of :func:`record_columns` (of its own metrics)."""
     scenario = record.get("scenario") or {}
     indices = scenario.get("indices") or [None]
     status = record.get("status")
@@ -209,8 +244,8 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "dataset": scenario.get("dataset"), "split": scenario.get("split"),
         "index": indices[0] if len(indices) == 1 else ",".join(map(str, indices)),
         "status": status, "reason": record.get("reason"),
-        "psnr": as_number(mean.get("psnr")), "ssim": as_number(mean.get("ssim")), "lpips": as_number(mean.get("lpips")),
-        "mse": as_number(mean.get("mse")), "label_accuracy": as_number((record.get("metrics") or {}).get("label_accuracy")),
+        **{name: as_number(value) for name, value in mean.items()},
+        "label_accuracy": as_number((record.get("metrics") or {}).get("label_accuracy")),
         "seconds": as_number(record.get("seconds")), "forward_evals": as_number(evals.get("forward")),
         "gradient_evals": as_number(evals.get("gradient")), "device": record.get("device"),
         "git_commit": record.get("git_commit"), "finished_at": record.get("finished_at"),
@@ -251,11 +286,15 @@ def summary_line(record: dict[str, Any]) -> str:
         return (f"{head}: ok, no ground truth to score against (attack loss "
                 f"{'–' if loss is None else f'{loss:.4g}'}), {record['seconds']:.2f} s")
     mean = record["metrics"]["mean"]
-    parts = [f"PSNR {mean['psnr']:.2f} dB", f"SSIM {mean['ssim']:.4f}"]
-    if mean.get("lpips") is not None:
-        parts.append(f"LPIPS {mean['lpips']:.4f}")
+    parts = [_metric_text(name, mean[name]) for name in metric_order(mean) if mean[name] is not None]
     acc = record["metrics"].get("label_accuracy")
     if acc is not None:
         parts.append(f"label acc {acc:.2f}")
     parts.append(f"{record['seconds']:.2f} s")
     return f"{head}: " + ", ".join(parts)
+
+
+def _metric_text(name: str, value: float) -> str:
+    """``PSNR 12.61 dB``: the metric's label, its value with the registered decimals, its unit."""
+    info = metric_info(name)
+    return " ".join(part for part in (info.label, f"{value:.{info.digits}f}", info.unit) if part)

@@ -36,7 +36,7 @@ class _ForwardCounter:
 
 def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                seed: int = 0, device: str = "cpu", threads: int | None = None,
-               metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"),
+               metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS,
                record_failures: bool = False,
                ) -> tuple[dict[str, Any], Reconstruction | None, GroundTruth]:
     """Build the scenario, run the attack on its observation, score the result.
@@ -68,7 +68,7 @@ def set_threads(threads: int) -> None:
 
 def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                 seeds: list[int] | None = None, device: str = "cpu", threads: int | None = None,
-                metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"), record_failures: bool = False,
+                metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS, record_failures: bool = False,
                 batch: bool = True) -> list[tuple[dict[str, Any], Reconstruction | None, GroundTruth | None]]:
     """:func:`run_attack` for several scenarios of one model (e.g. a cell's N images): a batched attack
     solves them as one vectorised computation (:func:`attack_observations`), others one after the other.
@@ -143,7 +143,7 @@ def check_finite_images(images: torch.Tensor) -> None:
 
 def attack_observation(observation: Observation, attack: Attack, *, truth: GroundTruth | None = None,
                        seed: int = 0, device: torch.device | str | None = None,
-                       metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"), record_failures: bool = False,
+                       metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS, record_failures: bool = False,
                        scenario: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
                        ) -> tuple[dict[str, Any], Reconstruction | None]:
     """Run ``attack`` on ``observation``; score it against ``truth`` when given (else metrics are null).
@@ -158,7 +158,7 @@ def attack_observation(observation: Observation, attack: Attack, *, truth: Groun
 
 def attack_observations(observations: list[Observation], attack: Attack, *, truths: list | None = None,
                         seeds: list[int] | None = None, device: torch.device | str | None = None,
-                        metrics: tuple[str, ...] = ("mse", "psnr", "ssim", "lpips"), record_failures: bool = False,
+                        metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS, record_failures: bool = False,
                         scenarios: list | None = None, sources: list | None = None, batch: bool = True,
                         ) -> list[tuple[dict[str, Any], Reconstruction | None]]:
     """:func:`attack_observation` for B independent instances (observations of one model and weights).
