@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import CopaError
+from .hyperparameters import check_seed
 from .io import check_writable
 
 EXIT_BAD_INPUT = 2
@@ -193,6 +194,7 @@ def cmd_attack(args) -> int:
         if given:
             raise CopaError(f"--observation replaces the scenario: {', '.join(given)} cannot be used with it "
                             f"(the file holds the model, weights, gradients and labels)")
+    check_seed(args.seed, "--seed")
     attack = create_attack(args.attack, parse_overrides(args.overrides), plugins=args.plugin)
     if args.observation is None:
         scenario = _scenario_from_args(args)
@@ -262,6 +264,7 @@ def cmd_security(args) -> int:
     from .threat import parse_input_shape
 
     shape = parse_input_shape(args.input_shape)
+    check_seed(args.model_seed, "--model-seed")
     indices = list(_parse_indices(args.index)) if args.index else [0]
     if args.out:
         check_writable(args.out, what="--out", directory=False)

@@ -205,6 +205,10 @@ def validate_indices(indices: Sequence[int]) -> np.ndarray:
     """Official indices as a 1-D int64 array: non-empty, non-negative, no repeats."""
     if isinstance(indices, (int, np.integer)):
         raise InvalidSpecError(f"indices {indices!r} is a single number: give a sequence, e.g. [{indices}]")
+    huge = [i for i in np.ravel(np.asarray(indices, dtype=object)) if isinstance(i, int) and not -2 ** 63 <= i < 2 ** 63]
+    if huge:
+        raise InvalidSpecError(f"index {huge[0]} is out of range: official indices are integers from 0 to the "
+                               f"split's size - 1")
     wanted = np.asarray(indices)
     if wanted.size == 0:
         raise InvalidSpecError("indices are empty: give at least one image index")

@@ -78,3 +78,13 @@ def resolve_parameters(kind: str, owner: str, declared: dict[str, Hyperparameter
         except InvalidSpecError as exc:
             raise InvalidSpecError(f"{kind} {owner!r}: {exc}") from None
     return values
+
+
+SEED_MAX = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+def check_seed(value: Any, what: str) -> int:
+    """``value`` as a seed (an int in [0, 2⁶³ − 1]), or one line naming it (``what``: e.g. ``--seed``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise InvalidSpecError(f"{what} {value!r} is invalid: accepted are integers from 0 to {SEED_MAX}")
+    return value

@@ -78,23 +78,35 @@ def _load_entry_point(entry: metadata.EntryPoint) -> None:
 
 
 def _import_plugin(target: str) -> None:
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise CopaError(f"plugin file {target!r} does not exist")
-        module_name = f"copa_plugin_{path.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception:
-            sys.modules.pop(module_name, None)
-            raise
-    else:
-        try:
+    """Import one plug-in (a module name or a .py file); a plug-in that cannot be imported — missing, a
+    syntax error, an exception while it runs — raises one line naming it and what went wrong."""
+    try:
+        if target.endswith(".py"):
+            _import_file(target)
+        else:
             importlib.import_module(target)
-        except ModuleNotFoundError as exc:
-            if exc.name and target.startswith(exc.name):
-                raise CopaError(f"plugin module {target!r} cannot be imported: {exc}") from None
-            raise
+    except CopaError:
+        raise
+    except ModuleNotFoundError as exc:
+        if exc.name and target.startswith(exc.name):
+            raise CopaError(f"plugin module {target!r} cannot be imported: {exc}") from None
+        raise CopaError(f"plugin {target!r} cannot be imported: {exc}") from None
+    except SyntaxError as exc:
+        raise CopaError(f"plugin {target!r} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:  # the plug-in's own code failed while it was imported
+        raise CopaError(f"plugin {target!r} failed while it was imported: {type(exc).__name__}: {exc}") from None
+
+
+def _import_file(target: str) -> None:
+    path = Path(target)
+    if not path.is_file():
+        raise CopaError(f"plugin file {target!r} does not exist")
+    module_name = f"copa_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise

@@ -84,6 +84,11 @@ def truncated_checkpoint(tmp: Path) -> None:
     (tmp / "cut.pt").write_bytes(raw[: len(raw) // 2])
 
 
+def broken_plugins(tmp: Path) -> None:
+    (tmp / "syntax.py").write_text("def f(:\n")
+    (tmp / "raising.py").write_text("raise RuntimeError('boom')\n")
+
+
 def unknown_metric() -> None:
     from copa.metrics import score_images
 
@@ -183,6 +188,32 @@ CASES = [
     Case("input too small for a metric", "copa attack --attack noise --model 'chain:c2k3:tanh fc:identity' "
          "--input-shape 3x8x8 --out OUT", ("3x8x8", "ssim", "at least 11×11")),
     # workflow configs: the JSON schema (snakemake's own message), then copa.bench.pipeline.check_config
+    Case("plug-in file with a syntax error", "copa list models --plugin TMP/syntax.py",
+         ("TMP/syntax.py", "syntax error at line 1"), setup=broken_plugins),
+    Case("plug-in that raises on import", "copa list attacks --plugin TMP/raising.py",
+         ("TMP/raising.py", "RuntimeError: boom"), setup=broken_plugins),
+    Case("--out that cannot be written", "copa attack --attack noise --model cnn2_c1 --out /proc/copa-out",
+         ("--out '/proc/copa-out'", "cannot be written")),
+    Case("security --out that cannot be written", "copa security --model cnn2_c1 --out /proc/copa.json",
+         ("--out '/proc/copa.json'", "cannot be written")),
+    Case("model seed out of range",
+         "copa attack --attack noise --model cnn2_c1 --model-seed 100000000000000000000000 --out OUT",
+         ("100000000000000000000000", "9223372036854775807")),
+    Case("attack seed out of range", "copa attack --attack noise --model cnn2_c1 --seed -1 --out OUT",
+         ("--seed -1", "from 0 to")),
+    Case("index beyond any integer type",
+         "copa attack --attack noise --model cnn2_c1 --index 100000000000000000000000 --out OUT",
+         ("100000000000000000000000", "out of range")),
+    Case("unknown defence", "copa attack --attack noise --model cnn2_c1 --defence prun --out OUT",
+         ("'prun'", "Did you mean 'prune'?", "Known defences:")),
+    Case("defence parameter out of range", "copa attack --attack noise --model cnn2_c1 --defence prune:p=1.5 --out OUT",
+         ("p=1.5", "[0, 1)")),
+    Case("defence parameter the defence does not have",
+         "copa attack --attack noise --model cnn2_c1 --defence noise:sigma=1 --out OUT",
+         ("'sigma'", "accepted: scale")),
+    Case("DP-SGD after another defence",
+         "copa attack --attack noise --model cnn2_c1 --defence prune --defence dp-gaussian --out OUT",
+         ("'dp-gaussian' must come first", "'prune'")),
     Case("config key the schema does not have", "snakemake -n --configfile bad.yaml",
          ("'iterations' was unexpected",), status=1, config=f"{{{GOOD}, iterations: 5}}"),
     Case("config without a required key", "snakemake -n --configfile bad.yaml",
@@ -203,6 +234,8 @@ CASES = [
     Case("config asking for CUDA where there is none", "snakemake -n --configfile bad.yaml",
          ("device: 'cuda'", "CUDA is not available", "device: cpu or auto"), status=1,
          config=f"{{{GOOD}, device: cuda}}", needs="no-cuda"),
+    Case("config naming an unknown defence", "snakemake -n --configfile bad.yaml",
+         ("'prun'", "Did you mean 'prune'", "Known defences:"), status=1, config=f"{{{GOOD}, defences: [prun]}}"),
 ]
 # The JSON-schema cases: the message names the offending key ("invalid config: KEY: ...", Snakefile).
 SCHEMA_KEYS = {"config value outside the schema's choices": "split", "config value of the wrong type": "indices"}

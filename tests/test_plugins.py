@@ -59,7 +59,10 @@ def attack_file(tmp_path):
 
 @contextlib.contextmanager
 def registry_restored():
-    """Snapshot the attack registry, the loaded-plugin set, plug-in modules and sys.path; restore them afterwards."""
+    """Snapshot the attack registry, the loaded-plugin set, plug-in modules and sys.path; restore them afterwards.
+    The installed plug-ins (the baselines) are loaded first, so that the snapshot holds them: their modules
+    stay imported, and a later load_plugins() would not register them again."""
+    load_plugins()
     entries = dict(ATTACKS._entries)
     loaded = set(attacks_mod._loaded)
     modules = set(sys.modules)

@@ -122,14 +122,16 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
 
     Loads the plugins, then checks every attack name (and every ``attack_settings`` key) against the
     attack registry, every hyperparameter override by instantiating the attack, every metric name against
-    the metric registry (and the input shape against the metrics), every model name by building the
-    model, and (``check_data``) that the dataset has the configured indices.
+    the metric registry (and the input shape against the metrics), the scenario keys by making the
+    first cell's scenario (defences, seeds, ...), every model name by building the model, and
+    (``check_data``) that the dataset has the configured indices.
     """
     from ..attacks import ATTACKS, create_attack, load_plugins
     from ..models import create_model
     from ..threat import parse_input_shape
 
     load_plugins(tuple(config.get("plugins") or ()))
+    scenario_for(config, config["models"][0], config["indices"][0])  # e.g. an unknown or misordered defence
     for name in config["attacks"]:
         if name not in ATTACKS:
             raise unknown_name("attack", name, ATTACKS.names())

@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import data as data_mod
 from ..errors import CopaError, InvalidSpecError
+from ..hyperparameters import check_seed
 from ..models import create_model
 from .defences import ClientUpdate, apply_defences
 from .observation import GroundTruth, Observation, client_loss
@@ -143,6 +144,8 @@ class Scenario:
         from .defences import canonical_defences
 
         object.__setattr__(self, "indices", tuple(int(i) for i in data_mod.validate_indices(self.indices)))
+        check_seed(self.model_seed, "model_seed")
+        check_seed(self.defence_seed, "defence_seed")
         object.__setattr__(self, "input_shape", parse_input_shape(self.input_shape))
         if isinstance(self.defences, str):
             object.__setattr__(self, "defences", (self.defences,))
