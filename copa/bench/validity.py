@@ -1,0 +1,457 @@
+"""Is the COPA security metric valid? Rank correlations of architecture predictors with leakage.
+
+The library of the population study (issue "The security metric on trial"): pure functions over pandas
+frames and numpy arrays, no I/O. The study attacks many architectures — the seeded random chains
+``random-chain:SEED`` of :func:`copa.models.random_chain_spec` and the paper's chains — and asks whether
+the security report predicts how much the best attack recovers.
+
+* :func:`predictors_from_security` — the predictors of one architecture from its security report
+  (``SecurityReport.to_dict()``); :data:`PREDICTORS` lists them.
+* :func:`architecture_table` — one row per architecture: its predictors, the mean PSNR and SSIM of every
+  attack (``psnr:ATTACK``, ``ssim:ATTACK``) and the best attack (``best_psnr`` = the largest mean PSNR
+  over the attacks, ``best_ssim`` = that attack's mean SSIM, ``best_attack``).
+* :func:`correlation` / :func:`correlation_table` / :func:`validity_tables` — Spearman ρ and Kendall τ-b
+  with bootstrap confidence intervals over architectures and Holm-adjusted p-values, for all
+  architectures and for the rank-deficient ones alone.
+* :func:`held_out_split` / :func:`held_out_evaluation` — fit a rule (choose a predictor, a threshold for
+  "leaks") on half A of the random chains only, report it on half B and on the paper chains.
+
+Statistics
+----------
+*Estimates*: Spearman ρ (Pearson correlation of average ranks, = ``scipy.stats.spearmanr``) and Kendall
+τ-b (ties corrected, = ``scipy.stats.kendalltau``), computed on the architectures where both columns
+are finite or ±inf (NaN rows are dropped pair by pair; a PSNR of +inf, an exact recovery, is the
+largest rank). *Confidence intervals*: ``scipy.stats.bootstrap`` with ``paired=True`` — architectures
+are resampled with replacement, each keeping its (predictor, outcome) pair — default method **BCa**
+(bias-corrected and accelerated), ``n_resamples`` 9999, 95 %, seeded by ``random_state`` (every pair
+of a table uses the same seed); where BCa is undefined (a degenerate bootstrap or jackknife
+distribution) the percentile interval is reported instead and ``ci_method`` says so. *p-values*:
+two-sided, from ``spearmanr`` (t approximation) and ``kendalltau`` (exact for small samples without
+ties, else the normal approximation). *Multiplicity*: :func:`holm` (Holm–Bonferroni step-down) over
+the family of all (predictor, outcome) pairs of one table, separately for ρ and for τ (two statistics
+of the same hypotheses) and separately for each subset (all / deficient). ρ, τ, CI and p are NaN when
+fewer than 3 architectures remain or either column is constant (e.g. ``any_deficient`` among the
+deficient architectures).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InvalidSpecError
+from ..models import RANDOM_CHAIN_PREFIX
+
+__all__ = ["PREDICTORS", "STATISTICS", "CorrelationResult", "FittedRule", "HeldOutSplit", "architecture_table",
+           "choose_predictor", "correlation", "correlation_table", "fit_threshold", "held_out_evaluation",
+           "held_out_split", "holm", "kendall_tau_b", "predictors_from_security", "spearman_rho",
+           "validity_tables"]
+
+PREDICTORS: dict[str, str] = {
+    "copa_index": "COPA index (≤ 0; 0 = every layer uniquely solvable, the leakiest)",
+    "normalised_score": "weighted fraction of undetermined unknowns, in [0, 1] (0 = leakiest)",
+    "any_deficient": "some conv layer is rank-deficient (bool)",
+    "image_layer_deficiency": "undetermined dimensions of the image layer, −deficiency of layer 0 (≥ 0)",
+    "total_deficiency": "undetermined dimensions summed over the conv layers, Σ −deficiency (≥ 0)",
+    "max_layer_deficiency_fraction": "max over conv layers of −deficiency / unknowns, in [0, 1]",
+    "log10_condition_max": "log10 of the largest conv-layer condition number (NaN if not computed)",
+    "log10_condition_image": "log10 of the image layer's condition number (NaN if not computed)",
+    "depth": "number of conv layers",
+    "parameters": "number of model parameters",
+}
+"""The predictors of :func:`predictors_from_security`, with their meaning."""
+
+STATISTICS = {"spearman": "rho", "kendall": "tau"}
+"""The rank correlations of :func:`correlation`: name → the estimate's column prefix in the tables."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Predictors and the per-architecture table
+
+
+def _as_float(value: Any) -> float:
+    """A report number as float: None → NaN, the strings ``"inf"``/``"-inf"`` of ``to_dict`` → ±inf."""
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+def _log10(value: float) -> float:
+    return math.nan if math.isnan(value) else (math.inf if math.isinf(value) else math.log10(value))
+
+
+def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> dict[str, float | bool | int]:
+    """The predictors (:data:`PREDICTORS`) of one architecture from its ``SecurityReport.to_dict()``.
+
+    Deficiencies are counted as undetermined dimensions (``−deficiency`` of the report, ≥ 0) over the
+    conv layers (the Linear layers are solved in closed form). Condition numbers: ``log10`` of the
+    largest over the conv layers (NaN if any conv layer has none, e.g. ``condition=False``; ``inf`` if
+    one is ``inf``) and of the image layer (layer 0). ``parameters``: ``sum(p.numel())`` of ``model``
+    when given, else from the report — a conv layer's gradient rows are its weights (chains have no
+    conv bias), a Linear layer's gradient rows plus its forward rows are its weights plus bias.
+    """
+    layers = list(report.get("layers") or [])
+    conv = [layer for layer in layers if layer.get("kind") == "conv"]
+    free = [-int(layer["deficiency"]) for layer in conv]
+    conditions = [_as_float(layer.get("condition_number")) for layer in conv]
+    image = conv[0] if conv and layers[0] is conv[0] else None
+    if model is not None:
+        parameters = int(sum(p.numel() for p in model.parameters()))
+    else:
+        parameters = int(sum(layer["gradient_rows"] + (layer["forward_rows"] if layer["kind"] == "fc" else 0)
+                             for layer in layers))
+    return {
+        "copa_index": int(report["copa_index"]),
+        "normalised_score": float(report["normalised_score"]),
+        "any_deficient": any(f > 0 for f in free),
+        "image_layer_deficiency": free[0] if image is not None else 0,
+        "total_deficiency": int(sum(free)),
+        "max_layer_deficiency_fraction": max((f / layer["unknowns"] for f, layer in zip(free, conv)), default=0.0),
+        "log10_condition_max": math.nan if not conditions or any(map(math.isnan, conditions))
+        else _log10(max(conditions)),
+        "log10_condition_image": _log10(conditions[0]) if image is not None else math.nan,
+        "depth": len(conv),
+        "parameters": parameters,
+    }
+
+
+def architecture_table(board: pd.DataFrame, predictors: pd.DataFrame | Mapping[str, Mapping[str, Any]], *,
+                       psnr: str = "psnr_mean", ssim: str = "ssim_mean") -> pd.DataFrame:
+    """One row per architecture: ``model``, its predictors, ``psnr:ATTACK`` / ``ssim:ATTACK`` per attack,
+    ``best_psnr`` (max mean PSNR over the attacks), ``best_ssim`` (that attack's mean SSIM), ``best_attack``.
+
+    ``board``: one row per (model, attack) cell with the mean PSNR and SSIM in the columns ``psnr`` and
+    ``ssim`` (the leaderboard's ``psnr_mean``, ``ssim_mean``). ``predictors``: a frame with a ``model``
+    column, or ``{model: predictors_from_security(...)}``. Models in only one of the two are kept (NaN
+    where missing); a model whose attacks all lack a PSNR has ``best_*`` NaN and ``best_attack`` missing.
+    """
+    missing = {"model", "attack", psnr, ssim} - set(board.columns)
+    if missing:
+        raise InvalidSpecError(f"board lacks the columns {sorted(missing)} (expected model, attack, {psnr}, {ssim})")
+    pred = (predictors.copy() if isinstance(predictors, pd.DataFrame)
+            else pd.DataFrame([{"model": name, **values} for name, values in predictors.items()]))
+    if "model" not in pred.columns:
+        raise InvalidSpecError("predictors lack a 'model' column")
+    attacks = list(dict.fromkeys(board["attack"]))
+    wide = board.pivot_table(index="model", columns="attack", values=[psnr, ssim], aggfunc="first", dropna=False)
+    out = pd.DataFrame(index=pd.Index(list(dict.fromkeys([*pred["model"], *board["model"]])), name="model"))
+    for metric, column in (("psnr", psnr), ("ssim", ssim)):
+        for attack in attacks:
+            out[f"{metric}:{attack}"] = wide[column][attack].reindex(out.index).astype(float)
+    psnrs = out[[f"psnr:{a}" for a in attacks]].to_numpy(float)
+    has = ~np.all(np.isnan(psnrs), axis=1)
+    best = np.where(has, np.argmax(np.where(np.isnan(psnrs), -np.inf, psnrs), axis=1), -1)
+    out["best_attack"] = [attacks[i] if i >= 0 else None for i in best]
+    out["best_psnr"] = [psnrs[r, i] if i >= 0 else np.nan for r, i in enumerate(best)]
+    out["best_ssim"] = [out[f"ssim:{attacks[i]}"].iloc[r] if i >= 0 else np.nan for r, i in enumerate(best)]
+    return pred.merge(out.reset_index(), on="model", how="outer", sort=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rank correlations with bootstrap intervals
+
+
+def _ranks(x: np.ndarray, axis: int) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(x, axis=axis)
+
+
+def spearman_rho(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman ρ along ``axis`` (vectorised): the Pearson correlation of average ranks (NaN if one is constant)."""
+    rx, ry = (np.moveaxis(_ranks(np.asarray(v, float), axis), axis, -1) for v in (x, y))
+    rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(-1) / np.sqrt((rx ** 2).sum(-1) * (ry ** 2).sum(-1))
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Kendall τ-b along ``axis`` (vectorised; O(n²) memory per sample):
+    ``Σ_{i<j} sign(xᵢ−xⱼ)·sign(yᵢ−yⱼ) / √(Σ_{i<j} |sign(xᵢ−xⱼ)| · Σ_{i<j} |sign(yᵢ−yⱼ)|)`` on ranks (so ±inf is
+    fine); the denominator counts the pairs not tied in x, resp. y."""
+    rx, ry = (np.moveaxis(_ranks(np.asarray(v, float), axis), axis, -1).astype(np.float32) for v in (x, y))
+    i, j = np.triu_indices(rx.shape[-1], 1)  # each pair once; ranks are exact in float32 below 2²³ samples
+    sx, sy = np.sign(rx[..., i] - rx[..., j]), np.sign(ry[..., i] - ry[..., j])
+    concordance = (sx * sy).sum(-1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return concordance / np.sqrt(np.abs(sx).sum(-1, dtype=np.float64) * np.abs(sy).sum(-1, dtype=np.float64))
+
+
+_STATISTIC_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {"spearman": spearman_rho, "kendall": kendall_tau_b}
+
+
+@dataclass(frozen=True)
+class CorrelationResult:
+    """One rank correlation: estimate, bootstrap CI (``ci_method`` says how), two-sided p-value, sample size."""
+
+    statistic: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n: int
+    ci_method: str
+
+
+def _pairs(x: Iterable[Any], y: Iterable[Any]) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(list(x), dtype=float), np.asarray(list(y), dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise InvalidSpecError(f"x and y must be 1-d and of equal length, got shapes {x.shape} and {y.shape}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    return x[keep], y[keep]
+
+
+def _p_value(statistic: str, x: np.ndarray, y: np.ndarray) -> float:
+    from scipy import stats
+
+    test = stats.spearmanr(x, y) if statistic == "spearman" else stats.kendalltau(x, y)
+    return float(test.pvalue)
+
+
+def _rng_keyword() -> str:
+    from scipy.stats import bootstrap
+
+    return "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
+
+
+def _bootstrap_ci(statistic: str, x: np.ndarray, y: np.ndarray, *, n_resamples: int, confidence_level: float,
+                  method: str, random_state: int) -> tuple[float, float, str]:
+    from scipy.stats import bootstrap
+
+    function = _STATISTIC_FUNCTIONS[statistic]
+    batch = max(1, int(8_000_000 // (x.size ** 2))) if statistic == "kendall" else None  # τ-b is O(n²) per resample
+    for ci_method in dict.fromkeys([method, "percentile"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's DegenerateDataWarning: handled by the fallback below
+            result = bootstrap((x, y), function, paired=True, vectorized=True, n_resamples=n_resamples, batch=batch,
+                               confidence_level=confidence_level, method=ci_method,
+                               **{_rng_keyword(): np.random.default_rng(random_state)})
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+        if not (math.isnan(low) or math.isnan(high)):
+            return low, high, ci_method if ci_method == method else f"percentile ({method} undefined)"
+    return math.nan, math.nan, "undefined (degenerate bootstrap distribution)"
+
+
+def correlation(x: Iterable[Any], y: Iterable[Any], *, statistic: str = "spearman", n_resamples: int = 9999,
+                confidence_level: float = 0.95, method: str = "BCa", random_state: int = 0) -> CorrelationResult:
+    """Spearman ρ or Kendall τ-b of ``x`` and ``y`` with a paired bootstrap CI and a p-value (module docstring).
+
+    ``method``: ``"BCa"`` (default), ``"percentile"`` or ``"basic"`` (scipy's); ``random_state`` seeds the
+    resampling (the same seed gives the same interval). Pairs with a NaN are dropped; with fewer than 3
+    pairs or a constant side everything but ``n`` is NaN.
+    """
+    if statistic not in STATISTICS:
+        raise InvalidSpecError(f"statistic {statistic!r} is unknown: accepted are {', '.join(STATISTICS)}")
+    x, y = _pairs(x, y)
+    n = int(x.size)
+    if n < 3 or np.unique(x).size < 2 or np.unique(y).size < 2:
+        return CorrelationResult(statistic, math.nan, math.nan, math.nan, math.nan, n,
+                                 "undefined (fewer than 3 pairs or a constant column)")
+    estimate = float(_STATISTIC_FUNCTIONS[statistic](x, y))
+    low, high, ci_method = _bootstrap_ci(statistic, x, y, n_resamples=n_resamples, confidence_level=confidence_level,
+                                         method=method, random_state=random_state)
+    return CorrelationResult(statistic, estimate, low, high, _p_value(statistic, x, y), n, ci_method)
+
+
+def _correlation_columns(x: Iterable[Any], y: Iterable[Any], **options: Any) -> dict[str, Any]:
+    """``n`` and, for ρ and τ, the estimate, CI, p-value and CI method as table columns (:func:`correlation`)."""
+    columns: dict[str, Any] = {}
+    for statistic, name in STATISTICS.items():
+        result = correlation(x, y, statistic=statistic, **options)
+        columns.update({"n": result.n, f"{statistic}_{name}": result.estimate, f"{statistic}_ci_low": result.ci_low,
+                        f"{statistic}_ci_high": result.ci_high, f"{statistic}_p": result.p_value,
+                        f"{statistic}_ci_method": result.ci_method})
+    return columns
+
+
+def holm(p_values: Iterable[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values, in the input order: sorted ascending, ``p_(i)·(m − i + 1)``
+    (i = 1..m), made monotone by a running maximum, capped at 1. NaN entries stay NaN and are not
+    counted in the family size ``m``."""
+    p = np.asarray(list(p_values), dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    return adjusted
+
+
+def correlation_table(table: pd.DataFrame, predictors: Sequence[str], outcomes: Sequence[str], *,
+                      n_resamples: int = 9999, confidence_level: float = 0.95, method: str = "BCa",
+                      random_state: int = 0) -> pd.DataFrame:
+    """One row per (predictor, outcome): ``n``, for ρ and τ the estimate (``spearman_rho``, ``kendall_tau``),
+    CI (``*_ci_low``, ``*_ci_high``), ``*_p`` and ``*_p_holm`` (Holm over this table's pairs, per
+    statistic), and ``*_ci_method``. Booleans count as 0/1."""
+    missing = [c for c in [*predictors, *outcomes] if c not in table.columns]
+    if missing:
+        raise InvalidSpecError(f"table lacks the columns {missing}")
+    options = {"n_resamples": n_resamples, "confidence_level": confidence_level, "method": method,
+               "random_state": random_state}
+    frame = pd.DataFrame([{"predictor": predictor, "outcome": outcome,
+                           **_correlation_columns(table[predictor].astype(float), table[outcome].astype(float),
+                                                  **options)}
+                          for predictor in predictors for outcome in outcomes])
+    for statistic in STATISTICS:
+        frame.insert(frame.columns.get_loc(f"{statistic}_p") + 1, f"{statistic}_p_holm",
+                     holm(frame[f"{statistic}_p"]) if len(frame) else [])
+    return frame
+
+
+def validity_tables(table: pd.DataFrame, predictors: Sequence[str], outcomes: Sequence[str], *,
+                    deficient_column: str = "any_deficient", **options: Any) -> pd.DataFrame:
+    """:func:`correlation_table` for all architectures (``subset`` "all") and for those whose
+    ``deficient_column`` is true (``subset`` "deficient"), stacked; Holm within each subset.
+    ``options`` go to :func:`correlation_table`."""
+    if deficient_column not in table.columns:
+        raise InvalidSpecError(f"table lacks the column {deficient_column!r} (bool: some conv layer is rank-deficient)")
+    deficient = table[table[deficient_column].fillna(False).astype(bool)]
+    parts = [correlation_table(frame, predictors, outcomes, **options).assign(subset=subset)
+             for subset, frame in (("all", table), ("deficient", deficient))]
+    stacked = pd.concat(parts, ignore_index=True)
+    return stacked[["subset", *[c for c in stacked.columns if c != "subset"]]]
+
+
+# --------------------------------------------------------------------------------------------------
+# Held-out evaluation
+
+
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """A seeded split of the architectures: random chains into halves ``a`` (fit) and ``b`` (held out),
+    every other architecture (the paper's chains) in ``paper``. Disjoint; together they are the input."""
+
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    paper: tuple[str, ...]
+    seed: int
+
+    def subsets(self) -> dict[str, tuple[str, ...]]:
+        return {"A (fit)": self.a, "B (held out)": self.b, "paper": self.paper}
+
+
+def _random_chain_key(name: str) -> tuple[int, str]:
+    seed = name[len(RANDOM_CHAIN_PREFIX):]
+    return (int(seed), name) if seed.isdigit() else (-1, name)
+
+
+def held_out_split(models: Iterable[str], *, seed: int = 0) -> HeldOutSplit:
+    """Split ``models`` (names): those starting with ``random-chain:`` are ordered by their seed, permuted
+    with ``numpy.random.default_rng(seed)``, and cut in half (``a`` gets ``n // 2``, ``b`` the rest);
+    the others are ``paper``. Duplicates are dropped; each part is sorted (random chains by seed)."""
+    names = list(dict.fromkeys(models))
+    chains = sorted((m for m in names if m.startswith(RANDOM_CHAIN_PREFIX)), key=_random_chain_key)
+    order = np.random.default_rng(seed).permutation(len(chains))
+    half = len(chains) // 2
+    a = sorted((chains[i] for i in order[:half]), key=_random_chain_key)
+    b = sorted((chains[i] for i in order[half:]), key=_random_chain_key)
+    return HeldOutSplit(tuple(a), tuple(b), tuple(sorted(m for m in names if not m.startswith(RANDOM_CHAIN_PREFIX))),
+                        seed)
+
+
+@dataclass(frozen=True)
+class FittedRule:
+    """A rule fitted on half A: the score ``Σ weights[c]·table[c]`` and, for a binary rule, a threshold:
+    an architecture is predicted to leak when ``sign·score ≥ sign·threshold``. ``sign`` is the fitted
+    direction (+1: a higher score means more leakage). ``fit`` holds what the fitter saw on A."""
+
+    weights: Mapping[str, float]
+    sign: int = 1
+    threshold: float | None = None
+    description: str = ""
+    fit: Mapping[str, Any] = field(default_factory=dict)
+
+    def score(self, table: pd.DataFrame) -> np.ndarray:
+        return sum(weight * table[column].to_numpy(float) for column, weight in self.weights.items())
+
+    def predict_leaks(self, table: pd.DataFrame) -> np.ndarray:
+        if self.threshold is None:
+            raise InvalidSpecError("this rule has no threshold: fit one with fit_threshold")
+        return self.sign * self.score(table) >= self.sign * self.threshold
+
+
+def choose_predictor(train: pd.DataFrame, predictors: Sequence[str], outcome: str = "best_psnr") -> FittedRule:
+    """The predictor with the largest ``|Spearman ρ|`` with ``outcome`` on ``train`` (the first on ties; NaN ρ
+    never wins), as a rule of weight 1 and the sign of its ρ."""
+    rhos = {}
+    for predictor in predictors:
+        x, y = _pairs(train[predictor], train[outcome])
+        rhos[predictor] = float(spearman_rho(x, y)) if x.size >= 3 else math.nan
+    ranked = [p for p in predictors if not math.isnan(rhos[p])]
+    if not ranked:
+        raise InvalidSpecError(f"no predictor of {list(predictors)} has a defined Spearman ρ with {outcome!r} "
+                               f"on the {len(train)} training architectures")
+    best = max(ranked, key=lambda p: abs(rhos[p]))
+    return FittedRule({best: 1.0}, sign=1 if rhos[best] >= 0 else -1,
+                      description=f"{best} (largest |Spearman ρ| with {outcome} on the fit half)",
+                      fit={"spearman_rho": rhos, "n": len(train)})
+
+
+def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    rates = [float(np.mean(predicted[truth == label] == label)) for label in (True, False) if np.any(truth == label)]
+    return float(np.mean(rates)) if rates else math.nan
+
+
+def fit_threshold(train: pd.DataFrame, rule: FittedRule | str, outcome: str = "best_psnr", *,
+                  leak_threshold: float) -> FittedRule:
+    """Fit the binary rule "leaks" (``outcome ≥ leak_threshold``) on ``train``: the threshold (a midpoint
+    between consecutive distinct scores, or ±inf) and, if ``rule`` is a column name, the direction that
+    maximise the balanced accuracy (ties: the first in the order sign +1 then −1, thresholds ascending). A
+    :class:`FittedRule` keeps its score and sign and gets the threshold."""
+    base = FittedRule({rule: 1.0}) if isinstance(rule, str) else rule
+    signs = (1, -1) if isinstance(rule, str) else (base.sign,)
+    score, value = base.score(train), train[outcome].to_numpy(float)
+    keep = ~(np.isnan(score) | np.isnan(value))
+    score, leaks = score[keep], value[keep] >= leak_threshold
+    levels = np.unique(score)
+    candidates = np.concatenate([[-np.inf], (levels[:-1] + levels[1:]) / 2, [np.inf]])
+    best = max(((_balanced_accuracy(leaks, sign * score >= sign * t), sign, t) for sign in signs for t in candidates),
+               key=lambda item: item[0])
+    return FittedRule(base.weights, sign=best[1], threshold=float(best[2]),
+                      description=f"{base.description or next(iter(base.weights))}: leaks when "
+                                  f"{'≥' if best[1] > 0 else '≤'} {best[2]:.6g} ({outcome} ≥ {leak_threshold:g} = leaks)",
+                      fit={**base.fit, "balanced_accuracy": best[0], "leak_threshold": leak_threshold,
+                           "n_threshold": int(keep.sum())})
+
+
+def held_out_evaluation(table: pd.DataFrame, split: HeldOutSplit, fit: Callable[[pd.DataFrame], FittedRule], *,
+                        outcome: str = "best_psnr", leak_threshold: float | None = None, n_resamples: int = 9999,
+                        confidence_level: float = 0.95, method: str = "BCa",
+                        random_state: int = 0) -> tuple[FittedRule, pd.DataFrame]:
+    """Fit ``fit(table restricted to split.a)`` on half A only; report the rule on A, B and the paper chains.
+
+    ``fit`` is any function of the fit half returning a :class:`FittedRule`, e.g.
+    ``lambda t: choose_predictor(t, ["copa_index", "normalised_score"])`` or, for a binary rule,
+    ``lambda t: fit_threshold(t, choose_predictor(t, preds), leak_threshold=20)``. One row per subset:
+    ``subset``, ``models``, ``n``, ρ and τ of the rule's score with ``outcome`` (estimate, CI, p, CI
+    method) and, with ``leak_threshold`` and a rule that has a threshold, ``accuracy`` and
+    ``balanced_accuracy`` of "leaks" (``outcome ≥ leak_threshold``) and ``leaks`` (how many do).
+    """
+    by_model = table.set_index("model", drop=False)
+    unknown = [m for names in split.subsets().values() for m in names if m not in by_model.index]
+    if unknown:
+        raise InvalidSpecError(f"the split names models the table lacks: {unknown[:5]}")
+    rule = fit(by_model.loc[list(split.a)].reset_index(drop=True))
+    options = {"n_resamples": n_resamples, "confidence_level": confidence_level, "method": method,
+               "random_state": random_state}
+    rows = []
+    for subset, names in split.subsets().items():
+        part = by_model.loc[list(names)].reset_index(drop=True)
+        row: dict[str, Any] = {"subset": subset, "models": len(part),
+                               **_correlation_columns(rule.score(part), part[outcome], **options)}
+        if leak_threshold is not None and rule.threshold is not None:
+            value, predicted = part[outcome].to_numpy(float), rule.predict_leaks(part)
+            keep = ~(np.isnan(value) | np.isnan(rule.score(part)))
+            truth = value[keep] >= leak_threshold
+            row.update({"leaks": int(truth.sum()),
+                        "accuracy": float(np.mean(predicted[keep] == truth)) if keep.any() else math.nan,
+                        "balanced_accuracy": _balanced_accuracy(truth, predicted[keep])})
+        rows.append(row)
+    return rule, pd.DataFrame(rows)

@@ -1,0 +1,247 @@
+"""Tests of copa.bench.validity: rank correlations with bootstrap CIs, Holm, predictors from security
+reports, the per-architecture table and the held-out split."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from copa.bench.validity import (
+    PREDICTORS,
+    FittedRule,
+    architecture_table,
+    choose_predictor,
+    correlation,
+    correlation_table,
+    fit_threshold,
+    held_out_evaluation,
+    held_out_split,
+    holm,
+    kendall_tau_b,
+    predictors_from_security,
+    spearman_rho,
+    validity_tables,
+)
+from copa.errors import InvalidSpecError
+
+FAST = {"n_resamples": 999, "random_state": 0}
+
+
+def _bivariate(n: int, r: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    z = np.random.default_rng(seed).multivariate_normal([0, 0], [[1, r], [r, 1]], size=n)
+    return z[:, 0] ** 3, np.exp(z[:, 1])  # monotone transforms: the rank correlations of the normal pair
+
+
+# --- the statistics --------------------------------------------------------------------------------
+
+def test_hand_example_is_exact():
+    x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]  # Σd² = 4: ρ = 1 − 6·4/(5·24) = 0.8; 8 concordant, 2 discordant: τ = 0.6
+    assert spearman_rho(np.array(x), np.array(y)) == pytest.approx(0.8, abs=1e-12)
+    assert kendall_tau_b(np.array(x), np.array(y)) == pytest.approx(0.6, abs=1e-12)
+    rho, tau = correlation(x, y, **FAST), correlation(x, y, statistic="kendall", **FAST)
+    assert (rho.estimate, tau.estimate, rho.n) == (pytest.approx(0.8), pytest.approx(0.6), 5)
+    assert rho.p_value == pytest.approx(stats.spearmanr(x, y).pvalue)
+    # exact test: 1 + 4 + 9 of the 120 orderings of 5 have ≤ 2 discordant pairs; two-sided 2·14/120
+    assert tau.p_value == pytest.approx(stats.kendalltau(x, y).pvalue) == pytest.approx(28 / 120)
+
+
+def test_vectorised_statistics_equal_scipy_with_ties_and_inf():
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 6, size=(4, 30)).astype(float), rng.normal(size=(4, 30))
+    y[:, :3] = np.inf  # exact recoveries: PSNR +inf
+    rho, tau = spearman_rho(x, y, axis=-1), kendall_tau_b(x, y, axis=-1)
+    for i in range(4):
+        assert rho[i] == pytest.approx(stats.spearmanr(x[i], y[i]).statistic, abs=1e-12)
+        assert tau[i] == pytest.approx(stats.kendalltau(x[i], y[i]).statistic, abs=1e-12)
+    assert np.allclose(spearman_rho(x.T, y.T, axis=0), rho) and np.allclose(kendall_tau_b(x.T, y.T, axis=0), tau)
+
+
+@pytest.mark.parametrize("r", [0.6, -0.3])
+def test_monotone_with_noise_ci_covers_the_population_value(r):
+    x, y = _bivariate(400, r, seed=2)
+    exact = {"spearman": 6 / math.pi * math.asin(r / 2), "kendall": 2 / math.pi * math.asin(r)}
+    for statistic, value in exact.items():
+        result = correlation(x, y, statistic=statistic, **FAST)
+        assert result.ci_method == "BCa" and result.ci_low < value < result.ci_high, (statistic, result)
+        assert abs(result.estimate - value) < 0.08 and result.ci_high - result.ci_low < 0.25
+        assert result.p_value < 1e-6
+
+
+def test_independent_ci_covers_zero():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=120), rng.normal(size=120)
+    for statistic in ("spearman", "kendall"):
+        result = correlation(x, y, statistic=statistic, **FAST)
+        assert result.ci_low < 0 < result.ci_high and result.p_value > 0.05
+
+
+def test_bootstrap_is_seeded():
+    x, y = _bivariate(60, 0.5, seed=4)
+    first, again = correlation(x, y, **FAST), correlation(x, y, **FAST)
+    other = correlation(x, y, n_resamples=999, random_state=1)
+    assert (first.ci_low, first.ci_high) == (again.ci_low, again.ci_high)
+    assert (first.ci_low, first.ci_high) != (other.ci_low, other.ci_high)
+    assert correlation(x, y, method="percentile", **FAST).ci_method == "percentile"
+
+
+def test_perfect_monotone_and_degenerate_cases():
+    x = np.linspace(0, 1, 20)
+    result = correlation(x, np.exp(x), **FAST)
+    assert result.estimate == 1.0 and result.ci_low == pytest.approx(1.0) and result.ci_high == pytest.approx(1.0)
+    assert "percentile" in result.ci_method  # every resample gives 1: BCa is undefined
+    constant = correlation(x, np.ones(20), **FAST)
+    assert math.isnan(constant.estimate) and math.isnan(constant.p_value) and "undefined" in constant.ci_method
+    with_nan = correlation([1, 2, np.nan, 4, 5], [1, 3, 2, np.nan, 5], **FAST)
+    assert with_nan.n == 3 and with_nan.estimate == pytest.approx(1.0)
+    with pytest.raises(InvalidSpecError):
+        correlation(x, x, statistic="pearson")
+
+
+def test_holm_on_a_known_example():
+    # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.2, np.nan, 0.01, 0.9])  # NaN is not in the family: m = 3
+    assert math.isnan(adjusted[1]) and adjusted[[0, 2, 3]] == pytest.approx([0.4, 0.03, 0.9])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0]) and holm([]).size == 0
+
+
+# --- predictors and the per-architecture table -----------------------------------------------------
+
+def _layer(kind, unknowns, deficiency, forward, gradient, padding=0, condition=None):
+    return {"kind": kind, "unknowns": unknowns, "deficiency": deficiency, "forward_rows": forward,
+            "gradient_rows": gradient, "padding_rows": padding, "condition_number": condition}
+
+
+def test_predictors_from_a_hand_made_report():
+    report = {"copa_index": -120, "normalised_score": 0.25, "layers": [
+        _layer("conv", 3072, -200, 900, 27, condition=1e3),
+        _layer("conv", 900, 0, 1600, 36, condition="inf"),
+        _layer("fc", 400, 0, 10, 4000)]}
+    p = predictors_from_security(report)
+    assert set(p) == set(PREDICTORS)
+    assert (p["copa_index"], p["normalised_score"], p["any_deficient"], p["depth"]) == (-120, 0.25, True, 2)
+    assert (p["image_layer_deficiency"], p["total_deficiency"]) == (200, 200)
+    assert p["max_layer_deficiency_fraction"] == pytest.approx(200 / 3072)
+    assert p["log10_condition_image"] == pytest.approx(3.0) and p["log10_condition_max"] == math.inf
+    assert p["parameters"] == 27 + 36 + 4000 + 10
+    report["layers"][0]["condition_number"] = None  # not computed
+    assert math.isnan(predictors_from_security(report)["log10_condition_max"])
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_predictors_from_a_real_report_and_model():
+    from copa.layerwise.security import security_report
+    from copa.models import create_model
+
+    report = security_report("cnn3_c2", condition=True).to_dict()
+    p = predictors_from_security(report)
+    assert p["parameters"] == predictors_from_security(report, create_model("cnn3_c2"))["parameters"]
+    assert (p["copa_index"], p["total_deficiency"], p["image_layer_deficiency"], p["depth"]) == (
+        report["copa_index"], 1470 + 1050, 1470, 2)
+    assert p["any_deficient"] is True and math.isfinite(p["log10_condition_max"])
+    assert p["log10_condition_max"] >= p["log10_condition_image"]
+
+
+def test_architecture_table_picks_the_best_attack():
+    board = pd.DataFrame({
+        "model": ["m1", "m1", "m2", "m2", "m3", "m3"],
+        "attack": ["rgap", "copa", "rgap", "copa", "rgap", "copa"],
+        "psnr_mean": [12.0, 15.0, np.inf, 30.0, np.nan, np.nan],
+        "ssim_mean": [0.3, 0.5, 1.0, 0.9, np.nan, np.nan]})
+    predictors = {"m1": {"copa_index": -5}, "m2": {"copa_index": 0}, "m4": {"copa_index": -1}}
+    table = architecture_table(board, predictors).set_index("model")
+    assert table.loc["m1", "best_attack"] == "copa" and table.loc["m1", "best_psnr"] == 15.0
+    assert table.loc["m1", "best_ssim"] == 0.5 and table.loc["m1", "psnr:rgap"] == 12.0
+    assert table.loc["m2", "best_attack"] == "rgap" and table.loc["m2", "best_psnr"] == np.inf
+    assert pd.isna(table.loc["m3", "best_attack"]) and math.isnan(table.loc["m3", "best_psnr"])
+    assert math.isnan(table.loc["m4", "best_psnr"]) and math.isnan(table.loc["m3", "copa_index"])
+    with pytest.raises(InvalidSpecError):
+        architecture_table(board.drop(columns="ssim_mean"), predictors)
+
+
+def _synthetic_table(n: int = 80, seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    score = rng.uniform(0, 1, n)
+    psnr = 40 - 30 * score + rng.normal(0, 3, n)  # secure (high score) → low PSNR
+    return pd.DataFrame({
+        "model": [f"random-chain:{i}" for i in range(n - 6)] + [f"cnn{i}" for i in range(6)],
+        "normalised_score": score, "noise": rng.normal(size=n), "any_deficient": score > 0.3,
+        "best_psnr": psnr, "best_ssim": 1 - score + rng.normal(0, 0.1, n)})
+
+
+def test_correlation_table_and_subsets():
+    table = _synthetic_table()
+    frame = correlation_table(table, ["normalised_score", "noise"], ["best_psnr", "best_ssim"], **FAST)
+    assert list(frame[["predictor", "outcome"]].itertuples(index=False, name=None)) == [
+        ("normalised_score", "best_psnr"), ("normalised_score", "best_ssim"), ("noise", "best_psnr"), ("noise", "best_ssim")]
+    for statistic in ("spearman", "kendall"):
+        assert np.allclose(frame[f"{statistic}_p_holm"], holm(frame[f"{statistic}_p"]))
+    strong = frame.iloc[0]
+    assert strong["spearman_rho"] < -0.7 and strong["spearman_ci_high"] < 0 and strong["spearman_p_holm"] < 1e-6
+    both = validity_tables(table, ["normalised_score", "any_deficient"], ["best_psnr"], **FAST)
+    assert list(both["subset"]) == ["all", "all", "deficient", "deficient"]
+    deficient = both[both["subset"] == "deficient"].set_index("predictor")
+    assert deficient.loc["normalised_score", "n"] == int(table["any_deficient"].sum())
+    assert math.isnan(deficient.loc["any_deficient", "spearman_rho"])  # constant within the subset
+    with pytest.raises(InvalidSpecError):
+        correlation_table(table, ["missing"], ["best_psnr"])
+
+
+# --- held-out evaluation ---------------------------------------------------------------------------
+
+def test_held_out_split_is_seeded_disjoint_and_covering():
+    models = [f"random-chain:{i}" for i in range(41)] + ["cnn2_c1", "cnn4_c2", "cnn6"]
+    split = held_out_split(reversed(models), seed=7)
+    again = held_out_split(models, seed=7)
+    assert (split.a, split.b, split.paper) == (again.a, again.b, again.paper)
+    assert held_out_split(models, seed=8).a != split.a
+    a, b, paper = set(split.a), set(split.b), set(split.paper)
+    assert not (a & b or a & paper or b & paper) and a | b | paper == set(models)
+    assert (len(split.a), len(split.b), split.paper) == (20, 21, ("cnn2_c1", "cnn4_c2", "cnn6"))
+    assert list(split.a) == sorted(split.a, key=lambda m: int(m.split(":")[1]))
+
+
+def test_held_out_evaluation_fits_on_half_a_only():
+    table = _synthetic_table()
+    split = held_out_split(table["model"], seed=0)
+    seen = []
+
+    def fit(train):
+        seen.append(set(train["model"]))
+        return choose_predictor(train, ["noise", "normalised_score"])
+
+    rule, report = held_out_evaluation(table, split, fit, **FAST)
+    assert seen == [set(split.a)]
+    assert rule.weights == {"normalised_score": 1.0} and rule.sign == -1
+    assert list(report["subset"]) == ["A (fit)", "B (held out)", "paper"]
+    assert list(report["models"]) == [len(split.a), len(split.b), 6]
+    held = report.set_index("subset").loc["B (held out)"]
+    assert held["spearman_rho"] < -0.6 and held["spearman_ci_high"] < 0
+
+
+def test_threshold_rule_on_half_a_reported_elsewhere():
+    table = _synthetic_table()
+    split = held_out_split(table["model"], seed=1)
+    rule, report = held_out_evaluation(
+        table, split, lambda t: fit_threshold(t, choose_predictor(t, ["normalised_score"]), leak_threshold=25),
+        leak_threshold=25, **FAST)
+    assert rule.sign == -1 and 0.2 < rule.threshold < 0.8 and rule.fit["leak_threshold"] == 25
+    assert {"accuracy", "balanced_accuracy", "leaks"} <= set(report.columns)
+    accuracy = report.set_index("subset")["balanced_accuracy"]
+    assert accuracy["A (fit)"] > 0.85 and accuracy["B (held out)"] > 0.85 and accuracy["paper"] >= 0.5
+
+
+def test_fit_threshold_finds_a_clean_cut_and_its_direction():
+    train = pd.DataFrame({"model": list("abcdef"), "x": [0.1, 0.2, 0.3, 0.7, 0.8, 0.9],
+                          "best_psnr": [10, 11, 12, 40, 41, 42]})
+    rule = fit_threshold(train, "x", leak_threshold=20)
+    assert (rule.sign, rule.threshold, rule.fit["balanced_accuracy"]) == (1, pytest.approx(0.5), 1.0)
+    assert list(rule.predict_leaks(train)) == [False] * 3 + [True] * 3
+    flipped = fit_threshold(train.assign(x=-train["x"]), "x", leak_threshold=20)
+    assert flipped.sign == -1 and flipped.threshold == pytest.approx(-0.5)
+    with pytest.raises(InvalidSpecError):
+        FittedRule({"x": 1.0}).predict_leaks(train)
