@@ -108,21 +108,23 @@ def svdvals(matrix: Tensor) -> Tensor:
     return torch.linalg.svdvals(a)
 
 
-def _svd_rank(matrix: Tensor, rtol: float | None) -> tuple[int, Tensor, float, float]:
+def _svd_rank(matrix: Tensor, rtol: float | None, scale: float = 0.0) -> tuple[int, Tensor, float, float]:
+    """Rank from the singular values; ``scale``: a reference σ below which the threshold may not fall
+    (the block's own σ_max is no reference when the block is zero up to rounding)."""
     sv = svdvals(matrix)
-    tol = rank_tolerance(sv, matrix.shape, rtol)
+    tol = max(rank_tolerance(sv, matrix.shape, rtol), rank_tolerance(torch.tensor([scale]), matrix.shape, rtol))
     rank = int((sv > tol).sum())
     return rank, sv, tol, _sv_gap(sv, rank)
 
 
-def _psd_rank(gram: Tensor, rtol: float | None) -> tuple[int, Tensor | None, float, float, str]:
+def _psd_rank(gram: Tensor, rtol: float | None, scale: float = 0.0) -> tuple[int, Tensor | None, float, float, str]:
     """Rank of ``B`` from its Gram matrix ``G = BᵀB`` (or ``BBᵀ``): (rank, σ or None, σ-tolerance, gap, method).
 
     CPU: LAPACK's pivoted Cholesky ``dpstrf`` with its default stop ``pivot ≤ N·ε·max G_kk``; the
     pivots ``√G_kk`` estimate singular values (rank-revealing), and the gap is
     ``√(last kept pivot / largest remaining pivot)``. CUDA: ``eigvalsh``. Either way singular values
     are resolved down to about ``√(N·ε₆₄)·σ_max``, so the threshold on ``σ`` is
-    ``σ_max · max(√(N·ε₆₄), rtol)``.
+    ``max(σ_max, scale) · max(√(N·ε₆₄), rtol)`` (``scale``: as in :func:`_svd_rank`).
     """
     n = gram.shape[0]
     floor = math.sqrt(n * EPS64)
@@ -132,7 +134,7 @@ def _psd_rank(gram: Tensor, rtol: float | None) -> tuple[int, Tensor | None, flo
 
         g = gram.numpy()
         diag = g.diagonal().copy()
-        dmax = float(diag.max()) if n else 0.0
+        dmax = max(float(diag.max()) if n else 0.0, scale ** 2)
         factor, piv, rank, _ = lapack.dpstrf(g, lower=1, tol=(rel ** 2) * dmax)
         piv = piv - 1
         kept = factor.diagonal()[:rank] ** 2
@@ -143,9 +145,19 @@ def _psd_rank(gram: Tensor, rtol: float | None) -> tuple[int, Tensor | None, flo
             gap = math.sqrt(float(kept.min()) / worst) if worst > 0 else math.inf
         return int(rank), None, rel * math.sqrt(dmax), gap, "pivoted Cholesky of the Gram matrix (LAPACK dpstrf)"
     sv = torch.linalg.eigvalsh(gram).flip(0).clamp_min(0).sqrt()
-    tol = float(sv[0]) * rel if sv.numel() else 0.0
+    tol = max(float(sv[0]) if sv.numel() else 0.0, scale) * rel
     rank = int((sv > tol).sum())
     return rank, sv, tol, _sv_gap(sv, rank), "eigenvalues of the Gram matrix (eigvalsh)"
+
+
+def _largest_row_norm(weight: Tensor, geometry: ConvGeometry) -> float:
+    """The largest row norm of ``A_int`` (the forward rows on interior columns), a lower bound of its σ_max."""
+    g = geometry
+    rows, cols, values = forward_entries(weight, g)
+    interior = g.interior_mask().reshape(-1).to(cols.device)[cols]
+    squares = torch.zeros(g.forward_rows, dtype=DENSE_DTYPE, device=values.device)
+    squares.index_add_(0, rows[interior], values[interior].to(DENSE_DTYPE) ** 2)
+    return float(squares.max().sqrt()) if squares.numel() else 0.0
 
 
 def _interior_forward_gram(weight: Tensor, geometry: ConvGeometry) -> Tensor:
@@ -184,7 +196,9 @@ def layer_rank(weight: Tensor, delta: Tensor, geometry: ConvGeometry, *, rtol: f
     for any ``s > 0`` (null spaces of PSD summands intersect), with ``A_intᵀA_int`` from a sparse
     product and ``s`` equalising the largest diagonal entries of the two terms.
     Each block's threshold is relative to that block, so the result does not depend on the scale
-    of ``δ`` relative to ``W``. SVD thresholds: ``σ > σ_max · max(m, n) · ε₆₄`` (``rtol`` overrides
+    of ``δ`` relative to ``W``; the projected forward block's is at least relative to the largest row
+    norm of ``A_int`` (a lower bound of its σ_max): a block that is zero up to rounding (when ``null K₁``
+    meets only columns the forward rows barely see) has rank 0, not the rank of its rounding noise. SVD thresholds: ``σ > σ_max · max(m, n) · ε₆₄`` (``rtol`` overrides
     ``max(m, n)·ε₆₄``); Gram thresholds: see :func:`_psd_rank`.
 
     The batch of one of :func:`layer_ranks`: ``layer_ranks(weight, [delta], geometry, rtol=rtol)[0]``.
@@ -244,6 +258,7 @@ def layer_ranks(weight: Tensor, deltas: Sequence[Tensor] | Tensor, geometry: Con
     # weight-only work, shared by the instances
     conv_weight = w.transpose(0, 1).reshape(c_in * g.out_channels, 1, *g.kernel)  # per input channel
     forward_gram, forward_gram_max = None, 0.0  # A_intᵀA_int, on first use
+    forward_scale = _largest_row_norm(w, g)  # ≤ σ_max(A_int): the reference scale of the projected block
     results = []
     for i in range(batch):
         tol1 = rank_tolerance(s1[i], k1.shape[-2:], rtol)
@@ -265,7 +280,7 @@ def layer_ranks(weight: Tensor, deltas: Sequence[Tensor] | Tensor, geometry: Con
                 scale = forward_gram_max / max(float(kk.diagonal().max()), 1e-300)
                 gram = forward_gram if i == batch - 1 else forward_gram.clone()  # the last one may consume it
                 gram.view(c_in, hw, c_in, hw).diagonal(dim1=0, dim2=2).add_(scale * kk[..., None])
-                r_all, s2, tol2, gap2, method = _psd_rank(gram, rtol)
+                r_all, s2, tol2, gap2, method = _psd_rank(gram, rtol)  # A_intᵀA_int sets its own scale
                 r2 = r_all - c_in * r1
                 method += ", of A_intᵀA_int + s·I⊗K₁ᵀK₁"
             else:
@@ -274,10 +289,10 @@ def layer_ranks(weight: Tensor, deltas: Sequence[Tensor] | Tensor, geometry: Con
                 per_channel = F.conv2d(images, conv_weight, stride=g.stride)  # (k, C·F, H', W')
                 b = per_channel.reshape(k, c_in, -1).permute(2, 1, 0).reshape(m, c_in * k)
                 if min(b.shape) <= GRAM_THRESHOLD:
-                    r2, s2, tol2, gap2 = _svd_rank(b, rtol)
+                    r2, s2, tol2, gap2 = _svd_rank(b, rtol, forward_scale)
                     method = "svdvals"
                 else:
-                    r2, s2, tol2, gap2, method = _psd_rank(b.T @ b if m >= c_in * k else b @ b.T, rtol)
+                    r2, s2, tol2, gap2, method = _psd_rank(b.T @ b if m >= c_in * k else b @ b.T, rtol, forward_scale)
             gaps.append(gap2)
         rank = g.padding_rows + c_in * r1 + r2
         results.append(LayerRank(rank, g.unknowns, g.padding_rows, c_in * r1, r2, s1[i], s2, tol1, tol2, method,
