@@ -46,6 +46,7 @@ config["_command"] = shlex.join(["snakemake", *sys.argv[1:]])
 wildcard_constraints:
     model=r"[A-Za-z0-9_.+-]+",
     attack=r"[A-Za-z0-9_.+-]+",
+    defence=r"[A-Za-z0-9_.+-]+",
 
 
 report: "workflow/report/workflow.rst"

@@ -73,7 +73,9 @@ ATTACK = textwrap.dedent('''
 
 @pytest.fixture
 def plugin_files(tmp_path):
-    """The three plug-in files; the registries and the loaded plug-ins are restored afterwards."""
+    """The three plug-in files; the registries and the loaded plug-ins are restored afterwards (the installed
+    plug-ins are loaded first, so that the snapshot holds the baselines: their modules stay imported)."""
+    plugins.load_plugins()
     registries = [ATTACKS, DEFENCES, METRICS]
     saved = [dict(registry._entries) for registry in registries]
     loaded = set(plugins._loaded)
@@ -106,8 +108,9 @@ def test_a_defence_a_metric_and_an_attack_are_each_one_file_and_a_config_line(pl
     check_config(config)  # loads the plug-ins: every name is known
     records = tmp_path / "records"
     cell = run_cell(config, "cnn2_c1", "constant-image", records_dir=records, summary=tmp_path / "cell.json",
-                    log=lambda line: None)
+                    log=lambda line: None, defence="sign")
     assert cell["counts"] == {"ok": 2, "failed": 0, "not-applicable": 0}
+    assert cell["defence"] == "sign" and cell["defences"] == ["sign"]
 
     for index in (0, 1):
         record = json.loads((records / str(index) / "record.json").read_text())
@@ -146,7 +149,7 @@ def test_a_defence_a_metric_and_an_attack_are_each_one_file_and_a_config_line(pl
 
 def test_a_stored_record_is_recomputed_only_for_a_newly_configured_metric(plugin_files, tmp_path):
     config = config_with(plugin_files, tmp_path)
-    config.update(defences=[], metrics=["psnr", "ssim"])
+    config.update(defences=["none"], metrics=["psnr", "ssim"])
     lines = []
 
     def run(metrics):

@@ -1,5 +1,6 @@
 """copa.leaderboard (aggregation, tables) and copa.plots on synthetic records in the records' real format."""
 
+import itertools
 import math
 
 import numpy as np
@@ -8,15 +9,25 @@ import pytest
 
 from copa.bench import leaderboard as lb
 from copa.bench import plots
+from copa.bench.pipeline import defence_tag
 from copa.errors import CopaError
 from copa.io import atomic_write_json
+from copa.threat import create_defence
 
 
-def make_record(model, attack, index, status="ok", psnr=20.0, ssim=0.5, lpips=None, seconds=1.0, reason=None):
+def make_record(model, attack, index, status="ok", psnr=20.0, ssim=0.5, lpips=None, seconds=1.0, reason=None,
+                defences=None, distortion=None):
+    """A record; with ``defences`` (spec strings) also the scenario's chain, the observation's description of
+    it and the update distortion (records without them are those written before defences were recorded)."""
     record = {"record_version": 1, "status": status, "reason": reason,
               "scenario": {"model": model, "dataset": "sample", "split": "train", "indices": [index]},
               "attack": {"name": attack}, "hyperparameters": {"steps": 3}, "seed": 0,
               "device": "cpu: test", "git_commit": "abc123", "finished_at": "2026-01-01T00:00:00+00:00"}
+    if defences is not None:
+        chain = [create_defence(spec) for spec in defences if spec != "none"]
+        record["scenario"]["defences"] = [d.spec() for d in chain]
+        record["observation"] = {"model": model, "defences": [d.describe() for d in chain]}
+        record["update_distortion"] = distortion if distortion is not None else (0.5 if chain else 0.0)
     if status == "ok":
         record.update(seconds=seconds, metrics={"mean": {"psnr": psnr, "ssim": ssim, "lpips": lpips, "mse": 0.01},
                                                 "label_accuracy": 1.0},
@@ -27,9 +38,10 @@ def make_record(model, attack, index, status="ok", psnr=20.0, ssim=0.5, lpips=No
 def write_cell(root, model, attack, records):
     """Records and a cell summary laid out as copa.pipeline.run_cell writes them; returns the summary path."""
     entries = []
+    tag = defence_tag(tuple(records[0]["scenario"].get("defences", ())))
     for record in records:
         index = record["scenario"]["indices"][0]
-        directory = root / "records" / model / attack / str(index)
+        directory = root / "records" / tag / model / attack / str(index)
         atomic_write_json(directory / "record.json", record)
         if record["status"] == "ok":
             rng = np.random.default_rng(index)
@@ -37,8 +49,8 @@ def write_cell(root, model, attack, records):
             np.savez(directory / "images.npz", target=target, reconstruction=np.clip(target + 0.1, 0, 1),
                      indices=np.array([index]))
         entries.append({"index": index, "record": str(directory / "record.json"), "status": record["status"]})
-    summary = root / "cells" / model / f"{attack}.json"
-    atomic_write_json(summary, {"model": model, "attack": attack, "records": entries})
+    summary = root / "cells" / tag / model / f"{attack}.json"
+    atomic_write_json(summary, {"model": model, "attack": attack, "defence": tag, "records": entries})
     return summary
 
 
@@ -111,6 +123,7 @@ def test_markdown_shows_every_status_with_reasons_and_the_header(run):
         "seconds", "evaluations fwd / grad"]
     assert "## Overview: mean PSNR (dB)" in md and "Spearman ρ (mean PSNR vs normalised_score)" in md
     assert "n/a" in md  # LPIPS missing
+    assert "Defence" not in md and "distortion" not in md  # one defence, none: the page of a run without defences
     overview = lb.overview_table(board)
     lenet_line = next(line for line in overview.splitlines() if line.startswith("| lenet"))
     assert "n.a." in lenet_line
@@ -182,10 +195,120 @@ def test_metric_columns_are_those_of_the_records_in_registry_order(tmp_path):
     frame = lb.records_from_cells(cells)
     assert list(frame.columns)[7:10] == ["psnr", "mse", "sharpness"]
     board = lb.leaderboard(frame)
-    assert list(board.columns)[6:11] == ["psnr_mean", "psnr_std", "psnr_median", "mse_mean", "sharpness_mean"]
+    assert list(board.columns)[7:12] == ["psnr_mean", "psnr_std", "psnr_median", "mse_mean", "sharpness_mean"]
     assert lb.board_metrics(board) == ["psnr", "mse", "sharpness"]
     table = lb.board_table(board, "c0")
     assert "| MSE ↓   | sharpness   |" in table and "| 0.0100  | 0.1875      |" in table
     board.to_csv(tmp_path / "board.csv", index=False)  # the table of a board read back is the same
     assert lb.board_table(pd.read_csv(tmp_path / "board.csv"), "c0") == table
     assert "SSIM" not in table and "LPIPS" not in table
+
+
+PRUNE = ["prune:p=0.3", "prune:p=0.6", "prune:p=0.9"]
+
+
+@pytest.fixture
+def defended(tmp_path):
+    """Models c0, c1 under none and three pruning ratios (PSNR falls with p; exact recoveries undefended);
+    attacks 'good' and the 'mean-image' floor; one failed run under prune:p=0.9."""
+    cells = []
+    for (d, defence), model in itertools.product(enumerate(["none", *PRUNE]), ["c0", "c1"]):
+        good = [make_record(model, "good", i, psnr=math.inf if d == 0 else 40.0 - 10 * d + i, ssim=1.0 - 0.2 * d,
+                            defences=[defence], distortion=0.3 * d) for i in (0, 1)]
+        if d == 3 and model == "c1":
+            good[1] = make_record(model, "good", 1, status="failed", reason="failed: diverged", defences=[defence],
+                                  distortion=0.9)
+        floor = [make_record(model, "mean-image", i, psnr=12.0, ssim=0.1, defences=[defence], distortion=0.3 * d)
+                 for i in (0, 1)]
+        cells += [write_cell(tmp_path, model, "good", good), write_cell(tmp_path, model, "mean-image", floor)]
+    return tmp_path, cells
+
+
+def test_records_name_their_defence_and_its_distortion():
+    row = lb.record_row(make_record("c0", "good", 0, defences=["prune:p=0.9"], distortion=0.25))
+    assert (row["defence"], row["update_distortion"]) == ("prune:p=0.9", 0.25)
+    chain = lb.record_row(make_record("c0", "good", 0, defences=["prune:p=0.5", "quantize:bits=4"]))
+    assert chain["defence"] == "prune:p=0.5+quantize:bits=4,rounding='deterministic'"
+    old = make_record("c0", "good", 0, defences=["prune:p=0.9"])
+    del old["update_distortion"]  # written before the distortion was recorded: unknown when defended
+    assert math.isnan(lb.record_row(old)["update_distortion"])
+    legacy = lb.record_row(make_record("c0", "good", 0))  # no defences key: undefended, distortion 0
+    assert (legacy["defence"], legacy["update_distortion"]) == ("none", 0.0)
+    observed = make_record("c0", "good", 0, defences=["prune:p=0.9"])
+    observed["scenario"] = None  # an observation file: the observation's defence names
+    assert lb.record_row(observed)["defence"] == "prune"
+
+
+def test_two_defences_give_two_sections_in_config_order(tmp_path):
+    cells = []
+    for defence, psnr in [("none", 30.0), ("prune:p=0.9", 15.0)]:
+        for model in ("c0", "c1"):
+            cells.append(write_cell(tmp_path, model, "good", [
+                make_record(model, "good", i, psnr=psnr + i, defences=[defence], distortion=0.4 + 0.1 * i
+                            if defence != "none" else None) for i in (0, 1)]))
+    cells.append(write_cell(tmp_path, "c0", "flaky", [make_record("c0", "flaky", 0, status="failed",
+                                                                  reason="failed: planned", defences=["prune:p=0.9"],
+                                                                  distortion=0.45)]))
+    security = [write_security(tmp_path, "c0", index=0, score=0.0), write_security(tmp_path, "c1", index=-9, score=0.3)]
+    out = tmp_path / "results"
+    outputs = {k: out / f"{k}.{k.split('_')[-1]}" for k in ["records_csv", "leaderboard_csv", "leaderboard_md"]}
+    board = lb.write_tables(cells, security, outputs=outputs, defences=["prune:p=0.9", "none"])
+    records = pd.read_csv(outputs["records_csv"])
+    assert set(records["defence"]) == {"none", "prune:p=0.9"}
+    assert records.groupby("defence")["update_distortion"].mean().to_dict() == pytest.approx(
+        {"none": 0.0, "prune:p=0.9": 0.45})
+    read = pd.read_csv(outputs["leaderboard_csv"])
+    assert list(read.columns[:3]) == ["defence", "model", "attack"] and "update_distortion_mean" in read.columns
+    assert len(board) == 2 * 2 * 2 and list(dict.fromkeys(board["defence"])) == ["prune:p=0.9", "none"]
+    row = board.set_index(["defence", "model", "attack"])
+    assert row.loc[("prune:p=0.9", "c1", "good"), ["psnr_mean", "update_distortion_mean"]].tolist() == pytest.approx(
+        [15.5, 0.45])
+    assert row.loc[("none", "c0", "good"), "update_distortion_mean"] == 0.0
+    assert row.loc[("prune:p=0.9", "c0", "flaky"), "failed"] == 1 and row.loc[("none", "c0", "flaky"), "runs"] == 0
+    md = outputs["leaderboard_md"].read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections == ["## Defence: `prune:p=0.9`", "## Defence: none (the undefended update)",
+                        "## Failed and not-applicable runs"]
+    for part in md.split("## Defence: ")[1:]:  # each section: the single-defence page's tables, one level down
+        assert [line for line in part.splitlines() if line.startswith("### ")] == [
+            "### Overview: mean PSNR (dB)", "### PSNR vs security metric across architectures",
+            "### c0 — COPA index 0, normalised score 0.000", "### c1 — COPA index -9, normalised score 0.300"]
+        assert "| model   | COPA index   | normalised score   | update distortion   | good " in part
+    assert "| c1      | -9           | 0.300              | 0.450               | 15.50 " in md
+    assert "| prune:p=0.9 | c0      | flaky    | 0       | failed   | failed: planned |" in md
+    assert md.count("Spearman ρ (mean PSNR vs normalised_score)") == 2
+    rho = lb.spearman_by_attack(board)
+    assert list(zip(rho["defence"], rho["attack"])) == [("prune:p=0.9", "good"), ("prune:p=0.9", "flaky"),
+                                                        ("none", "good"), ("none", "flaky")]
+
+
+def test_privacy_curves(defended):
+    from PIL import Image
+
+    root, cells = defended
+    records = lb.records_from_cells(cells)
+    curves, skipped = plots.defence_settings(records)
+    assert curves == {spec: ("prune", "p", float(spec.split("=")[1])) for spec in PRUNE} and skipped == []
+    path = plots.privacy_curves(records, root / "p" / "privacy_curves.png", psnr_cap=50)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 300
+    records.to_csv(root / "records.csv", index=False)  # the plots rule reads records.csv
+    chain = make_record("c0", "good", 0, defences=["prune:p=0.5", "quantize:bits=4"], distortion=0.7)
+    again = pd.concat([pd.read_csv(root / "records.csv"), pd.DataFrame([lb.record_row(chain)])], ignore_index=True)
+    curves, skipped = plots.defence_settings(again)
+    assert len(curves) == 3 and skipped == ["prune:p=0.5+quantize:bits=4,rounding='deterministic'"]
+    assert plots.privacy_curves(again, root / "p" / "with_chain.png").stat().st_size > 0
+    # the other plots show the undefended runs of a run with several defences
+    assert plots._reference(records)[0]["defence"].unique().tolist() == ["none"]
+    assert plots.psnr_distribution(records, root / "p" / "dist.png").stat().st_size > 0
+
+
+def test_privacy_curves_without_defences_say_so(run):
+    from PIL import Image
+
+    root, cells, _ = run
+    records = lb.records_from_cells(cells)
+    assert plots.defence_settings(records) == ({}, [])
+    path = plots.privacy_curves(records, root / "p" / "privacy_curves.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 200

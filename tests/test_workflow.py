@@ -132,11 +132,12 @@ def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_repo
     smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     for name in ["leaderboard.csv", "leaderboard.md", "records.csv", "security.csv", "security.md", "config.yaml",
                  "plots/psnr_vs_security.png", "plots/psnr_distribution.png", "plots/time_vs_psnr.png",
+                 "plots/privacy_curves.png",
                  *[f"plots/reconstructions_{m}.png" for m in models]]:
         assert (results / name).stat().st_size > 0, name
     assert not (tmp_path / "results").exists()  # the published leaderboard is only written by config/paper.yaml
 
-    records = sorted((tmp_path / SMOKE_RECORDS).glob("*/*/*/record.json"))
+    records = sorted((tmp_path / SMOKE_RECORDS).glob("*/*/*/*/record.json"))
     assert len(records) == len(models) * len(attacks) * len(indices)
 
     board = pd.read_csv(results / "leaderboard.csv").set_index(["model", "attack"])
@@ -213,8 +214,8 @@ def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path, monkeypatch
         "attacks": ["mean-image", "slow-grey"], "plugins": ["my_attack.py"],
         "attack_settings": {"slow-grey": {"seconds": 1.0, "fail_on_label": 2}},
         "out": "runs/test", "dtype": "float32", "device": "cpu"}))
-    cell_records = tmp_path / "runs/test/sample-train/records/lenet-zhu/slow-grey"
-    summary = tmp_path / "runs/test/sample-train/cells/lenet-zhu/slow-grey.json"
+    cell_records = tmp_path / "runs/test/sample-train/records/none/lenet-zhu/slow-grey"
+    summary = tmp_path / "runs/test/sample-train/cells/none/lenet-zhu/slow-grey.json"
 
     proc = subprocess.Popen([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
                              "--configfile", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -229,7 +230,7 @@ def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path, monkeypatch
         os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the running job
         proc.wait()
     all_records = tmp_path / "runs/test/sample-train/records"
-    before = snapshot(sorted(all_records.glob("*/*/*/record.json")) + sorted(all_records.glob("*/*/*/images.npz")))
+    before = snapshot(sorted(all_records.glob("*/*/*/*/record.json")) + sorted(all_records.glob("*/*/*/*/images.npz")))
     kept = sorted(int(p.parent.name) for p in cell_records.glob("*/record.json"))
     assert 2 <= len(kept) < 5 and not summary.exists()
     calls_before_rerun = calls.read_text().split()
@@ -239,7 +240,7 @@ def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path, monkeypatch
     assert rerun.returncode == 0, rerun.stderr[-4000:]
 
     assert snapshot(Path(p) for p in before) == before  # finished records of every cell untouched
-    after = snapshot(sorted(all_records.glob("*/*/*/record.json")))
+    after = snapshot(sorted(all_records.glob("*/*/*/*/record.json")))
     assert len(after) == 2 * 5  # both cells complete
     recomputed = sorted(int(i) for i in calls.read_text().split()[len(calls_before_rerun):])
     assert recomputed == sorted(set(range(5)) - set(kept))  # only the unfinished images ran again, once each
@@ -250,7 +251,7 @@ def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path, monkeypatch
     assert records[2]["status"] == "failed" and "planned failure" in records[2]["reason"]
     assert all(records[i]["status"] == "ok" for i in (0, 1, 3, 4))
     assert records[0]["hyperparameters"] == {"seconds": 1.0, "fail_on_label": 2}
-    log = (tmp_path / "runs/test/logs/sample-train/cells/lenet-zhu/slow-grey.log").read_text()
+    log = (tmp_path / "runs/test/logs/sample-train/cells/none/lenet-zhu/slow-grey.log").read_text()
     assert log.count("kept the complete record") == len(kept)
 
     results = tmp_path / "runs/test/results"

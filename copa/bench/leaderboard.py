@@ -2,14 +2,15 @@
 
 * :func:`load_records` — one row per record (a run of one attack on one image), every status kept;
 * :func:`load_security` — one row per model: COPA index and normalised score, or not-applicable;
-* :func:`leaderboard` — one row per (model, attack) cell: the mean of every metric the records hold
-  (the headline metric, PSNR, also ± std and median), label accuracy, seconds, evaluations (over the
-  cell's ``ok`` runs) and the counts of ok / failed / not-applicable runs, with the model's security
-  metric; a cell with no ``ok`` run is still a row;
+* :func:`leaderboard` — one row per (defence, model, attack) cell: the mean of every metric the records
+  hold (the headline metric, PSNR, also ± std and median), the mean update distortion, label accuracy,
+  seconds, evaluations (over the cell's ``ok`` runs) and the counts of ok / failed / not-applicable runs,
+  with the model's security metric; a cell with no ``ok`` run is still a row;
 * :func:`leaderboard_markdown` / :func:`security_markdown` — GitHub-flavoured tables with a header
   stating the command, commit(s), config hash, device(s), package versions, images per cell and date;
   the overview shows a cell without ok runs as ``failed (N)``; failed and not-applicable runs are
-  listed with their reasons.
+  listed with their reasons. Records of several defences (the workflow's ``defences`` axis) get one
+  section per defence, each with the overview, Spearman and per-model tables of a single-defence page.
 
 The metric columns come from the metric registry (:func:`copa.metrics.register_metric`): the metrics
 present in the records, in registration order, each with its label, unit, direction (↑ higher is better,
@@ -21,6 +22,7 @@ has it (LPIPS: the AlexNet weights were not available).
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,14 +33,15 @@ import pandas as pd
 
 from ..errors import CopaError
 from ..metrics import DEFAULT_METRICS, metric_info, metric_order
+from ..threat.defences import NoDefence, canonical_defences
 from .record import as_number, metric_columns, read_json, record_columns, record_metrics, record_row
 
 HEADLINE_METRIC = "psnr"
 """The metric of the overview, the Spearman table and the plots; the board also has its std and median."""
 SECURITY_COLUMNS = ["model", "status", "reason", "copa_index", "normalised_score", "seconds"]
-COUNT_COLUMNS = ["model", "attack", "runs", "ok", "failed", "not_applicable"]
-COST_COLUMNS = ["label_accuracy", "seconds_mean", "forward_evals_mean", "gradient_evals_mean", "copa_index",
-                "normalised_score", "security_status"]
+COUNT_COLUMNS = ["defence", "model", "attack", "runs", "ok", "failed", "not_applicable"]
+COST_COLUMNS = ["update_distortion_mean", "label_accuracy", "seconds_mean", "forward_evals_mean",
+                "gradient_evals_mean", "copa_index", "normalised_score", "security_status"]
 
 
 def board_columns(metrics: Sequence[str] = DEFAULT_METRICS) -> list[str]:
@@ -73,7 +76,7 @@ def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def records_from_cells(cell_paths: Iterable[str | Path]) -> pd.DataFrame:
-    """The records listed by the workflow's cell summaries (``OUT/TAG/cells/MODEL/ATTACK.json``)."""
+    """The records listed by the workflow's cell summaries (``OUT/TAG/cells/DEFENCE/MODEL/ATTACK.json``)."""
     paths = []
     for cell_path in cell_paths:
         cell = read_json(cell_path)
@@ -106,34 +109,52 @@ def _order(values: Iterable[str], preferred: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys([*preferred, *seen]))
 
 
-def leaderboard(records: pd.DataFrame, security: pd.DataFrame | None = None, *,
-                models: Sequence[str] | None = None, attacks: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per (model, attack): statistics over its ``ok`` runs and the counts of every status.
+def defence_name(entry: str) -> str:
+    """An entry of the ``defences`` axis (``prune:p=0.9``, ``a+b``, ``none``) as the records' ``defence``
+    column names it: the canonical specs joined by ``+``; an entry that is not a known defence, as given."""
+    try:
+        return "+".join(canonical_defences(entry.split("+"))) or NoDefence.name
+    except CopaError:
+        return entry
 
-    Every (model, attack) pair of ``models`` × ``attacks`` (default: those in ``records``) is a row,
-    also when it has no record at all (``runs`` 0) — nothing is silently dropped.
+
+def defence_order(frame: pd.DataFrame, defences: Sequence[str] | None = None) -> list[str]:
+    """The defences of a records or board frame: those of ``defences`` (config order) first, then the
+    others in order of appearance."""
+    return _order(frame["defence"], [defence_name(d) for d in defences or []])
+
+
+def leaderboard(records: pd.DataFrame, security: pd.DataFrame | None = None, *,
+                models: Sequence[str] | None = None, attacks: Sequence[str] | None = None,
+                defences: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (defence, model, attack): statistics over its ``ok`` runs and the counts of every status.
+
+    Every triple of ``defences`` × ``models`` × ``attacks`` (default: those in ``records``) is a row,
+    also when it has no record at all (``runs`` 0) — nothing is silently dropped. The update distortion
+    is the mean over the cell's runs that know it (the client's defences do not depend on the attack).
     """
     models = _order(records["model"], models)
     attacks = _order(records["attack"], attacks)
     metrics = metric_order([HEADLINE_METRIC, *metric_columns(records.columns)])
     sec = {} if security is None else {row.model: row for row in security.itertuples(index=False)}
     rows = []
-    for model in models:
+    defences = defence_order(records, defences) or [NoDefence.name]
+    for defence, model, attack in itertools.product(defences, models, attacks):
         s = sec.get(model)
-        for attack in attacks:
-            cell = records[(records["model"] == model) & (records["attack"] == attack)]
-            ok = cell[cell["status"] == "ok"]
-            rows.append({
-                "model": model, "attack": attack, "runs": len(cell), "ok": len(ok),
-                "failed": int((cell["status"] == "failed").sum()),
-                "not_applicable": int((cell["status"] == "not-applicable").sum()),
-                **{key: value for name in metrics for key, value in _metric_statistics(ok, name).items()},
-                "label_accuracy": _mean(ok["label_accuracy"]), "seconds_mean": _mean(ok["seconds"]),
-                "forward_evals_mean": _mean(ok["forward_evals"]), "gradient_evals_mean": _mean(ok["gradient_evals"]),
-                "copa_index": np.nan if s is None else s.copa_index,
-                "normalised_score": np.nan if s is None else s.normalised_score,
-                "security_status": "missing" if s is None else s.status,
-            })
+        cell = records[(records["defence"] == defence) & (records["model"] == model) & (records["attack"] == attack)]
+        ok = cell[cell["status"] == "ok"]
+        rows.append({
+            "defence": defence, "model": model, "attack": attack, "runs": len(cell), "ok": len(ok),
+            "failed": int((cell["status"] == "failed").sum()),
+            "not_applicable": int((cell["status"] == "not-applicable").sum()),
+            **{key: value for name in metrics for key, value in _metric_statistics(ok, name).items()},
+            "update_distortion_mean": _mean(cell["update_distortion"]), "label_accuracy": _mean(ok["label_accuracy"]),
+            "seconds_mean": _mean(ok["seconds"]),
+            "forward_evals_mean": _mean(ok["forward_evals"]), "gradient_evals_mean": _mean(ok["gradient_evals"]),
+            "copa_index": np.nan if s is None else s.copa_index,
+            "normalised_score": np.nan if s is None else s.normalised_score,
+            "security_status": "missing" if s is None else s.status,
+        })
     return pd.DataFrame(rows, columns=board_columns(metrics))
 
 
@@ -234,9 +255,9 @@ def _headline_title() -> str:
     return f"mean {info.label} ({info.unit})" if info.unit else f"mean {info.label}"
 
 
-def overview_table(board: pd.DataFrame) -> str:
+def overview_table(board: pd.DataFrame, distortion: bool = False) -> str:
     """Models × attacks: the headline metric's mean (PSNR, dB) over the ok runs, with the model's security
-    metric."""
+    metric (and with ``distortion`` its mean update distortion). ``board``: one defence's rows."""
     from tabulate import tabulate
 
     digits = metric_info(HEADLINE_METRIC).digits
@@ -258,9 +279,10 @@ def overview_table(board: pd.DataFrame) -> str:
                 cells.append("–")
         index = _fmt_int(first.copa_index, "n.a." if first.security_status == "not-applicable" else "–")
         score = _fmt(first.normalised_score, 3, "n.a." if first.security_status == "not-applicable" else "–")
-        rows.append([model, index, score, *cells])
-    return tabulate(rows, headers=["model", "COPA index", "normalised score", *attacks], tablefmt="github",
-                    disable_numparse=True)
+        rows.append([model, index, score, *([_fmt(_mean(sub["update_distortion_mean"]), 3)] if distortion else []),
+                     *cells])
+    headers = ["model", "COPA index", "normalised score", *(["update distortion"] if distortion else []), *attacks]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def problems_table(records: pd.DataFrame, width: int = 160) -> str | None:
@@ -270,11 +292,13 @@ def problems_table(records: pd.DataFrame, width: int = 160) -> str | None:
     bad = records[records["status"] != "ok"]
     if bad.empty:
         return None
+    several = records["defence"].nunique() > 1  # the defence column only when it tells runs apart
     rows = []
     for row in bad.itertuples(index=False):
-        rows.append([row.model, row.attack, row.index, row.status, _reason(row.reason, width)])
-    return tabulate(rows, headers=["model", "attack", "image", "status", "reason"], tablefmt="github",
-                    disable_numparse=True)
+        rows.append([*([row.defence] if several else []), row.model, row.attack, row.index, row.status,
+                     _reason(row.reason, width)])
+    return tabulate(rows, headers=[*(["defence"] if several else []), "model", "attack", "image", "status", "reason"],
+                    tablefmt="github", disable_numparse=True)
 
 
 def run_metadata(records: pd.DataFrame, *, command: str | None = None, images_per_cell: int | None = None,
@@ -321,21 +345,51 @@ def correlation_table(board: pd.DataFrame, metric: str) -> str:
                     tablefmt="github", disable_numparse=True)
 
 
-def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[str, str], *,
-                         title: str = "copa-bench leaderboard", metric: str = "normalised_score") -> str:
-    lines = _header(title, meta)
-    headline = metric_info(HEADLINE_METRIC).label
-    lines += ["", "Statistics are over each cell's `ok` runs; ↑ / ↓: higher / lower is better; PSNR `inf` is an "
-              "exact recovery (its std is then undefined, –); n/a: the cell's ok runs lack the metric (LPIPS: the "
-              "AlexNet weights were not available); n.a. = not applicable.",
-              "", f"## Overview: {_headline_title()}", "", overview_table(board), "",
-              f"## {headline} vs security metric across architectures", "",
-              "Spearman's ρ over the models with a security metric and ok runs (– with fewer than 3 models or a "
-              "constant side). A higher normalised score (a more negative COPA index) means a more secure model.",
-              "", correlation_table(board, metric), ""]
+DISTORTION_NOTE = ("Update distortion: ‖g̃ − g‖/‖g‖, how far the update the client shared is from its true one "
+                   "(mean over the model's runs; 0 undefended).")
+
+
+def _defence_heading(defence: str) -> str:
+    return "none (the undefended update)" if defence == NoDefence.name else f"`{defence}`"
+
+
+def defence_section(board: pd.DataFrame, metric: str = "normalised_score", *, level: int = 2,
+                    distortion: bool = False) -> list[str]:
+    """The lines of one defence's tables (``board``: its rows): overview, Spearman ρ, one table per model;
+    headings at ``level``; with ``distortion`` the overview has the models' update distortion."""
+    h = "#" * level
+    lines = [f"{h} Overview: {_headline_title()}", "", overview_table(board, distortion), "",
+             f"{h} {metric_info(HEADLINE_METRIC).label} vs security metric across architectures", "",
+             "Spearman's ρ over the models with a security metric and ok runs (– with fewer than 3 models or a "
+             "constant side). A higher normalised score (a more negative COPA index) means a more secure model.",
+             "", correlation_table(board, metric), ""]
     for model in dict.fromkeys(board["model"]):
         first = board[board["model"] == model].iloc[0]
-        lines += [f"## {model} — {_security_heading(first)}", "", board_table(board, model), ""]
+        lines += [f"{h} {model} — {_security_heading(first)}", "", board_table(board, model), ""]
+    return lines
+
+
+def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[str, str], *,
+                         title: str = "copa-bench leaderboard", metric: str = "normalised_score",
+                         defences: Sequence[str] | None = None) -> str:
+    """The leaderboard page: header, then :func:`defence_section` — once, or with records of several
+    defences once per defence (``defences``: their order, e.g. the config's; default: as in ``board``)."""
+    lines = _header(title, meta)
+    lines += ["", "Statistics are over each cell's `ok` runs; ↑ / ↓: higher / lower is better; PSNR `inf` is an "
+              "exact recovery (its std is then undefined, –); n/a: the cell's ok runs lack the metric (LPIPS: the "
+              "AlexNet weights were not available); n.a. = not applicable.", ""]
+    order = defence_order(board, defences)
+    if len(order) > 1:
+        lines += [f"One section per defence setting of the client: {', '.join(map(_defence_heading, order))}. "
+                  + DISTORTION_NOTE, ""]
+        for defence in order:
+            lines += [f"## Defence: {_defence_heading(defence)}", ""]
+            lines += defence_section(board[board["defence"] == defence], metric, level=3, distortion=True)
+    else:
+        defended = any(defence != NoDefence.name for defence in order)
+        if defended:
+            lines += [f"Every client defended its update with {_defence_heading(order[0])}. " + DISTORTION_NOTE, ""]
+        lines += defence_section(board, metric, distortion=defended)
     problems = problems_table(records)
     lines += ["## Failed and not-applicable runs", ""]
     lines += [problems if problems else "None: every run finished with status ok.", ""]
@@ -368,14 +422,15 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
                  attacks: Sequence[str] | None = None, command: str | None = None,
                  images_per_cell: int | None = None, title: str = "copa-bench leaderboard",
                  extra: dict[str, str] | None = None, metric: str = "normalised_score",
-                 config_hash: str | None = None) -> pd.DataFrame:
+                 config_hash: str | None = None, defences: Sequence[str] | None = None) -> pd.DataFrame:
     """Write ``outputs`` (keys: records_csv, leaderboard_csv, leaderboard_md, security_csv, security_md),
-    each atomically; return the leaderboard frame."""
+    each atomically; return the leaderboard frame. ``defences``: the ``defences`` axis's entries, in the
+    order of the board's rows and of leaderboard.md's sections."""
     from ..io import atomic_write, atomic_write_text
 
     records = records_from_cells(cell_paths)
     security = load_security(security_paths)
-    board = leaderboard(records, security, models=models, attacks=attacks)
+    board = leaderboard(records, security, models=models, attacks=attacks, defences=defences)
     meta = run_metadata(records, command=command, images_per_cell=images_per_cell, extra=extra,
                         config_hash=config_hash)
     writers = {
@@ -383,7 +438,8 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
         "leaderboard_csv": lambda p: board.to_csv(p, index=False),
         "security_csv": lambda p: security.to_csv(p, index=False),
     }
-    texts = {"leaderboard_md": lambda: leaderboard_markdown(board, records, meta, title=title, metric=metric),
+    texts = {"leaderboard_md": lambda: leaderboard_markdown(board, records, meta, title=title, metric=metric,
+                                                            defences=defences),
              "security_md": lambda: security_markdown(security, meta)}
     unknown = sorted(set(outputs) - set(writers) - set(texts))
     if unknown:
@@ -398,7 +454,7 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
 
 def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") -> pd.DataFrame:
     """Spearman ρ between the security ``metric`` and the mean of the headline metric (PSNR) across models,
-    per attack.
+    per (defence, attack).
 
     Uses the models whose security metric is available and whose cell has ok runs; ρ is NaN with
     fewer than 3 such models or when either side is constant.
@@ -408,12 +464,14 @@ def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") ->
     if metric not in ("normalised_score", "copa_index"):
         raise CopaError(f"security metric {metric!r} is invalid: accepted are normalised_score, copa_index")
     rows = []
-    for attack in dict.fromkeys(board["attack"]):
-        sub = board[(board["attack"] == attack) & (board["ok"] > 0) & board[metric].notna()]
+    for defence, attack in dict.fromkeys(zip(board["defence"], board["attack"])):
+        sub = board[(board["defence"] == defence) & (board["attack"] == attack) & (board["ok"] > 0)
+                    & board[metric].notna()]
         x, y = sub[metric].to_numpy(float), sub[f"{HEADLINE_METRIC}_mean"].to_numpy(float)
         rho = p = np.nan
         if len(sub) >= 3 and np.unique(x).size > 1 and np.unique(y).size > 1:
             result = spearmanr(x, y)
             rho, p = float(result.statistic), float(result.pvalue)
-        rows.append({"attack": attack, "models": len(sub), "metric": metric, "spearman_rho": rho, "p_value": p})
-    return pd.DataFrame(rows, columns=["attack", "models", "metric", "spearman_rho", "p_value"])
+        rows.append({"defence": defence, "attack": attack, "models": len(sub), "metric": metric, "spearman_rho": rho,
+                     "p_value": p})
+    return pd.DataFrame(rows, columns=["defence", "attack", "models", "metric", "spearman_rho", "p_value"])

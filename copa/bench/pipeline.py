@@ -5,11 +5,11 @@ The Snakefile and ``workflow/scripts/*.py`` are thin wrappers over this module (
 
 Layout of one run (``OUT`` = ``config["out"]``, ``TAG`` = :func:`dataset_tag`)::
 
-    OUT/TAG/records/MODEL/ATTACK/INDEX/record.json   one record per image (+ images.npz, reconstruction.png)
-    OUT/TAG/cells/MODEL/ATTACK.json                   the cell's summary: written last, the Snakemake output
+    OUT/TAG/records/DEFENCE/MODEL/ATTACK/INDEX/record.json   one record per image (+ images.npz, .png)
+    OUT/TAG/cells/DEFENCE/MODEL/ATTACK.json                   the cell's summary: written last, the Snakemake output
     OUT/TAG/security/MODEL.json                       the model's COPA security metric (or not-applicable)
 
-A cell (dataset, model, attack) is one job that attacks its N images: as one vectorised batch when the
+A cell (dataset, defence, model, attack) is one job that attacks its N images: as one vectorised batch when the
 attack supports it (dlg, idlg, ig; config ``batch_size`` splits the cell into batches), else one after
 the other. The per-image records are not Snakemake outputs, so Snakemake never deletes them: a cell
 that was killed midway and is run again keeps every complete record that matches the current
@@ -131,7 +131,8 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     from ..threat import parse_input_shape
 
     load_plugins(tuple(config.get("plugins") or ()))
-    scenario_for(config, config["models"][0], config["indices"][0])  # e.g. an unknown or misordered defence
+    for chain in defence_axis(config).values():  # e.g. an unknown, misordered or repeated defence
+        scenario_for(config, config["models"][0], config["indices"][0], chain)
     for name in config["attacks"]:
         if name not in ATTACKS:
             raise unknown_name("attack", name, ATTACKS.names())
@@ -188,8 +189,10 @@ def check_indices(config: dict[str, Any]) -> None:
 # Attack cells
 
 
-SCENARIO_AXES = {"model": "models"}
-"""Scenario fields that the workflow sweeps as an axis, with their config key."""
+SCENARIO_AXES = {"model": "models", "defences": "defences"}
+"""Scenario fields that the workflow sweeps as an axis, with their config key: ``defences`` lists
+alternatives, each one defence or a chain of them joined by ``+`` (``none``: the undefended update)."""
+NO_DEFENCE = "none"
 NOT_IN_WORKFLOW = {"checkpoint": "a trained model is named by the models axis, per model"}
 """Scenario fields that a workflow config does not set, and why."""
 RUN_KEYS = ("seed", "device", "retry_failed", "plugins", "metrics")
@@ -203,12 +206,43 @@ def workflow_scenario_keys() -> list[str]:
     return [o.name for o in Scenario.options() if o.field not in SCENARIO_AXES and o.field not in NOT_IN_WORKFLOW]
 
 
-def scenario_for(config: dict[str, Any], model: str, index: int):
+def defence_chain(alternative: str) -> tuple[str, ...]:
+    """One entry of the ``defences`` axis (``none``, ``prune:p=0.9``, ``prune:p=0.5+quantize:bits=4``) as
+    the scenario's canonical defence specs (``()`` for none); bad names and values raise one line."""
+    from ..threat.defences import canonical_defences
+
+    if not isinstance(alternative, str) or not alternative.strip():
+        raise InvalidSpecError(f"defences: {alternative!r} is invalid: expected a defence spec such as none or "
+                               f"prune:p=0.9 (chain several with +)")
+    return canonical_defences([part for part in alternative.split("+")])
+
+
+def defence_tag(chain: tuple[str, ...]) -> str:
+    """A path-safe name of a defence chain: ``none``, ``prune-p-0.9``, ``prune-p-0.5+quantize-bits-4-...``."""
+    if not chain:
+        return NO_DEFENCE
+    return "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-") for spec in chain)
+
+
+def defence_axis(config: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The config's ``defences`` axis as tag → canonical chain, in config order (default: ``none`` only);
+    two entries that are the same chain are refused by name."""
+    axis: dict[str, tuple[str, ...]] = {}
+    for alternative in config.get("defences") or [NO_DEFENCE]:
+        chain = defence_chain(alternative)
+        tag = defence_tag(chain)
+        if tag in axis:
+            raise InvalidSpecError(f"defences: {alternative!r} repeats the defence {tag!r}: list each setting once")
+        axis[tag] = chain
+    return axis
+
+
+def scenario_for(config: dict[str, Any], model: str, index: int, defences: tuple[str, ...] = ()):
     """The scenario of one image of a cell (batch of one, as in the COPA paper): the config's scenario
-    keys (:meth:`copa.threat.Scenario.options`), with this model and index."""
+    keys (:meth:`copa.threat.Scenario.options`), with this model, index and defence chain."""
     from ..threat import Scenario
 
-    return Scenario.from_config(config, model=model, indices=(int(index),))
+    return Scenario.from_config(config, model=model, indices=(int(index),), defences=tuple(defences))
 
 
 def run_config_hash(config: dict[str, Any]) -> str:
@@ -234,8 +268,10 @@ def batch_description(config: dict[str, Any], attacks: list[str]) -> str:
 
 
 def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: str | os.PathLike,
-             summary: str | os.PathLike, threads: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``attack`` on every configured image for ``model``; write one record per image, then the summary.
+             summary: str | os.PathLike, threads: int = 1, log: Callable[[str], None] = print,
+             defence: str = NO_DEFENCE) -> dict[str, Any]:
+    """Run ``attack`` on every configured image for ``model`` under ``defence`` (one entry of the
+    ``defences`` axis, :func:`defence_chain`); write one record per image, then the summary.
 
     Images whose record in ``records_dir/INDEX/`` matches (:func:`record_matches`; it holds every metric
     of the config's ``metrics``) are kept as they are; the plug-ins are loaded and the attack is built once.
@@ -260,7 +296,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     metrics = configured_metrics(config)
     hp = attack_obj.hp
     run_hash = run_config_hash(config)
-    scenarios = [(int(i), scenario_for(config, model, int(i))) for i in config["indices"]]
+    chain = defence_chain(defence)
+    scenarios = [(int(i), scenario_for(config, model, int(i), chain)) for i in config["indices"]]
     records_dir = Path(records_dir)
     # a batched attack solves a chunk at once; any other runs (and records) its images one at a time
     batch_size = (config.get("batch_size") or len(scenarios)) if type(attack_obj).batched else 1
@@ -288,7 +325,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
                            seeds=[seed] * len(chunk), device=device, threads=threads, metrics=metrics,
                            record_failures=True)
         for (index, _), (record, reconstruction, truth) in zip(chunk, runs, strict=True):
-            record["workflow"] = workflow_section(attack_settings=overrides, cell=f"{model}/{attack}", threads=threads,
+            record["workflow"] = workflow_section(attack_settings=overrides, cell=f"{defence_tag(chain)}/{model}/{attack}",
+                                                  threads=threads,
                                                   batch_size=batch_size, attack_source=identity["source"],
                                                   attack_source_sha256=identity["source_sha256"],
                                                   run_config_hash=run_hash)
@@ -301,7 +339,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
         counts[record["status"]] += 1
         entries.append({"index": index, "record": str(records_dir / str(index) / "record.json"),
                         "status": record["status"], "reason": record.get("reason"), "reused": reused})
-    cell = {"model": model, "attack": attack, "dataset": config["dataset"], "split": config.get("split", "train"),
+    cell = {"model": model, "attack": attack, "defence": defence_tag(chain), "defences": list(chain),
+            "dataset": config["dataset"], "split": config.get("split", "train"),
             "indices": [i for i, _ in scenarios], "hyperparameters": jsonable(hp), "attack_settings": overrides,
             "attack_source": identity["source"], "attack_source_sha256": identity["source_sha256"],
             "seed": seed, "device": device, "threads": threads, "batch_size": batch_size, "run_config_hash": run_hash,

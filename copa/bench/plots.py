@@ -5,15 +5,19 @@
 * :func:`psnr_vs_security` — mean PSNR per (model, attack) against the model's security metric,
   with Spearman's ρ per attack printed on the plot;
 * :func:`psnr_distribution` — per-image PSNR per attack (box plot and the points);
-* :func:`time_vs_psnr` — seconds per image against PSNR, per attack.
+* :func:`time_vs_psnr` — seconds per image against PSNR, per attack;
+* :func:`privacy_curves` — mean PSNR and SSIM against each defence's strength, per model.
 
-PSNR values above ``psnr_cap`` (exact recoveries reach 140 dB in float64, or +inf) are drawn at the
+With records of several defence settings (the workflow's ``defences`` axis) the first four show one of
+them — the undefended update when present, else the first — and say which; :func:`privacy_curves` shows
+them all. PSNR values above ``psnr_cap`` (exact recoveries reach 140 dB in float64, or +inf) are drawn at the
 cap, marked by a dashed line. PSNR is the leaderboard's headline metric
 (:data:`copa.bench.leaderboard.HEADLINE_METRIC`); the axes take its label and unit from the metric registry.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +28,14 @@ import pandas as pd
 from ..errors import CopaError
 from ..io import atomic_write
 from ..metrics import metric_info
+from ..threat.defences import DEFENCES, NoDefence, create_defence
 from .leaderboard import HEADLINE_METRIC
+from .record import as_number, read_record
 
 MARKERS = "osD^vP*Xph<>"
+LINESTYLES = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1))]
+SECOND_METRIC = "ssim"
+"""The privacy curves' second row, below the headline metric's."""
 
 
 def _figure(width: float, height: float):
@@ -78,6 +87,16 @@ def _cap_line(ax, cap: float, values: np.ndarray, horizontal: bool = True) -> No
                     fontsize=7, color="grey", va="bottom")
 
 
+def _reference(frame: pd.DataFrame, defence: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The rows of one defence setting — ``defence``; default none (undefended) when present, else the
+    first — and a title suffix naming it when ``frame`` holds several ('' otherwise)."""
+    names = list(dict.fromkeys(frame["defence"].dropna())) if "defence" in frame else []
+    if len(names) <= 1 and defence is None:
+        return frame, ""
+    defence = defence or (NoDefence.name if NoDefence.name in names else names[0])
+    return frame[frame["defence"] == defence], f" — defence {defence}"
+
+
 def _load_pair(images_path: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(images_path) as data:
         return data["target"][0], data["reconstruction"][0]
@@ -89,8 +108,10 @@ def _to_hwc(image: np.ndarray) -> np.ndarray:
 
 
 def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
-                        attacks: Sequence[str] | None = None, max_images: int = 8) -> Path:
-    """Targets (top row) vs every attack's reconstruction for ``model``, one column per image."""
+                        attacks: Sequence[str] | None = None, max_images: int = 8, defence: str | None = None) -> Path:
+    """Targets (top row) vs every attack's reconstruction for ``model``, one column per image (one defence
+    setting, :func:`_reference`)."""
+    records, suffix = _reference(records, defence)
     sub = records[records["model"] == model]
     if sub.empty:
         raise CopaError(f"no records for model {model!r}: models with records are {sorted(set(records['model']))}")
@@ -129,15 +150,17 @@ def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{model}: targets vs reconstructions ({_label()} per image)", fontsize=9)
+    fig.suptitle(f"{model}: targets vs reconstructions ({_label()} per image){suffix}", fontsize=9)
     return _save(fig, path)
 
 
 def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "normalised_score",
-                     psnr_cap: float = 100.0) -> Path:
-    """Mean PSNR of each (model, attack) against the model's security metric; Spearman ρ per attack."""
+                     psnr_cap: float = 100.0, defence: str | None = None) -> Path:
+    """Mean PSNR of each (model, attack) against the model's security metric; Spearman ρ per attack (one
+    defence setting, :func:`_reference`)."""
     from .leaderboard import spearman_by_attack
 
+    board, suffix = _reference(board, defence)
     rho = spearman_by_attack(board, metric).set_index("attack")
     usable = board[(board["ok"] > 0) & board[metric].notna()]
     attacks = list(dict.fromkeys(board["attack"]))
@@ -160,7 +183,7 @@ def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "no
     ax.set_ylabel(_axis("mean {label}"))
     finite = rho["spearman_rho"].dropna()
     summary = ", ".join(f"{a} {v:.2f}" for a, v in finite.items()) or "undefined (fewer than 3 models)"
-    ax.set_title(f"{_label()} vs security across architectures — Spearman ρ: {summary}", fontsize=8)
+    ax.set_title(f"{_label()} vs security across architectures{suffix} — Spearman ρ: {summary}", fontsize=8)
     if excluded:
         ax.text(0.99, 0.01, "no security metric: " + ", ".join(excluded), transform=ax.transAxes, fontsize=6,
                 ha="right", va="bottom", color="0.4")
@@ -170,8 +193,10 @@ def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "no
 
 
 def psnr_distribution(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[str] | None = None,
-                      psnr_cap: float = 100.0) -> Path:
-    """Per-image PSNR of the ok runs, one box per attack, with the individual images as points."""
+                      psnr_cap: float = 100.0, defence: str | None = None) -> Path:
+    """Per-image PSNR of the ok runs, one box per attack, with the individual images as points (one defence
+    setting, :func:`_reference`)."""
+    records, suffix = _reference(records, defence)
     ok = records[records["status"] == "ok"]
     attacks = list(dict.fromkeys([*(attacks or []), *records["attack"]]))
     fig = _figure(max(4.0, 0.9 * len(attacks) + 1.5), 4.2)
@@ -190,14 +215,16 @@ def psnr_distribution(records: pd.DataFrame, path: str | Path, *, attacks: Seque
     ax.set_xticks(positions, attacks, rotation=30, ha="right", fontsize=8)
     _cap_line(ax, psnr_cap, ok[HEADLINE_METRIC])
     ax.set_ylabel(_axis("{label} per image"))
-    ax.set_title(f"{_label()} distribution per attack (all models)", fontsize=9)
+    ax.set_title(f"{_label()} distribution per attack (all models){suffix}", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
 
 def time_vs_psnr(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[str] | None = None,
-                 psnr_cap: float = 100.0) -> Path:
-    """Seconds per image (log scale) against PSNR, one colour per attack."""
+                 psnr_cap: float = 100.0, defence: str | None = None) -> Path:
+    """Seconds per image (log scale) against PSNR, one colour per attack (one defence setting,
+    :func:`_reference`)."""
+    records, suffix = _reference(records, defence)
     ok = records[(records["status"] == "ok") & records["seconds"].notna()]
     attacks = list(dict.fromkeys([*(attacks or []), *records["attack"]]))
     colours = _colours(attacks)
@@ -212,7 +239,144 @@ def time_vs_psnr(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[s
     _cap_line(ax, psnr_cap, ok[HEADLINE_METRIC])
     ax.set_xlabel("seconds per image (log scale; floor 1e-4)")
     ax.set_ylabel(_axis())
-    ax.set_title(f"Time vs {_label()} (ok runs)", fontsize=9)
+    ax.set_title(f"Time vs {_label()} (ok runs){suffix}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Privacy curves
+
+
+def _described_chain(records: pd.DataFrame, defence: str) -> list[dict] | None:
+    """The public description (``[{name, parameters}]``) of a defence setting's chain: the observation of
+    one of its ok records, else its canonical specs parsed (None for a defence unknown here)."""
+    rows = records[(records["defence"] == defence) & (records["status"] == "ok")]
+    for path in rows["record"].dropna() if "record" in rows else []:
+        observation = (read_record(Path(path).parent) or {}).get("observation")
+        if observation is not None:
+            return list(observation.get("defences") or [])
+    try:
+        return [create_defence(spec).describe() for spec in defence.split("+")]
+    except CopaError:
+        return None
+
+
+def defence_settings(records: pd.DataFrame) -> tuple[dict[str, tuple[str, str, float]], list[str]]:
+    """The records' defence settings on a privacy curve, ``{defence: (kind, strength parameter, value)}``
+    (kind: the defence's name with its other parameters that differ from their defaults), and those on
+    none (chains of several defences, defences without a strength or unknown here); none excluded."""
+    curves: dict[str, tuple[str, str, float]] = {}
+    skipped = []
+    for defence in dict.fromkeys(records["defence"].dropna()) if "defence" in records else []:
+        if defence == NoDefence.name:
+            continue
+        chain = _described_chain(records, defence) or []
+        entry = chain[0] if len(chain) == 1 else {}
+        cls = DEFENCES.get(entry["name"]) if entry.get("name") in DEFENCES else None
+        params = entry.get("parameters") or {}
+        value = as_number(params.get(cls.strength)) if cls is not None and cls.strength else np.nan
+        if not np.isfinite(value):
+            skipped.append(defence)
+            continue
+        others = [f"{k}={v}" for k, v in params.items()
+                  if k != cls.strength and k in cls.parameters and v != cls.parameters[k].default]
+        curves[defence] = (cls.name + (f" ({', '.join(others)})" if others else ""), cls.strength, value)
+    return curves, skipped
+
+
+def _note_figure(path: str | Path, title: str, note: str) -> Path:
+    fig = _figure(6.5, 1.8)
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=9, wrap=True, transform=ax.transAxes)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _metric_axis(metric: str) -> str:
+    info = metric_info(metric)
+    return f"mean {info.label} ({info.unit})" if info.unit else f"mean {info.label}"
+
+
+def privacy_curves(records: pd.DataFrame, path: str | Path, *, models: Sequence[str] | None = None,
+                   attacks: Sequence[str] | None = None, psnr_cap: float = 100.0, floor: str = "mean-image") -> Path:
+    """Mean PSNR (top row) and SSIM (bottom row) over the ok runs against each defence's strength — x: the
+    value of its :attr:`~copa.threat.Defence.strength` parameter, log scale when every value is positive —
+    one panel per model, one line per (attack, defence kind). The undefended value is a dotted line in the
+    attack's colour, the ``floor`` attack a dashed grey line; chains of several defences are named below the
+    panels, not drawn. Without any setting to draw, the figure says so."""
+    ok = records[records["status"] == "ok"]
+    metrics = [m for m in (HEADLINE_METRIC, SECOND_METRIC) if m in ok and ok[m].notna().any()] or [HEADLINE_METRIC]
+    title = f"Privacy curves: {' and '.join(metric_info(m).label for m in metrics)} against defence strength"
+    curves, skipped = defence_settings(records)
+    if not curves:
+        why = f"not on a curve: {', '.join(skipped)}" if skipped else "every run's client shared its true update"
+        return _note_figure(path, title, f"no defence settings to compare ({why})")
+    means = ok.groupby(["defence", "model", "attack"])[metrics].mean()
+    models = list(dict.fromkeys([*(models or []), *records["model"]]))
+    attacks = [a for a in dict.fromkeys([*(attacks or []), *records["attack"]]) if a != floor]
+    kinds = {kind: strength for kind, strength, _ in curves.values()}
+    style = {kind: (MARKERS[i % len(MARKERS)], LINESTYLES[i % len(LINESTYLES)]) for i, kind in enumerate(kinds)}
+    colours = _colours(attacks)
+    ticks = sorted({x for _, _, x in curves.values()})
+    log_x = ticks[0] > 0
+    fig = _figure(3.0 * len(models) + 2.6, 2.7 * len(metrics) + 0.6)
+    axes = fig.subplots(len(metrics), len(models), squeeze=False)
+    for (r, metric), (c, model) in itertools.product(enumerate(metrics), enumerate(models)):
+        ax = axes[r][c]
+        cap = psnr_cap if metric == HEADLINE_METRIC else math.inf
+        mean = means[metric].to_dict()
+        drawn = []
+        for attack, kind in itertools.product(attacks, kinds):
+            points = sorted((x, mean.get((d, model, attack), np.nan)) for d, (k, _, x) in curves.items() if k == kind)
+            points = [(x, y) for x, y in points if not math.isnan(y)]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, _capped(ys, cap), color=colours[attack], marker=style[kind][0], ls=style[kind][1],
+                        lw=1.2, ms=4)
+                drawn += ys
+        for attack in attacks:  # the undefended reference
+            y = mean.get((NoDefence.name, model, attack), np.nan)
+            if not math.isnan(y):
+                ax.axhline(min(y, cap), color=colours[attack], ls=":", lw=1.0)
+                drawn.append(y)
+        base = ok[(ok["model"] == model) & (ok["attack"] == floor)][metric].astype(float).mean()
+        if not math.isnan(base):
+            ax.axhline(min(base, cap), color="0.35", ls="--", lw=1.2)
+        if metric == HEADLINE_METRIC:
+            _cap_line(ax, psnr_cap, np.asarray(drawn))
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks], rotation=45, fontsize=6)  # the strengths configured
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        if r == 0:
+            ax.set_title(model, fontsize=8)
+        if c == 0:
+            ax.set_ylabel(_metric_axis(metric), fontsize=8)
+        if r == len(metrics) - 1:
+            ax.set_xlabel("defence strength" + (" (log scale)" if log_x else ""), fontsize=8)
+    _curve_legend(fig, colours, style, kinds, floor if (ok["attack"] == floor).any() else None)
+    if skipped:
+        fig.supxlabel(f"not on a curve (chains of several defences or no strength): {', '.join(skipped)}",
+                      fontsize=7, color="0.35")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _curve_legend(fig, colours: dict[str, tuple], style: dict[str, tuple], kinds: dict[str, str],
+                  floor: str | None) -> None:
+    """Colours: attacks; markers and line styles: defence kinds (x: their strength parameter)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colour, lw=1.5, label=attack) for attack, colour in colours.items()]
+    handles += [Line2D([], [], color="k", marker=style[kind][0], ls=style[kind][1], ms=4,
+                       label=f"{kind}: x = {strength}")
+                for kind, strength in kinds.items()]
+    handles.append(Line2D([], [], color="0.5", ls=":", label="undefended (attack's colour)"))
+    if floor is not None:
+        handles.append(Line2D([], [], color="0.35", ls="--", label=f"{floor} floor"))
+    fig.legend(handles=handles, loc="outside right center", fontsize=7)

@@ -6,7 +6,8 @@ or ``source`` (an observation file); ``observation`` (what the attacker saw, des
 (name, paper, code), ``hyperparameters``, ``seed``, ``config_hash`` (:func:`config_hash`); ``model``;
 for an ok run ``metrics``, ``attack_loss``, ``evaluations``, ``attack_info``, ``seconds`` (and
 ``batch`` for a batched run); for a failed one ``traceback``; provenance (``device``, ``versions``,
-``git_commit``, ``finished_at``); in the workflow a ``workflow`` section (:func:`workflow_section`).
+``git_commit``, ``finished_at``); ``update_distortion`` when the ground truth is known; in the workflow a
+``workflow`` section (:func:`workflow_section`).
 
 This module makes records (:func:`new_record`, :func:`add_outcome`, :func:`mark_failed`,
 :func:`mark_not_applicable`), decides whether a stored one is still valid (:func:`record_matches`), reads
@@ -32,6 +33,7 @@ import torch
 from ..errors import CopaError, RunFailure
 from ..metrics import DEFAULT_METRICS, metric_info, metric_order
 from ..provenance import device_description, git_commit, package_versions
+from ..threat.defences import NoDefence
 
 RECORD_VERSION = 1
 STATUSES = ("ok", "failed", "not-applicable")
@@ -40,19 +42,24 @@ STATUSES = ("ok", "failed", "not-applicable")
 RECORD_FILES = ("record.json", "images.npz", "reconstruction.png")
 
 IDENTITY_COLUMNS = ["model", "attack", "dataset", "split", "index", "status", "reason"]
+DEFENCE_COLUMNS = ["defence", "update_distortion"]
+"""The client's defence chain (:func:`defence_label`) and what it cost, ‖g̃ − g‖/‖g‖: after the metrics, so
+that the metric columns keep their places."""
 RUN_COLUMNS = ["label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit", "finished_at",
                "config_hash", "run_config_hash", "versions", "hyperparameters", "record", "images"]
 
 
 def record_columns(metrics: Iterable[str] = DEFAULT_METRICS) -> list[str]:
     """The columns of :func:`record_row` for records scored with ``metrics``: the run's identity, one column
-    per metric (its mean over the batch) in registry order, then the run's costs and provenance."""
+    per metric (its mean over the batch) in registry order, the client's defences, then the run's costs and
+    provenance."""
     names = metric_order(metrics)
-    clash = [name for name in names if name in IDENTITY_COLUMNS or name in RUN_COLUMNS]
+    reserved = [*IDENTITY_COLUMNS, *DEFENCE_COLUMNS, *RUN_COLUMNS]
+    clash = [name for name in names if name in reserved]
     if clash:
         raise CopaError(f"metric names {clash} are record columns: accepted are other names than "
-                        f"{', '.join(IDENTITY_COLUMNS + RUN_COLUMNS)}")
-    return [*IDENTITY_COLUMNS, *names, *RUN_COLUMNS]
+                        f"{', '.join(reserved)}")
+    return [*IDENTITY_COLUMNS, *names, *DEFENCE_COLUMNS, *RUN_COLUMNS]
 
 
 RECORD_COLUMNS = record_columns()
@@ -60,8 +67,9 @@ RECORD_COLUMNS = record_columns()
 
 
 def metric_columns(columns: Iterable[str]) -> list[str]:
-    """The metric columns among a records table's ``columns`` (those of neither the identity nor the run)."""
-    return [c for c in columns if c not in IDENTITY_COLUMNS and c not in RUN_COLUMNS]
+    """The metric columns among a records table's ``columns`` (those of neither the identity, the defences
+    nor the run)."""
+    return [c for c in columns if c not in IDENTITY_COLUMNS and c not in DEFENCE_COLUMNS and c not in RUN_COLUMNS]
 
 
 def record_metrics(record: dict[str, Any]) -> list[str]:
@@ -86,9 +94,10 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, allow_nan=True))
 
 def new_record(*, attack, seed: int, scenario: dict[str, Any] | None, observation=None,
-               source: dict[str, Any] | None = None) -> dict[str, Any]:
+               source: dict[str, Any] | None = None, update_distortion: float | None = None) -> dict[str, Any]:
     """A record of status ok for one run of ``attack`` (its hyperparameters ``attack.hp``), before its
-    outcome (``observation`` None: the client's step could not be computed)."""
+    outcome (``observation`` None: the client's step could not be computed). ``update_distortion``: what
+    the client's defences cost, ‖g̃ − g‖/‖g‖ (from the ground truth; 0 undefended)."""
     hp = dict(attack.hp)
     record: dict[str, Any] = {"record_version": RECORD_VERSION, "status": "ok", "reason": None, "scenario": scenario}
     if source is not None:
@@ -104,6 +113,8 @@ def new_record(*, attack, seed: int, scenario: dict[str, Any] | None, observatio
     })
     if observation is not None:
         record["model"] = model_description(observation)
+    if update_distortion is not None:
+        record["update_distortion"] = update_distortion
     return record
 
 
@@ -245,6 +256,7 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "index": indices[0] if len(indices) == 1 else ",".join(map(str, indices)),
         "status": status, "reason": record.get("reason"),
         **{name: as_number(value) for name, value in mean.items()},
+        "defence": defence_label(record), "update_distortion": update_distortion(record),
         "label_accuracy": as_number((record.get("metrics") or {}).get("label_accuracy")),
         "seconds": as_number(record.get("seconds")), "forward_evals": as_number(evals.get("forward")),
         "gradient_evals": as_number(evals.get("gradient")), "device": record.get("device"),
@@ -254,6 +266,25 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "hyperparameters": json.dumps(record.get("hyperparameters") or {}, sort_keys=True),
         "record": None if path is None else str(path), "images": images,
     }
+
+
+def defence_label(record: dict[str, Any]) -> str:
+    """The record's defence chain as one name: the scenario's canonical specs joined by ``+`` (``none``
+    undefended); for a record without a scenario, the names of the observation's defences."""
+    scenario = record.get("scenario") or {}
+    if "defences" in scenario:
+        chain = list(scenario["defences"] or [])
+    else:
+        described = (record.get("observation") or {}).get("defences") or []
+        chain = [d.get("name") for d in described if d.get("name") not in (None, NoDefence.name)]
+    return "+".join(chain) or NoDefence.name
+
+
+def update_distortion(record: dict[str, Any]) -> float:
+    """‖g̃ − g‖/‖g‖ of the record; one written before it was recorded: 0 undefended, else NaN (unknown)."""
+    if "update_distortion" in record:
+        return as_number(record["update_distortion"])
+    return 0.0 if defence_label(record) == NoDefence.name else np.nan
 
 
 def versions_text(versions: Any) -> str | None:

@@ -177,9 +177,10 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
     sources = sources or [None] * count
     records: list[dict[str, Any]] = []
     devices = []
-    for observation, seed, scenario, source in zip(observations, seeds, scenarios, sources, strict=True):
+    for observation, truth, seed, scenario, source in zip(observations, truths, seeds, scenarios, sources, strict=True):
         devices.append(torch.device(device) if device is not None else observation.device)
-        records.append(new_record(attack=attack, seed=seed, scenario=scenario, observation=observation, source=source))
+        records.append(new_record(attack=attack, seed=seed, scenario=scenario, observation=observation, source=source,
+                                  update_distortion=None if truth is None else truth.update_distortion))
 
     outcome: dict[int, Any] = {}  # instance -> Reconstruction, or the exception / not-applicable reason
     pending = []

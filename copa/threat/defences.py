@@ -54,6 +54,8 @@ class Defence:
     paper: ClassVar[str] = ""
     description: ClassVar[str] = ""
     parameters: ClassVar[dict[str, Hyperparameter]] = {}
+    #: The parameter that sets the defence's strength (the x axis of the privacy curves), or None.
+    strength: ClassVar[str | None] = None
     #: True for a defence that recomputes the update from the client's per-example gradients (DP-SGD):
     #: it must come first, since it would silently discard what the defences before it did.
     needs_true_update: ClassVar[bool] = False
@@ -179,6 +181,7 @@ class DPGaussian(Defence):
     must be the first defence."""
 
     name = "dp-gaussian"
+    strength = "sigma"
     paper = "Abadi et al., Deep Learning with Differential Privacy, CCS 2016 (DP-SGD, Algorithm 1)"
     description = "clip each example's gradient to norm C, sum, add N(0, sigma^2 C^2), divide by B"
     parameters = {
@@ -242,6 +245,7 @@ class Prune(Defence):
     magnitudes the lower flat index is kept (a stable sort)."""
 
     name = "prune"
+    strength = "p"
     paper = "Zhu, Liu & Han, Deep Leakage from Gradients, NeurIPS 2019, Sec. 6 (gradient pruning)"
     description = "per tensor, zero all but the largest-magnitude (1 - p) fraction of entries"
     parameters = {
@@ -280,6 +284,7 @@ class Quantize(Defence):
     NeurIPS 2017, Sec. 3.1), drawn from the defence generator. A tensor with max == min is left as is."""
 
     name = "quantize"
+    strength = "bits"
     paper = "uniform k-bit quantisation (Jacob et al., CVPR 2018); QSGD's rounding (Alistarh et al., NeurIPS 2017)"
     description = "per tensor, round entries to 2^bits levels spanning [min, max]"
     parameters = {
@@ -319,6 +324,7 @@ class GaussianNoise(Defence):
     deviation, so that a constant or one-entry tensor is noised too. An all-zero tensor stays zero."""
 
     name = "noise"
+    strength = "scale"
     paper = "Zhu, Liu & Han, Deep Leakage from Gradients, NeurIPS 2019, Sec. 6 (noisy gradients)"
     description = "per tensor, add N(0, (scale * rms(g))^2) to every entry"
     parameters = {

@@ -77,12 +77,15 @@ class Observation:
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """The client's private batch, for scoring only: images in [0, 1] at the model's input shape."""
+    """The client's private batch, for scoring only: images in [0, 1] at the model's input shape, and what
+    the defences cost: ``update_distortion`` = ‖g̃ − g‖ / ‖g‖ over all parameters (defended vs true update;
+    0 for an undefended one, None when the true update is unknown)."""
 
     images01: torch.Tensor
     labels: torch.Tensor
     indices: tuple[int, ...]
     preprocess: data_mod.Preprocess
+    update_distortion: float | None = None
 
 
 def as_observation_list(observations) -> list:

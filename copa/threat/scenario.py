@@ -259,11 +259,13 @@ class Scenario:
         loss = client_loss(logits, labels)
         names, params = zip(*[(n, p) for n, p in client_model.named_parameters() if p.requires_grad])
         grads = torch.autograd.grad(loss, params)
-        defended = ()
+        defended, distortion = (), 0.0
         if self.defences:  # the client defends its update before sharing it (copa.threat.defences)
-            update = ClientUpdate(tuple(names), tuple(g.detach() for g in grads), self.batch_size,
+            true = tuple(g.detach() for g in grads)
+            update = ClientUpdate(tuple(names), true, self.batch_size,
                                   lambda: _per_example_gradients(client_model, params, inputs, labels))
             grads, defended = apply_defences(self.defences, update, self.defence_seed)
+            distortion = relative_distortion(grads, true)
 
         for p in attacker_model.parameters():
             p.grad = None
@@ -280,7 +282,7 @@ class Scenario:
             defences=tuple(defended),
         )
         truth = GroundTruth(images01=images01.detach().clone(), labels=labels.clone(), indices=self.indices,
-                            preprocess=preprocess)
+                            preprocess=preprocess, update_distortion=distortion)
         return observation, truth
 
 
@@ -292,3 +294,10 @@ def _per_example_gradients(model: nn.Module, params, inputs: torch.Tensor, label
         loss = client_loss(model(inputs[k:k + 1]), labels[k:k + 1])
         rows.append([g.detach() for g in torch.autograd.grad(loss, params)])
     return tuple(torch.stack(column) for column in zip(*rows))
+
+
+def relative_distortion(defended, true) -> float:
+    """‖g̃ − g‖ / ‖g‖ over all parameters together (the defence's cost to the update; inf if g = 0 ≠ g̃)."""
+    difference = sum(float((a.double() - b.double()).pow(2).sum()) for a, b in zip(defended, true)) ** 0.5
+    norm = sum(float(b.double().pow(2).sum()) for b in true) ** 0.5
+    return difference / norm if norm > 0 else (0.0 if difference == 0 else float("inf"))

@@ -3,7 +3,8 @@ localrules:
 
 
 rule plots:
-    """Reconstruction grid per model, PSNR vs security metric (Spearman ρ), PSNR distribution, time vs PSNR."""
+    """Reconstruction grid per model, PSNR vs security metric (Spearman ρ), PSNR distribution, time vs PSNR (the
+    undefended runs, or the first defence's), and the privacy curves: PSNR and SSIM against defence strength."""
     input:
         records=rules.leaderboard.output.records_csv,
         board=rules.leaderboard.output.leaderboard_csv,
@@ -15,6 +16,8 @@ rule plots:
         distribution=report(f"{RESULTS}/plots/psnr_distribution.png", caption="../report/psnr_distribution.rst",
                             category="Plots"),
         time=report(f"{RESULTS}/plots/time_vs_psnr.png", caption="../report/time_vs_psnr.rst", category="Plots"),
+        privacy=report(f"{RESULTS}/plots/privacy_curves.png", caption="../report/privacy_curves.rst",
+                       category="Plots"),
     params:
         models=MODELS,
         attacks=ATTACKS,

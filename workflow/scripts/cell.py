@@ -11,4 +11,5 @@ with logged(snakemake.log[0]) as log:  # noqa: F821
 
     sm = snakemake  # noqa: F821
     run_cell(sm.params.run, sm.wildcards.model, sm.wildcards.attack, records_dir=sm.params.records,
-             summary=sm.output[0], threads=sm.threads, log=lambda line: print(line, file=log, flush=True))
+             summary=sm.output[0], threads=sm.threads, log=lambda line: print(line, file=log, flush=True),
+             defence=sm.params.defence)
