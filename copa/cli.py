@@ -80,6 +80,8 @@ def _scenario_from_args(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .threat.observation_file import DEFAULT_LIMITS, LIMIT_FLAGS
+
     parser = argparse.ArgumentParser(prog="copa", description="Gradient-leakage attacks benchmark (copa-bench).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -98,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_attack.add_argument("--targets", default=None, metavar="FILE.npz",
                           help="with --observation: score against these images (npz: 'images' NxCxHxW in [0, 1], "
                                "optional 'labels')")
+    for field, flag in LIMIT_FLAGS.items():  # copa.threat.observation_file.Limits
+        if flag.startswith("--"):
+            p_attack.add_argument(flag, dest=field, type=int, default=None, metavar="N",
+                                  help=f"with --observation: refuse a file declaring more (default "
+                                       f"{getattr(DEFAULT_LIMITS, field)})")
     p_attack.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
     p_attack.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p_attack.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -189,6 +196,13 @@ def cmd_attack(args) -> int:
         raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
     if args.observation is None and args.targets is not None:
         raise CopaError("--targets only goes with --observation FILE (a scenario has its own images)")
+    from .threat.observation_file import LIMIT_FLAGS, Limits
+
+    given_limits = {field: getattr(args, field) for field in LIMIT_FLAGS if getattr(args, field, None) is not None}
+    if args.observation is None and given_limits:
+        raise CopaError(f"{', '.join(LIMIT_FLAGS[field] for field in given_limits)} only goes with --observation "
+                        f"FILE (a bound on what an observation file may declare)")
+    limits = Limits(**given_limits)
     if args.observation is not None:
         given = _given_scenario_options(args)
         if given:
@@ -213,7 +227,7 @@ def cmd_attack(args) -> int:
                 raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
             set_threads(args.threads)
         device = resolve_device(args.device or DEFAULT_DEVICE)
-        observation, source = load_observation(args.observation, device=device)
+        observation, source = load_observation(args.observation, device=device, limits=limits)
         truth = None
         if args.targets is not None:
             truth = load_targets(args.targets, observation)
@@ -241,7 +255,7 @@ def cmd_observe(args) -> int:
     observation, _truth = scenario.build(resolve_device(args.device or DEFAULT_DEVICE))
     del _truth  # the file holds what the server sees, never the images
     save_observation(out, observation, model_seed=scenario.model_seed, meta=observe_meta(scenario.to_dict()))
-    print(f"wrote {out}: {describe_payload(read_payload(out))}")
+    print(f"wrote {out}: {describe_payload(read_payload(out, limits=None))}")  # copa's own file: unbounded
     return 0
 
 

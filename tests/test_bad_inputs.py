@@ -84,6 +84,32 @@ def truncated_checkpoint(tmp: Path) -> None:
     (tmp / "cut.pt").write_bytes(raw[: len(raw) // 2])
 
 
+def zero_observation(**declared) -> dict:
+    """An observation file's dict for cnn2_c1 with zero weights and gradients, overridden by ``declared``."""
+    shapes = {"weight_layers.0.weight": (6, 3, 3, 3), "weight_layers.1.weight": (10, 5400),
+              "weight_layers.1.bias": (10,)}
+    payload = {"format": "copa-observation", "format_version": 1, "model": "cnn2_c1",
+               "state_dict": {n: torch.zeros(s) for n, s in shapes.items()}, "parameter_names": list(shapes),
+               "gradients": {n: torch.zeros(s) for n, s in shapes.items()}, "batch_size": 1,
+               "input_shape": [3, 32, 32], "num_classes": 10, "preprocess": {"mode": "center", "mean": [], "std": []},
+               "loss": "cross-entropy", "dtype": "float32"}
+    return {**payload, **declared}
+
+
+def huge_input_observation(tmp: Path) -> None:
+    torch.save(zero_observation(input_shape=[3, 100000, 100000]), tmp / "huge-input.pt")
+
+
+def huge_batch_observation(tmp: Path) -> None:
+    torch.save(zero_observation(batch_size=10**12), tmp / "huge-batch.pt")
+
+
+def nan_weight_observation(tmp: Path) -> None:
+    payload = zero_observation()
+    payload["state_dict"]["weight_layers.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(payload, tmp / "nan-weight.pt")
+
+
 def broken_plugins(tmp: Path) -> None:
     (tmp / "syntax.py").write_text("def f(:\n")
     (tmp / "raising.py").write_text("raise RuntimeError('boom')\n")
@@ -173,6 +199,19 @@ CASES = [
          setup=pickled_model),
     Case("truncated checkpoint", "copa attack --attack noise --model cnn2_c1 --checkpoint TMP/cut.pt --out OUT",
          ("TMP/cut.pt", "truncated or corrupted", "torch.save(model.state_dict(), PATH)"), setup=truncated_checkpoint),
+    # observation files (from clients, who may be hostile)
+    Case("observation file declaring a too-large input shape",
+         "copa attack --attack rgap --observation TMP/huge-input.pt --out OUT",
+         ("TMP/huge-input.pt", "'input_shape' is 3x100000x100000", "above the limit of 3145728 pixels",
+          "--max-input-pixels"), setup=huge_input_observation),
+    Case("observation file declaring a too-large batch",
+         "copa attack --attack rgap --observation TMP/huge-batch.pt --out OUT",
+         ("TMP/huge-batch.pt", "'batch_size' is 1000000000000", "above the limit of 4096", "--max-batch-size"),
+         setup=huge_batch_observation),
+    Case("observation file with a non-finite weight",
+         "copa attack --attack rgap --observation TMP/nan-weight.pt --out OUT",
+         ("TMP/nan-weight.pt", "'weight_layers.0.weight'", "1 non-finite value(s)", "must be finite"),
+         setup=nan_weight_observation),
     # attack hyperparameters
     Case("--set key the attack does not have", "copa attack --attack dlg --model cnn2_c1 --set iteratoins=5 --out OUT",
          ("'iteratoins'", "did you mean 'iterations'?", "accepted: history_size, iterations, lr, max_iter")),

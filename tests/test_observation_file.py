@@ -1,11 +1,15 @@
 """Observation files: `copa observe` then `copa attack --observation` reproduces `copa attack` bit for bit;
 the file holds no images; bad files (missing keys, wrong shapes, gradients not matching the parameters,
-truncated, arbitrary pickles) are refused with a clear error naming the key; checkpoints and observation
-files are loaded with weights_only=True only."""
+truncated, arbitrary pickles, non-finite weights) are refused with a clear error naming the key; checkpoints
+and observation files are loaded with weights_only=True only; small files declaring huge sizes are refused
+before anything is allocated (Limits)."""
 
 import json
 import os
 import re
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,8 @@ import torch
 
 from copa.cli import main
 from copa.errors import CopaError
-from copa.threat.observation_file import KEYS, load_observation, observation_payload, read_payload, save_observation
+from copa.threat.observation_file import (KEYS, Limits, load_observation, observation_payload, read_payload,
+                                          save_observation)
 from copa.threat import Scenario
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -124,8 +129,17 @@ def test_the_file_holds_what_the_server_sees_and_no_images(observed):
 def _edited(src, dst, edit):
     payload = torch.load(src, weights_only=True)
     edit(payload)
-    torch.save(payload, dst)
+    legacy = payload.pop("_legacy", False)  # the pre-1.6 format allocates the sizes its pickle declares
+    torch.save(payload, dst, _use_new_zipfile_serialization=not legacy)
     return dst
+
+
+def _shared_nest(depth):
+    """2**depth leaves in a few hundred bytes of pickle (each level holds the one below twice)."""
+    value = ["x"]
+    for _ in range(depth):
+        value = [value, value]
+    return value
 
 
 BAD_FILES = [
@@ -154,6 +168,20 @@ BAD_FILES = [
      r"key 'model_spec' is 'c6k5:tanh fc:identity', but model 'cnn2_c1' here is 'c6k3:tanh fc:identity'"),
     ("preprocess", lambda p: p.__setitem__("preprocess", {"mode": "whiten"}),
      r"key 'preprocess': preprocess mode 'whiten' is invalid"),
+    ("non-finite-weight", lambda p: p["state_dict"]["weight_layers.0.weight"].view(-1)[:2].copy_(
+        torch.tensor([float("nan"), float("inf")])),
+     (r"key 'state_dict'\['weight_layers\.0\.weight'\] holds 2 non-finite value\(s\) \(NaN or Inf\) of 162: "
+      r"the weights the server sent must be finite")),
+    ("batch-limit", lambda p: (p.__setitem__("batch_size", 5000), p.__setitem__("labels", None)),
+     r"key 'batch_size' is 5000, above the limit of 4096 \(raise it with --max-batch-size\)$"),
+    ("classes-limit", lambda p: (p.__setitem__("num_classes", 200_000)),
+     r"key 'num_classes' is 200000, above the limit of 100000 \(raise it with Limits\(max_num_classes=\.\.\.\)\)"),
+    ("meta-bomb", lambda p: p.__setitem__("meta", {"nest": _shared_nest(64)}),
+     r"key 'meta' holds more than 100000 values or nests deeper than 32 levels"),
+    ("meta-object", lambda p: p.__setitem__("meta", {"t": torch.zeros(1)}),
+     r"key 'meta' holds a Tensor: expected JSON-compatible data"),
+    ("legacy-format", lambda p: p.__setitem__("_legacy", True),
+     r"cannot be read: truncated or corrupt, or not a torch\.save file \(BadZipFile: .*copa reads the zip format"),
 ]
 
 
@@ -258,3 +286,125 @@ def test_save_observation_round_trips_in_process(tmp_path):
                                                  observation.model.state_dict().values()))
     assert loaded.model.training and source["meta"] == {"note": "test"}
     assert observation_payload(loaded)["model_seed"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Resource bounds: small files that declare huge sizes
+
+
+def _bomb(**declared):
+    """A hand-made payload of one tiny tensor (shared by state_dict and gradients) that declares ``declared``."""
+    tensor = torch.zeros(1)
+    payload = {"format": "copa-observation", "format_version": 1, "model": "cnn2_c1",
+               "state_dict": {"w": tensor}, "parameter_names": ["w"], "gradients": {"w": tensor},
+               "batch_size": 1, "input_shape": [3, 32, 32], "num_classes": 10,
+               "preprocess": {"mode": "center", "mean": [], "std": []}, "loss": "cross-entropy", "dtype": "float32"}
+    return {**payload, **declared}
+
+
+BOMBS = {
+    "batch": (_bomb(batch_size=10**12),
+              "key 'batch_size' is 1000000000000, above the limit of 4096 (raise it with --max-batch-size)"),
+    "shape": (_bomb(input_shape=[3, 100000, 100000]),
+              ("key 'input_shape' is 3x100000x100000 (30000000000 pixels, C·H·W), above the limit of 3145728 "
+               "pixels (raise it with --max-input-pixels)")),
+    "chain": (_bomb(model="chain:c100000k3:tanh fc:identity"),
+              ("model 'chain:c100000k3:tanh fc:identity' (10 classes, input 3x32x32) has 902700010 parameters, "
+               "above the limit of 200000000 (raise it with --max-parameters)")),
+}
+
+# Loads each file in a fresh interpreter whose address space may grow by 1 GiB at most (the chain alone
+# would take 3.6 GB, the input shape's cnn2_c1 2.4 TB): an allocation fails there instead of swapping.
+LIMITED_CHILD = """
+import json, resource, sys
+import torch
+torch.set_num_threads(1)
+from copa.errors import CopaError
+from copa.threat.observation_file import load_observation
+size = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 2**30, resource.RLIM_INFINITY))
+before, results = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, {}
+for path in sys.argv[1:]:
+    try:
+        load_observation(path)
+        results[path] = "loaded"
+    except CopaError as err:
+        results[path] = str(err)
+results["rss_growth_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmSize from /proc (Linux)")
+def test_small_files_declaring_huge_sizes_are_refused_before_allocating(tmp_path):
+    paths = {}
+    for name, (payload, _) in BOMBS.items():
+        paths[name] = tmp_path / f"{name}.pt"
+        torch.save(payload, paths[name])
+        assert paths[name].stat().st_size < 2000, name
+    result = subprocess.run([sys.executable, "-c", LIMITED_CHILD, *map(str, paths.values())],
+                            check=False, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr  # no MemoryError, RuntimeError or kill
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, (_, message) in BOMBS.items():
+        assert results[str(paths[name])] == f"observation file {str(paths[name])!r}: {message}", name
+    assert results["rss_growth_kib"] < 200 * 1024, results["rss_growth_kib"]
+
+
+def test_limits_raised_by_the_caller_admit_what_the_defaults_refuse(observed, tmp_path, capsys):
+    path = _edited(observed / "obs.pt", tmp_path / "big-batch.pt",
+                   lambda p: (p.__setitem__("batch_size", 5000), p.__setitem__("labels", None)))
+    with pytest.raises(CopaError, match="above the limit of 4096"):
+        load_observation(path)
+    observation, _ = load_observation(path, limits=Limits(max_batch_size=5000))
+    assert observation.batch_size == 5000 and observation.labels is None
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
+                        "--max-input-pixels", "3000", "--out", tmp_path / "never")
+    assert code == 2 and err == (f"copa: error: observation file '{observed / 'obs.pt'}': key 'input_shape' is 3x32x32 "
+                                 f"(3072 pixels, C·H·W), above the limit of 3000 pixels (raise it with "
+                                 f"--max-input-pixels)\n")
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
+                        "--max-parameters", "54171", "--out", tmp_path / "never")
+    assert code == 2 and "has 54172 parameters, above the limit of 54171 (raise it with --max-parameters)" in err
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", *SAMPLE, "--max-batch-size", "8", "--out",
+                        tmp_path / "never")
+    assert code == 2 and "--max-batch-size only goes with --observation FILE" in err
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
+                        "--max-batch-size", "0", "--out", tmp_path / "never")
+    assert code == 2 and "--max-batch-size 0 is invalid: expected a positive integer" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big-batch.pt"]
+
+
+def test_file_and_unpacked_sizes_are_bounded_before_torch_load(tmp_path):
+    limits = Limits(max_parameters=1)  # files up to 24 bytes + 64 MiB
+    with (tmp_path / "sparse.pt").open("wb") as fh:
+        fh.truncate(65 << 20)  # sparse: 65 MiB on paper, nothing on disk
+    with pytest.raises(CopaError, match=r"sparse\.pt' is 68157440 bytes, above the limit of 67108888 bytes, 24 per "
+                                        r"parameter \+ 64 MiB \(raise it with --max-parameters\)$"):
+        load_observation(tmp_path / "sparse.pt", limits=limits)
+    torch.save(_bomb(), tmp_path / "zip.pt")  # one record recompressed: 65 MiB of zeros in ~65 kB
+    with zipfile.ZipFile(tmp_path / "zip.pt") as src, zipfile.ZipFile(tmp_path / "deflated.pt", "w") as dst:
+        for info in src.infolist():
+            data = bytes(65 << 20) if info.filename.endswith("data/0") else src.read(info)
+            dst.writestr(info.filename, data, compress_type=zipfile.ZIP_DEFLATED)
+    assert (tmp_path / "deflated.pt").stat().st_size < 200_000
+    with pytest.raises(CopaError, match=r"deflated\.pt' unpacks to \d+ bytes, above the limit of 67108888 bytes"):
+        load_observation(tmp_path / "deflated.pt", limits=limits)
+
+
+def test_a_model_that_cannot_be_built_on_the_meta_device_is_built_for_real(observed, monkeypatch):
+    """A plug-in's factory may need real tensors: the shapes are then checked on the real model."""
+    import copa.models
+
+    create_model = copa.models.create_model
+
+    def needs_real_tensors(*args, **kwargs):
+        if torch.get_default_device().type == "meta":
+            raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+        return create_model(*args, **kwargs)
+
+    monkeypatch.setattr(copa.models, "create_model", needs_real_tensors)
+    loaded, _ = load_observation(observed / "obs.pt")
+    assert loaded.model.weight_layers[0].weight.device.type == "cpu"
+    with pytest.raises(CopaError, match="has 54172 parameters, above the limit of 54171"):
+        load_observation(observed / "obs.pt", limits=Limits(max_parameters=54171))

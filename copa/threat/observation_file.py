@@ -10,14 +10,23 @@ Format (version 1): ``torch.save`` of a dict of tensors and plain JSON-compatibl
 with ``torch.load(..., weights_only=True)`` only — copa never unpickles arbitrary objects. Every key is
 checked: a missing or unknown key, a wrong type or shape, gradients that do not match the model's
 parameters, a truncated or corrupt file each raise :class:`~copa.errors.CopaError` naming the key.
+
+Files come from clients, who may be hostile. What a file declares is bounded by :class:`Limits` before
+anything is allocated from it: the file's size and its zip archive's unpacked size before ``torch.load``;
+batch size, input shape and classes before any model is built; the declared model's parameter count, and
+every weight's and gradient's shape, on PyTorch's meta device (shapes without storage) before the real
+model is built. Non-finite weights are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import pickle
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,58 @@ FORMAT = "copa-observation"
 FORMAT_VERSION = 1
 LOSS = "cross-entropy (mean over the batch)"
 LOSS_ALIASES = (LOSS, "cross-entropy")
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what an observation file may declare, checked before anything is allocated from it.
+    The defaults are far above the benchmark's sizes and admit every registered model; raise one with
+    ``copa attack --observation F --max-...`` or ``load_observation(F, limits=Limits(...))``."""
+
+    #: Trainable parameters of the declared model. 200 M is 18× resnet18 (11.2 M), the largest registered
+    #: model; in float64 its weights and gradients then take 3.2 GB.
+    max_parameters: int = 200_000_000
+    #: C·H·W of ``input_shape``: a 3×1024×1024 image (the benchmark's are 3×32×32, ImageNet's 3×224×224).
+    #: One float64 image is then 25 MB.
+    max_input_pixels: int = 3 * 1024 * 1024
+    #: Images in the client's step: FL clients train on tens to hundreds of images per step, 4096 is well above;
+    #: the attacks optimise one dummy image per image, so their memory grows with it (and with the pixels).
+    max_batch_size: int = 4096
+    #: Classes of the model's output: 4.6× ImageNet-21k's 21 841 (the output layer is also bounded by
+    #: ``max_parameters``).
+    max_num_classes: int = 100_000
+
+    def __post_init__(self) -> None:
+        for field, how in LIMIT_FLAGS.items():
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidSpecError(f"{how if how.startswith('--') else field} {value!r} is invalid: expected a "
+                                       f"positive integer")
+
+    @property
+    def max_file_bytes(self) -> int:
+        """The largest file (and unpacked zip archive) read: weights, gradients and buffers of
+        ``max_parameters`` float64 values (3 × 8 bytes each) and 64 MiB for everything else."""
+        return 3 * 8 * self.max_parameters + 64 * MIB
+
+
+#: How to raise each limit (the messages name it).
+LIMIT_FLAGS = {"max_parameters": "--max-parameters", "max_input_pixels": "--max-input-pixels",
+               "max_batch_size": "--max-batch-size", "max_num_classes": "Limits(max_num_classes=...)"}
+DEFAULT_LIMITS = Limits()
+#: Fixed bounds on the file's plain data, far above any honest file (copa's own hold a few kB of it): the
+#: pickled structure (names, shapes, meta; the tensors' data are separate records), the values and nesting of
+#: the free-form ``meta`` and ``defences`` (copied into records as JSON), the length of ``model``/``model_spec``.
+MAX_PICKLE_BYTES = 16 * MIB
+MAX_PLAIN_VALUES = 100_000
+MAX_PLAIN_DEPTH = 32
+MAX_NAME_CHARS = 10_000
+
+
+def _refuse(head: str, limit: str, field: str) -> InvalidSpecError:
+    return InvalidSpecError(f"{head}, above the limit of {limit} (raise it with {LIMIT_FLAGS[field]})")
+
 
 #: Every key of a version-1 file: (required, what it holds). docs/observations.md documents each.
 KEYS: dict[str, tuple[bool, str]] = {
@@ -90,7 +151,7 @@ def save_observation(path: str | Path, observation: Observation, *, model_seed: 
                      meta: dict[str, Any] | None = None) -> Path:
     """Write ``observation`` to ``path`` atomically (``torch.save``; loadable with ``weights_only=True``)."""
     payload = observation_payload(observation, model_seed=model_seed, meta=meta)
-    validate_payload(payload, str(path))  # what we write, we can read
+    validate_payload(payload, str(path), limits=None)  # what we write, we can read (the reader applies its limits)
     return atomic_write(path, lambda p: torch.save(payload, p))
 
 
@@ -102,11 +163,36 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_payload(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with clear errors; the dict is not validated yet."""
+def _check_archive(path: Path, limits: Limits | None) -> None:
+    """Before ``torch.load``: a zip archive (torch.save's format; the legacy format allocates the sizes its
+    pickle declares before reading any data) whose size, unpacked size and pickle are within bounds."""
+    where, size = f"observation file {str(path)!r}", path.stat().st_size
+    bound = None if limits is None else f"{limits.max_file_bytes} bytes, 24 per parameter + 64 MiB"
+    if bound is not None and size > limits.max_file_bytes:
+        raise _refuse(f"{where} is {size} bytes", bound, "max_parameters")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise InvalidSpecError(f"{where} cannot be read: truncated or corrupt, or not a torch.save file "
+                               f"({type(err).__name__}: {err}; copa reads the zip format torch.save writes)"
+                               ) from None
+    unpacked = sum(e.file_size for e in entries)
+    if bound is not None and unpacked > limits.max_file_bytes:
+        raise _refuse(f"{where} unpacks to {unpacked} bytes", bound, "max_parameters")
+    pickled = sum(e.file_size for e in entries if e.filename.endswith("data.pkl"))
+    if pickled > MAX_PICKLE_BYTES:
+        raise InvalidSpecError(f"{where}: its pickled structure unpacks to {pickled} bytes, above the limit of "
+                               f"{MAX_PICKLE_BYTES} bytes (names, shapes and meta; the tensors' data are separate)")
+
+
+def read_payload(path: str | Path, *, limits: Limits | None = DEFAULT_LIMITS) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with clear errors, after :func:`_check_archive` (``limits``
+    None: no size bounds, for a file copa has just written); the dict is not validated yet."""
     path = Path(path)
     if not path.is_file():
         raise DataUnavailableError(f"observation file {str(path)!r} does not exist (or is not a file)")
+    _check_archive(path, limits)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -156,8 +242,32 @@ def _first_few(items: list[str], limit: int = 6) -> str:
     return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def validate_payload(payload: Mapping[str, Any], source: str = "<payload>") -> None:
-    """Check the keys, types and shapes that do not need the model; raise InvalidSpecError naming the key."""
+def _check_plain(payload: Mapping[str, Any], key: str, source: str) -> None:
+    """``payload[key]`` is JSON-compatible, at most MAX_PLAIN_VALUES values and MAX_PLAIN_DEPTH levels deep
+    (pickle's shared references make a small file a huge or circular structure)."""
+    scalar, stack, seen = (str, int, float, bool, type(None)), [(payload.get(key), 0)], 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_PLAIN_VALUES or depth > MAX_PLAIN_DEPTH:
+            raise InvalidSpecError(f"{_where(source, key)} holds more than {MAX_PLAIN_VALUES} values or nests "
+                                   f"deeper than {MAX_PLAIN_DEPTH} levels: expected small JSON-compatible data")
+        odd = value
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+            odd = next((k for k in value if not isinstance(k, scalar)), None)  # keys must be scalars
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+            odd = None
+        if not isinstance(odd, scalar):
+            raise InvalidSpecError(f"{_where(source, key)} holds a {type(odd).__name__}: expected JSON-compatible "
+                                   f"data (str, int, float, bool, None, lists, dicts)")
+
+
+def validate_payload(payload: Mapping[str, Any], source: str = "<payload>", *,
+                     limits: Limits | None = DEFAULT_LIMITS) -> None:
+    """Check the keys, types and shapes that do not need the model, and the batch size, input shape and
+    classes against ``limits`` (None: unbounded, for what copa writes); raise InvalidSpecError naming the key."""
     missing = [k for k, (required, _) in KEYS.items() if required and k not in payload]
     if missing:
         raise InvalidSpecError(f"observation file {source!r} lacks the key(s) {', '.join(map(repr, missing))} "
@@ -171,10 +281,13 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>") -> N
     if payload["format_version"] != FORMAT_VERSION:
         raise InvalidSpecError(f"{_where(source, 'format_version')} is {payload['format_version']!r}: this copa "
                                f"reads version {FORMAT_VERSION}")
-    if not isinstance(payload["model"], str) or not payload["model"]:
-        raise InvalidSpecError(f"{_where(source, 'model')} is {payload['model']!r}: expected a model name")
-    if payload.get("model_spec") is not None and not isinstance(payload["model_spec"], str):
-        raise InvalidSpecError(f"{_where(source, 'model_spec')} is {payload['model_spec']!r}: expected a str or None")
+    if not isinstance(payload["model"], str) or not payload["model"] or len(payload["model"]) > MAX_NAME_CHARS:
+        raise InvalidSpecError(f"{_where(source, 'model')} is {payload['model']!r:.200}: expected a model name "
+                               f"(at most {MAX_NAME_CHARS} characters)")
+    spec = payload.get("model_spec")
+    if spec is not None and (not isinstance(spec, str) or len(spec) > MAX_NAME_CHARS):
+        raise InvalidSpecError(f"{_where(source, 'model_spec')} is {spec!r:.200}: expected None or a str of at most "
+                               f"{MAX_NAME_CHARS} characters")
     seed = payload.get("model_seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise InvalidSpecError(f"{_where(source, 'model_seed')} is {seed!r}: expected an int or None")
@@ -189,6 +302,16 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>") -> N
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
         raise InvalidSpecError(f"{_where(source, 'input_shape')} is {shape!r}: expected [C, H, W] of positive ints")
+    if limits is not None:
+        if batch > limits.max_batch_size:
+            raise _refuse(f"{_where(source, 'batch_size')} is {batch}", str(limits.max_batch_size), "max_batch_size")
+        if classes > limits.max_num_classes:
+            raise _refuse(f"{_where(source, 'num_classes')} is {classes}", str(limits.max_num_classes),
+                          "max_num_classes")
+        pixels = shape[0] * shape[1] * shape[2]
+        if pixels > limits.max_input_pixels:
+            raise _refuse(f"{_where(source, 'input_shape')} is {'x'.join(map(str, shape))} ({pixels} pixels, "
+                          f"C·H·W)", f"{limits.max_input_pixels} pixels", "max_input_pixels")
     try:
         data_mod.Preprocess.from_dict(payload["preprocess"])
     except CopaError as exc:
@@ -228,6 +351,7 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>") -> N
             raise InvalidSpecError(f"{_where(source, 'state_dict')}[{name!r}] has dtype {value.dtype}: the file "
                                    f"declares dtype {payload['dtype']!r}")
     defences = payload.get("defences")
+    _check_plain(payload, "defences", source)
     if defences is not None and (not isinstance(defences, (list, tuple)) or not all(
             isinstance(d, Mapping) and isinstance(d.get("name"), str) and isinstance(d.get("parameters", {}), Mapping)
             for d in defences)):
@@ -236,15 +360,30 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>") -> N
     meta = payload.get("meta")
     if meta is not None and not isinstance(meta, Mapping):
         raise InvalidSpecError(f"{_where(source, 'meta')} is a {type(meta).__name__}: expected a dict or None")
+    _check_plain(payload, "meta", source)
+
+
+def _create(payload: Mapping[str, Any], build_name: str, source: str, *, meta: bool):
+    """``create_model`` for the file's model; on PyTorch's meta device (shapes, no storage) when ``meta``."""
+    from ..models import create_model
+
+    try:
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            return create_model(build_name, num_classes=payload["num_classes"],
+                                in_shape=tuple(payload["input_shape"]), seed=payload.get("model_seed") or 0)
+    except CopaError as exc:
+        raise type(exc)(f"{_where(source, 'model')}: {exc} (a model registered by a plug-in needs --plugin)"
+                        ) from None
 
 
 def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payload>",
-                             device: torch.device | str = "cpu") -> Observation:
+                             device: torch.device | str = "cpu", limits: Limits = DEFAULT_LIMITS) -> Observation:
     """Rebuild the :class:`Observation`: the model from its name (or chain spec) with the file's weights,
-    the gradients in the model's parameter order. Strict: every mismatch raises InvalidSpecError."""
-    from ..models import MODELS, create_model
+    the gradients in the model's parameter order. Strict: every mismatch raises InvalidSpecError. The model
+    is first built on the meta device: its size and shapes are checked before any weight is allocated."""
+    from ..models import MODELS
 
-    validate_payload(payload, source)
+    validate_payload(payload, source, limits=limits)
     dtype = DTYPES[payload["dtype"]]
     shape = tuple(payload["input_shape"])
     name, spec = payload["model"], payload.get("model_spec")
@@ -252,16 +391,21 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
     if not name.startswith("chain:") and name not in MODELS and spec:
         build_name = f"chain:{spec}"  # e.g. a chain registered by a plug-in that is not loaded here
     try:
-        model = create_model(build_name, num_classes=payload["num_classes"], in_shape=shape,
-                             seed=payload.get("model_seed") or 0)
-    except CopaError as exc:
-        raise type(exc)(f"{_where(source, 'model')}: {exc} (a model registered by a plug-in needs --plugin)") from None
-    built_spec = model.copa_info.spec
+        declared, on_meta = _create(payload, build_name, source, meta=True), True
+    except CopaError:
+        raise
+    except Exception:  # a plug-in's factory that needs real tensors: built for real (input and classes are bounded)
+        declared, on_meta = _create(payload, build_name, source, meta=False), False
+    described = f"model {name!r} ({payload['num_classes']} classes, input {'x'.join(map(str, shape))})"
+    count = sum(p.numel() for p in declared.parameters())
+    if count > limits.max_parameters:
+        raise _refuse(f"observation file {source!r}: {described} has {count} parameters",
+                      str(limits.max_parameters), "max_parameters")
+    built_spec = declared.copa_info.spec
     if spec is not None and built_spec is not None and spec != built_spec:
         raise InvalidSpecError(f"{_where(source, 'model_spec')} is {spec!r}, but model {name!r} here is "
                                f"{built_spec!r}")
-    model = model.to(dtype)
-    expected = model.state_dict()
+    expected = declared.state_dict()
     state = dict(payload["state_dict"])
     problems = [f"{k}: expected shape {tuple(expected[k].shape)}, found {tuple(state[k].shape)}"
                 for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -271,12 +415,8 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
         parts = ([f"shape mismatch for {_first_few(problems)}"] if problems else []) + \
                 ([f"missing {_first_few(missing)}"] if missing else []) + \
                 ([f"unexpected {_first_few(unexpected)}"] if unexpected else [])
-        raise InvalidSpecError(f"{_where(source, 'state_dict')} does not fit model {name!r} "
-                               f"({payload['num_classes']} classes, input {'x'.join(map(str, shape))}): "
-                               + " | ".join(parts))
-    model.load_state_dict(state)
-    model = model.to(device).train()
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        raise InvalidSpecError(f"{_where(source, 'state_dict')} does not fit {described}: " + " | ".join(parts))
+    trainable = [(n, p) for n, p in declared.named_parameters() if p.requires_grad]
     model_names = [n for n, _ in trainable]
     if list(payload["parameter_names"]) != model_names:
         raise InvalidSpecError(f"{_where(source, 'parameter_names')} is {_first_few(list(payload['parameter_names']))}: "
@@ -286,6 +426,15 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
         if gradients[n].shape != p.shape:
             raise InvalidSpecError(f"{_where(source, 'gradients')}[{n!r}] has shape {tuple(gradients[n].shape)}: "
                                    f"the parameter has shape {tuple(p.shape)}")
+    for k, value in state.items():  # shapes are the model's now: counting allocates no more than it
+        bad = int((~torch.isfinite(value)).sum()) if value.is_floating_point() else 0
+        if bad:
+            raise InvalidSpecError(f"{_where(source, 'state_dict')}[{k!r}] holds {bad} non-finite value(s) (NaN or "
+                                   f"Inf) of {value.numel()}: the weights the server sent must be finite")
+    model = _create(payload, build_name, source, meta=False) if on_meta else declared
+    model = model.to(dtype)
+    model.load_state_dict(state)
+    model = model.to(device).train()
     labels = payload.get("labels")
     return Observation(
         model=model,
@@ -303,11 +452,12 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
     )
 
 
-def load_observation(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[Observation, dict[str, Any]]:
-    """Read and validate an observation file; return the observation and a description of its source
-    (path, SHA-256, format version, the file's ``meta``) for the record."""
-    payload = read_payload(path)
-    observation = observation_from_payload(payload, source=str(path), device=device)
+def load_observation(path: str | Path, *, device: torch.device | str = "cpu",
+                     limits: Limits = DEFAULT_LIMITS) -> tuple[Observation, dict[str, Any]]:
+    """Read and validate an observation file within ``limits``; return the observation and a description of
+    its source (path, SHA-256, format version, the file's ``meta``) for the record."""
+    payload = read_payload(path, limits=limits)
+    observation = observation_from_payload(payload, source=str(path), device=device, limits=limits)
     info = {"kind": "observation file", "path": str(path), "sha256": file_sha256(path),
             "format_version": payload["format_version"], "meta": dict(payload.get("meta") or {})}
     return observation, info
@@ -379,6 +529,6 @@ def observe_meta(scenario_dict: dict[str, Any]) -> dict[str, Any]:
             "git_commit": git_commit(), "versions": package_versions()}
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "KEYS", "LOSS", "describe_payload", "file_sha256", "load_observation",
-           "load_targets", "observation_from_payload", "observation_payload", "read_payload", "save_observation",
-           "validate_payload"]
+__all__ = ["DEFAULT_LIMITS", "FORMAT", "FORMAT_VERSION", "KEYS", "LOSS", "Limits", "describe_payload", "file_sha256",
+           "load_observation", "load_targets", "observation_from_payload", "observation_payload", "read_payload",
+           "save_observation", "validate_payload"]
