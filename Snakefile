@@ -44,7 +44,7 @@ config["_command"] = shlex.join(["snakemake", *sys.argv[1:]])
 
 
 wildcard_constraints:
-    model=r"[A-Za-z0-9_.+-]+",
+    model=r"[A-Za-z0-9_.+-]+|random-chain:[0-9]+",
     attack=r"[A-Za-z0-9_.+-]+",
     defence=r"[A-Za-z0-9_.+-]+",
 
@@ -57,10 +57,15 @@ include: "workflow/rules/security.smk"
 include: "workflow/rules/attack.smk"
 include: "workflow/rules/leaderboard.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/validity.smk"
+
+# The population study of the security metric only when the config declares it (config validity:).
+STUDY = [rules.validity.output] if config.get("validity") else []
 
 
 rule all:
     input:
         rules.leaderboard.output,
         rules.plots.output,
+        STUDY,
     default_target: True

@@ -167,8 +167,26 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
         if not torch.cuda.is_available():
             raise CopaError(f"device: {device!r} requested but CUDA is not available here "
                             f"(torch.cuda.is_available() is False): use device: cpu or auto")
+    check_validity(config)
     if check_data and not config.get("download"):
         check_indices(config)
+
+
+def check_validity(config: dict[str, Any]) -> None:
+    """The ``validity`` section's names (none: no study): every predictor a key of
+    :data:`copa.bench.validity.PREDICTORS`, every outcome ``best_psnr``, ``best_ssim`` or ``psnr:ATTACK`` /
+    ``ssim:ATTACK`` of a configured attack; :class:`CopaError` naming the bad one, with close matches."""
+    study = config.get("validity")
+    if not study:
+        return
+    from .validity import PREDICTORS
+
+    outcomes = ["best_psnr", "best_ssim", *(f"{m}:{a}" for m in ("psnr", "ssim") for a in config["attacks"])]
+    for key, kind, known in (("predictors", "predictor", PREDICTORS), ("outcomes", "outcome", outcomes)):
+        for name in study.get(key) or ():
+            if name not in known:
+                err = unknown_name(kind, name, known)
+                raise type(err)(f"validity.{key}: {err}")
 
 
 def check_indices(config: dict[str, Any]) -> None:

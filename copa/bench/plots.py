@@ -380,3 +380,138 @@ def _curve_legend(fig, colours: dict[str, tuple], style: dict[str, tuple], kinds
     if floor is not None:
         handles.append(Line2D([], [], color="0.35", ls="--", label=f"{floor} floor"))
     fig.legend(handles=handles, loc="outside right center", fontsize=7)
+
+
+# --------------------------------------------------------------------------------------------------
+# The population study (copa.bench.validity.write_study): labelled scatter plots
+
+
+def _boxes_overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Which rows of ``boxes`` (k × [x0, y0, x1, y1], display pixels) intersect ``box`` with positive area."""
+    if not len(boxes):
+        return np.zeros(0, bool)
+    return ((np.minimum(box[2], boxes[:, 2]) > np.maximum(box[0], boxes[:, 0]))
+            & (np.minimum(box[3], boxes[:, 3]) > np.maximum(box[1], boxes[:, 1])))
+
+
+def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], *, fontsize: float = 6,
+                 marker_px: float = 4.0, pad_px: float = 1.5, rings: int = 40) -> list:
+    """Label the points ``(xs, ys)`` (data coordinates) of ``ax`` so that no two labels overlap, nor a label
+    and a point: a deterministic greedy scheme (no adjustText). Call it last, after everything else is
+    drawn: it draws the figure once to fix the layout and the limits, then switches the layout engine off.
+
+    Points are labelled top to bottom, left to right (ties by label); each label takes the first free
+    place on rings of growing radius around its point (step: one text line), in the order E, NE, N, NW, W,
+    SW, S, SE, inside the axes, clear of the points and of the axes' other texts; a label off its first
+    ring gets a thin leader line. A label with no free
+    place within ``rings`` rings takes the place of least overlap (none in practice for ≤ 100 labels on a
+    plot of ≥ 6 × 4 inches). Returns the annotations (``Text``), in the order of ``labels``.
+    """
+    fig = ax.figure
+    fig.canvas.draw()  # layout and autoscaled limits
+    fig.set_layout_engine("none")
+    ax.set_autoscale_on(False)
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    points = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
+    sizes = []
+    for label in labels:
+        probe = ax.text(0, 0, label, fontsize=fontsize)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
+        sizes.append((extent.width, extent.height))
+    obstacles = np.vstack([np.column_stack([points - marker_px, points + marker_px]).reshape(-1, 4),  # the markers
+                           *([t.get_window_extent(renderer).extents] for t in ax.texts)])  # e.g. the cap's note
+    directions = [(math.cos(math.radians(a)), math.sin(math.radians(a))) for a in range(0, 360, 45)]
+    step = min(h for _, h in sizes) if sizes else 8.0  # one line of text
+    placed: list = [None] * len(labels)
+    for i in sorted(range(len(labels)), key=lambda k: (-points[k, 1], points[k, 0], labels[k])):
+        (px, py), (w, h) = points[i], sizes[i]
+        best = None
+        for ring in range(rings):
+            radius = marker_px + pad_px + ring * step
+            for cx, cy in directions:
+                left = px + cx * radius - (0 if cx > 0.3 else (w if cx < -0.3 else w / 2))
+                bottom = py + cy * radius - (0 if cy > 0.3 else (h if cy < -0.3 else h / 2))
+                box = np.array([left - pad_px, bottom - pad_px, left + w + pad_px, bottom + h + pad_px])
+                outside = box[0] < frame.x0 or box[1] < frame.y0 or box[2] > frame.x1 or box[3] > frame.y1
+                hits = int(_boxes_overlap(box, obstacles).sum())
+                if not outside and not hits:
+                    best = (0, ring, left, bottom, box)
+                    break
+                cost = hits + (len(labels) if outside else 0)
+                if best is None or cost < best[0]:
+                    best = (cost, ring, left, bottom, box)
+            if best[0] == 0:
+                break
+        _, ring, left, bottom, box = best
+        obstacles = np.vstack([obstacles, box])
+        leader = {"arrowprops": {"arrowstyle": "-", "lw": 0.4, "color": "0.55", "shrinkA": 0,
+                                 "shrinkB": marker_px}} if ring > 0 else {}
+        placed[i] = ax.annotate(labels[i], xy=(xs[i], ys[i]), xytext=(left - px, bottom - py),
+                                textcoords="offset pixels", ha="left", va="bottom", fontsize=fontsize,
+                                annotation_clip=False, **leader)
+    return placed
+
+
+def short_model_name(model: str) -> str:
+    """A scatter label: ``random-chain:17`` → ``rc17``; other names unchanged."""
+    from ..models import RANDOM_CHAIN_PREFIX
+
+    return "rc" + model[len(RANDOM_CHAIN_PREFIX):] if model.startswith(RANDOM_CHAIN_PREFIX) else model
+
+
+def _group_label(models: Sequence[str], per_line: int = 5) -> str:
+    """The label of architectures drawn at one place: paper chains first, then random chains by seed."""
+    from ..models import RANDOM_CHAIN_PREFIX
+
+    def key(model: str) -> tuple:
+        seed = model[len(RANDOM_CHAIN_PREFIX):]
+        return (1, int(seed), "") if model.startswith(RANDOM_CHAIN_PREFIX) and seed.isdigit() else (0, 0, model)
+
+    names = [short_model_name(m) for m in sorted(models, key=key)]
+    return "\n".join(", ".join(names[i:i + per_line]) for i in range(0, len(names), per_line))
+
+
+def validity_scatter(table: pd.DataFrame, path: str | Path, *, x: str = "normalised_score", y: str = "best_psnr",
+                     psnr_cap: float = 100.0, title: str = "", y_label: str = "mean {label}") -> Path:
+    """One architecture per point: predictor ``x`` against the mean PSNR column ``y`` of ``table`` (the study's
+    architecture table: ``model``, ``any_deficient``); colour: rank-deficient or full-rank, marker: random
+    chain or paper chain; every point labelled (:func:`place_labels`, ``rcN`` = ``random-chain:N``;
+    architectures at the same place share one label). PSNR above ``psnr_cap`` is drawn at the cap."""
+    from matplotlib.lines import Line2D
+
+    from ..models import RANDOM_CHAIN_PREFIX
+
+    rows = table[table[x].notna() & table[y].notna()]
+    xs, ys = rows[x].to_numpy(float), _capped(rows[y].to_numpy(float), psnr_cap)
+    deficient = rows["any_deficient"].fillna(False).astype(bool).to_numpy()
+    random = rows["model"].str.startswith(RANDOM_CHAIN_PREFIX).to_numpy()
+    fig = _figure(9.5, 6.5)
+    ax = fig.subplots()
+    colours = {True: "tab:red", False: "tab:blue"}
+    for is_random, marker in ((True, "o"), (False, "s")):
+        for is_deficient in (True, False):
+            keep = (random == is_random) & (deficient == is_deficient)
+            ax.scatter(xs[keep], ys[keep], s=22, marker=marker, color=colours[is_deficient], alpha=0.8,
+                       edgecolors="k", linewidths=0.3, zorder=3)
+    groups: dict[tuple[float, float], list[str]] = {}
+    for model, px, py in zip(rows["model"], xs, ys):
+        groups.setdefault((float(px), float(py)), []).append(model)
+    if x == "copa_index" and len(xs) and np.nanmin(xs) < -10:
+        ax.set_xscale("symlog", linthresh=1)
+    _cap_line(ax, psnr_cap, rows[y])
+    ax.set_xlabel({"normalised_score": "normalised security score (higher = more secure)",
+                   "copa_index": "COPA index (more negative = more secure)"}.get(x, x))
+    ax.set_ylabel(_axis(y_label))
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.margins(0.08)
+    handles = [Line2D([], [], ls="", marker=m, color=colours[d], markeredgecolor="k", markeredgewidth=0.3,
+                      label=f"{'random' if r else 'paper'} chain, {'rank-deficient' if d else 'full-rank'}")
+               for r, m in ((True, "o"), (False, "s")) for d in (True, False)]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="rcN = random-chain:N", title_fontsize=7)
+    keys = list(groups)
+    place_labels(ax, [k[0] for k in keys], [k[1] for k in keys], [_group_label(groups[k]) for k in keys])
+    return _save(fig, path)

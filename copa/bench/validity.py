@@ -1,7 +1,8 @@
 """Is the COPA security metric valid? Rank correlations of architecture predictors with leakage.
 
 The library of the population study (issue "The security metric on trial"): pure functions over pandas
-frames and numpy arrays, no I/O. The study attacks many architectures — the seeded random chains
+frames and numpy arrays, no I/O — except :func:`write_study`, the workflow's rule ``validity``, which reads
+the security entries and the leaderboard and writes the study's files. The study attacks many architectures — the seeded random chains
 ``random-chain:SEED`` of :func:`copa.models.random_chain_spec` and the paper's chains — and asks whether
 the security report predicts how much the best attack recovers.
 
@@ -15,6 +16,9 @@ the security report predicts how much the best attack recovers.
   architectures and for the rank-deficient ones alone.
 * :func:`held_out_split` / :func:`held_out_evaluation` — fit a rule (choose a predictor, a threshold for
   "leaks") on half A of the random chains only, report it on half B and on the paper chains.
+* :func:`verdict` — the verdict paragraph, generated from the numbers by :data:`VERDICT_RULES`;
+  :func:`write_study` — architectures.csv, predictors.csv, held_out.csv, validity.md and the scatter plots
+  (:func:`copa.bench.plots.validity_scatter`).
 
 Statistics
 ----------
@@ -41,6 +45,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,10 +54,11 @@ import pandas as pd
 from ..errors import InvalidSpecError
 from ..models import RANDOM_CHAIN_PREFIX
 
-__all__ = ["PREDICTORS", "STATISTICS", "CorrelationResult", "FittedRule", "HeldOutSplit", "architecture_table",
-           "choose_predictor", "correlation", "correlation_table", "fit_threshold", "held_out_evaluation",
-           "held_out_split", "holm", "kendall_tau_b", "predictors_from_security", "spearman_rho",
-           "validity_tables"]
+__all__ = ["EXPECTED_SIGN", "HELD_OUT_CANDIDATES", "PREDICTORS", "STATISTICS", "VERDICT_RULES", "CorrelationResult",
+           "FittedRule", "HeldOutSplit", "architecture_table", "choose_predictor", "correlation", "correlation_table",
+           "fit_threshold", "held_out_evaluation", "held_out_split", "holm", "kendall_tau_b",
+           "predictors_from_security", "spearman_rho", "study_markdown", "study_table", "validity_tables", "verdict",
+           "write_study"]
 
 PREDICTORS: dict[str, str] = {
     "copa_index": "COPA index (≤ 0; 0 = every layer uniquely solvable, the leakiest)",
@@ -455,3 +461,325 @@ def held_out_evaluation(table: pd.DataFrame, split: HeldOutSplit, fit: Callable[
                         "balanced_accuracy": _balanced_accuracy(truth, predicted[keep])})
         rows.append(row)
     return rule, pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# The study's files (the workflow's rule validity): the one function here that reads and writes
+
+
+HELD_OUT_CANDIDATES = ("copa_index", "normalised_score")
+"""The predictors the held-out rule chooses from on half A (those of them in the study's predictors; all
+its predictors if neither is): the security metric's two numbers."""
+HELD_OUT_OUTCOME = "best_psnr"
+"""The outcome of the held-out rule and of ``leak_threshold`` (dB)."""
+EXPECTED_SIGN: dict[str, int] = {"copa_index": 1, "normalised_score": -1, "any_deficient": -1,
+                                 "image_layer_deficiency": -1, "total_deficiency": -1,
+                                 "max_layer_deficiency_fraction": -1, "log10_condition_max": -1,
+                                 "log10_condition_image": -1}
+"""The sign of ρ with a leakage outcome (PSNR, SSIM: higher = more recovered) if the metric is right: a
+COPA index nearer 0, a lower score, fewer undetermined dimensions, a better conditioning leak more.
+``depth`` and ``parameters`` have no stated direction."""
+OUTCOME_WORDS = {"best_psnr": "best_psnr, the mean PSNR of the best attack per architecture",
+                 "best_ssim": "best_ssim, the mean SSIM of the attack with the best mean PSNR"}
+ALPHA = 0.05
+"""The level of the verdict's Holm-adjusted p-values (with 95 % intervals)."""
+STUDY_TABLES = ("architectures.csv", "predictors.csv", "held_out.csv", "validity.md")
+
+VERDICT_RULES = (
+    "The verdict is generated from the tables by fixed rules. It judges one predictor, the workflow's "
+    "security metric (config `plots.security_metric`; if it is not among the predictors, the first of "
+    "copa_index / normalised_score that is, else the first predictor), against one outcome, `best_psnr` "
+    "(else the first outcome), on each subset (all architectures; the rank-deficient ones), from the Spearman row of "
+    "predictors.csv: **predicts / ranks** when the 95 % BCa interval of ρ excludes 0 on the side the "
+    "metric claims (EXPECTED_SIGN: ρ < 0 for the normalised score, > 0 for the COPA index) and the "
+    f"Holm-adjusted p < {ALPHA:g}; **in the wrong direction** when the interval excludes 0 on the other "
+    f"side and Holm p < {ALPHA:g}; **weak evidence** when the interval excludes 0 but Holm p ≥ {ALPHA:g}; "
+    "**does not predict / rank** when the interval includes 0; **cannot be judged** when ρ is undefined "
+    "(fewer than 3 architectures or a constant column). The two clauses are joined by *and* when both "
+    "are positive or both are not, else by *but*. The held-out sentence reports the rule fitted on half "
+    "A only (held_out.csv) on half B and on the paper chains, as measured.")
+
+
+def _judgement(row: Mapping[str, Any] | None, expected: int | None) -> str:
+    """``predicts``, ``reversed``, ``weak``, ``none`` or ``undefined`` (see :data:`VERDICT_RULES`)."""
+    if row is None or any(math.isnan(float(row[c])) for c in ("spearman_rho", "spearman_ci_low", "spearman_ci_high")):
+        return "undefined"
+    low, high = float(row["spearman_ci_low"]), float(row["spearman_ci_high"])
+    if low <= 0 <= high:
+        return "none"
+    if not float(row["spearman_p_holm"]) < ALPHA:
+        return "weak"
+    side = 1 if low > 0 else -1
+    return "predicts" if expected is None or side == expected else "reversed"
+
+
+def _rho_text(row: Mapping[str, Any]) -> str:
+    return (f"ρ = {_fmt(row['spearman_rho'])}, 95 % CI [{_fmt(row['spearman_ci_low'])}, "
+            f"{_fmt(row['spearman_ci_high'])}], Holm p = {_fmt_p(row['spearman_p_holm'])}, n = {int(row['n'])}")
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    from .leaderboard import _fmt as fmt
+
+    return fmt(float(value), digits)
+
+
+def _fmt_p(value: Any) -> str:
+    value = float(value)
+    return "–" if math.isnan(value) else (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}")
+
+
+def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedRule | None, *, predictor: str,
+            outcome: str, leak_threshold: float) -> str:
+    """The verdict paragraph from the study's numbers (:data:`VERDICT_RULES`): ``correlations`` is
+    :func:`validity_tables`' frame, ``held`` and ``rule`` :func:`held_out_evaluation`'s (None: not evaluated)."""
+    expected = EXPECTED_SIGN.get(predictor)
+    rows = {subset: correlations[(correlations["subset"] == subset) & (correlations["predictor"] == predictor)
+                                 & (correlations["outcome"] == outcome)] for subset in ("all", "deficient")}
+    found = {s: (r.iloc[0].to_dict() if len(r) else None) for s, r in rows.items()}
+    judged = {s: _judgement(found[s], expected) for s in found}
+    what = {"all": ("predicts leakage", "over all architectures"),
+            "deficient": ("ranks leakage", "among the rank-deficient architectures")}
+    clauses = []
+    for subset, (verb, where) in what.items():
+        row, judgement = found[subset], judged[subset]
+        if judgement == "undefined":
+            clauses.append(f"cannot be judged {where} (ρ undefined: fewer than 3 architectures or a constant column)")
+            continue
+        numbers = _rho_text(row)
+        clauses.append({"predicts": f"{verb} {where} ({numbers})",
+                        "reversed": f"{verb} {where} in the wrong direction ({numbers})",
+                        "weak": f"gives only weak evidence that it {verb} {where} ({numbers}: the CI excludes 0, "
+                                f"but Holm p ≥ {ALPHA:g})",
+                        "none": f"does not {verb.replace('predicts', 'predict').replace('ranks', 'rank')} {where} "
+                                f"({numbers}: the CI includes 0)"}[judgement])
+    positive = [judged[s] == "predicts" for s in ("all", "deficient")]
+    joint = " and " if positive[0] == positive[1] else " but "
+    label = {"copa_index": "The COPA index", "normalised_score": "The normalised security score"}.get(
+        predictor, f"The predictor {predictor}")
+    text = f"{label} {clauses[0]}{joint}{clauses[1]}. Leakage: {OUTCOME_WORDS.get(outcome, outcome)}."
+    if rule is not None and held is not None and len(held):
+        by = held.set_index("subset")
+
+        def accuracy(subset: str) -> str:
+            if subset not in by.index or "balanced_accuracy" not in by:
+                return "–"
+            row = by.loc[subset]
+            return f"{_fmt(row['balanced_accuracy'])} (n = {int(row['n'])}, of which {int(row['leaks'])} leak)"
+
+        b = by.loc["B (held out)"] if "B (held out)" in by.index else None
+        text += (f" Fitted on half A of the random chains only, the rule “{rule.description}” classifies "
+                 f"leaking ({HELD_OUT_OUTCOME} ≥ {leak_threshold:g} dB) with balanced accuracy "
+                 f"{accuracy('B (held out)')} on the held-out half B and {accuracy('paper')} on the paper chains")
+        text += (f"; its score's ρ on B is {_fmt(b['spearman_rho'])} (95 % CI [{_fmt(b['spearman_ci_low'])}, "
+                 f"{_fmt(b['spearman_ci_high'])}])." if b is not None else ".")
+    else:
+        text += " The held-out rule was not evaluated (see below)."
+    return text
+
+
+def _load_entries(security_paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    from .record import read_json
+
+    entries = []
+    for path in security_paths:
+        entry = read_json(path)
+        if entry.get("status") not in ("ok", "not-applicable"):
+            raise InvalidSpecError(f"security entry {str(path)!r} has status {entry.get('status')!r}: "
+                                   "accepted are ok, not-applicable")
+        entries.append(entry)
+    return entries
+
+
+def _undefended(board: pd.DataFrame) -> pd.DataFrame:
+    from ..threat.defences import NoDefence
+
+    if "defence" not in board.columns:
+        return board
+    rows = board[board["defence"] == NoDefence.name]
+    if rows.empty:
+        raise InvalidSpecError(f"the leaderboard has no undefended rows (defence {NoDefence.name!r}); its defences: "
+                               f"{sorted(set(board['defence'].astype(str)))}")
+    return rows
+
+
+def study_table(entries: Sequence[Mapping[str, Any]], board: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """:func:`architecture_table` of the security entries' predictors and ``board``, with ``status`` (ok or
+    excluded) and ``reason``; and the excluded architectures → reason: not applicable (the entry's
+    reason), no security entry, or no ok run of any attack (``best_psnr`` NaN)."""
+    ok = {e["model"]: predictors_from_security(e["report"]) for e in entries if e["status"] == "ok"}
+    excluded = {e["model"]: e.get("reason") or "not applicable" for e in entries if e["status"] != "ok"}
+    table = architecture_table(board, ok)
+    for model, best in zip(table["model"], table["best_psnr"]):
+        if model not in ok and model not in excluded:
+            excluded[model] = "no security entry"
+        elif model in ok and math.isnan(float(best)):
+            excluded[model] = "no ok run of any attack"
+    table["status"] = ["ok" if m not in excluded else "excluded" for m in table["model"]]
+    table["reason"] = [excluded.get(m) for m in table["model"]]
+    return table, excluded
+
+
+def _cell(column: str, value: Any) -> str:
+    """A Markdown cell of the architecture table: counts as integers, the score with 3 decimals."""
+    if not isinstance(value, float):
+        return str(value)
+    if column in ("copa_index", "depth", "parameters", "total_deficiency", "image_layer_deficiency") \
+            and value.is_integer():
+        return str(int(value))
+    return _fmt(value, 3 if column == "normalised_score" else 2)
+
+
+def _correlation_cells(frame: pd.DataFrame, keys: Sequence[str]) -> list[list[str]]:
+    """Markdown rows: the ``keys`` columns, then n, ρ [CI], Holm p of ρ, τ [CI], Holm p of τ."""
+    def interval(row: pd.Series, statistic: str) -> str:
+        estimate = row[f"{statistic}_{STATISTICS[statistic]}"]
+        return f"{_fmt(estimate)} [{_fmt(row[f'{statistic}_ci_low'])}, {_fmt(row[f'{statistic}_ci_high'])}]"
+
+    return [[*(str(row[k]) for k in keys), str(int(row["n"])),
+             *(cell for statistic in STATISTICS
+               for cell in (interval(row, statistic), _fmt_p(row.get(f"{statistic}_p_holm", row[f"{statistic}_p"]))))]
+            for _, row in frame.iterrows()]
+
+
+def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures: pd.DataFrame,
+                   correlations: pd.DataFrame, held: pd.DataFrame, rule: FittedRule | None, *,
+                   excluded: Mapping[str, str], attacks: Sequence[str], settings: Mapping[str, Any],
+                   held_out_note: str | None = None) -> str:
+    """validity.md: the verdict paragraph first, the run's facts, the rules, then every table."""
+    from tabulate import tabulate
+
+    from .leaderboard import _header
+
+    lines = _header(title, dict(meta))
+    lines[2:2] = [text, ""]
+    lines += ["", "## How the verdict is decided", "", VERDICT_RULES, "",
+              ("Statistics (copa.bench.validity): Spearman ρ and Kendall τ-b over architectures, paired "
+               f"bootstrap BCa 95 % intervals ({settings['n_resamples']} resamples, seed {settings['seed']}), "
+               "two-sided p-values Holm-adjusted over the predictor × outcome pairs of each subset. Outcomes are "
+               "means over each cell's ok runs of the undefended leaderboard; the best attack is the one with "
+               "the largest mean PSNR per architecture."), ""]
+    shown = ["model", "held_out", *[c for c in ("copa_index", "normalised_score", "any_deficient", "depth")
+                                    if c in architectures], "best_attack", "best_psnr", "best_ssim",
+             *[f"psnr:{a}" for a in attacks if f"psnr:{a}" in architectures]]
+    included = architectures[architectures["status"] == "ok"]
+    lines += [f"## Architectures ({len(included)} in the study)", "",
+              tabulate([[_cell(column, value) for column, value in zip(shown, row)]
+                        for row in included[shown].itertuples(index=False)],
+                       headers=shown, tablefmt="github", disable_numparse=True), ""]
+    lines += ["Excluded: " + ("; ".join(f"{m} ({reason})" for m, reason in excluded.items()) or "none") + ".", ""]
+    headers = ["predictor", "outcome", "n", "Spearman ρ [95 % CI]", "Holm p (ρ)", "Kendall τ [95 % CI]", "Holm p (τ)"]
+    for subset, heading in (("all", "all architectures"), ("deficient", "rank-deficient architectures")):
+        part = correlations[correlations["subset"] == subset]
+        lines += [f"## Rank correlations: {heading}", "",
+                  tabulate(_correlation_cells(part, ["predictor", "outcome"]), headers=headers, tablefmt="github",
+                           disable_numparse=True), ""]
+    lines += ["## Held-out evaluation", ""]
+    if rule is None:
+        lines += [f"Not evaluated: {held_out_note}.", ""]
+    else:
+        lines += [(f"Rule fitted on half A only (seed {settings['seed']}): {rule.description}. Balanced accuracy "
+                   f"on A: {_fmt(rule.fit.get('balanced_accuracy', math.nan))}."), "",
+                  tabulate([[*cells, _fmt(row.get("accuracy", math.nan)), _fmt(row.get("balanced_accuracy", math.nan)),
+                             str(row.get("leaks", "–"))]
+                            for cells, (_, row) in zip(_correlation_cells(held, ["subset"]), held.iterrows())],
+                           headers=["subset", "n", "ρ (rule score) [95 % CI]", "p (ρ)", "τ [95 % CI]", "p (τ)",
+                                    "accuracy", "balanced accuracy", "leak"],
+                           tablefmt="github", disable_numparse=True), ""]
+    lines += ["## Plots", "", "scatter_best.png (the best attack), " + ", ".join(f"scatter_{a}.png" for a in attacks)
+              + ": one point per architecture, labelled (rcN = random-chain:N).", ""]
+    return "\n".join(lines)
+
+
+def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out_dir: str | Path,
+                settings: Mapping[str, Any], *, meta: Mapping[str, str] | None = None,
+                attacks: Sequence[str] | None = None, metric: str = "normalised_score", psnr_cap: float = 100.0,
+                title: str = "The security metric on trial") -> dict[str, Path]:
+    """Run the study and write its files into ``out_dir``, each atomically; return them by name.
+
+    ``security_paths``: the security entries (:func:`copa.bench.pipeline.security_entry`); not-applicable
+    ones are excluded with their reason, as are architectures without an ok run of any attack or without
+    an entry. ``board_csv``: leaderboard.csv (its undefended rows). ``settings``: the config's ``validity``
+    section (``predictors``, ``outcomes``, ``seed``, ``n_resamples``, ``leak_threshold``). ``meta``: header
+    facts (command, config hash, dataset, ...) over those the entries give (commits, devices, versions).
+    ``metric``: the predictor the verdict judges and the plots' x axis. Files: architectures.csv,
+    predictors.csv (:func:`validity_tables`), held_out.csv (:func:`held_out_evaluation` with the
+    predictor of :data:`HELD_OUT_CANDIDATES` of larger |ρ| on half A and a threshold for
+    ``best_psnr ≥ leak_threshold``), validity.md (:func:`verdict` first), scatter_ATTACK.png, scatter_best.png.
+    """
+    from ..errors import CopaError
+    from ..io import atomic_write, atomic_write_text
+    from . import plots
+    from .leaderboard import run_metadata
+    from .record import versions_text
+
+    predictors, outcomes = list(settings["predictors"]), list(settings["outcomes"])
+    seed, n_resamples = int(settings.get("seed", 0)), int(settings.get("n_resamples", 9999))
+    leak_threshold = float(settings.get("leak_threshold", 20.0))
+    entries = _load_entries(security_paths)
+    board = _undefended(pd.read_csv(board_csv))
+    attacks = list(attacks or dict.fromkeys(board["attack"]))
+    table, excluded = study_table(entries, board[board["attack"].isin(attacks)])
+    study = table[table["status"] == "ok"].reset_index(drop=True)
+    options = {"n_resamples": n_resamples, "random_state": seed}
+    correlations = validity_tables(study, predictors, outcomes, **options)
+    split = held_out_split(study["model"], seed=seed)
+    candidates = [p for p in HELD_OUT_CANDIDATES if p in predictors] or predictors
+    rule, held, note = None, pd.DataFrame({"note": []}), None
+    try:
+        rule, held = held_out_evaluation(
+            study, split, lambda t: fit_threshold(t, choose_predictor(t, candidates, HELD_OUT_OUTCOME),
+                                                  HELD_OUT_OUTCOME, leak_threshold=leak_threshold),
+            outcome=HELD_OUT_OUTCOME, leak_threshold=leak_threshold, **options)
+        held = held.assign(rule=rule.description, predictor=next(iter(rule.weights)), sign=rule.sign,
+                           threshold=rule.threshold, leak_threshold=leak_threshold, seed=seed)
+    except CopaError as exc:
+        note = str(exc)
+        held = pd.DataFrame({"note": [f"not evaluated: {note}"]})
+    halves = {m: subset for subset, names in split.subsets().items() for m in names}
+    table.insert(1, "held_out", [halves.get(m, "–") for m in table["model"]])
+    table["leaks"] = [bool(v >= leak_threshold) if not math.isnan(v) else None for v in table[HELD_OUT_OUTCOME]]
+    if rule is not None:
+        scores = rule.score(table)
+        table["predicted_leaks"] = [None if math.isnan(s) else bool(rule.sign * s >= rule.sign * rule.threshold)
+                                    for s in scores]
+    verdict_predictor = metric if metric in predictors else candidates[0]
+    verdict_outcome = HELD_OUT_OUTCOME if HELD_OUT_OUTCOME in outcomes else outcomes[0]
+    text = verdict(correlations, held if rule is not None else None, rule, predictor=verdict_predictor,
+                   outcome=verdict_outcome, leak_threshold=leak_threshold)
+    provenance = pd.DataFrame([{"git_commit": e.get("git_commit"), "device": e.get("device"),
+                                "versions": versions_text(e.get("versions")), "dataset": e.get("dataset"),
+                                "split": e.get("split", "–")} for e in entries],
+                              columns=["git_commit", "device", "versions", "dataset", "split"])
+    header = run_metadata(provenance, extra={**(meta or {}), "design": (
+        f"{len(study)} architectures ({int(study['any_deficient'].sum())} rank-deficient), attacks "
+        f"{', '.join(attacks)}; predictors {', '.join(predictors)}; outcomes {', '.join(outcomes)}; leaks: "
+        f"{HELD_OUT_OUTCOME} ≥ {leak_threshold:g} dB")})
+    out = Path(out_dir)
+    paths = {name: out / name for name in STUDY_TABLES}
+    atomic_write(paths["architectures.csv"], lambda p: table.to_csv(p, index=False))
+    atomic_write(paths["predictors.csv"], lambda p: correlations.to_csv(p, index=False))
+    atomic_write(paths["held_out.csv"], lambda p: held.to_csv(p, index=False))
+    atomic_write_text(paths["validity.md"], study_markdown(
+        title, header, text, table, correlations, held, rule, excluded=excluded, attacks=attacks,
+        settings={"seed": seed, "n_resamples": n_resamples}, held_out_note=note))
+    by = correlations.set_index(["subset", "predictor", "outcome"])
+
+    def rhos(outcome: str) -> str:
+        parts = []
+        for subset in ("all", "deficient"):
+            key = (subset, metric, outcome)
+            if key in by.index:
+                row = by.loc[key]
+                parts.append(f"{subset}: ρ = {_fmt(row['spearman_rho'])} [{_fmt(row['spearman_ci_low'])}, "
+                             f"{_fmt(row['spearman_ci_high'])}]")
+        return "; ".join(parts)
+
+    for name, column, what in [("best", HELD_OUT_OUTCOME, "best attack"),
+                               *((a, f"psnr:{a}", a) for a in attacks)]:
+        paths[f"scatter_{name}.png"] = plots.validity_scatter(
+            study, out / f"scatter_{name}.png", x=metric, y=column, psnr_cap=psnr_cap,
+            y_label=f"mean {{label}} of {what}",
+            title=f"{what}: mean {plots._label()} vs {metric} over {len(study)} architectures"
+                  + (f" — Spearman {rhos(column)}" if rhos(column) else ""))
+    return paths
