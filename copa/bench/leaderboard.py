@@ -409,7 +409,7 @@ def security_markdown(security: pd.DataFrame, meta: dict[str, str] | None = None
     lines = _header(title, meta) if meta else [f"# {title}"]
     lines += ["", "COPA index: Σ over conv layers of round(rank deficiency × (L−1−i)/(L−1)); 0 = every layer "
               "solvable (most leaky). Normalised score: weighted fraction of undetermined input dimensions in "
-              "[0, 1] (see copa/security.py).", "", table, ""]
+              "[0, 1] (see copa/layerwise/security.py).", "", table, ""]
     return "\n".join(lines)
 
 
