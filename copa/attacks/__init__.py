@@ -17,6 +17,7 @@ from .gradmatch import (
     GradientModel,
     cosine_distance,
     label_from_gradients,
+    labels_from_gradients,
     last_linear,
     parameter_gradients,
     per_tensor_cosine_distance,
@@ -28,6 +29,7 @@ from . import copa as _copa  # noqa: E402,F401  (registers copa and copa-gm)
 from .checking import check_attack
 
 __all__ = ["ATTACKS", "Attack", "BatchedLBFGS", "GradientModel", "Hyperparameter", "Reconstruction", "check_attack",
-           "cosine_distance", "create_attack", "label_from_gradients", "last_linear", "load_plugins",
+           "cosine_distance", "create_attack", "label_from_gradients", "labels_from_gradients",
+           "last_linear", "load_plugins",
            "parameter_gradients", "parse_overrides", "per_tensor_cosine_distance", "register_attack",
            "squared_l2_distance", "total_variation"]

@@ -13,7 +13,9 @@ one distance per instance):
 * :func:`per_tensor_cosine_distance` — ``Σ_t (1 − cos_t)`` (inversefed ``cost_fn='simlocal'``,
   COPA-GM's matching term);
 * :func:`total_variation` — Inverting Gradients' prior (inversefed ``metrics.total_variation``);
-* :func:`label_from_gradients` — iDLG's label rule (Zhao et al., arXiv 2001.02610).
+* :func:`label_from_gradients` — iDLG's label rule (Zhao et al., arXiv 2001.02610);
+* :func:`labels_from_gradients` — a batch's labels (as a multiset) from the output bias gradient, the
+  label-count rule of Wainakh et al. 2022 (LLG) and Geng et al. 2021.
 """
 
 from __future__ import annotations
@@ -206,3 +208,105 @@ def label_from_gradients(observation) -> tuple[Tensor, dict]:
     odd_sign = int((scores < 0).sum()) == 1 or int((scores > 0).sum()) == 1
     info = {"label": label, "rule": rule, "layer": name, "unique_sign": odd_sign}
     return torch.tensor([label], device=observation.device), info
+
+
+def _mean_probe_probabilities(observation, probes: int, seed: int) -> Tensor:
+    """The model's average softmax over neutral inputs: mid-grey and ``probes`` seeded uniform-noise images
+    in the valid box, mapped into the model's input space with the observation's public preprocessing.
+
+    Runs under ``no_grad`` through ``functional_call`` with *cloned* buffers, so the observation's model
+    (parameters, BatchNorm statistics, train/eval mode) is left exactly as it was."""
+    model = observation.model
+    lower, upper = observation.bounds()
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    unit = torch.rand((probes, *observation.input_shape), generator=generator, dtype=observation.dtype)
+    unit = torch.cat([torch.full((1, *observation.input_shape), 0.5, dtype=observation.dtype), unit])
+    images = lower + unit.to(observation.device) * (upper - lower)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    with torch.no_grad():
+        logits = torch.func.functional_call(model, (params, buffers), (images,))
+        return torch.softmax(logits.to(observation.dtype), dim=-1).mean(dim=0)
+
+
+def labels_from_gradients(observation, probes: int = 16, seed: int = 0) -> tuple[Tensor, dict]:
+    """The labels of a whole batch from its gradients, labels unknown: the bias-gradient label-count rule.
+
+    Sources: Wainakh et al., "User-Level Label Leakage from Gradients in Federated Learning" (PoPETs 2022,
+    arXiv 2105.09369; LLG: negative output-layer gradient entries mark the present classes, then counts
+    from the gradient minus an estimated "impact" of the model's predictions, which LLG+ estimates with the
+    model on dummy inputs) and Geng et al., "Towards General Deep Leakage in Federated Learning" (arXiv
+    2110.09074: the label count ``B·(p̂ − g)`` from the output layer's gradient and the mean prediction
+    estimated with the model). We apply the count to the output *bias* gradient (the weight gradient's
+    structure with the penultimate activation replaced by 1, so no activation estimate is needed); the
+    sign step is iDLG's argument (Zhao et al., arXiv 2001.02610) applied per class.
+
+    Derivation. The client's loss is softmax cross-entropy averaged over its B images (``client_loss``), and
+    the output layer's logits are ``z_b = W h_b + β``. Then, with ``p_b = softmax(z_b)``, the observed bias
+    gradient is ``g_c = (1/B) Σ_b (p_bc − y_bc)``, so the number of images of class ``c`` is exactly
+
+        ``n_c = Σ_b y_bc = B · (p̄_c − g_c)``,   ``p̄_c = (1/B) Σ_b p_bc``  (the batch's mean prediction).
+
+    ``p̄`` is unknown (it depends on the private images); we estimate it by the model's mean softmax over
+    ``1 + probes`` neutral inputs (mid-grey and seeded uniform noise in the valid image box), giving real
+    estimates ``ñ_c = B · (p̂_c − g_c)``. They are turned into non-negative integer counts summing to B:
+
+    1. every class with ``g_c < 0`` gets one image — exact whatever ``p̄`` is, because ``g_c < 0`` means
+       ``Σ_b y_bc > Σ_b p_bc > 0`` (if more than B classes are negative, the B most negative are kept);
+    2. the remaining ``B − (number assigned)`` images go one at a time to the class whose estimate exceeds
+       its assigned count the most (``argmax_c ñ_c − n_c``; ties to the lower class id).
+
+    Assumptions: softmax cross-entropy with the mean over the batch and hard labels (the benchmark's
+    client); the last ``nn.Linear`` (:func:`last_linear`) has a bias whose gradient is observed and gives
+    the logits directly (no output activation after it: a ChainNet whose last activation is not Identity is
+    refused); the observed gradient is the true one (a defence that adds noise, prunes or quantises it
+    breaks the exact step 1 and biases step 2). Step 1 alone recovers a batch of *distinct* labels when
+    each present class has ``Σ_b p_bc < 1`` — near-uniform predictions with K ≫ B, as on the untrained
+    tanh chains; lenet-zhu's DLG initialisation gives peaked predictions, and step 2 completes the classes
+    step 1 misses. Step 2 (and so repeated labels) relies on ``p̂ ≈ p̄``, which holds best on untrained
+    models (their predictions depend little on the input) and degrades as a model trains. With B = 1 the
+    rule is iDLG's: the bias gradient's only negative entry (its ``argmin``), as in
+    :func:`label_from_gradients`.
+
+    Uses only the observation (gradients, model, public preprocessing), never ``observation.labels``.
+    Returns ``(labels, info)``: ``labels`` a LongTensor of shape (B,), sorted ascending (the gradient of a
+    batch carries no image order, so the labels form a multiset); ``info`` has ``counts`` (per class),
+    ``estimated_counts`` (``ñ``), ``present`` (the negative classes of step 1), ``mean_probability``
+    (``p̂``), ``rule``, ``layer``, ``probes``, ``seed``.
+    """
+    batch = int(observation.batch_size)
+    if batch < 1:
+        raise NotApplicableError(f"the batch label rule needs a batch of at least one image, got {batch}")
+    name, layer = last_linear(observation)
+    if layer.bias is None:
+        raise NotApplicableError(f"the batch label rule reads the output bias gradient, but the last Linear "
+                                 f"layer {name!r} of {observation.model_name!r} has no bias")
+    grads = observation.gradient_dict()
+    if f"{name}.bias" not in grads:
+        raise NotApplicableError(f"no observed gradient for the output bias {name + '.bias'!r}")
+    activations = getattr(observation.model, "activations", None)
+    if isinstance(activations, nn.ModuleList) and len(activations) and type(activations[-1]).__name__ != "Identity":
+        raise NotApplicableError(f"the batch label rule needs the last Linear layer's output to be the logits, "
+                                 f"but {observation.model_name!r} applies {type(activations[-1]).__name__} after it")
+    g = grads[f"{name}.bias"].detach().reshape(-1).to(torch.float64).cpu()
+    if g.numel() != observation.num_classes:
+        raise NotApplicableError(f"the output bias gradient has {g.numel()} entries, not the "
+                                 f"{observation.num_classes} classes")
+    p_hat = _mean_probe_probabilities(observation, probes, seed).to(torch.float64).cpu()
+    estimate = batch * (p_hat - g)
+
+    counts = torch.zeros_like(g, dtype=torch.long)
+    negative = torch.nonzero(g < 0).reshape(-1)
+    if negative.numel() > batch:  # keep the B most negative (stable: ties to the lower class id)
+        order = torch.sort(g[negative], stable=True).indices
+        negative = negative[order[:batch]]
+    counts[negative] = 1
+    for _ in range(batch - int(counts.sum())):
+        counts[int(torch.argmax(estimate - counts.to(torch.float64)))] += 1
+
+    labels = torch.repeat_interleave(torch.arange(g.numel()), counts).to(observation.device)
+    info = {"counts": counts.tolist(), "estimated_counts": estimate.tolist(),
+            "present": sorted(int(c) for c in negative), "mean_probability": p_hat.tolist(),
+            "rule": "bias-gradient label counts (negative entries, then B·(p̂ − g) by largest remainder)",
+            "layer": name, "probes": probes, "seed": seed}
+    return labels, info
