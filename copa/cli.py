@@ -6,6 +6,7 @@
     copa attack --attack NAME --observation FILE.pt [--targets FILE.npz] --out DIR
     copa security --model NAME [--index I [I ...]] [--json] [--out FILE]
     copa check --attack NAME [--plugin FILE] [--set KEY=VALUE]
+    copa train --model NAME --dataset SPEC --epochs N --checkpoint-epochs 0,1,5 --out DIR
 
 Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
 """
@@ -144,6 +145,36 @@ def build_parser() -> argparse.ArgumentParser:
     p_sec.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p_sec.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p_sec.add_argument("--out", default=None, help="also write the JSON report to this file (atomically)")
+
+    from .training import DEFAULTS as TRAIN_DEFAULTS
+
+    p_train = sub.add_parser("train", help="train a model with SGD on a dataset's train split and write checkpoints "
+                                           "(OUT/epochE.pt, OUT/epochE.json) for copa attack --checkpoint")
+    p_train.add_argument("--model", required=True, help="model name or chain:SPEC (copa list models)")
+    p_train.add_argument("--dataset", required=True, help="dataset spec (copa list datasets); trains on its train "
+                                                          "split, measures accuracy on its test split if any")
+    p_train.add_argument("--epochs", required=True, type=int, help="epochs of SGD (0: only the initialisation)")
+    p_train.add_argument("--checkpoint-epochs", required=True, metavar="E,E,...",
+                         help="epochs to write, comma-separated, e.g. 0,1,5 (0 = the untrained initialisation)")
+    p_train.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p_train.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"],
+                         help=f"SGD learning rate (default {TRAIN_DEFAULTS['lr']})")
+    p_train.add_argument("--momentum", type=float, default=TRAIN_DEFAULTS["momentum"],
+                         help=f"SGD momentum (default {TRAIN_DEFAULTS['momentum']})")
+    p_train.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"],
+                         help=f"mini-batch size (default {TRAIN_DEFAULTS['batch_size']})")
+    p_train.add_argument("--weight-decay", type=float, default=TRAIN_DEFAULTS["weight_decay"],
+                         help=f"SGD weight decay (default {TRAIN_DEFAULTS['weight_decay']})")
+    p_train.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"],
+                         help=f"seeds the initialisation and the data order (default {TRAIN_DEFAULTS['seed']})")
+    p_train.add_argument("--preprocess", default=TRAIN_DEFAULTS["preprocess"],
+                         help=f"center, normalize or none (default {TRAIN_DEFAULTS['preprocess']})")
+    p_train.add_argument("--input-shape", default="3x32x32", help="model input CxHxW (default 3x32x32)")
+    p_train.add_argument("--max-images", type=int, default=None, metavar="N",
+                         help="train on the first N available train images only (quick runs)")
+    p_train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p_train.add_argument("--data-root", default=None, help="dataset root folder")
+    p_train.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     return parser
 
 
@@ -304,6 +335,39 @@ def cmd_security(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .threat import parse_input_shape
+    from .training import parse_checkpoint_epochs, train
+
+    if args.epochs < 0:
+        raise CopaError(f"--epochs {args.epochs} is invalid: accepted are integers from 0")
+    epochs = parse_checkpoint_epochs(args.checkpoint_epochs)
+    bad = [e for e in epochs if e < 0 or e > args.epochs]
+    if bad:
+        raise CopaError(f"--checkpoint-epochs {args.checkpoint_epochs!r} is invalid: epoch {bad[0]} is outside "
+                        f"0 to {args.epochs} (--epochs)")
+    if not args.lr > 0:
+        raise CopaError(f"--lr {args.lr} is invalid: expected a number > 0")
+    if args.batch_size < 1:
+        raise CopaError(f"--batch-size {args.batch_size} is invalid: expected a positive integer")
+    if args.max_images is not None and args.max_images < 1:
+        raise CopaError(f"--max-images {args.max_images} is invalid: expected a positive integer")
+    check_writable(args.out, what="--out", directory=True)
+    shape = parse_input_shape(args.input_shape)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
+        from .bench import set_threads
+
+        set_threads(args.threads)
+    summary = train(args.model, args.dataset, epochs=args.epochs, checkpoint_epochs=epochs, lr=args.lr,
+                    momentum=args.momentum, batch_size=args.batch_size, weight_decay=args.weight_decay,
+                    seed=args.seed, preprocess=args.preprocess, input_shape=shape, data_root=args.data_root,
+                    out_dir=args.out, device=args.device, max_images=args.max_images)
+    print(f"wrote {len(summary['files'])} files to {args.out} in {summary['seconds']:.1f} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -318,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_security(args)
         if args.command == "check":
             return cmd_check(args)
+        if args.command == "train":
+            return cmd_train(args)
     except CopaError as exc:
         print(f"copa: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
