@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from ..hyperparameters import Hyperparameter
 from ..plugins import load_plugins
-from .base import ATTACKS, Attack, Reconstruction, create_attack, parse_overrides, register_attack
+from . import copa as _copa  # noqa: F401  (registers copa and copa-gm)
+from .base import (
+    ATTACKS,
+    Attack,
+    Reconstruction,
+    create_attack,
+    parse_overrides,
+    register_attack,
+)
+from .checking import check_attack
 from .gradmatch import (
     GradientModel,
     cosine_distance,
@@ -25,8 +34,6 @@ from .gradmatch import (
     total_variation,
 )
 from .lbfgs import BatchedLBFGS
-from . import copa as _copa  # noqa: E402,F401  (registers copa and copa-gm)
-from .checking import check_attack
 
 __all__ = ["ATTACKS", "Attack", "BatchedLBFGS", "GradientModel", "Hyperparameter", "Reconstruction", "check_attack",
            "cosine_distance", "create_attack", "label_from_gradients", "labels_from_gradients",
