@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -252,8 +253,14 @@ def solve_backwards_batch(observations, refine: BatchRefine | None = None, *, rc
         xs_next, grads_x = [], []
         for ctx, problem, (solution, extra) in zip(ctxs, problems, refined, strict=True):
             info = problem.solve_info
+            rhs_norm = float(torch.linalg.vector_norm(problem.systems.rhs[problem.instance]))
             details: dict[str, Any] = {"layer": i, "unknowns": geometry.unknowns, "rank": info.rank,
-                                       "residual_least_squares": info.residual_norm, "nullity": problem.nullity}
+                                       "residual_least_squares": info.residual_norm, "nullity": problem.nullity,
+                                       # ‖U x̃ − v‖/‖v‖ of the least-squares solve (0 for a consistent system;
+                                       # > 0 when a defence or an earlier layer's error makes v leave range(U))
+                                       "rhs_norm": rhs_norm,
+                                       "residual_relative": (info.residual_norm / rhs_norm if rhs_norm > 0
+                                                             else (0.0 if info.residual_norm == 0 else math.inf))}
             details.update(extra)
             ctx.layer_info.append(details)
             x_i = geometry.unpad(solution.reshape(geometry.in_channels, *geometry.padded))

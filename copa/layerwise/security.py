@@ -83,6 +83,18 @@ class LayerSecurity:
     singular values are apart, ``rank_method`` how each block's rank was obtained.
     ``condition_number`` is ``σ_max(U)/σ_rank(U)`` (``None`` if not
     computed, ``inf`` if ``σ_rank`` is below what the Gram eigenvalues resolve).
+
+    ``noise_amplification`` is the layer's predicted amplification of a relative error in its
+    right-hand side ``v`` (e.g. a defence's gradient noise) into a relative error of its least-squares
+    solution: the condition number ``κ = σ_max/σ_rank`` over the nonzero singular values. With ``U``
+    fixed, ``x = U⁺v`` gives ``‖δx‖/‖x‖ ≤ (κ/cos θ)·‖δv‖/‖v‖`` with ``cos θ = ‖Ux‖/‖v‖`` (1 for a
+    consistent system); perturbing ``U`` as well (its gradient rows are built from the layer's ``δ``,
+    which the observed gradients of the layers above determine) adds a ``κ²·tan θ`` term to first order
+    (Golub & Van Loan, *Matrix Computations*, §5.3, sensitivity of the full-rank least-squares problem).
+    For a rank-deficient layer the bound is for the component of ``x`` in the row space of ``U``; the
+    null-space component is not determined by ``v`` at all (that is the deficiency). It is a bound, not an
+    estimate: a random perturbation is amplified much less than ``κ`` (only its share along the smallest
+    singular directions is). ``None`` whenever ``condition_number`` is.
     """
 
     index: int
@@ -101,6 +113,11 @@ class LayerSecurity:
     rank_gap: float
     rank_method: str = ""
     seconds: float = 0.0
+    noise_amplification: float | None = None
+
+    def __post_init__(self):
+        if self.noise_amplification is None and self.condition_number is not None:
+            self.noise_amplification = self.condition_number
 
     @property
     def rows(self) -> int:
@@ -132,10 +149,21 @@ class SecurityReport:
             "model": self.model,
             "copa_index": self.copa_index,
             "normalised_score": self.normalised_score,
-            "layers": [asdict(layer) for layer in self.layers],
+            "layers": [self._layer_dict(layer) for layer in self.layers],
             "notes": list(self.notes),
             "settings": dict(self.settings),
         })
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether condition numbers were computed (some layer has one; ``condition=False`` gives none)."""
+        return any(layer.condition_number is not None for layer in self.layers)
+
+    def _layer_dict(self, layer: LayerSecurity) -> dict[str, Any]:
+        data = asdict(layer)
+        if not self.conditioned:  # the new key only where it says something (condition numbers computed)
+            data.pop("noise_amplification", None)
+        return data
 
     def to_table(self) -> str:
         from tabulate import tabulate
@@ -153,12 +181,20 @@ class SecurityReport:
                  fmt(layer.condition_number),
                  " / ".join(f"{v:.1e}" for v in layer.tolerance.values()) or "–", fmt(layer.rank_gap)]
                 for layer in self.layers]
+        if self.conditioned:
+            headers.append("noise amplification (κ)")
+            for row, layer in zip(rows, self.layers):
+                row.append(fmt(layer.noise_amplification))
         table = tabulate(rows, headers=headers, tablefmt="github")
         lines = [f"COPA security of {self.model}", "", table, "",
                  f"COPA index: {self.copa_index}  (0 = every layer uniquely solvable, i.e. most leaky; "
                  "more negative = more secure)",
                  f"normalised score: {self.normalised_score:.4f}  (weighted fraction of undetermined unknowns; "
                  "0 = fully determined, 1 = nothing determined)"]
+        if self.conditioned:
+            lines.append("noise amplification: κ = σ_max/σ_rank of U, the first-order bound ‖δx‖/‖x‖ ≤ κ·‖δv‖/‖v‖ "
+                         "of the layer's least-squares solve (Golub & Van Loan, Matrix Computations, §5.3; "
+                         "for a rank-deficient layer on the row-space component only)")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
