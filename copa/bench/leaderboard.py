@@ -84,17 +84,24 @@ def records_from_cells(cell_paths: Iterable[str | Path]) -> pd.DataFrame:
     return load_records(paths)
 
 
-def load_security(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per security entry (:func:`copa.pipeline.security_entry`)."""
-    rows = []
+def read_security_entries(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The security entries (:func:`copa.bench.pipeline.security_entry`) at ``paths``; each must be ok or
+    not-applicable."""
+    entries = []
     for path in paths:
         entry = read_json(path)
         if entry.get("status") not in ("ok", "not-applicable"):
             raise CopaError(f"security entry {str(path)!r} has status {entry.get('status')!r}: "
                             "accepted are ok, not-applicable")
-        rows.append({"model": entry.get("model"), "status": entry["status"], "reason": entry.get("reason"),
-                     "copa_index": as_number(entry.get("copa_index")), "normalised_score": as_number(entry.get("normalised_score")),
-                     "seconds": as_number(entry.get("seconds"))})
+        entries.append(entry)
+    return entries
+
+
+def load_security(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per security entry (:func:`read_security_entries`)."""
+    rows = [{"model": entry.get("model"), "status": entry["status"], "reason": entry.get("reason"),
+             "copa_index": as_number(entry.get("copa_index")), "normalised_score": as_number(entry.get("normalised_score")),
+             "seconds": as_number(entry.get("seconds"))} for entry in read_security_entries(paths)]
     return pd.DataFrame(rows, columns=SECURITY_COLUMNS)
 
 
@@ -181,7 +188,7 @@ def _std(series: pd.Series) -> float:
 # Formatting
 
 
-def _fmt(value: float, digits: int = 2, missing: str = "–") -> str:
+def format_number(value: float, digits: int = 2, missing: str = "–") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
     if math.isinf(value):
@@ -223,12 +230,12 @@ def _metric_cell(row: dict[str, Any], metric: str) -> str:
     mean, std, digits = row[f"{metric}_mean"], row.get(f"{metric}_std", np.nan), metric_info(metric).digits
     if math.isnan(mean):
         return "n/a"
-    return _fmt(mean, digits) if math.isnan(std) else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
+    return format_number(mean, digits) if math.isnan(std) else f"{format_number(mean, digits)} ± {format_number(std, digits)}"
 
 
 def _security_heading(row) -> str:
     if row.security_status == "ok":
-        return f"COPA index {_fmt_int(row.copa_index)}, normalised score {_fmt(row.normalised_score, 3)}"
+        return f"COPA index {_fmt_int(row.copa_index)}, normalised score {format_number(row.normalised_score, 3)}"
     if row.security_status == "not-applicable":
         return "security metric not applicable (not a chain)"
     return "security metric missing"
@@ -243,7 +250,7 @@ def board_table(board: pd.DataFrame, model: str) -> str:
     for row in board[board["model"] == model].to_dict("records"):
         evals = f"{_fmt_int(row['forward_evals_mean'])} / {_fmt_int(row['gradient_evals_mean'])}" if row["ok"] else "–"
         rows.append([row["attack"], _runs(row), *(_metric_cell(row, m) for m in metrics),
-                     _fmt(row["label_accuracy"]), _fmt(row["seconds_mean"], 1), evals])
+                     format_number(row["label_accuracy"]), format_number(row["seconds_mean"], 1), evals])
     headers = ["attack", "runs ok / failed / n.a.", *map(_metric_heading, metrics), "label acc.", "seconds",
                "evaluations fwd / grad"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
@@ -270,7 +277,7 @@ def overview_table(board: pd.DataFrame, distortion: bool = False) -> str:
         for attack in attacks:
             r = sub.loc[attack]
             if r.ok:
-                cells.append(_fmt(r[f"{HEADLINE_METRIC}_mean"], digits))
+                cells.append(format_number(r[f"{HEADLINE_METRIC}_mean"], digits))
             elif r.not_applicable and not r.failed:
                 cells.append("n.a.")
             elif r.failed:
@@ -278,8 +285,8 @@ def overview_table(board: pd.DataFrame, distortion: bool = False) -> str:
             else:
                 cells.append("–")
         index = _fmt_int(first.copa_index, "n.a." if first.security_status == "not-applicable" else "–")
-        score = _fmt(first.normalised_score, 3, "n.a." if first.security_status == "not-applicable" else "–")
-        rows.append([model, index, score, *([_fmt(_mean(sub["update_distortion_mean"]), 3)] if distortion else []),
+        score = format_number(first.normalised_score, 3, "n.a." if first.security_status == "not-applicable" else "–")
+        rows.append([model, index, score, *([format_number(_mean(sub["update_distortion_mean"]), 3)] if distortion else []),
                      *cells])
     headers = ["model", "COPA index", "normalised score", *(["update distortion"] if distortion else []), *attacks]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
@@ -327,7 +334,7 @@ def run_metadata(records: pd.DataFrame, *, command: str | None = None, images_pe
     return meta
 
 
-def _header(title: str, meta: dict[str, str]) -> list[str]:
+def markdown_header(title: str, meta: dict[str, str]) -> list[str]:
     lines = [f"# {title}", ""]
     for key, value in meta.items():
         text = f"`{value}`" if key in ("command", "commit", "config hash") and value != "–" else value
@@ -339,7 +346,7 @@ def correlation_table(board: pd.DataFrame, metric: str) -> str:
     from tabulate import tabulate
 
     rho = spearman_by_attack(board, metric)
-    rows = [[r.attack, r.models, _fmt(r.spearman_rho, 3), _fmt(r.p_value, 3)] for r in rho.itertuples(index=False)]
+    rows = [[r.attack, r.models, format_number(r.spearman_rho, 3), format_number(r.p_value, 3)] for r in rho.itertuples(index=False)]
     headline = metric_info(HEADLINE_METRIC).label
     return tabulate(rows, headers=["attack", "models", f"Spearman ρ (mean {headline} vs {metric})", "p"],
                     tablefmt="github", disable_numparse=True)
@@ -374,7 +381,7 @@ def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[
                          defences: Sequence[str] | None = None) -> str:
     """The leaderboard page: header, then :func:`defence_section` — once, or with records of several
     defences once per defence (``defences``: their order, e.g. the config's; default: as in ``board``)."""
-    lines = _header(title, meta)
+    lines = markdown_header(title, meta)
     lines += ["", "Statistics are over each cell's `ok` runs; ↑ / ↓: higher / lower is better; PSNR `inf` is an "
               "exact recovery (its std is then undefined, –); n/a: the cell's ok runs lack the metric (LPIPS: the "
               "AlexNet weights were not available); n.a. = not applicable.", ""]
@@ -402,11 +409,11 @@ def security_markdown(security: pd.DataFrame, meta: dict[str, str] | None = None
 
     rows = []
     for row in security.itertuples(index=False):
-        rows.append([row.model, row.status, _fmt_int(row.copa_index), _fmt(row.normalised_score, 4),
-                     _fmt(row.seconds, 1), _reason(row.reason)])
+        rows.append([row.model, row.status, _fmt_int(row.copa_index), format_number(row.normalised_score, 4),
+                     format_number(row.seconds, 1), _reason(row.reason)])
     table = tabulate(rows, headers=["model", "status", "COPA index", "normalised score", "seconds", "reason"],
                      tablefmt="github", disable_numparse=True)
-    lines = _header(title, meta) if meta else [f"# {title}"]
+    lines = markdown_header(title, meta) if meta else [f"# {title}"]
     lines += ["", "COPA index: Σ over conv layers of round(rank deficiency × (L−1−i)/(L−1)); 0 = every layer "
               "solvable (most leaky). Normalised score: weighted fraction of undetermined input dimensions in "
               "[0, 1] (see copa/layerwise/security.py).", "", table, ""]

@@ -514,12 +514,12 @@ def _judgement(row: Mapping[str, Any] | None, expected: int | None) -> str:
 
 
 def _rho_text(row: Mapping[str, Any]) -> str:
-    return (f"ρ = {_fmt(row['spearman_rho'])}, 95 % CI [{_fmt(row['spearman_ci_low'])}, "
-            f"{_fmt(row['spearman_ci_high'])}], Holm p = {_fmt_p(row['spearman_p_holm'])}, n = {int(row['n'])}")
+    return (f"ρ = {format_number(row['spearman_rho'])}, 95 % CI [{format_number(row['spearman_ci_low'])}, "
+            f"{format_number(row['spearman_ci_high'])}], Holm p = {_fmt_p(row['spearman_p_holm'])}, n = {int(row['n'])}")
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    from .leaderboard import _fmt as fmt
+def format_number(value: Any, digits: int = 2) -> str:
+    from .leaderboard import format_number as fmt
 
     return fmt(float(value), digits)
 
@@ -565,30 +565,17 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
             if subset not in by.index or "balanced_accuracy" not in by:
                 return "–"
             row = by.loc[subset]
-            return f"{_fmt(row['balanced_accuracy'])} (n = {int(row['n'])}, of which {int(row['leaks'])} leak)"
+            return f"{format_number(row['balanced_accuracy'])} (n = {int(row['n'])}, of which {int(row['leaks'])} leak)"
 
         b = by.loc["B (held out)"] if "B (held out)" in by.index else None
         text += (f" Fitted on half A of the random chains only, the rule “{rule.description}” classifies "
                  f"leaking ({HELD_OUT_OUTCOME} ≥ {leak_threshold:g} dB) with balanced accuracy "
                  f"{accuracy('B (held out)')} on the held-out half B and {accuracy('paper')} on the paper chains")
-        text += (f"; its score's ρ on B is {_fmt(b['spearman_rho'])} (95 % CI [{_fmt(b['spearman_ci_low'])}, "
-                 f"{_fmt(b['spearman_ci_high'])}])." if b is not None else ".")
+        text += (f"; its score's ρ on B is {format_number(b['spearman_rho'])} (95 % CI [{format_number(b['spearman_ci_low'])}, "
+                 f"{format_number(b['spearman_ci_high'])}])." if b is not None else ".")
     else:
         text += " The held-out rule was not evaluated (see below)."
     return text
-
-
-def _load_entries(security_paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    from .record import read_json
-
-    entries = []
-    for path in security_paths:
-        entry = read_json(path)
-        if entry.get("status") not in ("ok", "not-applicable"):
-            raise InvalidSpecError(f"security entry {str(path)!r} has status {entry.get('status')!r}: "
-                                   "accepted are ok, not-applicable")
-        entries.append(entry)
-    return entries
 
 
 def _undefended(board: pd.DataFrame) -> pd.DataFrame:
@@ -627,14 +614,14 @@ def _cell(column: str, value: Any) -> str:
     if column in ("copa_index", "depth", "parameters", "total_deficiency", "image_layer_deficiency") \
             and value.is_integer():
         return str(int(value))
-    return _fmt(value, 3 if column == "normalised_score" else 2)
+    return format_number(value, 3 if column == "normalised_score" else 2)
 
 
 def _correlation_cells(frame: pd.DataFrame, keys: Sequence[str]) -> list[list[str]]:
     """Markdown rows: the ``keys`` columns, then n, ρ [CI], Holm p of ρ, τ [CI], Holm p of τ."""
     def interval(row: pd.Series, statistic: str) -> str:
         estimate = row[f"{statistic}_{STATISTICS[statistic]}"]
-        return f"{_fmt(estimate)} [{_fmt(row[f'{statistic}_ci_low'])}, {_fmt(row[f'{statistic}_ci_high'])}]"
+        return f"{format_number(estimate)} [{format_number(row[f'{statistic}_ci_low'])}, {format_number(row[f'{statistic}_ci_high'])}]"
 
     return [[*(str(row[k]) for k in keys), str(int(row["n"])),
              *(cell for statistic in STATISTICS
@@ -649,9 +636,9 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
     """validity.md: the verdict paragraph first, the run's facts, the rules, then every table."""
     from tabulate import tabulate
 
-    from .leaderboard import _header
+    from .leaderboard import markdown_header
 
-    lines = _header(title, dict(meta))
+    lines = markdown_header(title, dict(meta))
     lines[2:2] = [text, ""]
     lines += ["", "## How the verdict is decided", "", VERDICT_RULES, "",
               ("Statistics (copa.bench.validity): Spearman ρ and Kendall τ-b over architectures, paired "
@@ -679,8 +666,8 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
         lines += [f"Not evaluated: {held_out_note}.", ""]
     else:
         lines += [(f"Rule fitted on half A only (seed {settings['seed']}): {rule.description}. Balanced accuracy "
-                   f"on A: {_fmt(rule.fit.get('balanced_accuracy', math.nan))}."), "",
-                  tabulate([[*cells, _fmt(row.get("accuracy", math.nan)), _fmt(row.get("balanced_accuracy", math.nan)),
+                   f"on A: {format_number(rule.fit.get('balanced_accuracy', math.nan))}."), "",
+                  tabulate([[*cells, format_number(row.get("accuracy", math.nan)), format_number(row.get("balanced_accuracy", math.nan)),
                              str(row.get("leaks", "–"))]
                             for cells, (_, row) in zip(_correlation_cells(held, ["subset"]), held.iterrows())],
                            headers=["subset", "n", "ρ (rule score) [95 % CI]", "p (ρ)", "τ [95 % CI]", "p (τ)",
@@ -710,13 +697,13 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     from ..errors import CopaError
     from ..io import atomic_write, atomic_write_text
     from . import plots
-    from .leaderboard import run_metadata
+    from .leaderboard import read_security_entries, run_metadata
     from .record import versions_text
 
     predictors, outcomes = list(settings["predictors"]), list(settings["outcomes"])
     seed, n_resamples = int(settings.get("seed", 0)), int(settings.get("n_resamples", 9999))
     leak_threshold = float(settings.get("leak_threshold", 20.0))
-    entries = _load_entries(security_paths)
+    entries = read_security_entries(security_paths)
     board = _undefended(pd.read_csv(board_csv))
     attacks = list(attacks or dict.fromkeys(board["attack"]))
     table, excluded = study_table(entries, board[board["attack"].isin(attacks)])
@@ -771,8 +758,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
             key = (subset, metric, outcome)
             if key in by.index:
                 row = by.loc[key]
-                parts.append(f"{subset}: ρ = {_fmt(row['spearman_rho'])} [{_fmt(row['spearman_ci_low'])}, "
-                             f"{_fmt(row['spearman_ci_high'])}]")
+                parts.append(f"{subset}: ρ = {format_number(row['spearman_rho'])} [{format_number(row['spearman_ci_low'])}, "
+                             f"{format_number(row['spearman_ci_high'])}]")
         return "; ".join(parts)
 
     for name, column, what in [("best", HELD_OUT_OUTCOME, "best attack"),
