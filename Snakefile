@@ -15,6 +15,16 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# Values from the command line arrive as strings ('--config indices=[0,1]' gives '0'): read them with the
+# schema's types first, so that any key can be overridden with --config as README says.
+import yaml
+from pathlib import Path
+
+from copa.bench.pipeline import coerce_to_schema
+
+_schema = yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
+config.update(coerce_to_schema(dict(config), _schema))
+
 try:
     validate(config, "workflow/schemas/config.schema.yaml")
 except WorkflowError as exc:  # one line naming the key, instead of Snakemake's dump of the whole schema

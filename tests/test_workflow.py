@@ -515,3 +515,25 @@ def test_run_cell_records_a_failing_image_and_goes_on(tmp_path, forget_attacks):
     again = run_cell(config, "cnn2_c1", "test-fails-on-label-one", records_dir=records,
                      summary=tmp_path / "cell.json", log=lambda line: None)
     assert all(e["reused"] for e in again["records"])  # retry_failed: false keeps the failed record
+
+
+def test_command_line_values_are_read_with_the_schemas_types():
+    """`--config indices=[0,1]` gives strings ('0'); they are read as the schema's types before validation."""
+    from copa.bench.pipeline import coerce_to_schema
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    given = {"indices": ["0", "3"], "retry_failed": "false", "security": {"condition": "true", "index": "2"},
+             "data_root": "null", "seed": "7", "dataset": "sample", "split": "train", "title": "123"}
+    assert coerce_to_schema(given, schema) == {
+        "indices": [0, 3], "retry_failed": False, "security": {"condition": True, "index": 2}, "data_root": None,
+        "seed": 7, "dataset": "sample", "split": "train", "title": "123"}  # strings stay strings where accepted
+    assert coerce_to_schema({"indices": ["x"]}, schema) == {"indices": ["x"]}  # left for the schema to refuse
+
+
+@needs_snakemake
+def test_any_key_can_be_overridden_on_the_command_line(tmp_path):
+    result = snakemake(tmp_path, "--dry-run", "--config", "indices=[0,1]", "retry_failed=false",
+                       "security={condition: true}", "seed=3")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    bad = snakemake(tmp_path, "--dry-run", "--config", "indices=[0,x]")
+    assert bad.returncode == 1 and "invalid config: indices[1]: 'x' is not of type 'integer'" in bad.stdout + bad.stderr

@@ -117,6 +117,40 @@ def configured_metrics(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(names)
 
 
+_SCHEMA_TYPES = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                 "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                 "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
+                 "array": lambda v: isinstance(v, list), "object": lambda v: isinstance(v, dict)}
+
+
+def coerce_to_schema(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` with the strings that a command line gives (``--config indices=[0,1]`` makes ``'0'``,
+    ``retry_failed=false`` makes ``'false'``) read as YAML where the JSON schema asks for a number, a
+    boolean, null, a list or a mapping; lists and mappings are walked. Values of the right type, and
+    strings where a string is accepted, are returned unchanged; the schema check then judges the result."""
+    import yaml
+
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if isinstance(value, str) and types and "string" not in types:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if any(_SCHEMA_TYPES.get(kind, lambda v: False)(parsed) for kind in types):
+            value = parsed
+    elif isinstance(value, str) and "null" in types and value in ("null", "~"):
+        value = None
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce_to_schema(item, schema["items"]) for item in value]
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        return {key: coerce_to_schema(item, properties.get(key, extra if isinstance(extra, dict) else {}))
+                for key, item in value.items()}
+    return value
+
+
 def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     """Check the names and values the schema cannot: raise :class:`CopaError` naming the bad value.
 
