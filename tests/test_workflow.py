@@ -221,10 +221,8 @@ def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path, monkeypatch
                              "--configfile", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 180
-        while len(list(cell_records.glob("*/record.json"))) < 2:
+        while len(list(cell_records.glob("*/record.json"))) < 2:  # no wall-clock limit: CI's own governs
             assert proc.poll() is None, "snakemake ended before it could be killed"
-            assert time.monotonic() < deadline, "no records within 180 s"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the running job
