@@ -219,12 +219,12 @@ def cmd_attack(args) -> int:
     from pathlib import Path
 
     from .attacks import create_attack, parse_overrides
-    from .bench import attack_observation, run_attack, summary_line, write_outputs
+    from .bench import attack_observation, run_attack, set_threads, summary_line, write_outputs
 
     out = Path(args.out)
     check_writable(out, what="--out", directory=True)
-    if args.threads is not None and args.threads < 1:
-        raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
+    if args.threads is not None:
+        set_threads(args.threads, "--threads")
     if args.observation is None and args.targets is not None:
         raise CopaError("--targets only goes with --observation FILE (a scenario has its own images)")
     from .threat.observation_file import LIMIT_FLAGS, Limits
@@ -248,15 +248,9 @@ def cmd_attack(args) -> int:
                                                    threads=args.threads)
         write_outputs(out, record, reconstruction, truth)
     else:
-
-        from .bench import set_threads
         from .threat.observation_file import file_sha256, load_observation, load_targets
         from .threat import resolve_device
 
-        if args.threads is not None:
-            if args.threads < 1:
-                raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
-            set_threads(args.threads)
         device = resolve_device(args.device or DEFAULT_DEVICE)
         observation, source = load_observation(args.observation, device=device, limits=limits)
         truth = None
@@ -314,9 +308,7 @@ def cmd_security(args) -> int:
     if args.out:
         check_writable(args.out, what="--out", directory=False)
     if args.threads is not None:
-        if args.threads < 1:
-            raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
-        set_threads(args.threads)
+        set_threads(args.threads, "--threads")
     # one report per (model, index), model-major; the images of one model share its weight-only work
     reports = [report for name in args.model
                for report in security_reports(name, seed=args.model_seed, dataset=args.dataset, indices=indices,
@@ -355,11 +347,9 @@ def cmd_train(args) -> int:
     check_writable(args.out, what="--out", directory=True)
     shape = parse_input_shape(args.input_shape)
     if args.threads is not None:
-        if args.threads < 1:
-            raise CopaError(f"--threads {args.threads} is invalid: expected a positive integer")
         from .bench import set_threads
 
-        set_threads(args.threads)
+        set_threads(args.threads, "--threads")
     summary = train(args.model, args.dataset, epochs=args.epochs, checkpoint_epochs=epochs, lr=args.lr,
                     momentum=args.momentum, batch_size=args.batch_size, weight_decay=args.weight_decay,
                     seed=args.seed, preprocess=args.preprocess, input_shape=shape, data_root=args.data_root,

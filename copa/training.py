@@ -39,7 +39,7 @@ from . import data as data_mod
 from .errors import CopaError, DataUnavailableError, InvalidSpecError
 from .io import atomic_write, atomic_write_json, check_writable
 from .models import create_model
-from .provenance import device_description, git_commit, package_versions
+from .provenance import device_description, git_commit, package_versions, resolve_device
 
 __all__ = ["DEFAULTS", "DEFAULT_SOURCES", "checkpoint_paths", "parse_checkpoint_epochs", "train"]
 
@@ -103,18 +103,6 @@ def _check_float(value: Any, what: str, *, positive: bool) -> float:
     return number
 
 
-def _check_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidSpecError(f"device {device!r} is invalid: accepted are 'cpu', 'cuda', 'cuda:N'") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise InvalidSpecError(f"device {device!r} is not supported: accepted are 'cpu', 'cuda', 'cuda:N'")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CopaError(f"device {device!r} requested but CUDA is not available here; use cpu")
-    return dev
-
-
 def _load_split(dataset: str, split: str, in_shape: tuple[int, int, int], max_images: int | None,
                 data_root: str | Path | None) -> data_mod.ImageSet | None:
     indices = data_mod.available_indices(dataset, split, root=data_root)
@@ -176,7 +164,7 @@ def train(model_name: str, dataset: str, *, epochs: int, checkpoint_epochs: Sequ
         max_images = _check_int(max_images, "max images", 1)
     if max_test_images is not None:
         max_test_images = _check_int(max_test_images, "max test images", 0)
-    dev = _check_device(device)
+    dev = resolve_device(device)
     prep_mode = data_mod.Preprocess(preprocess).mode  # checks the mode; statistics added below
     check_writable(out_dir, what="output directory", directory=True)
     say = log or (lambda _text: None)

@@ -38,3 +38,22 @@ def single_thread():
     with threadpool_limits(limits=1):  # SciPy's LAPACK (the Gram factorisations) too
         yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def zero_defence():
+    """A registered test defence "test-zero" that shares an all-zero update; unregistered afterwards."""
+    import torch
+
+    from copa.threat import DEFENCES, Defence, register_defence
+
+    class Zero(Defence):
+        name = "test-zero"
+        paper = "test"
+
+        def apply(self, update, generator):
+            return tuple(torch.zeros_like(g) for g in update.gradients)
+
+    register_defence(Zero)
+    yield Zero.name
+    DEFENCES._entries.pop(Zero.name)

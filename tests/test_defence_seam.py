@@ -142,24 +142,13 @@ def test_a_defence_returning_other_shapes_is_refused():
         DEFENCES._entries.pop("test-bad-shapes")
 
 
-def test_a_defence_that_zeroes_every_gradient_gives_a_failed_record_not_nan():
+def test_a_defence_that_zeroes_every_gradient_gives_a_failed_record_not_nan(zero_defence):
     from copa.bench import run_attack
 
-    class Zero(Defence):
-        name = "test-zero"
-        paper = "test"
-
-        def apply(self, update, generator):
-            return tuple(torch.zeros_like(g) for g in update.gradients)
-
-    register_defence(Zero)
-    try:
-        scenario = Scenario(model="cnn2_c1", indices=(0,), defences=("test-zero",))
-        for attack in ("rgap", "mean-image"):
-            record, reconstruction, _ = run_attack(scenario, attack, record_failures=True)
-            assert record["status"] == "failed" and reconstruction is None
-            assert record["reason"] == ("failed: observed gradients are all zero (test-zero): the update carries "
-                                        "nothing to attack")
-            assert record["observation"]["defences"] == [{"name": "test-zero", "parameters": {}}]
-    finally:
-        DEFENCES._entries.pop("test-zero")
+    scenario = Scenario(model="cnn2_c1", indices=(0,), defences=(zero_defence,))
+    for attack in ("rgap", "mean-image"):
+        record, reconstruction, _ = run_attack(scenario, attack, record_failures=True)
+        assert record["status"] == "failed" and reconstruction is None
+        assert record["reason"] == ("failed: observed gradients are all zero (test-zero): the update carries "
+                                    "nothing to attack")
+        assert record["observation"]["defences"] == [{"name": "test-zero", "parameters": {}}]

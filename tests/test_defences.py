@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from copa.cli import main
 from copa.errors import CopaError, InvalidSpecError, UnknownNameError
 from copa.models import create_model
-from copa.threat import DEFENCES, ClientUpdate, Defence, Scenario, create_defence, register_defence
+from copa.threat import DEFENCES, ClientUpdate, Scenario, create_defence
 from copa.threat.observation_file import load_observation, save_observation
 
 SHIPPED = ("dp-gaussian", "prune", "quantize", "noise")
@@ -207,21 +207,10 @@ def test_same_seed_same_defended_update(spec, random):
     assert random != all(torch.equal(x, y) for x, y in zip(a.gradients, c.gradients))
 
 
-def test_an_all_zero_update_goes_through_every_defence():
-    class Zero(Defence):
-        name = "test-zero"
-        paper = "test"
-
-        def apply(self, update, generator):
-            return tuple(torch.zeros_like(g) for g in update.gradients)
-
-    register_defence(Zero)
-    try:
-        for spec in ("prune:p=0.9", "quantize:bits=1,rounding=stochastic", "quantize", "noise:scale=2"):
-            observation, _ = build(indices=(0,), defences=("test-zero", spec))
-            assert all(torch.equal(g, torch.zeros_like(g)) for g in observation.gradients)
-    finally:
-        DEFENCES._entries.pop("test-zero")
+def test_an_all_zero_update_goes_through_every_defence(zero_defence):
+    for spec in ("prune:p=0.9", "quantize:bits=1,rounding=stochastic", "quantize", "noise:scale=2"):
+        observation, _ = build(indices=(0,), defences=(zero_defence, spec))
+        assert all(torch.equal(g, torch.zeros_like(g)) for g in observation.gradients)
 
 
 @pytest.mark.parametrize("spec, error, message", [

@@ -336,10 +336,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     from .record import summary_line
     from .run import run_attacks, set_threads
 
-    threads = int(threads)
-    if threads < 1:
-        raise InvalidSpecError(f"threads {threads} is invalid: expected a positive integer")
     set_threads(threads)
+    threads = int(threads)
     overrides = attack_overrides(config, attack)
     device = resolve_device_name(config.get("device", "cpu"))
     seed = int(config.get("seed", 0))

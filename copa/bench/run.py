@@ -14,7 +14,7 @@ import torch
 
 from .. import metrics as metrics_mod
 from ..attacks import Attack, Reconstruction, create_attack
-from ..errors import CopaError, NotApplicableError, RunFailure
+from ..errors import CopaError, InvalidSpecError, NotApplicableError, RunFailure
 from .record import add_outcome, failure_reason, mark_failed, mark_not_applicable, new_record, provenance
 from ..threat import GroundTruth, Observation, Scenario, resolve_device
 
@@ -56,12 +56,15 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
                        metrics=metrics, record_failures=record_failures)[0]
 
 
-def set_threads(threads: int) -> None:
+def set_threads(threads: int, what: str = "threads") -> None:
     """A job's CPU threads: torch's intra-op pool and, through threadpoolctl, the BLAS/LAPACK and OpenMP
     pools of NumPy and SciPy (SciPy's LAPACK factors the layer-wise attacks' Gram matrices). With several
-    jobs at once an unpinned pool oversubscribes the cores (one attack ran 10× slower on 2 cores)."""
+    jobs at once an unpinned pool oversubscribes the cores (one attack ran 10× slower on 2 cores).
+    Fewer than one thread raises one line naming ``what`` (e.g. ``--threads``)."""
     from threadpoolctl import threadpool_limits
 
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise InvalidSpecError(f"{what} {threads} is invalid: expected a positive integer")
     torch.set_num_threads(int(threads))
     threadpool_limits(limits=int(threads))
 

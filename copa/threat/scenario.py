@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from .. import data as data_mod
-from ..errors import CopaError, InvalidSpecError
+from ..errors import InvalidSpecError
 from ..hyperparameters import check_seed
 from ..models import create_model
+from ..provenance import resolve_device
 from .defences import ClientUpdate, apply_defences
 from .observation import GroundTruth, Observation, client_loss
 
@@ -35,20 +36,6 @@ def parse_input_shape(text: str | tuple | list) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise InvalidSpecError(f"input shape {text!r} is invalid: expected CxHxW with positive integers, e.g. 3x32x32")
     return shape  # type: ignore[return-value]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """Return a torch device, refusing CUDA when none is available (instead of failing later)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidSpecError(f"device {device!r} is invalid: accepted are 'cpu', 'cuda', 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CopaError(f"device {device!r} requested but CUDA is not available here (torch.cuda.is_available() "
-                        f"is False); use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise InvalidSpecError(f"device {device!r} is not supported: accepted are 'cpu', 'cuda', 'cuda:N'")
-    return dev
 
 
 class ClientBatch(NamedTuple):
