@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"{getattr(DEFAULT_LIMITS, field)})")
     p_attack.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
     p_attack.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p_attack.add_argument("--isolate", action="store_true",
+                          help="run the attack in a sandboxed worker process even if it is built in (plug-in "
+                               "attacks always run there; docs/trust.md)")
     p_attack.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="attack hyperparameter override, e.g. --set iterations=24000")
     p_attack.add_argument("--plugin", action="append", default=[],
@@ -241,11 +244,12 @@ def cmd_attack(args) -> int:
                             f"(the file holds the model, weights, gradients and labels)")
     check_seed(args.seed, "--seed")
     attack = create_attack(args.attack, parse_overrides(args.overrides), plugins=args.plugin)
+    isolation = "always" if args.isolate else "auto"
     if args.observation is None:
         scenario = _scenario_from_args(args)
         record, reconstruction, truth = run_attack(scenario, attack, seed=args.seed,
                                                    device=args.device or DEFAULT_DEVICE,
-                                                   threads=args.threads)
+                                                   threads=args.threads, isolation=isolation, hide=[out])
         write_outputs(out, record, reconstruction, truth)
     else:
         from .threat.observation_file import file_sha256, load_observation, load_targets
@@ -258,7 +262,8 @@ def cmd_attack(args) -> int:
             truth = load_targets(args.targets, observation)
             source["targets"] = {"path": str(args.targets), "sha256": file_sha256(args.targets)}
         record, reconstruction = attack_observation(observation, attack, truth=truth, seed=args.seed, device=device,
-                                                    source=source)
+                                                    source=source, isolation=isolation,
+                                                    hide=[out, *([args.targets] if args.targets else [])])
         write_outputs(out, record, reconstruction, truth, preprocess=observation.preprocess)
     print(summary_line(record))
     return 0

@@ -251,6 +251,18 @@ def _positions_of(official_index: np.ndarray, wanted: np.ndarray, where: str) ->
     return order[slot]
 
 
+def dataset_location(spec: str, root: str | os.PathLike | None = None) -> Path | None:
+    """Where a dataset's images are read from: the file or folder of ``npz:PATH`` / ``folder:PATH``, the data
+    root of a torchvision dataset, None for the bundled ``sample`` photographs (public, in scikit-image).
+    The isolated attack worker hides this path (:mod:`copa.bench.isolation`)."""
+    kind, path = _parse_spec(spec)
+    if kind.takes_path:
+        return Path(path).expanduser().resolve()
+    if kind.open_split is _open_sample:
+        return None
+    return _resolve_root(root)
+
+
 def _resolve_root(root: str | os.PathLike | None) -> Path:
     return Path(DEFAULT_DATA_ROOT if root is None else root).expanduser().resolve()
 

@@ -24,11 +24,12 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import CopaError
+from .registry import registering_for
 
 ENTRY_POINT_GROUP = "copa.attacks"
 BASELINES = "copa_baselines"
 
-_loaded: set[str] = set()
+_loaded: dict[str, None] = {}  # targets imported, in order ("entry-points" once they are)
 
 
 def load_plugins(modules: tuple[str, ...] | list[str] = ()) -> None:
@@ -40,16 +41,27 @@ def load_plugins(modules: tuple[str, ...] | list[str] = ()) -> None:
         targets += points
         if not any(p.value.startswith(f"{BASELINES}.") for p in points):  # copa-bench itself is not installed
             targets += _source_tree_baselines()
-        _loaded.add("entry-points")
+        _loaded["entry-points"] = None
     env = [m.strip() for m in os.environ.get("COPA_PLUGINS", "").split(",") if m.strip()]
     for target in [*targets, *env, *modules]:
         if isinstance(target, metadata.EntryPoint):
             _load_entry_point(target)
             continue
-        if target in _loaded:
+        key = str(Path(target).expanduser().resolve()) if target.endswith(".py") else target
+        if key in _loaded:
             continue
-        _import_plugin(target)
-        _loaded.add(target)
+        if key.startswith(f"{BASELINES}."):  # copa-bench's own baselines (a source checkout): not a plug-in
+            _import_plugin(target)
+        else:
+            with registering_for(key):
+                _import_plugin(target)
+        _loaded[key] = None
+
+
+def loaded_targets() -> list[str]:
+    """The plug-ins imported so far by name or path (entry points aside: every process loads those itself),
+    ``.py`` files as absolute paths, in the order they were loaded."""
+    return [target for target in _loaded if target != "entry-points"]
 
 
 def _source_tree_baselines() -> list[str]:
@@ -69,8 +81,13 @@ def _source_tree_baselines() -> list[str]:
 
 
 def _load_entry_point(entry: metadata.EntryPoint) -> None:
+    """Import an entry point's module; another package's registrations are marked as that plug-in's."""
     try:
-        entry.load()
+        if entry.value.startswith(f"{BASELINES}."):
+            entry.load()
+        else:
+            with registering_for(f"entry point {entry.value}"):
+                entry.load()
     except ImportError as exc:
         dist = getattr(getattr(entry, "dist", None), "name", "an installed package")
         raise CopaError(f"plug-in entry point {entry.name!r} = {entry.value!r} of {dist} cannot be imported: "

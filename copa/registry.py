@@ -7,6 +7,7 @@ description, ...) that ``copa list`` prints.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -14,12 +15,29 @@ from .errors import CopaError, unknown_name
 
 T = TypeVar("T")
 
+_plugin_stack: list[str] = []
+
+
+@contextmanager
+def registering_for(plugin: str):
+    """Everything registered inside this block is marked as the plug-in's (``Entry.plugin``): the runner
+    isolates a plug-in's attacks, and its worker imports the plug-ins its attack and model came from
+    (:mod:`copa.plugins`, :mod:`copa.bench.isolation`)."""
+    _plugin_stack.append(plugin)
+    try:
+        yield
+    finally:
+        _plugin_stack.pop()
+
 
 @dataclass
 class Entry(Generic[T]):
     name: str
     obj: T
     meta: dict[str, Any] = field(default_factory=dict)
+    plugin: str | None = None
+    """The plug-in (module name or .py path, as :func:`copa.plugins.load_plugins` loaded it) that registered
+    this entry; None for copa-bench's own entries and those a program registers itself."""
 
 
 class Registry(Generic[T]):
@@ -40,7 +58,7 @@ class Registry(Generic[T]):
             raise CopaError(f"{self.kind} name {name!r} is invalid: use a non-empty name without spaces")
         if name in self._entries and not replace and self._entries[name].obj is not obj:
             raise CopaError(f"{self.kind} {name!r} is already registered (pass replace=True to override)")
-        self._entries[name] = Entry(name, obj, dict(meta))
+        self._entries[name] = Entry(name, obj, dict(meta), _plugin_stack[-1] if _plugin_stack else None)
         return obj
 
     def entry(self, name: str) -> Entry[T]:

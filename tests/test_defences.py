@@ -5,6 +5,7 @@ determinism given the defence seed and their one-line errors."""
 from __future__ import annotations
 
 import json
+import sys
 import math
 
 import pytest
@@ -267,3 +268,13 @@ def test_string_parameters_round_trip_through_the_canonical_spec():
     assert scenario.defences == ("quantize:bits=4,rounding='stochastic'",)
     assert create_defence(scenario.defences[0]).params == {"bits": 4, "rounding": "stochastic"}
     assert Scenario(model="cnn2_c1", defences=scenario.defences).defences == scenario.defences
+
+
+def test_dp_gaussian_without_opacus_is_one_line_not_a_failed_run(monkeypatch):
+    """A missing dependency is the install's fault, not the run's: one line (a workflow once recorded 'failed'
+    runs for every dp-gaussian cell of a venv made before opacus was a dependency)."""
+    from copa.bench import run_attack
+
+    monkeypatch.setitem(sys.modules, "opacus.accountants", None)
+    with pytest.raises(CopaError, match=r"pip install 'opacus>=1.4'"):
+        run_attack(Scenario(model="cnn2_c1", defences=("dp-gaussian:sigma=0.01",)), "mean-image", record_failures=True)

@@ -78,7 +78,7 @@ def plugin_files(tmp_path):
     plugins.load_plugins()
     registries = [ATTACKS, DEFENCES, METRICS]
     saved = [dict(registry._entries) for registry in registries]
-    loaded = set(plugins._loaded)
+    loaded = dict(plugins._loaded)
     paths = {}
     for kind, source in [("defence", DEFENCE), ("metric", METRIC), ("attack", ATTACK)]:
         paths[kind] = tmp_path / f"my_{kind}.py"

@@ -64,7 +64,7 @@ def registry_restored():
     stay imported, and a later load_plugins() would not register them again."""
     load_plugins()
     entries = dict(ATTACKS._entries)
-    loaded = set(attacks_mod._loaded)
+    loaded = dict(attacks_mod._loaded)
     modules = set(sys.modules)
     path = list(sys.path)
     try:

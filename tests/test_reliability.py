@@ -248,7 +248,7 @@ def test_plugin_modules_register_models_for_the_command_line(tmp_path, capsys):
         assert not (tmp_path / "out").exists()
     finally:
         MODELS._entries.pop("test-plugin-overflow", None)
-        attacks_mod._loaded.discard(str(path))
+        attacks_mod._loaded.pop(str(path.resolve()), None)
         sys.modules.pop("copa_plugin_overflow_model", None)
 
 

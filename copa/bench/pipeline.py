@@ -373,7 +373,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
             clear_record(records_dir / str(index))
         runs = run_attacks([scenario for _, scenario in chunk], attack_obj,
                            seeds=[seed] * len(chunk), device=device, threads=threads, metrics=metrics,
-                           record_failures=True)
+                           record_failures=True, hide=[config.get("out"), config.get("results_dir"), records_dir])
         for (index, _), (record, reconstruction, truth) in zip(chunk, runs, strict=True):
             record["workflow"] = workflow_section(attack_settings=overrides, cell=f"{defence_tag(chain)}/{model}/{attack}",
                                                   threads=threads,

@@ -8,6 +8,7 @@ observation, the scorer gets the reconstruction and the ground truth. The record
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ class _ForwardCounter:
 def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                seed: int = 0, device: str = "cpu", threads: int | None = None,
                metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS,
-               record_failures: bool = False,
+               record_failures: bool = False, isolation: str = "auto", hide=(),
                ) -> tuple[dict[str, Any], Reconstruction | None, GroundTruth]:
     """Build the scenario, run the attack on its observation, score the result.
 
@@ -50,10 +51,10 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
     attack or by scoring its output (solver errors such as ``torch.linalg.LinAlgError``, out of memory),
     non-finite observed gradients (checked before the attack runs) and a non-finite reconstruction
     (never scored). Interrupts still propagate. Without ``record_failures`` these raise
-    (the non-finite checks as :class:`RunFailure`).
+    (the non-finite checks as :class:`RunFailure`). ``isolation``, ``hide``: see :func:`attack_observations`.
     """
     return run_attacks([scenario], attack, overrides=overrides, seeds=[seed], device=device, threads=threads,
-                       metrics=metrics, record_failures=record_failures)[0]
+                       metrics=metrics, record_failures=record_failures, isolation=isolation, hide=hide)[0]
 
 
 def set_threads(threads: int, what: str = "threads") -> None:
@@ -72,12 +73,14 @@ def set_threads(threads: int, what: str = "threads") -> None:
 def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                 seeds: list[int] | None = None, device: str = "cpu", threads: int | None = None,
                 metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS, record_failures: bool = False,
-                batch: bool = True) -> list[tuple[dict[str, Any], Reconstruction | None, GroundTruth | None]]:
+                batch: bool = True, isolation: str = "auto", hide=(),
+                ) -> list[tuple[dict[str, Any], Reconstruction | None, GroundTruth | None]]:
     """:func:`run_attack` for several scenarios of one model (e.g. a cell's N images): a batched attack
     solves them as one vectorised computation (:func:`attack_observations`), others one after the other.
     ``seeds``: one per scenario (default 0 each). Returns ``(record, reconstruction, truth)`` per scenario.
     With ``record_failures``, a scenario whose client step fails for a reason other than a bad input
-    (a :class:`CopaError`, raised) — e.g. out of memory on a GPU — gets a failed record and truth None."""
+    (a :class:`CopaError`, raised) — e.g. out of memory on a GPU — gets a failed record and truth None.
+    ``isolation`` and ``hide``: see :func:`attack_observations`; the scenarios' dataset files are hidden too."""
     if threads is not None:
         set_threads(threads)
     dev = resolve_device(device)
@@ -100,10 +103,18 @@ def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: d
     results = attack_observations([built[k][0] for k in order], attack_obj, truths=[built[k][1] for k in order],
                                   seeds=[seeds[k] for k in order], device=dev, metrics=metrics,
                                   record_failures=record_failures,
-                                  scenarios=[scenarios[k].to_dict() for k in order], batch=batch)
+                                  scenarios=[scenarios[k].to_dict() for k in order], batch=batch,
+                                  isolation=isolation, hide=[*hide, *_dataset_locations(scenarios)])
     for k, (record, reconstruction) in zip(order, results, strict=True):
         out[k] = (record, reconstruction, built[k][1])
     return [out[k] for k in range(len(scenarios))]
+
+
+def _dataset_locations(scenarios: list[Scenario]) -> list[str]:
+    from ..data import dataset_location
+
+    found = (dataset_location(s.dataset, s.data_root) for s in scenarios)
+    return sorted({str(path) for path in found if path is not None})
 
 
 def _build_failure(scenario: Scenario, attack: Attack, seed: int, device: torch.device,
@@ -148,7 +159,7 @@ def attack_observation(observation: Observation, attack: Attack, *, truth: Groun
                        seed: int = 0, device: torch.device | str | None = None,
                        metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS, record_failures: bool = False,
                        scenario: dict[str, Any] | None = None, source: dict[str, Any] | None = None,
-                       ) -> tuple[dict[str, Any], Reconstruction | None]:
+                       isolation: str = "auto", hide=()) -> tuple[dict[str, Any], Reconstruction | None]:
     """Run ``attack`` on ``observation``; score it against ``truth`` when given (else metrics are null).
 
     ``scenario`` (the :class:`Scenario` as a dict) or ``source`` (e.g. the observation file it came
@@ -156,13 +167,15 @@ def attack_observation(observation: Observation, attack: Attack, *, truth: Groun
     Returns ``(record, reconstruction)``; the reconstruction is None unless the status is ok.
     """
     return attack_observations([observation], attack, truths=[truth], seeds=[seed], device=device, metrics=metrics,
-                               record_failures=record_failures, scenarios=[scenario], sources=[source])[0]
+                               record_failures=record_failures, scenarios=[scenario], sources=[source],
+                               isolation=isolation, hide=hide)[0]
 
 
 def attack_observations(observations: list[Observation], attack: Attack, *, truths: list | None = None,
                         seeds: list[int] | None = None, device: torch.device | str | None = None,
                         metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS, record_failures: bool = False,
                         scenarios: list | None = None, sources: list | None = None, batch: bool = True,
+                        isolation: str = "auto", hide=(),
                         ) -> list[tuple[dict[str, Any], Reconstruction | None]]:
     """:func:`attack_observation` for B independent instances (observations of one model and weights).
 
@@ -172,7 +185,18 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
     is its share of the batch's wall time.
     If the batched call raises, every instance is rerun alone (the record's ``batch`` entry says why),
     so one failing instance never fails the others. Returns one ``(record, reconstruction)`` per instance.
+
+    ``isolation`` (:data:`~copa.bench.isolation.ISOLATION_MODES`): ``auto`` runs copa-bench's own attacks (and
+    those the calling program registered itself) here and every plug-in's attack in a sandboxed worker process
+    that gets only the observations
+    (:func:`~copa.bench.isolation.run_in_worker`; the record's ``isolation`` entry says how it ran);
+    ``always`` runs every attack there. ``hide``: paths the sandbox makes empty (the dataset, the run's
+    outputs).
     """
+    from .isolation import ISOLATION_MODES, attack_plugin
+
+    if isolation not in ISOLATION_MODES:
+        raise InvalidSpecError(f"isolation {isolation!r} is invalid: accepted are {', '.join(ISOLATION_MODES)}")
     count = len(observations)
     truths = truths or [None] * count
     seeds = seeds if seeds is not None else [0] * count
@@ -203,6 +227,12 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
         else:
             pending.append(b)
 
+    if pending and (isolation == "always" or attack_plugin(attack) is not None):
+        calls = _attack_in_worker(observations, pending, attack, seeds, batch, devices, records, outcome, hide,
+                                  record_failures)
+        counters = {b: SimpleNamespace(count=calls.get(b, 0)) for b in pending}
+        return [_finish(records[b], outcome[b], observations[b], truths[b], counters.get(b), devices[b], metrics,
+                        record_failures) for b in range(count)]
     counters = {b: _ForwardCounter(observations[b].model) for b in pending}
     try:
         if batch and type(attack).batched and len(pending) > 1:
@@ -246,6 +276,43 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
 
     return [_finish(records[b], outcome[b], observations[b], truths[b], counters.get(b), devices[b], metrics,
                     record_failures) for b in range(count)]
+
+
+def _attack_in_worker(observations, pending, attack, seeds, batch, devices, records, outcome, hide,
+                      record_failures) -> dict[int, int]:
+    """Run the pending instances in an isolated worker; fill ``outcome`` (a Reconstruction, or the exception
+    the record will carry) and each record's ``seconds`` and ``isolation``; return the forward calls the
+    worker counted per instance."""
+    from .isolation import run_in_worker, worker_imports
+
+    try:
+        results, isolation = run_in_worker(attack, [observations[b] for b in pending], [seeds[b] for b in pending],
+                                           batch=batch, device=devices[pending[0]], plugins=worker_imports(attack, [observations[b] for b in pending]),
+                                           hidden=hide, threads=torch.get_num_threads())
+    except CopaError:
+        raise
+    except Exception as exc:
+        if not record_failures:
+            raise
+        for b in pending:
+            outcome[b] = exc
+        return {}
+    for b, result in zip(pending, results, strict=True):
+        records[b]["seconds"] = result.seconds
+        records[b]["isolation"] = isolation
+        if result.status == "ok":
+            outcome[b] = Reconstruction(images=result.images, labels=result.labels, loss=result.loss,
+                                        forward_evals=result.forward_evals if result.forward_evals is not None
+                                        else result.forward_calls,
+                                        gradient_evals=result.gradient_evals, info=result.info or {})
+        elif result.status == "not-applicable":
+            outcome[b] = NotApplicableError(result.reason)
+        else:
+            reason = result.reason or "failed: the attack failed in its worker process"
+            outcome[b] = RunFailure(reason.removeprefix("failed: "))  # the same reason as in the runner's process
+            if result.traceback:
+                records[b]["worker_traceback"] = result.traceback
+    return {b: result.forward_calls for b, result in zip(pending, results, strict=True)}
 
 
 def _finish(record: dict[str, Any], outcome, observation: Observation, truth: GroundTruth | None,

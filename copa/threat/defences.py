@@ -222,8 +222,11 @@ class DPGaussian(Defence):
             p = self.params
             epsilon = math.inf
             if p["sigma"] > 0:
-                from opacus.accountants import RDPAccountant
-
+                try:
+                    from opacus.accountants import RDPAccountant
+                except ImportError as exc:  # a dependency of copa-bench: an incomplete install, not a run failure
+                    raise CopaError(f"defence 'dp-gaussian' states its privacy with Opacus' accountant, which "
+                                    f"cannot be imported here ({exc}): pip install 'opacus>=1.4'") from None
                 accountant = RDPAccountant()
                 accountant.history = [(p["sigma"], p["sample_rate"], p["steps"])]
                 with warnings.catch_warnings():  # "optimal order is the largest/smallest alpha": advisory

@@ -1,0 +1,130 @@
+"""The worker process of an isolated attack (:mod:`copa.bench.isolation`): ``python -m copa.bench.worker DIR``.
+
+``DIR/request.json`` names the attack, its hyperparameters, the plug-ins to import, the observation files
+(``DIR/observation-K.pt``), the seeds, whether to batch, the device and the threads. The worker rebuilds each
+observation from its file — nothing else of the client's reaches it —, runs the attack as the runner would
+(applicability, one seeded generator per instance, a batched call for a batched attack, else one instance at
+a time) and writes ``DIR/result.pt`` (tensors and plain data only: the runner reads it with
+``torch.load(weights_only=True)``). Exit status 2 with one line on stderr: the request itself is bad (an
+unknown attack, a bad hyperparameter, a plug-in that cannot be imported).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+
+def _instance_failure(exc: BaseException, seconds: float = 0.0) -> dict:
+    from ..errors import NotApplicableError
+    from .record import failure_reason
+
+    if isinstance(exc, NotApplicableError):
+        return {"status": "not-applicable", "reason": str(exc), "seconds": seconds}
+    return {"status": "failed", "reason": " ".join(failure_reason(exc).split()), "seconds": seconds,
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-20000:]}
+
+
+def _instance_result(reconstruction, seconds: float, forward_calls: int) -> dict:
+    from ..attacks import Reconstruction
+    from .record import canonical_json
+
+    if not isinstance(reconstruction, Reconstruction) or not isinstance(reconstruction.images, torch.Tensor):
+        return {"status": "failed", "reason": f"failed: the attack returned {type(reconstruction).__name__}, not a "
+                                              f"Reconstruction with an images tensor", "seconds": seconds}
+    labels = reconstruction.labels
+    return {"status": "ok", "images": reconstruction.images.detach().cpu().clone(),
+            "labels": None if labels is None else torch.as_tensor(labels).detach().cpu().to(torch.int64).clone(),
+            "loss": None if reconstruction.loss is None else float(reconstruction.loss),
+            "forward_evals": reconstruction.forward_evals, "forward_calls": forward_calls,
+            "gradient_evals": reconstruction.gradient_evals,
+            "info_json": canonical_json(reconstruction.info or {}), "seconds": seconds}
+
+
+def serve(folder: Path) -> dict:
+    """Run the request in ``folder``; return the result (also written to ``folder/result.pt``)."""
+    from ..attacks import create_attack
+    from ..errors import NotApplicableError
+    from ..threat.observation_file import Limits, load_observation
+    from .run import check_observed_gradients, set_threads
+
+    request = json.loads((folder / "request.json").read_text())
+    if request.get("threads"):
+        set_threads(int(request["threads"]))
+    attack = create_attack(request["attack"], request["hyperparameters"], plugins=request["plugins"])
+    device = torch.device(request["device"])
+    observations = [load_observation(folder / name, device=device, limits=Limits(max_parameters=2**62,
+                    max_input_pixels=2**62, max_batch_size=2**62, max_num_classes=2**62))[0]
+                    for name in request["observations"]]
+    seeds = request["seeds"]
+    results: dict[int, dict] = {}
+    pending = []
+    for b, observation in enumerate(observations):
+        try:
+            check_observed_gradients(observation)
+            reason = attack.applicable(observation)
+        except Exception as exc:
+            results[b] = _instance_failure(exc)
+            continue
+        if reason is not None:
+            results[b] = _instance_failure(NotApplicableError(reason))
+        else:
+            pending.append(b)
+    counts = {b: 0 for b in pending}
+    handles = []
+    for b in pending:
+        def count(module, args, b=b):
+            counts[b] += 1
+        handles.append(observations[b].model.register_forward_pre_hook(count))
+    if request["batch"] and type(attack).batched and len(pending) > 1:
+        torch.manual_seed(seeds[pending[0]])
+        generators = [torch.Generator().manual_seed(seeds[b]) for b in pending]
+        start = time.perf_counter()
+        try:
+            batch = attack.reconstruct_batch([observations[b] for b in pending], generators)
+        except Exception:  # rerun alone below: each instance then gets its own status
+            pass
+        else:
+            seconds = (time.perf_counter() - start) / len(pending)
+            for b, reconstruction in zip(pending, batch, strict=True):
+                results[b] = _instance_result(reconstruction, seconds, counts[b])
+    for b in pending:
+        if b in results:
+            continue
+        torch.manual_seed(seeds[b])
+        start = time.perf_counter()
+        try:
+            reconstruction = attack.reconstruct(observations[b], torch.Generator().manual_seed(seeds[b]))
+        except Exception as exc:
+            results[b] = _instance_failure(exc, time.perf_counter() - start)
+        else:
+            results[b] = _instance_result(reconstruction, time.perf_counter() - start, counts[b])
+    for handle in handles:
+        handle.remove()
+    result = {"instances": [results[b] for b in range(len(observations))]}
+    torch.save(result, folder / "result.pt")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import CopaError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m copa.bench.worker DIR", file=sys.stderr)
+        return 2
+    try:
+        serve(Path(argv[0]))
+    except CopaError as exc:
+        print(f"copa worker: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
