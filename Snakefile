@@ -68,6 +68,7 @@ include: "workflow/rules/attack.smk"
 include: "workflow/rules/leaderboard.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/validity.smk"
+include: "workflow/rules/verify.smk"
 
 # The population study of the security metric only when the config declares it (config validity:).
 STUDY = [rules.validity.output] if config.get("validity") else []

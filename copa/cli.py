@@ -178,7 +178,38 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p_train.add_argument("--data-root", default=None, help="dataset root folder")
     p_train.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+
+    p_ver = sub.add_parser("verify", help="rerun a random sample of a published leaderboard's records and compare "
+                                          "(identical / within tolerance / different / cannot verify)")
+    p_ver.add_argument("results_dir", metavar="RESULTS_DIR", help="a workflow's results_dir (config.yaml, records.csv)")
+    p_ver.add_argument("--sample", type=int, default=10, help="records to rerun (default 10)")
+    p_ver.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    p_ver.add_argument("--rtol", type=float, default=None, help="relative tolerance of 'within tolerance' "
+                                                                 "(default 1e-6)")
+    p_ver.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the workflow's cells)")
+    p_ver.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p_ver.add_argument("--out", default=None, metavar="FILE.md", help="also write the verdicts as a Markdown table")
     return parser
+
+
+def cmd_verify(args) -> int:
+    import shlex
+
+    from .bench.verify import DEFAULT_RTOL, VERDICTS, verify_results, write_verification
+
+    check_seed(args.seed, "--seed")
+    if args.out is not None:
+        check_writable(args.out, what="--out", directory=False)
+    rtol = DEFAULT_RTOL if args.rtol is None else args.rtol
+    if not rtol >= 0:
+        raise CopaError(f"--rtol {args.rtol} is invalid: expected a number ≥ 0")
+    results = verify_results(args.results_dir, sample=args.sample, seed=args.seed, rtol=rtol, device=args.device,
+                             threads=args.threads)
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    if args.out is not None:
+        write_verification(results, args.out, command="copa " + shlex.join(sys.argv[1:]))
+    return 0 if counts["different"] == 0 else 1
 
 
 def cmd_list(args) -> int:
@@ -379,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "verify":
+            return cmd_verify(args)
     except CopaError as exc:
         print(f"copa: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -103,7 +103,7 @@ def snakemake(workdir, *args, configfile=ROOT / "config" / "smoke.yaml"):
     """Run the workflow; no wall-clock limit of its own (a busy machine must not fail a test: CI's limit governs)."""
     config = ["--configfile", str(configfile)] if configfile else []
     return subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-                           *config, *args], capture_output=True, text=True,
+                           *args, *config], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -189,6 +189,13 @@ def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_repo
     changed = snakemake(tmp_path, "--dry-run", "--config", "seed=1", configfile=configfile)  # reruns the cells
     assert changed.returncode == 0 and "Params have changed since last execution" in changed.stdout, changed.stdout[-2000:]
     assert any(line.split() == ["cell", str(len(models) * len(attacks))] for line in changed.stdout.splitlines())
+
+    # the leaderboard verifies: its records rerun from results_dir alone, bit-identical on the CPU (failed ones
+    # with the same reason, the plug-in attack in its worker, the plug-in model rebuilt there)
+    verified = snakemake(tmp_path, "verify", configfile=configfile)
+    assert verified.returncode == 0, verified.stderr[-3000:]
+    verification = (results / "verification.md").read_text()
+    assert re.search(r"^(\d+) identical of \1 sampled records$", verification, re.M), verification[:3000]
 
     report = snakemake(tmp_path, "--report", "report.html", configfile=configfile)
     assert report.returncode == 0, report.stderr[-3000:]

@@ -1,0 +1,204 @@
+"""Verify a published leaderboard by rerunning a random sample of its records (``copa verify RESULTS_DIR``).
+
+What a leaderboard folder holds is enough to rerun any of its records: ``config.yaml`` (the validated config
+of the run) gives the scenario of every (defence, model, index) and the attack's settings, ``records.csv``
+one row per run with its metrics, hyperparameters, ``config_hash`` (SHA-256 of scenario, attack,
+hyperparameters and seed: :func:`copa.bench.record.config_hash`) and package versions. A sampled record is
+rerun exactly as its cell ran it — with the images it was batched with (the cell's indices in chunks of the
+config's ``batch_size``; a batched attack solves a chunk as one computation), the same seed, metrics and
+threads — and compared:
+
+* ``identical``: the same status and every metric equal to the last bit (CPU runs are deterministic);
+* ``within tolerance``: metrics equal within ``rtol`` (GPU kernels and other library builds round differently);
+* ``different``: anything else — the published number cannot be reproduced from what is published;
+* ``cannot verify``: the rerun would not be the same run — the scenario rebuilt from the config does not
+  give the record's ``config_hash``, or the attack's hyperparameters now differ (e.g. a changed default).
+
+The record's stored ``versions`` are compared with this installation's and a difference is reported beside
+the verdict. When the full records are present (the workflow's ``out`` folder, as ``records.csv`` points to
+them), the record's own batch members and attack source hash are used and a changed attack file is reported
+as ``cannot verify (attack source changed)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import CopaError, InvalidSpecError
+
+VERDICTS = ("identical", "within tolerance", "different", "cannot verify")
+DEFAULT_RTOL = 1e-6
+"""Relative tolerance of ``within tolerance``: far above float64 rounding, far below any attack's spread."""
+
+
+@dataclass
+class Verification:
+    """One sampled record and what its rerun gave."""
+
+    model: str
+    attack: str
+    defence: str
+    index: int
+    verdict: str
+    detail: str
+
+    def row(self) -> dict[str, Any]:
+        return {"model": self.model, "attack": self.attack, "defence": self.defence, "index": self.index,
+                "verdict": self.verdict, "detail": self.detail}
+
+
+def _read(results_dir: Path):
+    import pandas as pd
+    import yaml
+
+    config_path, records_path = results_dir / "config.yaml", results_dir / "records.csv"
+    for path in (config_path, records_path):
+        if not path.is_file():
+            raise CopaError(f"{results_dir} is not a leaderboard folder: {path.name} is missing (expected the "
+                            f"results_dir of a workflow run, with config.yaml and records.csv)")
+    config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict):
+        raise CopaError(f"{config_path} does not hold a workflow config (a mapping)")
+    rows = pd.read_csv(records_path, keep_default_na=False, na_values=[""])
+    if rows.empty:
+        raise CopaError(f"{records_path} has no records to verify")
+    return config, rows
+
+
+def _defence_specs(config: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """records.csv's ``defence`` (the canonical specs joined by ``+``, ``none``) → the scenario's chain."""
+    from .pipeline import defence_chain
+
+    chains = [defence_chain(entry) for entry in config.get("defences") or ["none"]]
+    return {"+".join(chain) or "none": chain for chain in chains}
+
+
+def _chunk(config: dict[str, Any], attack_obj, index: int, stored: dict[str, Any] | None) -> list[int]:
+    """The images the record's run solved together: the stored record's batch members when present, else the
+    cell's indices in chunks of ``batch_size`` (how :func:`copa.bench.pipeline.run_cell` chunks a cell run
+    from scratch)."""
+    members = ((stored or {}).get("batch") or {}).get("members")
+    if members and all(isinstance(m, list) and len(m) == 1 for m in members):
+        return [int(m[0]) for m in members]
+    if not type(attack_obj).batched:
+        return [index]
+    indices = [int(i) for i in config["indices"]]
+    size = config.get("batch_size") or len(indices)
+    for first in range(0, len(indices), size):
+        if index in indices[first:first + size]:
+            return indices[first:first + size]
+    return [index]
+
+
+def _compare(row, record: dict[str, Any], metrics: tuple[str, ...], rtol: float) -> tuple[str, str]:
+    status = str(row["status"])
+    if record["status"] != status:
+        return "different", f"status {record['status']} (published {status}: {row.get('reason')})"
+    if status != "ok":
+        same = (record.get("reason") or "") == (row.get("reason") if isinstance(row.get("reason"), str) else "")
+        return ("identical", "same status and reason") if same else \
+            ("different", f"reason {record.get('reason')!r} (published {row.get('reason')!r})")
+    now = (record.get("metrics") or {}).get("mean") or {}
+    names = [m for m in metrics if m in row.index and m in now]
+    if "label_accuracy" in row.index and "label_accuracy" in (record.get("metrics") or {}):
+        names.append("label_accuracy")
+        now = {**now, "label_accuracy": record["metrics"]["label_accuracy"]}
+    exact, close, worst = True, True, []
+    for name in names:
+        published, rerun = row[name], now[name]
+        if published is None or (isinstance(published, float) and math.isnan(published)):
+            if rerun is not None:
+                exact = close = False
+                worst.append(f"{name} {rerun} (published n/a)")
+            continue
+        published, rerun = float(published), float(rerun)
+        if published != rerun:
+            exact = False
+            relative = abs(published - rerun) / max(abs(published), 1e-300)
+            worst.append(f"{name} {rerun:.6g} vs {published:.6g} (relative {relative:.1e})")
+            if relative > rtol:
+                close = False
+    if exact:
+        return "identical", f"{', '.join(names)} equal to the last bit"
+    return ("within tolerance" if close else "different"), "; ".join(worst)
+
+
+def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, rtol: float = DEFAULT_RTOL,
+                   device: str = "cpu", threads: int = 1, log: Callable[[str], None] = print) -> list[Verification]:
+    """Rerun ``sample`` records of the leaderboard in ``results_dir`` drawn with ``seed`` (without replacement,
+    every status) and compare them with what is published (module docstring). Records that ran together are
+    rerun together once."""
+    from ..provenance import package_versions
+    from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
+    from .record import config_hash, jsonable, read_record, versions_text
+    from .run import run_attacks, set_threads
+
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+        raise InvalidSpecError(f"--sample {sample!r} is invalid: expected a positive integer")
+    results_dir = Path(results_dir)
+    config, rows = _read(results_dir)
+    set_threads(threads, "--threads")
+    picked = sorted(np.random.default_rng(seed).choice(len(rows), size=min(sample, len(rows)), replace=False))
+    specs = _defence_specs(config)
+    metrics = configured_metrics(config)
+    versions = versions_text(package_versions())
+    reruns: dict[tuple, dict[int, dict[str, Any]]] = {}
+    out: list[Verification] = []
+    for position in picked:
+        row = rows.iloc[int(position)]
+        model, attack, index = str(row["model"]), str(row["attack"]), int(row["index"])
+        defence = str(row.get("defence", "none") or "none")
+
+        def verdict(kind: str, detail: str) -> None:
+            out.append(Verification(model, attack, defence, index, kind, detail))
+            log(f"{defence}/{model}/{attack}/{index}: {kind} ({detail})")
+
+        if defence not in specs:
+            verdict("cannot verify", f"defence {defence!r} is not in config.yaml's defences")
+            continue
+        attack_obj = build_attack(config, attack)
+        hp = jsonable(attack_obj.hp)
+        published_hp = json.loads(row["hyperparameters"]) if isinstance(row["hyperparameters"], str) else None
+        if published_hp is not None and published_hp != hp:
+            verdict("cannot verify", f"the attack's hyperparameters are now {hp}, the record's {published_hp}")
+            continue
+        scenario = scenario_for(config, model, index, specs[defence])
+        run_seed = int(config.get("seed", 0))
+        if config_hash(scenario.to_dict(), attack, hp, run_seed) != row["config_hash"]:
+            verdict("cannot verify", "the scenario rebuilt from config.yaml does not give the record's config_hash")
+            continue
+        stored = read_record(Path(str(row["record"])).parent) if isinstance(row.get("record"), str) else None
+        source = ((stored or {}).get("workflow") or {}).get("attack_source_sha256")
+        if source is not None and source != attack_identity(config, attack, attack_obj)["source_sha256"]:
+            verdict("cannot verify", "attack source changed since the record was made (attack_source_sha256)")
+            continue
+        chunk = _chunk(config, attack_obj, index, stored)
+        key = (defence, model, attack, tuple(chunk))
+        if key not in reruns:
+            runs = run_attacks([scenario_for(config, model, i, specs[defence]) for i in chunk], attack_obj,
+                               seeds=[run_seed] * len(chunk), device=device, threads=threads, metrics=metrics,
+                               record_failures=True)
+            reruns[key] = {i: record for i, (record, _, _) in zip(chunk, runs, strict=True)}
+        kind, detail = _compare(row, reruns[key][index], metrics, rtol)
+        if row.get("versions") != versions:
+            detail += f"; versions then: {row.get('versions')}; now: {versions}"
+        verdict(kind, detail)
+    return out
+
+
+def write_verification(results: list[Verification], path: str | Path, *, command: str) -> Path:
+    """A Markdown table of the verdicts, with the command and a count per verdict."""
+    from ..io import atomic_write_text
+
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    lines = [f"# Verification of {Path(path).parent}", "", f"Command: `{command}`", "",
+             ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(results)} sampled records", "",
+             "| defence | model | attack | index | verdict | detail |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.defence} | {r.model} | {r.attack} | {r.index} | {r.verdict} | {r.detail} |" for r in results]
+    return atomic_write_text(path, "\n".join(lines) + "\n")

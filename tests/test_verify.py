@@ -1,0 +1,83 @@
+"""`copa verify` (issue "Trust": verifiable leaderboards): a published leaderboard's records rerun from what
+the leaderboard folder holds; identical on the CPU, and a tampered number, a changed default or a scenario that
+no longer matches are each reported as such."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from copa.bench.leaderboard import records_from_cells
+from copa.bench.pipeline import run_cell
+from copa.bench.verify import verify_results
+from copa.cli import main
+
+
+def _config(tmp_path):
+    return {"dataset": "sample", "split": "train", "indices": [0, 1], "models": ["cnn2_c1"],
+            "attacks": ["mean-image", "rgap"], "attack_settings": {}, "plugins": [], "label": "known",
+            "preprocess": "center", "dtype": "float64", "input_shape": "3x32x32", "num_classes": None,
+            "model_seed": 0, "seed": 0, "device": "cpu", "threads": 1, "data_root": None, "download": False,
+            "retry_failed": True, "defences": ["none", "noise:scale=0.01"], "defence_seed": 0,
+            "batch_size": None, "out": str(tmp_path / "out")}
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A leaderboard folder as the workflow writes it: config.yaml and records.csv, the full records beside."""
+    tmp_path = tmp_path_factory.mktemp("published")
+    config = _config(tmp_path)
+    cells = []
+    for defence in config["defences"]:
+        tag = "none" if defence == "none" else "noise-scale-0.01"
+        for attack in config["attacks"]:
+            summary = tmp_path / "out" / "cells" / tag / f"{attack}.json"
+            run_cell(config, "cnn2_c1", attack, records_dir=tmp_path / "out" / "records" / tag / attack,
+                     summary=summary, log=lambda _: None, defence=defence)
+            cells.append(summary)
+    results = tmp_path / "results"
+    results.mkdir()
+    records_from_cells(cells).to_csv(results / "records.csv", index=False)
+    (results / "config.yaml").write_text(yaml.safe_dump(config))
+    return results
+
+
+def test_a_published_leaderboard_reruns_identically(published):
+    results = verify_results(published, sample=8, seed=0, log=lambda _: None)
+    assert len(results) == 8  # every record: 2 defences × 2 attacks × 2 images
+    assert {r.verdict for r in results} == {"identical"}, [r.detail for r in results]
+    assert {(r.defence, r.attack) for r in results} == {(d, a) for d in ("none", "noise:scale=0.01")
+                                                      for a in ("mean-image", "rgap")}
+
+
+def test_tampered_numbers_changed_defaults_and_scenarios_are_named(published, tmp_path, capsys):
+    rows = pd.read_csv(published / "records.csv")
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    (tampered / "config.yaml").write_text((published / "config.yaml").read_text())
+    rgap = (rows["attack"] == "rgap") & (rows["defence"] == "none") & (rows["index"] == 0)
+    rows.loc[rgap, "psnr"] = rows.loc[rgap, "psnr"] + 0.01  # a published number nobody can reproduce
+    mean = (rows["attack"] == "mean-image") & (rows["index"] == 1) & (rows["defence"] == "none")
+    rows.loc[mean, "hyperparameters"] = json.dumps({"level": 0.4})  # the default has changed since
+    noisy = (rows["attack"] == "rgap") & (rows["defence"] != "none") & (rows["index"] == 1)
+    rows.loc[noisy, "config_hash"] = "0" * 64  # a record of another scenario
+    rows.to_csv(tampered / "records.csv", index=False)
+    out = tmp_path / "verification.md"
+    code = main(["verify", str(tampered), "--sample", "8", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1 and printed.strip().splitlines()[-1] == "8 records: 5 identical, 1 different, 2 cannot verify"
+    table = out.read_text()
+    assert "| none | cnn2_c1 | rgap | 0 | different | psnr" in table
+    assert "| none | cnn2_c1 | mean-image | 1 | cannot verify | the attack's hyperparameters are now" in table
+    assert "| noise:scale=0.01 | cnn2_c1 | rgap | 1 | cannot verify | the scenario rebuilt" in table
+
+
+def test_bad_inputs_are_one_line(tmp_path, capsys):
+    assert main(["verify", str(tmp_path), "--sample", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a leaderboard folder: config.yaml is missing" in err[0]
+    assert main(["verify", str(tmp_path), "--sample", "0"]) == 2
+    assert "--sample 0 is invalid: expected a positive integer" in capsys.readouterr().err
