@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import pickle
 import shutil
@@ -282,6 +283,8 @@ def _stats_from_histograms(histograms: np.ndarray) -> tuple[tuple[float, ...], t
     values = np.arange(256, dtype=np.float64) / 255.0
     counts = histograms.astype(np.float64)
     n = counts.sum(axis=1)
+    if not n.all():  # no images (an empty split): no statistics, and no numpy warning before the caller's error
+        return tuple([math.nan] * len(n)), tuple([math.nan] * len(n))
     mean = counts @ values / n
     squared_deviation = (counts * (values[None, :] - mean[:, None]) ** 2).sum(axis=1)
     std = np.sqrt(squared_deviation / np.maximum(n - 1, 1))

@@ -110,6 +110,21 @@ def nan_weight_observation(tmp: Path) -> None:
     torch.save(payload, tmp / "nan-weight.pt")
 
 
+def bare_pickle_observation(tmp: Path) -> None:
+    import pickle
+
+    class Payload:  # what a hostile client could send: unpickling it would run a shell command
+        def __reduce__(self):
+            return (shutil.rmtree, ("/nonexistent-copa-test",))
+
+    (tmp / "evil.pt").write_bytes(pickle.dumps({"state_dict": Payload()}))
+
+
+def empty_npz(tmp: Path) -> None:
+    np.savez(tmp / "empty.npz", train_images=np.zeros((0, 3, 32, 32), dtype=np.uint8),
+             train_labels=np.zeros((0,), dtype=np.int64))
+
+
 def broken_plugins(tmp: Path) -> None:
     (tmp / "syntax.py").write_text("def f(:\n")
     (tmp / "raising.py").write_text("raise RuntimeError('boom')\n")
@@ -185,6 +200,8 @@ CASES = [
     Case("npz that is not an archive",
          "copa attack --attack noise --model cnn2_c1 --dataset npz:TMP/random.npz --out OUT",
          ("TMP/random.npz", "no zip header", "numpy.savez"), setup=random_bytes_npz),
+    Case("npz with no images", "copa attack --attack noise --model cnn2_c1 --dataset npz:TMP/empty.npz --out OUT",
+         ("index 0 is not in npz:TMP/empty.npz train", "0 images"), setup=empty_npz),
     Case("truncated PNG in an image folder",
          "copa attack --attack noise --model cnn2_c1 --dataset folder:TMP/photos --out OUT",
          ("TMP/photos/cat/broken.png", "cannot be decoded", "replace or remove it"), setup=corrupt_png),
@@ -212,11 +229,16 @@ CASES = [
          "copa attack --attack rgap --observation TMP/nan-weight.pt --out OUT",
          ("TMP/nan-weight.pt", "'weight_layers.0.weight'", "1 non-finite value(s)", "must be finite"),
          setup=nan_weight_observation),
+    Case("observation file that is a bare pickle", "copa attack --attack rgap --observation TMP/evil.pt --out OUT",
+         ("TMP/evil.pt", "refused: not a weights-only file", "bare pickle", "the zip file torch.save writes"),
+         setup=bare_pickle_observation),
     # attack hyperparameters
     Case("--set key the attack does not have", "copa attack --attack dlg --model cnn2_c1 --set iteratoins=5 --out OUT",
          ("'iteratoins'", "did you mean 'iterations'?", "accepted: history_size, iterations, lr, max_iter")),
     Case("--set value of the wrong type", "copa attack --attack dlg --model cnn2_c1 --set lr=fast --out OUT",
          ("lr='fast'", "expected float")),
+    Case("--set value an attack's own check refuses", "copa attack --attack copa --model cnn2_c1 --set steps=-3 --out OUT",
+         ("attack 'copa'", "'steps': -3", "need steps ≥ 0")),
     Case("--set value out of range", "copa attack --attack dlg --model cnn2_c1 --set iterations=-5 --out OUT",
          ("iterations=-5", "'dlg'", "accepted are integers ≥ 1")),
     # device

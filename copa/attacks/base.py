@@ -70,7 +70,12 @@ class Attack:
 
     def __init__(self, **overrides: Any):
         self.hp: dict[str, Any] = resolve_parameters("attack", self.name, self.hyperparameters, overrides)
-        self.validate()
+        try:
+            self.validate()
+        except InvalidSpecError as exc:  # every refusal names the attack, whatever its validate() says
+            if f"attack {self.name!r}" in str(exc):
+                raise
+            raise InvalidSpecError(f"attack {self.name!r}: {exc}") from None
 
     def validate(self) -> None:
         """Check hyperparameter values (after type coercion); raise InvalidSpecError naming the bad one."""

@@ -174,6 +174,13 @@ def _check_archive(path: Path, limits: Limits | None) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as err:
+        with path.open("rb") as fh:
+            head = fh.read(2)
+        if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO: a bare pickle stream
+            raise InvalidSpecError(f"{where} was refused: not a weights-only file — it is a bare pickle (protocol "
+                                   f"{head[1]}), which could run any code when unpickled, and copa never unpickles "
+                                   f"arbitrary objects; accepted: the zip file torch.save writes (copa observe)"
+                                   ) from None
         raise InvalidSpecError(f"{where} cannot be read: truncated or corrupt, or not a torch.save file "
                                f"({type(err).__name__}: {err}; copa reads the zip format torch.save writes)"
                                ) from None
