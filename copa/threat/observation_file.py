@@ -163,6 +163,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+"""The first object of torch.save's legacy (pre-zip) format: a pickled integer."""
+
+
 def _check_archive(path: Path, limits: Limits | None) -> None:
     """Before ``torch.load``: a zip archive (torch.save's format; the legacy format allocates the sizes its
     pickle declares before reading any data) whose size, unpacked size and pickle are within bounds."""
@@ -175,8 +179,9 @@ def _check_archive(path: Path, limits: Limits | None) -> None:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as err:
         with path.open("rb") as fh:
-            head = fh.read(2)
-        if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO: a bare pickle stream
+            head = fh.read(14)
+        legacy = head[2:4] == b"\x8a\x0a" and int.from_bytes(head[4:14], "little") == _LEGACY_TORCH_MAGIC
+        if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and not legacy:  # PROTO: a bare pickle
             raise InvalidSpecError(f"{where} was refused: not a weights-only file — it is a bare pickle (protocol "
                                    f"{head[1]}), which could run any code when unpickled, and copa never unpickles "
                                    f"arbitrary objects; accepted: the zip file torch.save writes (copa observe)"
