@@ -538,3 +538,69 @@ def test_any_key_can_be_overridden_on_the_command_line(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     bad = snakemake(tmp_path, "--dry-run", "--config", "indices=[0,x]")
     assert bad.returncode == 1 and "invalid config: indices[1]: 'x' is not of type 'integer'" in bad.stdout + bad.stderr
+
+
+SLEEPER = textwrap.dedent('''
+    import time
+
+    import torch
+
+    from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
+
+
+    @register_attack
+    class Sleeper(Attack):
+        name = "test-sleeper"
+        paper = "test plugin"
+        hyperparameters = {"seconds": Hyperparameter(3600.0, "test: far longer than any test may take")}
+
+        def reconstruct(self, observation, generator):
+            time.sleep(self.hp["seconds"])
+            shape = (observation.batch_size, *observation.input_shape)
+            return Reconstruction(images=torch.zeros(shape, dtype=observation.dtype), labels=observation.labels)
+''')
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@needs_snakemake
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the jobs")
+def test_ctrl_c_stops_every_job_and_its_attack_worker(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) stops snakemake, the running cell and the plug-in's attack
+    worker: no process of the run is left, the interrupted image has no record (none half-written), the finished
+    ones are complete. The attack sleeps an hour, so a test that ends at all shows the job was stopped."""
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    config = tmp_path / "test.yaml"
+    config.write_text(yaml.safe_dump({"dataset": "sample", "indices": [0], "models": ["cnn2_c1"],
+                                      "attacks": ["mean-image", "test-sleeper"], "plugins": ["sleeper.py"],
+                                      "out": "runs/test", "device": "cpu"}))
+    worker_tmp = tmp_path / "tmp"
+    worker_tmp.mkdir()
+    proc = subprocess.Popen([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
+                             "--configfile", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(worker_tmp)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    try:
+        while not any(worker_tmp.glob("copa-worker-*/request.json")):  # the attack runs in its worker
+            assert proc.poll() is None, "snakemake ended before the attack started"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait() != 0
+        while _processes_mentioning(str(tmp_path)):  # no wall-clock limit: CI's own governs
+            time.sleep(0.2)
+    finally:
+        for pid in _processes_mentioning(str(tmp_path)):
+            os.kill(pid, signal.SIGKILL)
+    records = tmp_path / "runs/test/sample-train/records/none/cnn2_c1"
+    assert not (records / "test-sleeper" / "0" / "record.json").exists()
+    assert not list(worker_tmp.glob("copa-worker-*"))  # the worker's folder went with it
