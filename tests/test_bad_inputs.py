@@ -239,6 +239,8 @@ CASES = [
          ("lr='fast'", "expected float")),
     Case("--set value an attack's own check refuses", "copa attack --attack copa --model cnn2_c1 --set steps=-3 --out OUT",
          ("attack 'copa'", "'steps': -3", "need steps ≥ 0")),
+    Case("--set step count beyond any run", "copa attack --attack dlg --model cnn2_c1 --set iterations=1e30 --out OUT",
+         ("attack 'dlg'", "iterations='1e30'", "above 1000000000", "no maximum is declared")),
     Case("--set value out of range", "copa attack --attack dlg --model cnn2_c1 --set iterations=-5 --out OUT",
          ("iterations=-5", "'dlg'", "accepted are integers ≥ 1")),
     # device

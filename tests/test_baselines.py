@@ -189,7 +189,7 @@ def test_optimisation_attacks_share_the_iterations_name():
     ("ig", "iterations", "-3", "iterations=-3"),
     ("ig", "restarts", "0", "restarts=0"),
     ("ig", "tv_weight", "-1e-4", "tv_weight=-0.0001"),
-    ("ig", "lr", "nan", "lr=nan"),
+    ("ig", "lr", "nan", "lr='nan' is not finite"),
     ("ig", "signed", "maybe", "signed='maybe'"),
 ])
 def test_bad_hyperparameters_are_clear_errors(attack, key, value, text):

@@ -230,7 +230,7 @@ def test_an_all_zero_update_goes_through_every_defence(zero_defence):
     ("quantize:rounding=up", InvalidSpecError,
      "defence 'quantize': rounding='up' is outside {'deterministic', 'stochastic'}"),
     ("noise:scale=-1", InvalidSpecError, "defence 'noise': scale=-1.0 is outside [0, inf)"),
-    ("noise:scale=nan", InvalidSpecError, "defence 'noise': scale=nan is outside [0, inf)"),
+    ("noise:scale=nan", InvalidSpecError, "defence 'noise': hyperparameter scale='nan' is not finite"),
     ("prune:q=0.5", UnknownNameError, "defence 'prune' has no parameter 'q'; accepted: p"),
 ])
 def test_bad_parameters_give_one_line_errors(spec, error, message):
