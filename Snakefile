@@ -69,6 +69,7 @@ include: "workflow/rules/leaderboard.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/validity.smk"
 include: "workflow/rules/verify.smk"
+include: "workflow/rules/partial.smk"
 
 # The population study of the security metric only when the config declares it (config validity:).
 STUDY = [rules.validity.output] if config.get("validity") else []

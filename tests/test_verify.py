@@ -1,6 +1,6 @@
 """`copa verify` (issue "Trust": verifiable leaderboards): a published leaderboard's records rerun from what
 the leaderboard folder holds; identical on the CPU, and a tampered number, a changed default or a scenario that
-no longer matches are each reported as such."""
+no longer matches are each reported as such. And the partial leaderboard of a run still under way."""
 
 from __future__ import annotations
 
@@ -81,3 +81,29 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and "is not a leaderboard folder: config.yaml is missing" in err[0]
     assert main(["verify", str(tmp_path), "--sample", "0"]) == 2
     assert "--sample 0 is invalid: expected a positive integer" in capsys.readouterr().err
+
+
+def test_a_partial_leaderboard_from_the_records_so_far(tmp_path):
+    """Rule partial (issue "full fidelity": a stopped or running workflow can build its leaderboard): the
+    records that exist, marked partial with cells complete / total."""
+    from copa.bench.leaderboard import write_partial
+
+    config = _config(tmp_path)
+    records = tmp_path / "out" / "records"
+    run_cell(config, "cnn2_c1", "mean-image", records_dir=records / "none" / "cnn2_c1" / "mean-image",
+             summary=tmp_path / "cells" / "a.json", log=lambda _: None)
+    halfway = {**config, "indices": [0]}  # the second defence's cell stopped after its first image
+    run_cell(halfway, "cnn2_c1", "mean-image", records_dir=records / "noise-scale-0.01" / "cnn2_c1" / "mean-image",
+             summary=tmp_path / "cells" / "b.json", log=lambda _: None, defence="noise:scale=0.01")
+    outputs = {"records_csv": tmp_path / "partial" / "records.csv", "leaderboard_md": tmp_path / "partial" / "lb.md"}
+    counts = write_partial(records, tmp_path / "security", outputs=outputs, models=["cnn2_c1"],
+                           attacks=["mean-image", "rgap"], defences={"none": "none",
+                                                                     "noise-scale-0.01": "noise:scale=0.01"},
+                           indices=[0, 1], title="toy")
+    assert counts == {"cells_complete": 1, "cells": 4, "records": 3, "records_expected": 8}
+    page = outputs["leaderboard_md"].read_text()
+    assert page.startswith("# toy — PARTIAL: 1 of 4 cells complete, 3 of 8 records")
+    assert len(pd.read_csv(outputs["records_csv"])) == 3
+    with pytest.raises(Exception, match="no records yet"):
+        write_partial(tmp_path / "nothing", tmp_path / "security", outputs=outputs, models=["cnn2_c1"],
+                      attacks=["rgap"], defences={"none": "none"}, indices=[0])

@@ -482,3 +482,45 @@ def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") ->
         rows.append({"defence": defence, "attack": attack, "models": len(sub), "metric": metric, "spearman_rho": rho,
                      "p_value": p})
     return pd.DataFrame(rows, columns=["defence", "attack", "models", "metric", "spearman_rho", "p_value"])
+
+
+def write_partial(records_root: str | Path, security_root: str | Path, *, outputs: dict[str, str | Path],
+                  models: Sequence[str], attacks: Sequence[str], defences: dict[str, str], indices: Sequence[int],
+                  title: str = "copa-bench leaderboard", metric: str = "normalised_score",
+                  command: str | None = None) -> dict[str, int]:
+    """The leaderboard of the records that exist so far, for a stopped or still-running workflow (rule
+    ``partial``): ``records_root/DEFENCE_TAG/MODEL/ATTACK/INDEX/record.json`` for the configured axes
+    (``defences``: tag → the config's entry). The page's title and header say it is partial: complete cells
+    of all, records of all. ``outputs`` keys: records_csv, leaderboard_md. Returns the counts."""
+    from ..io import atomic_write, atomic_write_text
+
+    records_root, security_root = Path(records_root), Path(security_root)
+    paths, complete = [], 0
+    for tag in defences:
+        for model in models:
+            for attack in attacks:
+                found = [records_root / tag / model / attack / str(i) / "record.json" for i in indices]
+                found = [p for p in found if p.is_file()]
+                paths += found
+                complete += len(found) == len(indices)
+    cells = len(defences) * len(models) * len(attacks)
+    counts = {"cells_complete": complete, "cells": cells, "records": len(paths),
+              "records_expected": cells * len(indices)}
+    if not paths:
+        raise CopaError(f"no records yet under {records_root}: nothing to tabulate (0 of {cells} cells)")
+    records = load_records(paths)
+    security = load_security([p for p in (security_root / f"{m}.json" for m in models) if p.is_file()])
+    board = leaderboard(records, security, models=models, attacks=attacks, defences=list(defences.values()))
+    state = (f"PARTIAL: {complete} of {cells} cells complete, {len(paths)} of {counts['records_expected']} "
+             f"records")
+    meta = run_metadata(records, command=command, images_per_cell=len(indices), extra={"state": state})
+    text = leaderboard_markdown(board, records, meta, title=f"{title} — {state}", metric=metric,
+                                defences=list(defences.values()))
+    writers = {"records_csv": lambda p: atomic_write(p, lambda q: records.to_csv(q, index=False)),
+               "leaderboard_md": lambda p: atomic_write_text(p, text)}
+    unknown = sorted(set(outputs) - set(writers))
+    if unknown:
+        raise CopaError(f"unknown outputs {unknown}: accepted are {sorted(writers)}")
+    for key, path in outputs.items():
+        writers[key](path)
+    return counts
