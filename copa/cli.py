@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     for field, flag in LIMIT_FLAGS.items():  # copa.threat.observation_file.Limits
         if flag.startswith("--"):
             p_attack.add_argument(flag, dest=field, type=int, default=None, metavar="N",
-                                  help=f"with --observation: refuse a file declaring more (default "
-                                       f"{getattr(DEFAULT_LIMITS, field)})")
+                                  help=f"refuse an observation file or scenario with more, before allocating "
+                                       f"(default {getattr(DEFAULT_LIMITS, field)})")
     p_attack.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
     p_attack.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p_attack.add_argument("--isolate", action="store_true",
@@ -264,9 +264,6 @@ def cmd_attack(args) -> int:
     from .threat.observation_file import LIMIT_FLAGS, Limits
 
     given_limits = {field: getattr(args, field) for field in LIMIT_FLAGS if getattr(args, field, None) is not None}
-    if args.observation is None and given_limits:
-        raise CopaError(f"{', '.join(LIMIT_FLAGS[field] for field in given_limits)} only goes with --observation "
-                        f"FILE (a bound on what an observation file may declare)")
     limits = Limits(**given_limits)
     if args.observation is not None:
         given = _given_scenario_options(args)
@@ -280,7 +277,8 @@ def cmd_attack(args) -> int:
         scenario = _scenario_from_args(args)
         record, reconstruction, truth = run_attack(scenario, attack, seed=args.seed,
                                                    device=args.device or DEFAULT_DEVICE,
-                                                   threads=args.threads, isolation=isolation, hide=[out])
+                                                   threads=args.threads, isolation=isolation, hide=[out],
+                                                   limits=limits)
         write_outputs(out, record, reconstruction, truth)
     else:
         from .threat.observation_file import file_sha256, load_observation, load_targets

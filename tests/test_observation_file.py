@@ -366,9 +366,10 @@ def test_limits_raised_by_the_caller_admit_what_the_defaults_refuse(observed, tm
     code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
                         "--max-parameters", "54171", "--out", tmp_path / "never")
     assert code == 2 and "has 54172 parameters, above the limit of 54171 (raise it with --max-parameters)" in err
-    code, _, err = _run(capsys, "attack", "--attack", "rgap", *SAMPLE, "--max-batch-size", "8", "--out",
-                        tmp_path / "never")
-    assert code == 2 and "--max-batch-size only goes with --observation FILE" in err
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", *SAMPLE, "--max-input-pixels", "3000", "--out",
+                        tmp_path / "never")  # a scenario's sizes are bounded too, by the same flags
+    assert code == 2 and err == ("copa: error: input shape 3x32x32 has 3072 pixels (C·H·W), above the limit of 3000 "
+                                 "pixels (raise it with --max-input-pixels)\n")
     code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
                         "--max-batch-size", "0", "--out", tmp_path / "never")
     assert code == 2 and "--max-batch-size 0 is invalid: expected a positive integer" in err

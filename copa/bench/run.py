@@ -38,7 +38,7 @@ class _ForwardCounter:
 def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                seed: int = 0, device: str = "cpu", threads: int | None = None,
                metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS,
-               record_failures: bool = False, isolation: str = "auto", hide=(),
+               record_failures: bool = False, isolation: str = "auto", hide=(), limits=None,
                ) -> tuple[dict[str, Any], Reconstruction | None, GroundTruth]:
     """Build the scenario, run the attack on its observation, score the result.
 
@@ -54,7 +54,8 @@ def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str,
     (the non-finite checks as :class:`RunFailure`). ``isolation``, ``hide``: see :func:`attack_observations`.
     """
     return run_attacks([scenario], attack, overrides=overrides, seeds=[seed], device=device, threads=threads,
-                       metrics=metrics, record_failures=record_failures, isolation=isolation, hide=hide)[0]
+                       metrics=metrics, record_failures=record_failures, isolation=isolation, hide=hide,
+                       limits=limits)[0]
 
 
 def set_threads(threads: int, what: str = "threads") -> None:
@@ -73,14 +74,16 @@ def set_threads(threads: int, what: str = "threads") -> None:
 def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: dict[str, Any] | None = None,
                 seeds: list[int] | None = None, device: str = "cpu", threads: int | None = None,
                 metrics: tuple[str, ...] = metrics_mod.DEFAULT_METRICS, record_failures: bool = False,
-                batch: bool = True, isolation: str = "auto", hide=(),
+                batch: bool = True, isolation: str = "auto", hide=(), limits=None,
                 ) -> list[tuple[dict[str, Any], Reconstruction | None, GroundTruth | None]]:
     """:func:`run_attack` for several scenarios of one model (e.g. a cell's N images): a batched attack
     solves them as one vectorised computation (:func:`attack_observations`), others one after the other.
     ``seeds``: one per scenario (default 0 each). Returns ``(record, reconstruction, truth)`` per scenario.
     With ``record_failures``, a scenario whose client step fails for a reason other than a bad input
     (a :class:`CopaError`, raised) — e.g. out of memory on a GPU — gets a failed record and truth None.
-    ``isolation`` and ``hide``: see :func:`attack_observations`; the scenarios' dataset files are hidden too."""
+    ``isolation`` and ``hide``: see :func:`attack_observations`; the scenarios' dataset files are hidden too.
+    ``limits``: bounds on input pixels, batch and model size checked before allocation
+    (:meth:`copa.threat.Scenario.build`; default those of observation files)."""
     if threads is not None:
         set_threads(threads)
     dev = resolve_device(device)
@@ -92,7 +95,7 @@ def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: d
     out: dict[int, tuple[dict[str, Any], Reconstruction | None, GroundTruth | None]] = {}
     for k, scenario in enumerate(scenarios):
         try:
-            built[k] = scenario.build(dev)
+            built[k] = scenario.build(dev, limits=limits)
         except CopaError:  # a bad input (name, index, file): the caller's error, never a record
             raise
         except Exception as exc:  # e.g. out of memory in the client's forward pass on a GPU

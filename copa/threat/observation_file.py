@@ -91,8 +91,12 @@ MAX_PLAIN_DEPTH = 32
 MAX_NAME_CHARS = 10_000
 
 
-def _refuse(head: str, limit: str, field: str) -> InvalidSpecError:
+def over_limit(head: str, limit: str, field: str) -> InvalidSpecError:
+    """The one-line refusal of a size above one of the :class:`Limits` (observation files and scenarios)."""
     return InvalidSpecError(f"{head}, above the limit of {limit} (raise it with {LIMIT_FLAGS[field]})")
+
+
+_refuse = over_limit
 
 
 #: Every key of a version-1 file: (required, what it holds). docs/observations.md documents each.

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import data as data_mod
-from ..errors import InvalidSpecError
+from ..errors import CopaError, InvalidSpecError
 from ..hyperparameters import check_seed
 from ..models import create_model
 from ..provenance import resolve_device
@@ -203,10 +203,45 @@ class Scenario:
             raise InvalidSpecError(f"unknown scenario keys {unknown}: accepted are {sorted(known)}")
         return cls(**d)
 
-    def load_batch(self, device: str | torch.device = "cpu") -> ClientBatch:
+    def check_size(self, limits=None) -> None:
+        """The scenario's input pixels (C·H·W) and batch within ``limits`` (default: those of observation files,
+        :class:`copa.threat.observation_file.Limits`), before anything of that size is allocated."""
+        from .observation_file import DEFAULT_LIMITS, over_limit
+
+        limits = limits or DEFAULT_LIMITS
+        pixels = self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
+        if pixels > limits.max_input_pixels:
+            raise over_limit(f"input shape {'x'.join(map(str, self.input_shape))} has {pixels} pixels (C·H·W)",
+                             f"{limits.max_input_pixels} pixels", "max_input_pixels")
+        if self.batch_size > limits.max_batch_size:
+            raise over_limit(f"the client's batch has {self.batch_size} images", str(limits.max_batch_size),
+                             "max_batch_size")
+
+    def check_model_size(self, num_classes: int, limits=None) -> None:
+        """The model's trainable parameters within ``limits``, counted on PyTorch's meta device (shapes, no
+        storage) before its weights are allocated. A plug-in factory that needs real tensors is not counted."""
+        from .observation_file import DEFAULT_LIMITS, over_limit
+
+        limits = limits or DEFAULT_LIMITS
+        try:
+            with torch.device("meta"):
+                declared = create_model(self.model, num_classes=num_classes, in_shape=self.input_shape,
+                                        seed=self.model_seed)
+        except CopaError:
+            raise
+        except Exception:  # noqa: BLE001 - a factory that cannot run on the meta device: built for real later
+            return
+        count = sum(p.numel() for p in declared.parameters())
+        if count > limits.max_parameters:
+            raise over_limit(f"model {self.model!r} ({num_classes} classes, input "
+                             f"{'x'.join(map(str, self.input_shape))}) has {count} parameters",
+                             str(limits.max_parameters), "max_parameters")
+
+    def load_batch(self, device: str | torch.device = "cpu", *, limits=None) -> ClientBatch:
         """The client's images and labels as the model sees them: loaded, fitted to the input shape,
         in the scenario's dtype, with the preprocessing (the one place that does this; the security
-        metric uses it too)."""
+        metric uses it too). Sizes are checked first (:meth:`check_size`, ``limits``)."""
+        self.check_size(limits)
         dev = resolve_device(device)
         dtype = DTYPES[self.dtype]
         images = data_mod.load_images(self.dataset, self.split, self.indices, root=self.data_root,
@@ -225,12 +260,14 @@ class Scenario:
         images01 = data_mod.fit_to_input(images.images, self.input_shape).to(dev, dtype)
         return ClientBatch(images01, images.labels.to(dev), preprocess, num_classes)
 
-    def build(self, device: str | torch.device = "cpu") -> tuple[Observation, GroundTruth]:
-        """Run the client's step and split its result into the attacker's view and the ground truth."""
+    def build(self, device: str | torch.device = "cpu", *, limits=None) -> tuple[Observation, GroundTruth]:
+        """Run the client's step and split its result into the attacker's view and the ground truth. Input,
+        batch and model sizes are checked against ``limits`` before they are allocated."""
         dev = resolve_device(device)
         dtype = DTYPES[self.dtype]
-        batch = self.load_batch(dev)
+        batch = self.load_batch(dev, limits=limits)
         images01, labels, preprocess, num_classes = batch.images01, batch.labels, batch.preprocess, batch.num_classes
+        self.check_model_size(num_classes, limits)
 
         model = create_model(self.model, num_classes=num_classes, in_shape=self.input_shape,
                              seed=self.model_seed, checkpoint=self.checkpoint).to(dev, dtype)
