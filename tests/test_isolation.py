@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,16 @@ def test_a_builtin_attack_gives_the_same_result_in_the_worker(dataset):
     assert torch.equal(recon_inside.images, recon_apart.images)
     assert inside["metrics"] == apart["metrics"] and inside["evaluations"] == apart["evaluations"]
 
+
+
+def test_paths_the_worker_needs_are_never_hidden(tmp_path):
+    import copa
+    from copa.bench.isolation import hidden_paths
+
+    plugin = tmp_path / "plugins" / "mine.py"
+    plugin.parent.mkdir()
+    plugin.write_text("")
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"")
+    project = Path(copa.__file__).resolve().parent.parent
+    assert hidden_paths([data, project, "/", tmp_path, tmp_path / "missing"], keep=[plugin]) == [data.resolve()]

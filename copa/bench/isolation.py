@@ -120,14 +120,22 @@ class WorkerOutcome:
     seconds: float = 0.0
 
 
-def hidden_paths(paths) -> list[Path]:
-    """The existing paths among ``paths`` (files or folders), resolved, without duplicates, in order."""
+def hidden_paths(paths, keep=()) -> list[Path]:
+    """The existing paths among ``paths`` (files or folders), resolved, without duplicates, in order — except
+    any that holds the Python installation, copa itself or a path of ``keep`` (the plug-ins the worker
+    imports): hiding those would only stop the worker from starting."""
+    import copa
+
+    needed = [Path(sys.prefix).resolve(), Path(copa.__file__).resolve().parent,
+              *(Path(k).resolve() for k in keep)]
     seen: list[Path] = []
     for path in paths:
         if path in (None, ""):
             continue
         resolved = Path(path).expanduser().resolve()
-        if resolved.exists() and resolved not in seen and resolved != Path("/"):
+        if any(resolved == n or resolved in n.parents for n in needed):
+            continue
+        if resolved.exists() and resolved not in seen:
             seen.append(resolved)
     return seen
 
@@ -154,7 +162,7 @@ def run_in_worker(attack, observations: list, seeds: list[int], *, batch: bool, 
     tool, tool_description = (None, "COPA_SANDBOX=off") if mode == "off" else sandbox_tool()
     if tool is None and mode == "required":
         raise CopaError(f"COPA_SANDBOX=required, but the sandbox is not available: {tool_description}")
-    hidden = hidden_paths(hidden)
+    hidden = hidden_paths(hidden, keep=[p for p in plugins if p.endswith(".py")])
     with tempfile.TemporaryDirectory(prefix="copa-worker-") as folder:
         work = Path(folder)
         names = []
