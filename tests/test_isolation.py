@@ -180,3 +180,15 @@ def test_paths_the_worker_needs_are_never_hidden(tmp_path):
     data.write_bytes(b"")
     project = Path(copa.__file__).resolve().parent.parent
     assert hidden_paths([data, project, "/", tmp_path, tmp_path / "missing"], keep=[plugin]) == [data.resolve()]
+
+
+def test_a_batch_in_the_worker_is_recorded_as_in_the_runner(dataset):
+    from copa.bench import run_attacks
+
+    scenarios = [Scenario(model="cnn2_c1", dataset=f"npz:{dataset}", indices=(i,), dtype="float64") for i in (0, 1)]
+    inside = run_attacks(scenarios, "rgap")
+    apart = run_attacks(scenarios, "rgap", isolation="always")
+    for (r_in, x_in, _), (r_out, x_out, _) in zip(inside, apart, strict=True):
+        assert torch.equal(x_in.images, x_out.images) and r_in["metrics"] == r_out["metrics"]
+        assert r_in["batch"]["instances"] == r_out["batch"]["instances"] == 2
+        assert r_in["batch"]["members"] == r_out["batch"]["members"] == [[0], [1]]

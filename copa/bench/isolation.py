@@ -118,6 +118,7 @@ class WorkerOutcome:
     reason: str | None = None
     traceback: str | None = None
     seconds: float = 0.0
+    batch: dict[str, Any] | None = None
 
 
 def hidden_paths(paths, keep=()) -> list[Path]:
@@ -247,13 +248,21 @@ def _read_result(path: Path, observations: list) -> list[WorkerOutcome]:
                 loss=entry.get("loss"), forward_evals=entry.get("forward_evals"),
                 forward_calls=int(entry.get("forward_calls") or 0),
                 gradient_evals=entry.get("gradient_evals"), info=info if isinstance(info, dict) else {"info": info},
-                seconds=float(entry.get("seconds") or 0.0)))
+                seconds=float(entry.get("seconds") or 0.0), batch=_plain_batch(entry.get("batch"))))
         elif status in ("not-applicable", "failed"):
             outcomes.append(WorkerOutcome(status=status, reason=str(entry.get("reason")),
-                                          traceback=entry.get("traceback"), seconds=float(entry.get("seconds") or 0)))
+                                          traceback=entry.get("traceback"), seconds=float(entry.get("seconds") or 0),
+                                          batch=_plain_batch(entry.get("batch"))))
         else:
             raise RunFailure(f"the attack's worker returned an unknown status {status!r}")
     return outcomes
+
+
+def _plain_batch(note) -> dict[str, Any] | None:
+    """The worker's note on a batched call (instances, seconds, or why it was rerun one at a time)."""
+    if not isinstance(note, dict):
+        return None
+    return {key: note[key] for key in ("instances", "seconds", "failed", "rerun") if key in note}
 
 
 def worker_imports(attack, observations) -> list[str]:

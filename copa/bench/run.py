@@ -232,7 +232,7 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
 
     if pending and (isolation == "always" or attack_plugin(attack) is not None):
         calls = _attack_in_worker(observations, pending, attack, seeds, batch, devices, records, outcome, hide,
-                                  record_failures)
+                                  record_failures, scenarios)
         counters = {b: SimpleNamespace(count=calls.get(b, 0)) for b in pending}
         return [_finish(records[b], outcome[b], observations[b], truths[b], counters.get(b), devices[b], metrics,
                         record_failures) for b in range(count)]
@@ -282,7 +282,7 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
 
 
 def _attack_in_worker(observations, pending, attack, seeds, batch, devices, records, outcome, hide,
-                      record_failures) -> dict[int, int]:
+                      record_failures, scenarios) -> dict[int, int]:
     """Run the pending instances in an isolated worker; fill ``outcome`` (a Reconstruction, or the exception
     the record will carry) and each record's ``seconds`` and ``isolation``; return the forward calls the
     worker counted per instance."""
@@ -300,9 +300,12 @@ def _attack_in_worker(observations, pending, attack, seeds, batch, devices, reco
         for b in pending:
             outcome[b] = exc
         return {}
+    members = [(scenarios[b] or {}).get("indices") for b in pending]  # which images ran together
     for b, result in zip(pending, results, strict=True):
         records[b]["seconds"] = result.seconds
         records[b]["isolation"] = isolation
+        if result.batch is not None:  # as the runner's own batched call records it
+            records[b]["batch"] = {**result.batch, **({"members": members} if "seconds" in result.batch else {})}
         if result.status == "ok":
             outcome[b] = Reconstruction(images=result.images, labels=result.labels, loss=result.loss,
                                         forward_evals=result.forward_evals if result.forward_evals is not None

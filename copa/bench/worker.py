@@ -81,18 +81,21 @@ def serve(folder: Path) -> dict:
         def count(module, args, b=b):
             counts[b] += 1
         handles.append(observations[b].model.register_forward_pre_hook(count))
+    batch_note = None
     if request["batch"] and type(attack).batched and len(pending) > 1:
         torch.manual_seed(seeds[pending[0]])
         generators = [torch.Generator().manual_seed(seeds[b]) for b in pending]
         start = time.perf_counter()
         try:
             batch = attack.reconstruct_batch([observations[b] for b in pending], generators)
-        except Exception:  # rerun alone below: each instance then gets its own status
-            pass
+        except Exception as exc:  # noqa: BLE001 - rerun alone below: each instance then gets its own status
+            batch_note = {"instances": len(pending), "failed": _instance_failure(exc)["reason"],
+                          "rerun": "one at a time"}
         else:
-            seconds = (time.perf_counter() - start) / len(pending)
+            total = time.perf_counter() - start
+            batch_note = {"instances": len(pending), "seconds": total}
             for b, reconstruction in zip(pending, batch, strict=True):
-                results[b] = _instance_result(reconstruction, seconds, counts[b])
+                results[b] = _instance_result(reconstruction, total / len(pending), counts[b])
     for b in pending:
         if b in results:
             continue
@@ -106,6 +109,9 @@ def serve(folder: Path) -> dict:
             results[b] = _instance_result(reconstruction, time.perf_counter() - start, counts[b])
     for handle in handles:
         handle.remove()
+    for b in pending:
+        if batch_note is not None:
+            results[b]["batch"] = batch_note
     result = {"instances": [results[b] for b in range(len(observations))]}
     torch.save(result, folder / "result.pt")
     return result
