@@ -11,8 +11,8 @@ runner: a stack walk, ``gc.get_objects()`` or ``/proc/PARENT/mem`` in the worker
 
 Where Linux allows it, the worker runs inside a **bubblewrap sandbox** (``bwrap``, the Debian package
 ``bubblewrap``; the sandbox of Flatpak): the file system read-only, the dataset files and the run's
-output folders hidden under empty mounts, its own PID, network, IPC and user namespaces, no network, a
-private /tmp. When bwrap is missing or cannot create namespaces, the worker still runs apart, but it can
+output folders hidden under empty mounts, its own PID, network, IPC and user namespaces (no network), its
+own folder the only writable place. When bwrap is missing or cannot create namespaces, the worker still runs apart, but it can
 read every file the user can: the record says so (``isolation.sandbox: null`` and a warning) and the run
 prints a warning. ``COPA_SANDBOX=required`` makes that an error instead, ``COPA_SANDBOX=off`` skips the
 sandbox (both for tests and for machines where bwrap misbehaves).
