@@ -180,16 +180,19 @@ def run_in_worker(attack, observations: list, seeds: list[int], *, batch: bool, 
             command = [tool, *_base_arguments(), *_gpu_arguments(str(device)), *_hide_arguments(hidden),
                        "--bind", str(work), str(work), "--chdir", str(work), "--", *command]
         env = _worker_environment(work)
-        completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, check=False)
-        if completed.stderr:
-            sys.stderr.write(completed.stderr[-20000:])
+        output = work / "output.txt"  # the worker's stdout and stderr: on disk, only their end is read back
+        with output.open("wb") as sink:
+            completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
+                                       check=False)
+        said = _tail(output)
+        if said:
+            sys.stderr.write(said if said.endswith("\n") else said + "\n")
         if completed.returncode == 2:  # the worker's one-line error: a bad hyperparameter, a plug-in
-            raise CopaError(_last_line(completed.stderr) or "the attack's worker refused the request")
+            raise CopaError(_last_line(said) or "the attack's worker refused the request")
         result_path = work / "result.pt"
         if completed.returncode != 0 or not result_path.is_file():
             raise RunFailure(f"the attack's worker process ended with exit status {completed.returncode}"
-                             f" ({_last_line(completed.stderr) or 'no message'})")
+                             f" ({_last_line(said) or 'no message'})")
         outcomes = _read_result(result_path, observations)
     isolation = {"process": "worker", "sandbox": None if tool is None else tool_description,
                  "hidden": [str(p) for p in hidden]}
@@ -214,6 +217,13 @@ def _worker_environment(work: Path) -> dict[str, str]:
     env["MPLCONFIGDIR"] = str(work)
     env["COPA_SANDBOX"] = "off"
     return env
+
+
+def _tail(path: Path, limit: int = 20_000) -> str:
+    """The last ``limit`` bytes of a file, as text (a worker that prints gigabytes costs the runner nothing)."""
+    with path.open("rb") as fh:
+        fh.seek(max(path.stat().st_size - limit, 0))
+        return fh.read().decode(errors="replace")
 
 
 def _last_line(text: str) -> str:
