@@ -100,6 +100,11 @@ def test_gradient_model_reproduces_the_observation_without_changing_the_model():
         torch.testing.assert_close(g, t, rtol=1e-4, atol=1e-5)  # conv biases before BatchNorm: exact 0 ± rounding
     assert float(gradmatch.cosine_distance(grads, observation.gradients)) == pytest.approx(0, abs=1e-5)
     assert float(gradmatch.squared_l2_distance(grads, observation.gradients)) < 1e-8
+    # an attack's step: a distance differentiated through the gradients, back to the images
+    guess = images.clone().unsqueeze(0).requires_grad_(True)
+    model = gradmatch.GradientModel([observation])
+    gradmatch.squared_l2_distance(model(guess, truth.labels.unsqueeze(0)), model.targets).backward()
+    assert guess.grad is not None and bool(torch.isfinite(guess.grad).all())
     for key, value in observation.model.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert all(p.grad is None for p in observation.model.parameters())

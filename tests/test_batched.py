@@ -104,6 +104,41 @@ def test_batched_lbfgs_follows_torch_lbfgs_per_instance(dtype, spread, tol):
         assert all(abs(a - b) <= 1 for a, b in zip(evals.tolist(), reference_evals))
 
 
+def test_one_instance_lbfgs_is_torch_lbfgs_bit_for_bit():
+    """B = 1 runs torch.optim.LBFGS itself (the fast path): the same iterates and evaluations to the last bit,
+    and an inactive instance is evaluated but never moved."""
+    A, c = _quadratics(1, 9, torch.float64, 1.0)
+    kwargs = dict(lr=0.5, max_iter=7, history_size=3)
+    x_ref = torch.linspace(-1, 1, 9, dtype=torch.float64).requires_grad_(True)
+    reference = torch.optim.LBFGS([x_ref], **kwargs)
+
+    def closure():
+        reference.zero_grad()
+        value = 0.5 * x_ref @ A[0] @ x_ref - c[0] @ x_ref
+        value.backward()
+        return value
+
+    x = x_ref.detach().clone()[None].requires_grad_(True)
+    optimizer = BatchedLBFGS([x], **kwargs)
+    counted = []
+
+    def batched_closure(count):
+        x.grad = None
+        values = (0.5 * x[0] @ A[0] @ x[0] - c[0] @ x[0])[None]  # the reference's arithmetic
+        values.sum().backward()
+        counted.append(bool(count[0]))
+        return values.detach()
+
+    for _ in range(4):
+        reference.step(closure)
+        optimizer.step(batched_closure, torch.ones(1, dtype=torch.bool))
+        assert torch.equal(x.detach()[0], x_ref.detach())
+    assert all(counted) and len(counted) > 4
+    before = x.detach().clone()
+    optimizer.step(batched_closure, torch.zeros(1, dtype=torch.bool))
+    assert torch.equal(x.detach(), before) and counted[-1] is False
+
+
 def test_batched_lbfgs_leaves_inactive_instances_untouched():
     A, c = _quadratics(3, 5, torch.float64, 1.0)
     x = torch.ones(3, 5, dtype=torch.float64, requires_grad=True)
