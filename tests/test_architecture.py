@@ -167,5 +167,5 @@ def test_a_source_checkout_without_the_installed_package_still_has_the_baselines
             "from copa.attacks import ATTACKS, load_plugins\nload_plugins()\n"
             "import copa_baselines.dlg as d\nprint(sorted(ATTACKS.names()), d.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "'dlg', 'idlg', 'ig', 'mean-image', 'noise', 'rgap'" in out
+    assert "'dlg', 'hybrid', 'idlg', 'ig', 'mean-image', 'noise', 'rgap'" in out
     assert str(ROOT / "baselines" / "dlg.py") in out

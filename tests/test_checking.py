@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # step of 3 evaluations, since L-BFGS amplifies the rounding of a vectorised batch (docs/baselines.md)
 QUICK = {"dlg": {"iterations": 1, "max_iter": 3}, "idlg": {"iterations": 1, "max_iter": 3},
          "ig": {"iterations": 3}, "copa": {"steps": 5},
-         "copa-gm": {"steps": 5, "steps_image": 5, "steps_layer1": 5, "steps_deeper": 5}}
+         "copa-gm": {"steps": 5, "steps_image": 5, "steps_layer1": 5, "steps_deeper": 5},
+         "hybrid": {"steps_image": 3, "steps_layer1": 3, "steps_deeper": 3}}
 
 
 def shipped_attacks() -> list[str]:
@@ -27,14 +28,14 @@ def shipped_attacks() -> list[str]:
     return [name for name in ATTACKS.names() if ATTACKS.get(name).__module__.startswith(("copa.", "copa_baselines."))]
 
 
-@pytest.mark.parametrize("name", ["copa", "copa-gm", "rgap", "dlg", "idlg", "ig", "mean-image", "noise"])
+@pytest.mark.parametrize("name", ["copa", "copa-gm", "hybrid", "rgap", "dlg", "idlg", "ig", "mean-image", "noise"])
 def test_every_shipped_attack_meets_the_contract(name):
     assert name in shipped_attacks()
     assert check_attack(name, overrides=QUICK.get(name)) == list(CHECKS)
 
 
 def test_the_list_above_covers_every_shipped_attack():
-    assert set(shipped_attacks()) == {"copa", "copa-gm", "rgap", "dlg", "idlg", "ig", "mean-image", "noise"}
+    assert set(shipped_attacks()) == {"copa", "copa-gm", "hybrid", "rgap", "dlg", "idlg", "ig", "mean-image", "noise"}
 
 
 def readme_grey_guess_source() -> str:
