@@ -208,7 +208,7 @@ def cmd_verify(args) -> int:
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
     print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if args.out is not None:
-        write_verification(results, args.out, command="copa " + shlex.join(sys.argv[1:]))
+        write_verification(results, args.out, command="copa " + shlex.join(sys.argv[1:]), results_dir=args.results_dir)
     return 0 if counts["different"] == 0 else 1
 
 

@@ -70,6 +70,7 @@ def test_tampered_numbers_changed_defaults_and_scenarios_are_named(published, tm
     printed = capsys.readouterr().out
     assert code == 1 and printed.strip().splitlines()[-1] == "8 records: 5 identical, 1 different, 2 cannot verify"
     table = out.read_text()
+    assert table.startswith(f"# Verification of {tampered}\n")  # the results folder, not the table's own
     assert "| none | cnn2_c1 | rgap | 0 | different | psnr" in table
     assert "| none | cnn2_c1 | mean-image | 1 | cannot verify | the attack's hyperparameters are now" in table
     assert "| noise:scale=0.01 | cnn2_c1 | rgap | 1 | cannot verify | the scenario rebuilt" in table

@@ -192,12 +192,14 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     return out
 
 
-def write_verification(results: list[Verification], path: str | Path, *, command: str) -> Path:
-    """A Markdown table of the verdicts, with the command and a count per verdict."""
+def write_verification(results: list[Verification], path: str | Path, *, command: str,
+                       results_dir: str | Path | None = None) -> Path:
+    """A Markdown table of the verdicts, with the command and a count per verdict; the title names
+    ``results_dir`` (default: the folder the table is written to)."""
     from ..io import atomic_write_text
 
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
-    lines = [f"# Verification of {Path(path).parent}", "", f"Command: `{command}`", "",
+    lines = [f"# Verification of {results_dir if results_dir is not None else Path(path).parent}", "", f"Command: `{command}`", "",
              ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(results)} sampled records", "",
              "| defence | model | attack | index | verdict | detail |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.defence} | {r.model} | {r.attack} | {r.index} | {r.verdict} | {r.detail} |" for r in results]

@@ -15,4 +15,4 @@ with logged(sm.log[0]) as log:
                              device=sm.config.get("device", "cpu") if sm.config.get("device") != "auto" else "cpu",
                              threads=sm.threads, log=lambda line: print(line, file=log, flush=True))
     write_verification(results, sm.output[0], command=f"copa verify {results_dir} --sample {sm.params.sample} "
-                                                      f"--seed {sm.params.seed}")
+                                                      f"--seed {sm.params.seed}", results_dir=results_dir)
