@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "attacks always run there; docs/trust.md)")
     p_attack.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="attack hyperparameter override, e.g. --set iterations=24000")
+    p_attack.add_argument("--quiet", action="store_true",
+                          help="no progress on standard error (default: a progress bar on a terminal, else a "
+                               "line per stage and every 30 s: stage, step/total, the attack's loss, ETA)")
     p_attack.add_argument("--plugin", action="append", default=[],
                           help="extra attack (or model) module or .py file to load")
     p_attack.add_argument("--out", required=True, help="output directory (record.json, images.npz, reconstruction.png)")
@@ -252,8 +255,8 @@ def cmd_list(args) -> int:
 def cmd_attack(args) -> int:
     from pathlib import Path
 
-    from .attacks import create_attack, parse_overrides
-    from .bench import attack_observation, run_attack, set_threads, summary_line, write_outputs
+    from .attacks import create_attack, parse_overrides, progress
+    from .bench import set_threads, summary_line, write_outputs
 
     out = Path(args.out)
     check_writable(out, what="--out", directory=True)
@@ -273,13 +276,24 @@ def cmd_attack(args) -> int:
     check_seed(args.seed, "--seed")
     attack = create_attack(args.attack, parse_overrides(args.overrides), plugins=args.plugin)
     isolation = "always" if args.isolate else "auto"
+    with progress.reporting("quiet" if args.quiet else "auto", attack.name):
+        record, reconstruction, truth, preprocess = _run_attack_command(args, attack, out, limits, isolation)
+    write_outputs(out, record, reconstruction, truth, preprocess=preprocess)
+    print(summary_line(record))
+    return 0
+
+
+def _run_attack_command(args, attack, out, limits, isolation):
+    """``copa attack``'s run: on the scenario of the flags, or on ``--observation FILE``."""
+    from .bench import attack_observation, run_attack
+
     if args.observation is None:
         scenario = _scenario_from_args(args)
         record, reconstruction, truth = run_attack(scenario, attack, seed=args.seed,
                                                    device=args.device or DEFAULT_DEVICE,
                                                    threads=args.threads, isolation=isolation, hide=[out],
                                                    limits=limits)
-        write_outputs(out, record, reconstruction, truth)
+        return record, reconstruction, truth, None
     else:
         from .threat.observation_file import file_sha256, load_observation, load_targets
         from .threat import resolve_device
@@ -293,9 +307,7 @@ def cmd_attack(args) -> int:
         record, reconstruction = attack_observation(observation, attack, truth=truth, seed=args.seed, device=device,
                                                     source=source, isolation=isolation,
                                                     hide=[out, *([args.targets] if args.targets else [])])
-        write_outputs(out, record, reconstruction, truth, preprocess=observation.preprocess)
-    print(summary_line(record))
-    return 0
+        return record, reconstruction, truth, observation.preprocess
 
 
 def cmd_observe(args) -> int:

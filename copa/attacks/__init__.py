@@ -3,7 +3,8 @@
 Modules: :mod:`.base` (:class:`Attack`, :class:`Reconstruction`, the registry), :mod:`.copa` (COPA and
 COPA-GM, Chen & Campbell, arXiv 2111.10178), :mod:`.gradmatch` (gradients of dummy data, distances,
 total variation, label recovery — DLG, iDLG, Inverting Gradients and COPA-GM share them), :mod:`.lbfgs`
-(per-instance L-BFGS for batched attacks) and :mod:`.checking` (:func:`check_attack`, the contract a
+(per-instance L-BFGS for batched attacks), :mod:`.progress` (stage, step / total, loss and ETA of a running
+attack: a tqdm bar, log lines or nothing) and :mod:`.checking` (:func:`check_attack`, the contract a
 plug-in attack must meet, runnable by its author). Importing this package registers COPA and COPA-GM;
 the baselines come as plug-ins (:mod:`copa.plugins`).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from ..hyperparameters import Hyperparameter
 from ..plugins import load_plugins
 from . import copa as _copa  # noqa: F401  (registers copa and copa-gm)
+from . import progress
 from .base import (
     ATTACKS,
     Attack,
@@ -35,8 +37,25 @@ from .gradmatch import (
 )
 from .lbfgs import BatchedLBFGS
 
-__all__ = ["ATTACKS", "Attack", "BatchedLBFGS", "GradientModel", "Hyperparameter", "Reconstruction", "check_attack",
-           "cosine_distance", "create_attack", "label_from_gradients", "labels_from_gradients",
-           "last_linear", "load_plugins",
-           "parameter_gradients", "parse_overrides", "per_tensor_cosine_distance", "register_attack",
-           "squared_l2_distance", "total_variation"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "BatchedLBFGS",
+    "GradientModel",
+    "Hyperparameter",
+    "Reconstruction",
+    "check_attack",
+    "cosine_distance",
+    "create_attack",
+    "label_from_gradients",
+    "labels_from_gradients",
+    "last_linear",
+    "load_plugins",
+    "parameter_gradients",
+    "parse_overrides",
+    "per_tensor_cosine_distance",
+    "progress",
+    "register_attack",
+    "squared_l2_distance",
+    "total_variation",
+]

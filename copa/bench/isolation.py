@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..attacks import progress
 from ..errors import CopaError, InvalidSpecError, RunFailure
 
 SANDBOX_MODES = ("auto", "required", "off")
@@ -159,6 +160,8 @@ def run_in_worker(attack, observations: list, seeds: list[int], *, batch: bool, 
     from ..threat.observation_file import save_observation
     from .record import jsonable
 
+    reporter = progress.current()
+
     mode = sandbox_mode()
     tool, tool_description = (None, "COPA_SANDBOX=off") if mode == "off" else sandbox_tool()
     if tool is None and mode == "required":
@@ -173,7 +176,9 @@ def run_in_worker(attack, observations: list, seeds: list[int], *, batch: bool, 
             names.append(name)
         request = {"attack": attack.name, "hyperparameters": jsonable(attack.hp), "plugins": list(plugins),
                    "observations": names, "seeds": [int(s) for s in seeds], "batch": bool(batch),
-                   "device": str(device), "threads": threads}
+                   "device": str(device), "threads": threads,
+                   "progress": "log" if reporter.mode in ("log", "bar") else "quiet",
+                   "progress_interval": reporter.interval}
         (work / "request.json").write_text(json.dumps(request))
         command = [sys.executable, "-m", "copa.bench.worker", str(work)]
         if tool is not None:
@@ -182,16 +187,16 @@ def run_in_worker(attack, observations: list, seeds: list[int], *, batch: bool, 
         env = _worker_environment(work)
         output = work / "output.txt"  # the worker's stdout and stderr: on disk, only their end is read back
         with output.open("wb") as sink:
-            completed = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                                       check=False)
-        said = _tail(output)
+            returncode = _wait_forwarding_progress(command, env, sink, output)
+        said = "".join(line for line in _tail(output).splitlines(keepends=True)
+                       if not line.startswith(progress.LINE_PREFIX))  # forwarded while it ran
         if said:
             sys.stderr.write(said if said.endswith("\n") else said + "\n")
-        if completed.returncode == 2:  # the worker's one-line error: a bad hyperparameter, a plug-in
+        if returncode == 2:  # the worker's one-line error: a bad hyperparameter, a plug-in
             raise CopaError(_last_line(said) or "the attack's worker refused the request")
         result_path = work / "result.pt"
-        if completed.returncode != 0 or not result_path.is_file():
-            raise RunFailure(f"the attack's worker process ended with exit status {completed.returncode}"
+        if returncode != 0 or not result_path.is_file():
+            raise RunFailure(f"the attack's worker process ended with exit status {returncode}"
                              f" ({_last_line(said) or 'no message'})")
         outcomes = _read_result(result_path, observations)
     isolation = {"process": "worker", "sandbox": None if tool is None else tool_description,
@@ -202,6 +207,41 @@ def run_in_worker(attack, observations: list, seeds: list[int], *, batch: bool, 
         isolation["warning"] = warning
         _warn_once(warning)
     return outcomes, isolation
+
+
+PROGRESS_LINE_LIMIT = 500
+"""Characters of one forwarded progress line of a worker (longer lines are cut: the worker is not trusted)."""
+
+
+def _wait_forwarding_progress(command: list[str], env: dict[str, str], sink, output: Path,
+                              poll: float = 0.5) -> int:
+    """Run the worker with stdout and stderr into ``sink`` (the file ``output``) and, while it runs, copy its
+    complete ``[progress]`` lines (each cut to :data:`PROGRESS_LINE_LIMIT` characters) to this process's standard
+    error; return its exit status. Interrupted (Ctrl-C), the worker is killed first."""
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+    offset, partial = 0, b""
+    try:
+        while True:
+            try:
+                returncode = process.wait(timeout=poll)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            with output.open("rb") as source:
+                source.seek(offset)
+                chunk = source.read(1 << 20)  # at most 1 MiB per poll: a chatty worker cannot stall the runner
+            offset += len(chunk)
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()[-4 * PROGRESS_LINE_LIMIT:]
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                if line.startswith(progress.LINE_PREFIX):
+                    print(line[:PROGRESS_LINE_LIMIT], file=sys.stderr, flush=True)
+            if returncode is not None and offset >= output.stat().st_size:
+                return returncode
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
 
 
 def _worker_environment(work: Path) -> dict[str, str]:

@@ -47,8 +47,10 @@ def _instance_result(reconstruction, seconds: float, forward_calls: int) -> dict
 
 
 def serve(folder: Path) -> dict:
-    """Run the request in ``folder``; return the result (also written to ``folder/result.pt``)."""
-    from ..attacks import create_attack
+    """Run the request in ``folder``; return the result (also written to ``folder/result.pt``). The attack's
+    progress (request ``progress``: ``log`` or ``quiet``, every ``progress_interval`` seconds) goes to standard
+    error as ``[progress]`` lines, which the runner forwards while the worker runs."""
+    from ..attacks import create_attack, progress
     from ..errors import NotApplicableError
     from ..threat.observation_file import Limits, load_observation
     from .run import check_observed_gradients, set_threads
@@ -75,6 +77,17 @@ def serve(folder: Path) -> dict:
             results[b] = _instance_failure(NotApplicableError(reason))
         else:
             pending.append(b)
+    with progress.reporting("log" if request.get("progress") == "log" else "quiet", attack.name, stream=sys.stderr,
+                            interval=float(request.get("progress_interval", progress.DEFAULT_LOG_INTERVAL))):
+        _attack_pending(attack, observations, pending, seeds, request["batch"], results)
+    result = {"instances": [results[b] for b in range(len(observations))]}
+    torch.save(result, folder / "result.pt")
+    return result
+
+
+def _attack_pending(attack, observations, pending: list[int], seeds: list[int], batch: bool,
+                    results: dict[int, dict]) -> None:
+    """Run ``attack`` on the applicable instances ``pending`` as the runner would; fill ``results``."""
     counts = {b: 0 for b in pending}
     handles = []
     for b in pending:
@@ -82,19 +95,19 @@ def serve(folder: Path) -> dict:
             counts[b] += 1
         handles.append(observations[b].model.register_forward_pre_hook(count))
     batch_note = None
-    if request["batch"] and type(attack).batched and len(pending) > 1:
+    if batch and type(attack).batched and len(pending) > 1:
         torch.manual_seed(seeds[pending[0]])
         generators = [torch.Generator().manual_seed(seeds[b]) for b in pending]
         start = time.perf_counter()
         try:
-            batch = attack.reconstruct_batch([observations[b] for b in pending], generators)
+            reconstructions = attack.reconstruct_batch([observations[b] for b in pending], generators)
         except Exception as exc:  # noqa: BLE001 - rerun alone below: each instance then gets its own status
             batch_note = {"instances": len(pending), "failed": _instance_failure(exc)["reason"],
                           "rerun": "one at a time"}
         else:
             total = time.perf_counter() - start
             batch_note = {"instances": len(pending), "seconds": total}
-            for b, reconstruction in zip(pending, batch, strict=True):
+            for b, reconstruction in zip(pending, reconstructions, strict=True):
                 results[b] = _instance_result(reconstruction, total / len(pending), counts[b])
     for b in pending:
         if b in results:
@@ -112,9 +125,6 @@ def serve(folder: Path) -> dict:
     for b in pending:
         if batch_note is not None:
             results[b]["batch"] = batch_note
-    result = {"instances": [results[b] for b in range(len(observations))]}
-    torch.save(result, folder / "result.pt")
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

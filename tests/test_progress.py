@@ -1,0 +1,133 @@
+"""Progress of long runs (issue "Reproduce the paper at full fidelity"): an attack reports stage, step / total,
+its own loss and an ETA — log lines, a tqdm bar or nothing — in the runner's process and, forwarded while it
+runs, from an isolated plug-in's worker."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from copa.attacks import ATTACKS, create_attack, progress
+from copa.bench import run_attack
+from copa.cli import main
+from copa.threat import Scenario
+
+REPORTER = '''
+import torch
+from copa.attacks import Attack, Hyperparameter, Reconstruction, progress, register_attack
+
+
+@register_attack
+class Reporting(Attack):
+    name = "test-reporting"
+    paper = "-"
+    hyperparameters = {"steps": Hyperparameter(5, "steps of its one stage")}
+
+    def reconstruct(self, observation, generator):
+        with progress.stage("the only stage", total=self.hp["steps"]) as bar:
+            for t in range(self.hp["steps"]):
+                bar.step(loss=1.0 / (t + 1))
+        shape = (observation.batch_size, *observation.input_shape)
+        return Reconstruction(images=torch.zeros(shape, dtype=observation.dtype), labels=observation.labels)
+'''
+
+
+@pytest.fixture()
+def reporting_plugin(tmp_path):
+    path = tmp_path / "plugins" / "reporting.py"
+    path.parent.mkdir()
+    path.write_text(REPORTER)
+    from copa import plugins
+
+    loaded = dict(plugins._loaded)
+    yield path
+    ATTACKS._entries.pop("test-reporting", None)
+    plugins._loaded.clear()
+    plugins._loaded.update(loaded)
+    sys.modules.pop("copa_plugin_reporting", None)
+
+
+def test_log_lines_name_stage_step_total_loss_and_eta():
+    stream = io.StringIO()
+    with progress.reporting("log", "copa", stream=stream, interval=0):
+        with progress.stage("layer 1 null space", total=4) as bar:
+            for t in range(4):
+                bar.step(loss=0.5 ** t)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[progress] copa: layer 1 null space: started (4 steps)"
+    assert re.fullmatch(r"\[progress\] copa: layer 1 null space: step 2/4, loss 0\.5, elapsed 0:00, ETA 0:00", lines[2])
+    assert lines[-1].startswith("[progress] copa: layer 1 null space: step 4/4, loss 0.125,")
+    assert lines[-1].endswith("— done") and len(lines) == 6
+
+
+def test_log_lines_are_at_most_one_per_interval():
+    stream = io.StringIO()
+    with progress.reporting("log", "dlg", stream=stream, interval=3600):
+        with progress.stage("L-BFGS", total=1000) as bar:
+            for _ in range(1000):
+                bar.step()
+    assert len(stream.getvalue().splitlines()) == 2  # start and end only
+
+
+def test_quiet_and_no_reporter_say_nothing_and_bar_draws(capsys):
+    with progress.stage("outside any run", total=3) as bar:  # no reporter installed: quiet
+        bar.step(loss=1.0)
+    with progress.reporting("quiet", "ig"), progress.stage("Adam", total=3) as bar:
+        bar.step(loss=1.0)
+    assert capsys.readouterr().err == ""
+    stream = io.StringIO()
+    with progress.reporting("bar", "ig", stream=stream), progress.stage("Adam", total=3) as bar:
+        for _ in range(3):
+            bar.step(loss=0.25)
+    drawn = stream.getvalue()
+    assert "ig: Adam:   0%" in drawn and "0/3" in drawn and drawn.endswith("\r")  # drawn, then cleared (leave=False)
+
+
+def test_auto_is_a_bar_on_a_terminal_and_log_lines_otherwise():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert progress.make_reporter("auto", "x", stream=Terminal()).mode == "bar"
+    assert progress.make_reporter("auto", "x", stream=io.StringIO()).mode == "log"
+    with pytest.raises(ValueError, match="progress mode 'loud' is invalid: accepted are auto, bar, log, quiet"):
+        progress.make_reporter("loud", "x")
+
+
+def _dataset(tmp_path):
+    path = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, train_images=rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8), train_labels=np.arange(2))
+    return path
+
+
+def test_an_isolated_plugins_progress_is_forwarded_from_its_worker(reporting_plugin, tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("COPA_SANDBOX", "off")
+    from copa.plugins import load_plugins
+
+    load_plugins([str(reporting_plugin)])
+    scenario = Scenario(model="cnn2_c1", dataset=f"npz:{_dataset(tmp_path)}", indices=(0,), dtype="float64")
+    with progress.reporting("log", "test-reporting", interval=0):
+        record, _, _ = run_attack(scenario, create_attack("test-reporting", {"steps": 3}))
+    assert record["status"] == "ok" and record["isolation"]["process"] == "worker"
+    err = capfd.readouterr().err
+    forwarded = [line for line in err.splitlines() if line.startswith("[progress]")]
+    assert forwarded[0] == "[progress] test-reporting: the only stage: started (3 steps)"
+    assert forwarded[-1].startswith("[progress] test-reporting: the only stage: step 3/3, loss 0.3333")
+    assert len(forwarded) == 5  # once each: the worker's tail, printed after it ends, leaves them out
+
+
+def test_copa_attack_reports_progress_unless_quiet(reporting_plugin, tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("COPA_SANDBOX", "off")
+    data = _dataset(tmp_path)
+    common = ["attack", "--plugin", str(reporting_plugin), "--attack", "test-reporting", "--model", "cnn2_c1",
+              "--dataset", f"npz:{data}", "--index", "0"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert "[progress] test-reporting: the only stage: started (5 steps)" in capfd.readouterr().err
+    assert main([*common, "--quiet", "--out", str(tmp_path / "b")]) == 0
+    assert "[progress]" not in capfd.readouterr().err
+    assert (tmp_path / "b" / "record.json").is_file()
