@@ -64,6 +64,24 @@ def test_log_lines_name_stage_step_total_loss_and_eta():
     assert lines[-1].endswith("— done") and len(lines) == 6
 
 
+def test_a_tensor_loss_is_read_only_when_shown():
+    import torch
+
+    class Watched(torch.Tensor):
+        reads = 0
+
+        def detach(self):
+            Watched.reads += 1
+            return torch.Tensor.detach(self)
+
+    quiet = io.StringIO()
+    with progress.reporting("log", "copa", stream=quiet, interval=3600), progress.stage("s", total=100) as bar:
+        for _ in range(100):
+            bar.step(loss=torch.tensor([1.0, 3.0]).as_subclass(Watched))
+    assert Watched.reads == 1  # the end line only
+    assert "loss 2," in quiet.getvalue().splitlines()[-1]
+
+
 def test_log_lines_are_at_most_one_per_interval():
     stream = io.StringIO()
     with progress.reporting("log", "dlg", stream=stream, interval=3600):

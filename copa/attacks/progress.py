@@ -56,14 +56,25 @@ class Stage:
     def __init__(self, reporter: Reporter, name: str, total: int | None):
         self.reporter, self.name, self.total = reporter, name, total
         self.done = 0
-        self.loss: float | None = None
+        self._loss = None
         self.started = time.monotonic()
 
-    def step(self, n: int = 1, *, loss: float | None = None) -> None:
+    def step(self, n: int = 1, *, loss=None) -> None:
+        """``n`` more steps done; ``loss``: the attack's current objective — a number or a tensor (its mean is
+        taken only when a reporter shows it, so a quiet run never waits for a device to sync)."""
         self.done += n
         if loss is not None:
-            self.loss = float(loss)
+            self._loss = loss
         self.reporter.on_step(self)
+
+    @property
+    def loss(self) -> float | None:
+        value = self._loss
+        if value is None:
+            return None
+        if hasattr(value, "detach"):
+            value = value.detach().double().mean()
+        return float(value)
 
     @property
     def elapsed(self) -> float:
@@ -133,10 +144,11 @@ class BarReporter(Reporter):
 
     mode = "bar"
 
-    def __init__(self, attack: str = "attack", stream: TextIO | None = None):
+    def __init__(self, attack: str = "attack", stream: TextIO | None = None, refresh: float = 0.5):
         super().__init__(attack)
-        self.stream = stream
+        self.stream, self.refresh = stream, refresh
         self._bars: dict[int, object] = {}
+        self._shown = 0.0
 
     def on_start(self, stage: Stage) -> None:
         from tqdm import tqdm
@@ -147,10 +159,15 @@ class BarReporter(Reporter):
 
     def on_step(self, stage: Stage) -> None:
         bar = self._bars.get(id(stage))
-        if bar is not None:
-            bar.update(stage.done - bar.n)
-            if stage.loss is not None:
-                bar.set_postfix_str(f"loss {_format_loss(stage.loss)}", refresh=False)
+        if bar is None:
+            return
+        now = time.monotonic()
+        if now - self._shown >= self.refresh:  # the loss (a device sync) at most every `refresh` seconds
+            self._shown = now
+            loss = stage.loss
+            if loss is not None:
+                bar.set_postfix_str(f"loss {_format_loss(loss)}", refresh=False)
+        bar.update(stage.done - bar.n)
 
     def on_end(self, stage: Stage) -> None:
         bar = self._bars.pop(id(stage), None)
