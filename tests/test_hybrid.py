@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from copa.attacks import ATTACKS, check_attack, load_plugins
+from copa.attacks import ATTACKS, check_attack, create_attack, load_plugins
 from copa.attacks.checking import CHECKS
 from copa.bench import run_attack
 from copa.errors import InvalidSpecError
@@ -84,7 +84,7 @@ def test_bad_settings_are_refused():
     for bad in ({"precision": "half"}, {"fc_rows": "last"}, {"gradient_rows": "dense"}, {"solver": "qr"},
                 {"lr": 0}, {"tanh_clip": 1.0}, {"steps_image": 10 ** 7}, {"gm_weight_image": -1}):
         with pytest.raises(InvalidSpecError, match="hybrid"):
-            ATTACKS.get("hybrid")(**bad)
+            create_attack("hybrid", bad)
 
 
 def _transcription(observation, steps: int, lr: float, clip: float = 0.9999) -> torch.Tensor:
