@@ -108,10 +108,8 @@ def reference_loop(attack_name: str, overrides: dict, observation, seed: int, de
         for _ in range(hp["restarts"]):
             x = torch.randn(shape, generator=generator, dtype=observation.dtype).to(device).requires_grad_(True)
             optimizer = torch.optim.Adam([x], lr=hp["lr"])
-            n = hp["iterations"]
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer, milestones=sorted({n * 3 // 8, n * 5 // 8, n * 7 // 8} - {0}), gamma=0.1)
-            for _ in range(n):
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=attack.milestones(), gamma=0.1)
+            for _ in range(hp["iterations"]):
                 optimizer.zero_grad()
                 grads = gradients(x)
                 dot = sum((g * t).sum() for g, t in zip(grads, targets))

@@ -57,3 +57,31 @@ def zero_defence():
     register_defence(Zero)
     yield Zero.name
     DEFENCES._entries.pop(Zero.name)
+
+
+@pytest.fixture
+def plugin_file(tmp_path):
+    """``plugin_file(name, source, attacks)``: write ``source`` to ``tmp_path/plugins/NAME.py`` and return its path;
+    at teardown forget the attacks it registered and the plug-in module (the registry as before the test)."""
+    import sys
+
+    from copa import plugins
+    from copa.attacks import ATTACKS
+
+    loaded = dict(plugins._loaded)
+    written: list[tuple[str, tuple[str, ...]]] = []
+
+    def write(name: str, source: str, attacks: tuple[str, ...]) -> Path:
+        path = tmp_path / "plugins" / f"{name}.py"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(source)
+        written.append((name, attacks))
+        return path
+
+    yield write
+    for name, attacks in written:
+        for attack in attacks:
+            ATTACKS._entries.pop(attack, None)
+        sys.modules.pop(f"copa_plugin_{name}", None)
+    plugins._loaded.clear()
+    plugins._loaded.update(loaded)

@@ -5,14 +5,13 @@ stack walk, gc, opening the dataset file it was configured with — gets nothing
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from copa.attacks import ATTACKS, create_attack
+from copa.attacks import create_attack
 from copa.bench import run_attack
 from copa.bench.isolation import attack_plugin, sandbox_tool
 from copa.cli import main
@@ -70,18 +69,8 @@ def dataset(tmp_path):
 
 
 @pytest.fixture()
-def snooper(tmp_path):
-    path = tmp_path / "plugins" / "snooper.py"
-    path.parent.mkdir()
-    path.write_text(SNOOPER)
-    from copa import plugins
-
-    loaded = dict(plugins._loaded)
-    yield path
-    ATTACKS._entries.pop("test-snooper", None)
-    plugins._loaded.clear()
-    plugins._loaded.update(loaded)
-    sys.modules.pop("copa_plugin_snooper", None)
+def snooper(plugin_file):
+    return plugin_file("snooper", SNOOPER, ("test-snooper",))
 
 
 def _scenario(dataset):

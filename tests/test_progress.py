@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import io
 import re
-import sys
 
 import numpy as np
 import pytest
 
-from copa.attacks import ATTACKS, create_attack, progress
+from copa.attacks import create_attack, progress
 from copa.bench import run_attack
 from copa.cli import main
 from copa.threat import Scenario
@@ -37,18 +36,8 @@ class Reporting(Attack):
 
 
 @pytest.fixture()
-def reporting_plugin(tmp_path):
-    path = tmp_path / "plugins" / "reporting.py"
-    path.parent.mkdir()
-    path.write_text(REPORTER)
-    from copa import plugins
-
-    loaded = dict(plugins._loaded)
-    yield path
-    ATTACKS._entries.pop("test-reporting", None)
-    plugins._loaded.clear()
-    plugins._loaded.update(loaded)
-    sys.modules.pop("copa_plugin_reporting", None)
+def reporting_plugin(plugin_file):
+    return plugin_file("reporting", REPORTER, ("test-reporting",))
 
 
 def test_log_lines_name_stage_step_total_loss_and_eta():
