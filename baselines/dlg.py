@@ -7,6 +7,11 @@ are those of the authors' ``main.py``: 300 ``optimizer.step(closure)`` calls of
 ``torch.optim.LBFGS`` with its defaults (lr 1, max_iter 20, history_size 100). With a known label,
 the label is fixed (one-hot) and only the image is optimised.
 
+FedAvg (``update_kinds`` includes ``"weight-delta"``): when the client trained K local SGD steps and
+shared its weight delta, the dummy data's delta comes from replaying those steps
+(:class:`copa.attacks.GradientModel`) and is matched in the same squared L2 distance — DLG's objective
+on the update the client actually sent (as breaching's multi-step user; the DLG paper attacks gradients).
+
 B independent instances (``reconstruct_batch``: e.g. B images under one global model) run as one
 vectorised computation: per-instance gradients through ``torch.func.vmap``
 (:class:`copa.attacks.GradientModel`) and :class:`copa.attacks.BatchedLBFGS`, which follows
@@ -24,11 +29,13 @@ import math
 import torch
 
 from copa.attacks import (
+    STEP_CEILING,
     Attack,
     BatchedLBFGS,
     GradientModel,
     Hyperparameter,
     Reconstruction,
+    progress,
     register_attack,
     squared_l2_distance,
 )
@@ -47,19 +54,19 @@ class DLG(Attack):
     description = "L-BFGS on the squared-L2 gradient distance; soft label optimised jointly when unknown"
     needs_label = False
     batched = True
+    update_kinds = ("gradient", "weight-delta")
     hyperparameters = {
         "iterations": Hyperparameter(300, f"{DLG_CODE}: for iters in range(300): optimizer.step(closure)",
-                                     "L-BFGS steps (each up to max_iter closure evaluations)"),
-        "lr": Hyperparameter(1.0, f"{DLG_CODE}: torch.optim.LBFGS default lr=1"),
-        "max_iter": Hyperparameter(20, f"{DLG_CODE}: torch.optim.LBFGS default max_iter=20 per step"),
-        "history_size": Hyperparameter(100, f"{DLG_CODE}: torch.optim.LBFGS default history_size=100"),
+                                     "L-BFGS steps (each up to max_iter closure evaluations)",
+                                     minimum=1, maximum=STEP_CEILING),
+        "lr": Hyperparameter(1.0, f"{DLG_CODE}: torch.optim.LBFGS default lr=1", minimum=0.0),
+        "max_iter": Hyperparameter(20, f"{DLG_CODE}: torch.optim.LBFGS default max_iter=20 per step",
+                                   minimum=1, maximum=10_000),
+        "history_size": Hyperparameter(100, f"{DLG_CODE}: torch.optim.LBFGS default history_size=100",
+                                       minimum=1, maximum=10_000),
     }
 
-    def validate(self):
-        for key in ("iterations", "max_iter", "history_size"):
-            if self.hp[key] < 1:
-                raise InvalidSpecError(f"{key}={self.hp[key]} is invalid for attack {self.name!r}: "
-                                       f"accepted are integers ≥ 1")
+    def validate(self):  # the integers' ranges are declared above (Hyperparameter minimum / maximum)
         if not (math.isfinite(self.hp["lr"]) and self.hp["lr"] > 0):
             raise InvalidSpecError(f"lr={self.hp['lr']} is invalid for attack {self.name!r}: "
                                    f"accepted are finite numbers > 0")
@@ -130,14 +137,16 @@ class DLG(Attack):
 
         active = torch.ones(B, dtype=torch.bool, device=device)
         steps = [0] * B
-        for _ in range(self.hp["iterations"]):
-            if not bool(active.any()):
-                break
-            loss = optimizer.step(closure, active)
-            for b in torch.nonzero(active).flatten().tolist():
-                steps[b] += 1
-            finite = torch.isfinite(images.detach()).flatten(1).all(dim=1) & torch.isfinite(loss)
-            active = active & finite  # a diverged instance stops: later steps cannot recover a finite iterate
+        with progress.stage("L-BFGS", total=self.hp["iterations"]) as bar:
+            for _ in range(self.hp["iterations"]):
+                if not bool(active.any()):
+                    break
+                loss = optimizer.step(closure, active)
+                for b in torch.nonzero(active).flatten().tolist():
+                    steps[b] += 1
+                finite = torch.isfinite(images.detach()).flatten(1).all(dim=1) & torch.isfinite(loss)
+                active = active & finite  # a diverged instance stops: later steps cannot recover a finite iterate
+                bar.step(loss=loss[active])
         diverged = ~active
         if bool(active.any()):  # the final iterate is not evaluated inside the last step
             with torch.no_grad():

@@ -2,6 +2,7 @@
 
 A real attack that does not beat these has learnt nothing from the gradients. Both output
 images inside the valid box; with the label known they report it, otherwise they report none.
+They read no update, so they take any kind (a gradient or a FedAvg weight delta).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from copa.attacks import Attack, Hyperparameter, Reconstruction, register_attack
-from copa.errors import InvalidSpecError
 
 
 @register_attack
@@ -20,6 +20,7 @@ class Noise(Attack):
     paper = "floor (no paper): uniform noise"
     description = "uniform random image in the valid pixel box; ignores the gradients"
     hyperparameters = {}
+    update_kinds = ("gradient", "weight-delta")
 
     def reconstruct(self, observation, generator):
         shape = (observation.batch_size, *observation.input_shape)
@@ -35,11 +36,9 @@ class MeanImage(Attack):
     name = "mean-image"
     paper = "floor (no paper): constant image"
     description = "constant mid-grey image; ignores the gradients"
-    hyperparameters = {"level": Hyperparameter(0.5, "ours: the centre of the [0, 1] pixel range")}
-
-    def validate(self):
-        if not 0.0 <= self.hp["level"] <= 1.0:
-            raise InvalidSpecError(f"level={self.hp['level']} is outside the accepted range [0, 1]")
+    update_kinds = ("gradient", "weight-delta")
+    hyperparameters = {"level": Hyperparameter(0.5, "ours: the centre of the [0, 1] pixel range", minimum=0.0,
+                                               maximum=1.0)}
 
     def reconstruct(self, observation, generator):
         shape = (observation.batch_size, *observation.input_shape)

@@ -99,14 +99,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from copa.attacks import (Attack, Hyperparameter, Reconstruction, per_tensor_cosine_distance, register_attack,
-                          total_variation)
+from copa.attacks import (
+    STEP_CEILING,
+    Attack,
+    Hyperparameter,
+    Reconstruction,
+    per_tensor_cosine_distance,
+    progress,
+    register_attack,
+    total_variation,
+)
 from copa.errors import InvalidSpecError, NotApplicableError
-from copa.layerwise import (ConvGeometry, chain_context, chain_problem, check_solver, fc_input_from_gradients,
-                            grad_apply, input_gradient, layer_system, solve_dense)
+from copa.layerwise import (
+    ConvGeometry,
+    chain_context,
+    chain_problem,
+    check_solver,
+    fc_input_from_gradients,
+    grad_apply,
+    input_gradient,
+    layer_system,
+    solve_dense,
+)
 
 HYBRID = "hybrid.py (CangxiongChen/training-data-leakage @ 7a8183d)"
-STEPS_MAX = 10 ** 6
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 FC_ROWS = ("first", "all")
 GRADIENT_ROWS = ("exact", "circ_rep_grad")
@@ -210,11 +226,11 @@ class Hybrid(Attack):
     batched = False
     hyperparameters = {
         "steps_image": Hyperparameter(10000, f"{HYBRID} L613: n_iter_dlg_1st, 10000 in the paper (L950)",
-                                      minimum=0, maximum=STEPS_MAX),
+                                      minimum=0, maximum=STEP_CEILING),
         "steps_layer1": Hyperparameter(8000, f"{HYBRID} L626: 4·n_iter_dlg, n_iter_dlg 2000 in the paper (L949)",
-                                       minimum=0, maximum=STEPS_MAX),
+                                       minimum=0, maximum=STEP_CEILING),
         "steps_deeper": Hyperparameter(1000, f"{HYBRID} L638: n_iter_dlg // 2, n_iter_dlg 2000 in the paper "
-                                             "(L949)", minimum=0, maximum=STEPS_MAX),
+                                             "(L949)", minimum=0, maximum=STEP_CEILING),
         "gm_weight_image": Hyperparameter(1.0, f"{HYBRID} L615: weight_cossim 1 at layer 0", minimum=0.0),
         "gm_weight_layer1": Hyperparameter(1.0, f"{HYBRID} L628: weight_cossim 1 at layer 1", minimum=0.0),
         "gm_weight_deeper": Hyperparameter(10.0, f"{HYBRID} L640: weight_cossim 10 at layers ≥ 2", minimum=0.0),
@@ -305,7 +321,7 @@ class Hybrid(Attack):
             objective = _LayerObjective(ctx, i, geometry, z, delta, keep, observation.loss_fn, labels, dtype,
                                         schedule)
             x_i, stage = self._match(objective, x_ls.reshape(1, geometry.in_channels, *geometry.input).to(dtype),
-                                     schedule["steps"])
+                                     schedule["steps"], stage=f"layer {i} gradient matching")
             evaluations += objective.evaluations
             loss = stage["objective_final"]
             rhs_norm = float(torch.linalg.vector_norm(torch.cat([z.reshape(-1), ctx.grads[i][0].reshape(-1)])))
@@ -334,22 +350,25 @@ class Hybrid(Attack):
             matrix[rows] = matrix[rows] * keep.reshape(1, -1)
         return solve_dense(matrix, system.rhs, method=self.hp["solver"])
 
-    def _match(self, objective: _LayerObjective, x_start: Tensor, steps: int) -> tuple[Tensor, dict[str, Any]]:
+    def _match(self, objective: _LayerObjective, x_start: Tensor, steps: int,
+               stage: str = "gradient matching") -> tuple[Tensor, dict[str, Any]]:
         """Adam from the least-squares solution; the last iterate is returned (L810–846)."""
         x = x_start.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=self.hp["lr"])
         initial = lowest = None
         lowest_step = 0
-        for step in range(int(steps)):
-            optimizer.zero_grad()
-            value, _ = objective(x)
-            value.backward()
-            v = float(value.detach())
-            if initial is None:
-                initial = v
-            if lowest is None or v < lowest:
-                lowest, lowest_step = v, step
-            optimizer.step()
+        with progress.stage(stage, total=int(steps)) as bar:
+            for step in range(int(steps)):
+                optimizer.zero_grad()
+                value, _ = objective(x)
+                value.backward()
+                v = float(value.detach())
+                if initial is None:
+                    initial = v
+                if lowest is None or v < lowest:
+                    lowest, lowest_step = v, step
+                optimizer.step()
+                bar.step(loss=v)
         x = x.detach()
         final, terms = objective(x)
         final = float(final)

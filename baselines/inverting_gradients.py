@@ -13,8 +13,13 @@ per-run gradients through ``torch.func.vmap``); Adam is element-wise, so each ru
 updates it would get alone (tests/test_batched.py).
 
 With an unknown label and one image the label comes from iDLG's rule, as in inversefed
-(``self.iDLG = True``); with an unknown label and a larger batch the attack is not applicable
-(inversefed would then optimise soft labels with Adam; not reproduced here).
+(``self.iDLG = True``); with an unknown label and a larger batch from the batch label-count rule
+(:func:`copa.attacks.recover_labels`; inversefed would optimise soft labels with Adam instead).
+
+FedAvg (``update_kinds`` includes ``"weight-delta"``): on a client that trained K local SGD steps the
+attack matches the observed weight delta with the delta of the same K steps replayed on its images
+(:class:`copa.attacks.GradientModel`), differentiating through every step — the paper's §6 attack on
+multiple local updates (inversefed ``FedAvgReconstructor``, ``loss_steps``), same objective and optimiser.
 
 Defaults (see docs/baselines.md): the paper's single-image experiments run 24,000 iterations; the
 code's ``DEFAULT_CONFIG`` has 4,800 iterations (and TV 1e-1, unsigned), its ``reconstruct_image.py``
@@ -29,12 +34,14 @@ import math
 import torch
 
 from copa.attacks import (
+    STEP_CEILING,
     Attack,
     GradientModel,
     Hyperparameter,
     Reconstruction,
     cosine_distance,
-    label_from_gradients,
+    progress,
+    recover_labels,
     register_attack,
     total_variation,
 )
@@ -53,22 +60,23 @@ class InvertingGradients(Attack):
     description = "signed Adam on 1 − cosine of the gradient vector + TV, clamped to the pixel box"
     needs_label = False
     batched = True
+    update_kinds = ("gradient", "weight-delta")
     hyperparameters = {
         "iterations": Hyperparameter(4800, f"{IG_CODE} inversefed/reconstruction_algorithms.py DEFAULT_CONFIG "
-                                           "max_iterations=4800 (paper and reconstruct_image.py: 24000)"),
-        "lr": Hyperparameter(0.1, f"{IG_CODE} reconstruct_image.py / DEFAULT_CONFIG: lr=0.1 (paper: step size 0.1)"),
+                                           "max_iterations=4800 (paper and reconstruct_image.py: 24000)",
+                                     minimum=1, maximum=STEP_CEILING),
+        "lr": Hyperparameter(0.1, f"{IG_CODE} reconstruct_image.py / DEFAULT_CONFIG: lr=0.1 (paper: step size 0.1)",
+                             minimum=0.0),
         "tv_weight": Hyperparameter(1e-4, f"{IG_CODE} inversefed/options.py: --tv default 1e-4 "
-                                          "(DEFAULT_CONFIG: total_variation=1e-1)"),
-        "restarts": Hyperparameter(1, f"{IG_CODE} inversefed/options.py: --restarts default 1"),
+                                          "(DEFAULT_CONFIG: total_variation=1e-1)", minimum=0.0),
+        "restarts": Hyperparameter(1, f"{IG_CODE} inversefed/options.py: --restarts default 1 (the paper: 8 on "
+                                      "ImageNet)", minimum=1, maximum=1000),
         "signed": Hyperparameter(True, f"{IG_CODE}: signed=True in reconstruct_image.py's 'ours' config; the "
                                        "paper's signed gradients"),
         "boxed": Hyperparameter(True, f"{IG_CODE}: boxed=True (clamp to the image box after each step)"),
     }
 
-    def validate(self):
-        for key in ("iterations", "restarts"):
-            if self.hp[key] < 1:
-                raise InvalidSpecError(f"{key}={self.hp[key]} is invalid for attack 'ig': accepted are integers ≥ 1")
+    def validate(self):  # the integers' ranges are declared above (Hyperparameter minimum / maximum)
         if not (math.isfinite(self.hp["lr"]) and self.hp["lr"] > 0):
             raise InvalidSpecError(f"lr={self.hp['lr']} is invalid for attack 'ig': accepted are finite numbers > 0")
         if not (math.isfinite(self.hp["tv_weight"]) and self.hp["tv_weight"] >= 0):
@@ -78,9 +86,9 @@ class InvertingGradients(Attack):
     def applicable(self, observation):
         if not observation.label_known:
             try:
-                label_from_gradients(observation)
+                recover_labels(observation)
             except NotApplicableError as exc:
-                return f"with the label unknown, ig reads it with iDLG's rule, which does not apply: {exc}"
+                return f"with the label unknown, ig reads it from the update, which does not apply: {exc}"
         return super().applicable(observation)
 
     def milestones(self) -> list[int]:
@@ -99,8 +107,8 @@ class InvertingGradients(Attack):
             info = {}
             label = observation.labels
             if label is None:
-                label, rule = label_from_gradients(observation)
-                info["extracted_label"] = rule["label"]
+                label, rule = recover_labels(observation)
+                info.update(rule)
             infos.append(info)
             labels.append(label)
         first = observations[0]
@@ -132,28 +140,31 @@ class InvertingGradients(Attack):
 
         def keep_best(values, count):
             nonlocal best_x
-            better = count & (values.to(torch.float64) < best_loss)  # NaN is never kept
-            best_loss.copy_(torch.where(better, values.to(torch.float64), best_loss))
+            values = values.to(torch.float64)
+            better = count & (values < best_loss)  # NaN is never kept
+            best_loss.copy_(torch.where(better, values, best_loss))
             best_x = torch.where(better.reshape(box), x.detach(), best_x)
 
-        for iteration in range(self.hp["iterations"]):
-            if not bool(active.any()):
-                break
-            optimizer.zero_grad()
-            losses = objective(x, active)
-            values = losses.detach()
-            if iteration == 0:
-                initial = values.to(torch.float64).clone()
-            keep_best(values, active)  # the objective at x before this step
-            losses.sum().backward()
-            if self.hp["signed"]:
-                x.grad.sign_()
-            optimizer.step()
-            scheduler.step()
-            if self.hp["boxed"]:
-                with torch.no_grad():
-                    x.copy_(torch.maximum(torch.minimum(x, upper), lower))
-            active = active & torch.isfinite(x.detach()).flatten(1).all(dim=1)  # a non-finite run stops
+        with progress.stage("signed Adam" if self.hp["signed"] else "Adam", total=self.hp["iterations"]) as bar:
+            for iteration in range(self.hp["iterations"]):
+                if not bool(active.any()):
+                    break
+                optimizer.zero_grad()
+                losses = objective(x, active)
+                values = losses.detach()
+                if iteration == 0:
+                    initial = values.to(torch.float64).clone()
+                keep_best(values, active)  # the objective at x before this step
+                losses.sum().backward()
+                if self.hp["signed"]:
+                    x.grad.sign_()
+                optimizer.step()
+                scheduler.step()
+                if self.hp["boxed"]:
+                    with torch.no_grad():
+                        x.copy_(torch.maximum(torch.minimum(x, upper), lower))
+                active = active & torch.isfinite(x.detach()).flatten(1).all(dim=1)  # a non-finite run stops
+                bar.step(loss=values[active])
         if bool(active.any()):
             with torch.no_grad():
                 keep_best(objective(x, active), active)

@@ -231,9 +231,11 @@ def cmd_list(args) -> int:
         for entry in ATTACKS:
             label = "label needed" if entry.obj.needs_label else ""
             batched = "batched" if entry.obj.batched else ""
-            print(f"{entry.name:14s} {label:13s} {batched:8s} {entry.meta.get('paper', '')}")
+            fedavg = "FedAvg" if "weight-delta" in entry.obj.update_kinds else ""
+            print(f"{entry.name:14s} {label:13s} {batched:8s} {fedavg:7s} {entry.meta.get('paper', '')}")
         print("\nbatched: attacks B independent instances as one vectorised computation (README, "
-              "\"Batched instances\").")
+              "\"Batched instances\").\nFedAvg: also reads the weight delta of a client that took several local "
+              "steps (--local-steps K; README, \"FedAvg and batches\").")
     elif args.what == "datasets":
         for entry in data.DATASETS:
             print(f"{entry.meta.get('form', entry.name):16s} {entry.meta.get('description', '')}")

@@ -20,6 +20,11 @@ step count an attack here runs by default (Inverting Gradients' 24 000 iteration
 ``--set iterations=1e30`` is refused instead of running until killed."""
 
 
+STEP_CEILING = 10 ** 6
+"""The largest step / iteration count the shipped attacks declare (``maximum``): 42× Inverting Gradients' 24 000
+paper iterations, 100× COPA-GM's 10 000 image-layer steps — at least hours of CPU per image already."""
+
+
 @dataclass(frozen=True)
 class Hyperparameter:
     """A hyperparameter default with where it comes from (paper section, code file, or 'ours: why').
@@ -42,13 +47,26 @@ class Hyperparameter:
         if isinstance(converted, float) and not math.isfinite(converted):
             raise InvalidSpecError(f"hyperparameter {name}={value!r} is not finite: accepted are finite numbers")
         if self.minimum is not None and converted < self.minimum:
-            raise InvalidSpecError(f"hyperparameter {name}={value!r} is below its minimum {self.minimum!r}")
+            raise InvalidSpecError(f"hyperparameter {name}={value!r} is below its minimum {self.minimum!r}: "
+                                   f"accepted are {self.accepted()}")
         if self.maximum is not None and converted > self.maximum:
-            raise InvalidSpecError(f"hyperparameter {name}={value!r} is above its maximum {self.maximum!r}")
+            raise InvalidSpecError(f"hyperparameter {name}={value!r} is above its maximum {self.maximum!r}: "
+                                   f"accepted are {self.accepted()}")
         if self.maximum is None and isinstance(converted, int) and converted > INTEGER_CEILING:
             raise InvalidSpecError(f"hyperparameter {name}={value!r} is above {INTEGER_CEILING}, the largest integer "
                                    f"accepted where no maximum is declared")
         return converted
+
+    def accepted(self) -> str:
+        """The accepted values in words, e.g. ``integers from 1 to 1000000`` or ``finite numbers ≥ 0.0``."""
+        kind = "integers" if type(self.default) is int else "finite numbers"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{kind} from {self.minimum!r} to {self.maximum!r}"
+        if self.minimum is not None:
+            return f"{kind} ≥ {self.minimum!r}" + (f" and ≤ {INTEGER_CEILING}" if kind == "integers" else "")
+        if self.maximum is not None:
+            return f"{kind} ≤ {self.maximum!r}"
+        return f"{kind} ≤ {INTEGER_CEILING}" if kind == "integers" else kind
 
     def _convert(self, name: str, value: Any) -> Any:
         kind = type(self.default)

@@ -70,11 +70,12 @@ def test_idlg_with_unknown_label_reports_the_true_label_and_runs_dlg_with_it(cif
 
 
 @pytest.mark.parametrize("attack", ["idlg", "ig"])
-def test_label_rule_attacks_are_not_applicable_to_a_batch_without_labels(attack, cifar_npz):
-    record, reconstruction, _ = run_attack(_scenario(cifar_npz, (0, 1), label_known=False), attack,
-                                           overrides={"iterations": 1})
-    assert record["status"] == "not-applicable" and reconstruction is None
-    assert "batch size 1, got 2" in record["reason"]
+def test_label_rule_attacks_read_a_batchs_labels_with_the_batch_rule(attack, cifar_npz):
+    record, reconstruction, truth = run_attack(_scenario(cifar_npz, (0, 1), label_known=False), attack,
+                                               overrides={"iterations": 1})
+    assert record["status"] == "ok", record.get("reason")
+    assert record["attack_info"]["label_rule"].startswith("bias-gradient label counts")
+    assert sorted(record["attack_info"]["extracted_labels"]) == sorted(truth.labels.tolist())
 
 
 def test_idlg_needs_an_output_linear_layer_with_one_output_per_class():
@@ -187,13 +188,15 @@ def test_optimisation_attacks_share_the_iterations_name():
 
 
 @pytest.mark.parametrize("attack, key, value, text", [
-    ("dlg", "iterations", "0", "iterations=0"),
-    ("dlg", "lr", "-1", "lr=-1.0"),
+    ("dlg", "iterations", "0", "iterations='0' is below its minimum 1"),
+    ("dlg", "lr", "-1", "lr='-1' is below its minimum 0.0"),
+    ("dlg", "lr", "0", "lr=0.0 is invalid"),
     ("dlg", "max_iter", "2.5", "max_iter='2.5'"),
-    ("idlg", "history_size", "0", "history_size=0"),
-    ("ig", "iterations", "-3", "iterations=-3"),
-    ("ig", "restarts", "0", "restarts=0"),
-    ("ig", "tv_weight", "-1e-4", "tv_weight=-0.0001"),
+    ("idlg", "history_size", "0", "history_size='0' is below its minimum 1"),
+    ("ig", "iterations", "-3", "iterations='-3' is below its minimum 1"),
+    ("ig", "restarts", "0", "restarts='0' is below its minimum 1"),
+    ("ig", "restarts", "1001", "restarts='1001' is above its maximum 1000"),
+    ("ig", "tv_weight", "-1e-4", "tv_weight='-1e-4' is below its minimum 0.0"),
     ("ig", "lr", "nan", "lr='nan' is not finite"),
     ("ig", "signed", "maybe", "signed='maybe'"),
 ])

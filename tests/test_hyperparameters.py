@@ -43,3 +43,31 @@ def test_the_command_line_refuses_a_runaway_step_count(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "attack 'dlg': hyperparameter iterations='1e30' is above" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_refusal_says_what_is_accepted():
+    assert Hyperparameter(5, "t", minimum=0, maximum=10).accepted() == "integers from 0 to 10"
+    assert Hyperparameter(5, "t", minimum=1).accepted() == f"integers ≥ 1 and ≤ {INTEGER_CEILING}"
+    assert Hyperparameter(0.1, "t", minimum=0.0).accepted() == "finite numbers ≥ 0.0"
+    with pytest.raises(InvalidSpecError, match=r"below its minimum 0: accepted are integers from 0 to 10000$"):
+        resolve_parameters("attack", "toy", DECLARED, {"steps": -1})
+
+
+def test_every_shipped_attack_declares_the_range_of_its_numbers():
+    """Issue "Trust": every numeric hyperparameter of a shipped attack has a declared minimum, and every step or
+    iteration count a maximum of at most STEP_CEILING — a typo is refused by name instead of running for days."""
+    from copa.attacks import ATTACKS, STEP_CEILING, load_plugins
+
+    load_plugins()
+    shipped = [name for name in ATTACKS.names()
+               if ATTACKS.get(name).__module__.startswith(("copa.", "copa_baselines."))]
+    assert {"copa", "copa-gm", "hybrid", "dlg", "idlg", "ig", "mean-image"} <= set(shipped)
+    for name in shipped:
+        for key, declared in ATTACKS.get(name).hyperparameters.items():
+            if isinstance(declared.default, bool) or not isinstance(declared.default, (int, float)):
+                continue
+            assert declared.minimum is not None, f"{name}.{key} declares no minimum"
+            if isinstance(declared.default, int) and ("steps" in key or "iterations" in key):
+                assert declared.maximum is not None and declared.maximum <= STEP_CEILING, f"{name}.{key}"
+            assert declared.minimum <= declared.default <= (declared.maximum if declared.maximum is not None
+                                                            else float("inf")), f"{name}.{key}"

@@ -138,3 +138,25 @@ def test_copa_attack_reports_progress_unless_quiet(reporting_plugin, tmp_path, c
     assert main([*common, "--quiet", "--out", str(tmp_path / "b")]) == 0
     assert "[progress]" not in capfd.readouterr().err
     assert (tmp_path / "b" / "record.json").is_file()
+
+
+@pytest.mark.parametrize("attack, overrides, stage", [
+    ("copa", {"steps": 3}, "layer 0 null space (1 of 1): step 3/3"),
+    ("copa-gm", {"steps": 2, "steps_image": 3, "steps_layer1": 3, "steps_deeper": 3, "consistency_tol": 0},
+     "layer 0 gradient matching (1 of 1): step 3/3"),
+    ("hybrid", {"steps_image": 3, "steps_layer1": 3, "steps_deeper": 3}, "layer 0 gradient matching: step 3/3"),
+    ("dlg", {"iterations": 2, "max_iter": 2}, "L-BFGS: step 2/2"),
+    ("ig", {"iterations": 3}, "signed Adam: step 3/3"),
+])
+def test_the_shipped_attacks_report_their_stages(attack, overrides, stage):
+    scenario = Scenario(model="cnn2_c2", dataset="sample", indices=(0,), dtype="float64")
+    stream = io.StringIO()
+    with progress.reporting("log", attack, stream=stream, interval=0):
+        record, _, _ = run_attack(scenario, create_attack(attack, overrides))
+    assert record["status"] == "ok"
+    ends = [line for line in stream.getvalue().splitlines() if line.endswith("— done")]
+    assert any(f"[progress] {attack}: {stage}, loss " in line for line in ends), stream.getvalue()
+    stepped = [line for line in ends if ": step " in line]
+    assert all(re.search(r"loss (-?[0-9.e+-]+|n/a|nan), elapsed \d+:\d\d, ETA", line) for line in stepped)
+    if attack in ("copa", "copa-gm"):  # one stage per layer of the chain, from the output down
+        assert f"[progress] {attack}: layer 0: started" in stream.getvalue()

@@ -12,7 +12,7 @@ from copa.models import create_model
 from copa.threat import GroundTruth, Observation, Scenario
 
 OBSERVATION_FIELDS = {"model", "model_name", "parameter_names", "gradients", "labels", "batch_size",
-                      "input_shape", "num_classes", "preprocess", "loss", "defences", "meta"}
+                      "input_shape", "num_classes", "preprocess", "loss", "defences", "meta", "local"}  # local: FedAvg public hyperparameters
 
 
 # Modules and functions lead to the whole interpreter (sys.modules); the observation's own data does not

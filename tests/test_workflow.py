@@ -144,6 +144,9 @@ def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_repo
                                                                                              len(indices))
     chain_copa = board.loc[("cnn2_c1", "copa")]
     assert chain_copa.ok == len(indices) and chain_copa.psnr_mean > 100  # exact recovery on a full-rank chain
+    cell_log = (tmp_path / "runs" / "smoke" / "logs").glob("*/cells/none/cnn2_c1/copa.log")
+    progress_lines = [line for log in cell_log for line in log.read_text().splitlines() if "[progress] copa:" in line]
+    assert progress_lines, "the cell's log reports the attack's progress"
     assert chain_copa.copa_index == 0
     for model in smoke["models"]:  # the plain smoke cells are untouched by the injected failures
         assert board.loc[(model, "mean-image"), "ok"] == len(indices)

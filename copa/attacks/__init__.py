@@ -11,7 +11,7 @@ the baselines come as plug-ins (:mod:`copa.plugins`).
 
 from __future__ import annotations
 
-from ..hyperparameters import Hyperparameter
+from ..hyperparameters import STEP_CEILING, Hyperparameter
 from ..plugins import load_plugins
 from . import copa as _copa  # noqa: F401  (registers copa and copa-gm)
 from . import progress
@@ -22,6 +22,7 @@ from .base import (
     create_attack,
     parse_overrides,
     register_attack,
+    why_not_applicable,
 )
 from .checking import check_attack
 from .gradmatch import (
@@ -31,6 +32,7 @@ from .gradmatch import (
     labels_from_gradients,
     last_linear,
     parameter_gradients,
+    recover_labels,
     per_tensor_cosine_distance,
     squared_l2_distance,
     total_variation,
@@ -38,7 +40,10 @@ from .gradmatch import (
 from .lbfgs import BatchedLBFGS
 
 __all__ = [
+    "why_not_applicable",
+    "recover_labels",
     "ATTACKS",
+    "STEP_CEILING",
     "Attack",
     "BatchedLBFGS",
     "GradientModel",

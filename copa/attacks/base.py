@@ -67,6 +67,9 @@ class Attack:
     needs_label: ClassVar[bool] = False
     hyperparameters: ClassVar[dict[str, Hyperparameter]] = {}
     batched: ClassVar[bool] = False  # True: reconstruct_batch solves its instances in one vectorised computation
+    #: The client updates the attack can read (:data:`copa.threat.UPDATE_KINDS`): ``"gradient"`` (FedSGD) and/or
+    #: ``"weight-delta"`` (FedAvg, several local steps). Checked before :meth:`applicable` (:func:`why_not_applicable`).
+    update_kinds: ClassVar[tuple[str, ...]] = ("gradient",)
 
     def __init__(self, **overrides: Any):
         self.hp: dict[str, Any] = resolve_parameters("attack", self.name, self.hyperparameters, overrides)
@@ -99,12 +102,23 @@ class Attack:
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "paper": cls.paper, "code": cls.code, "description": cls.description,
-                "needs_label": cls.needs_label, "batched": cls.batched,
+                "needs_label": cls.needs_label, "batched": cls.batched, "update_kinds": list(cls.update_kinds),
                 "hyperparameters": {k: {"default": h.default, "source": h.source, "help": h.help}
                                     for k, h in cls.hyperparameters.items()}}
 
 
 register_attack = class_registrar(ATTACKS, Attack, "attack")
+
+
+def why_not_applicable(attack: Attack, observation) -> str | None:
+    """None if ``attack`` can run on ``observation``, else the reason: first whether it reads the kind of update
+    the client shared (``attack.update_kinds``), then the attack's own :meth:`Attack.applicable`. The runner,
+    the isolated worker and :func:`copa.attacks.check_attack` all ask here."""
+    kind = getattr(observation, "update_kind", "gradient")
+    if kind not in attack.update_kinds:
+        return (f"attack {attack.name!r} reads {' or '.join(k + 's' for k in attack.update_kinds)}, but the client "
+                f"shared {observation.update_description()}")
+    return attack.applicable(observation)
 
 
 def create_attack(name: str, overrides: dict[str, Any] | None = None, plugins=()) -> Attack:

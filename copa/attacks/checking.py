@@ -6,14 +6,16 @@ registered name) and runs a fixed list of checks on small real observations, rai
 
 * **declaration** — a subclass of :class:`~copa.attacks.Attack` with a ``name`` (no spaces), a ``paper``;
   every hyperparameter a :class:`~copa.hyperparameters.Hyperparameter` with a non-empty source whose
-  default survives type coercion; ``describe()`` is JSON;
+  default survives type coercion; ``update_kinds`` a non-empty tuple of :data:`copa.threat.UPDATE_KINDS`;
+  ``describe()`` is JSON;
 * **bad input** — an unknown hyperparameter and a wrong-typed one raise a
   :class:`~copa.errors.CopaError` naming the attack;
 * **applicability** — ``applicable`` returns None or a reason (str); an attack with ``needs_label``
   refuses an observation without labels;
 * **output** — ``reconstruct`` returns a :class:`~copa.attacks.Reconstruction` whose images have the
   observation's batch, shape, dtype and device and are finite; labels None or one per image; a finite
-  loss or None; non-negative evaluation counts or None;
+  loss or None; non-negative evaluation counts or None; an attack that reads weight deltas does so on a
+  FedAvg observation (two local steps), and one that does not is refused it;
 * **observation untouched** — the observed gradients, labels and weights are bit-identical afterwards
   (an attack works on copies);
 * **determinism** — the same seed gives the same images (bit-identical on the CPU);
@@ -38,7 +40,7 @@ import torch
 
 from ..errors import CopaError
 from ..hyperparameters import Hyperparameter
-from .base import ATTACKS, Attack, Reconstruction
+from .base import ATTACKS, Attack, Reconstruction, why_not_applicable
 
 CHECKS = ("declaration", "bad input", "applicability", "output", "observation untouched", "determinism", "batch")
 
@@ -51,11 +53,12 @@ def _fail(attack_name: str, check: str, what: str) -> AttackContractError:
     return AttackContractError(f"attack {attack_name!r} fails check {check!r}: {what}")
 
 
-def _observations(model: str, input_shape: Sequence[int], indices: Sequence[int], label_known: bool, dtype: str):
+def _observations(model: str, input_shape: Sequence[int], indices: Sequence[int], label_known: bool, dtype: str,
+                  local_steps: int = 1):
     from ..threat import Scenario
 
     return [Scenario(model=model, dataset="sample", indices=(int(i),), input_shape=tuple(input_shape),
-                     label_known=label_known, dtype=dtype).build("cpu")[0] for i in indices]
+                     label_known=label_known, dtype=dtype, local_steps=local_steps).build("cpu")[0] for i in indices]
 
 
 def _snapshot(observation) -> list[torch.Tensor]:
@@ -85,6 +88,12 @@ def check_attack(attack: str | type[Attack], *, overrides: dict[str, Any] | None
         raise _fail(name, "declaration", f"name {cls.name!r} must be a non-empty string without spaces")
     if not isinstance(cls.paper, str) or not cls.paper:
         raise _fail(name, "declaration", "paper must name the method's source (a non-empty string)")
+    from ..threat import UPDATE_KINDS
+
+    kinds = cls.update_kinds
+    if not isinstance(kinds, tuple) or not kinds or any(k not in UPDATE_KINDS for k in kinds):
+        raise _fail(name, "declaration", f"update_kinds {kinds!r} must be a non-empty tuple of "
+                                         f"{', '.join(map(repr, UPDATE_KINDS))}")
     for key, hp in cls.hyperparameters.items():
         if not isinstance(hp, Hyperparameter):
             raise _fail(name, "declaration", f"hyperparameter {key!r} is a {type(hp).__name__}, not a Hyperparameter")
@@ -124,11 +133,11 @@ def check_attack(attack: str | type[Attack], *, overrides: dict[str, Any] | None
 
     # applicability
     observations = _observations(model, input_shape, (0, 1), True, dtype)
-    reason = instance.applicable(observations[0])
+    reason = why_not_applicable(instance, observations[0])
     if reason is not None and not isinstance(reason, str):
         raise _fail(name, "applicability", f"applicable() returned {reason!r}: expected None or a reason (str)")
     unlabelled = _observations(model, input_shape, (0,), False, dtype)[0]
-    if cls.needs_label and instance.applicable(unlabelled) is None:
+    if cls.needs_label and why_not_applicable(instance, unlabelled) is None:
         raise _fail(name, "applicability", "needs_label is set, but an observation without labels was accepted")
     passed.append("applicability")
     if reason is not None:  # the remaining checks need an observation the attack applies to
@@ -139,6 +148,12 @@ def check_attack(attack: str | type[Attack], *, overrides: dict[str, Any] | None
     before = _snapshot(observations[0])
     result = instance.reconstruct(observations[0], torch.Generator().manual_seed(seed))
     _check_output(name, result, observations[0])
+    fedavg = _observations(model, input_shape, (0,), True, dtype, local_steps=2)[0]
+    fedavg_reason = why_not_applicable(instance, fedavg)
+    if "weight-delta" in cls.update_kinds and fedavg_reason is None:
+        _check_output(name, instance.reconstruct(fedavg, torch.Generator().manual_seed(seed)), fedavg)
+    elif "weight-delta" not in cls.update_kinds and fedavg_reason is None:
+        raise _fail(name, "output", "update_kinds excludes 'weight-delta', but a FedAvg observation was accepted")
     passed.append("output")
     after = _snapshot(observations[0])
     if len(before) != len(after) or any(not torch.equal(a, b) for a, b in zip(before, after)):

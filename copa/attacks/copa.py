@@ -61,8 +61,9 @@ from torch import Tensor
 
 from .. import layerwise
 from ..errors import InvalidSpecError
-from ..hyperparameters import Hyperparameter
+from ..hyperparameters import STEP_CEILING, Hyperparameter
 from ..layerwise import ChainContext, LayerProblem, NullProjector, solve_backwards_batch
+from . import progress
 from .base import Attack, Reconstruction, register_attack
 from .gradmatch import per_tensor_cosine_distance, total_variation
 
@@ -251,7 +252,8 @@ def _stage_chunks(problems: list[LayerProblem], members: list[int]) -> list[list
     return [members[k:k + group] for k in range(0, len(members), group)]
 
 
-def _minimise(objective, start: Tensor, steps: int, lr: float) -> tuple[Tensor, list[float], list[float]]:
+def _minimise(objective, start: Tensor, steps: int, lr: float, stage: str = "Adam",
+              ) -> tuple[Tensor, list[float], list[float]]:
     """Adam on ``objective(start + d)`` over ``d`` for B independent instances (leading dimension).
 
     ``objective`` returns one value per instance; Adam is element-wise, so one optimiser over the stacked
@@ -269,12 +271,14 @@ def _minimise(objective, start: Tensor, steps: int, lr: float) -> tuple[Tensor, 
         best_value = torch.where(better, values, best_value)
         best_d = torch.where(better.reshape(-1, *[1] * (start.dim() - 1)), d.detach(), best_d)
 
-    for _ in range(int(steps)):
-        optimizer.zero_grad()
-        values = objective(start + d)
-        values.sum().backward()
-        keep_better(values.detach())  # value at the iterate before this step
-        optimizer.step()
+    with progress.stage(stage, total=int(steps)) as bar:
+        for _ in range(int(steps)):
+            optimizer.zero_grad()
+            values = objective(start + d)
+            values.sum().backward()
+            keep_better(values.detach())  # value at the iterate before this step
+            optimizer.step()
+            bar.step(loss=values.detach())
     if steps:
         with torch.no_grad():
             keep_better(objective(start + d))
@@ -292,12 +296,12 @@ class COPA(Attack):
     batched = True
     hyperparameters = {
         "steps": Hyperparameter(1000, "ours: Adam steps of the null-space stage per rank-deficient layer "
-                                      "(hybrid.py uses 1000 for deep layers)"),
-        "lr": Hyperparameter(1e-3, f"{HYBRID}: torch.optim.Adam default lr"),
-        "tv_weight_image": Hyperparameter(1.0, f"{HYBRID}: TV weight 1 at the image layer"),
-        "tv_weight_hidden": Hyperparameter(0.1, f"{HYBRID}: TV weight 0.1 at deeper layers"),
-        "pullback_weight": Hyperparameter(1.0, "ours: weight of the pull-back penalty (layers ≥ 1)"),
-        "box_weight": Hyperparameter(1.0, "ours: weight of the pixel-box penalty at the image layer"),
+                                      "(hybrid.py uses 1000 for deep layers)", minimum=0, maximum=STEP_CEILING),
+        "lr": Hyperparameter(1e-3, f"{HYBRID}: torch.optim.Adam default lr", minimum=0.0),
+        "tv_weight_image": Hyperparameter(1.0, f"{HYBRID}: TV weight 1 at the image layer", minimum=0.0),
+        "tv_weight_hidden": Hyperparameter(0.1, f"{HYBRID}: TV weight 0.1 at deeper layers", minimum=0.0),
+        "pullback_weight": Hyperparameter(1.0, "ours: weight of the pull-back penalty (layers ≥ 1)", minimum=0.0),
+        "box_weight": Hyperparameter(1.0, "ours: weight of the pixel-box penalty at the image layer", minimum=0.0),
         "solver": Hyperparameter("normal", "ours: 'normal' (Gram Cholesky, fast) or 'lstsq' (LAPACK gelsd)"),
     }
 
@@ -305,13 +309,8 @@ class COPA(Attack):
         from ..layerwise import check_solver
 
         check_solver(self.hp["solver"])
-        steps = {k: v for k, v in self.hp.items() if k.startswith("steps")}
-        if min(steps.values()) < 0 or self.hp["lr"] <= 0:
-            raise InvalidSpecError(f"{steps}, lr={self.hp['lr']}: need steps ≥ 0 and lr > 0")
-        weights = {k: v for k, v in self.hp.items() if "weight" in k}
-        negative = {k: v for k, v in weights.items() if v < 0}
-        if negative:
-            raise InvalidSpecError(f"{negative}: weights must be ≥ 0")
+        if not self.hp["lr"] > 0:  # steps and weights: their ranges are declared above (minimum / maximum)
+            raise InvalidSpecError(f"lr={self.hp['lr']!r} is invalid: expected > 0")
 
     def applicable(self, observation):
         from ..layerwise import chain_problem
@@ -347,7 +346,12 @@ class COPA(Attack):
                 for o, (x, ctx), n in zip(observations, solved, evaluations)]
 
     def _refine(self, problems: list[LayerProblem], ctxs: list[ChainContext], *, bounds, evaluations: list[int]):
-        """Stages 2 and 3 of the module docstring for one layer of every instance."""
+        """Stages 2 and 3 of the module docstring for one layer of every instance (one progress stage per layer)."""
+        with progress.stage(f"layer {problems[0].index}"):
+            return self._refine_layer(problems, ctxs, bounds=bounds, evaluations=evaluations)
+
+    def _refine_layer(self, problems: list[LayerProblem], ctxs: list[ChainContext], *, bounds,
+                      evaluations: list[int]):
         first = problems[0]
         g, index = first.geometry, first.index
         infos: list[dict[str, Any]] = [{} for _ in problems]
@@ -390,7 +394,8 @@ class COPA(Attack):
             project = NullProjector([problems[b] for b in chunk])
             tv = self.tv_weight(index)
             point, values, initials = _minimise(lambda v: priors(unflat(x_ls + project(v)), tv),
-                                                torch.zeros_like(x_ls), self.hp["steps"], self.hp["lr"])
+                                                torch.zeros_like(x_ls), self.hp["steps"], self.hp["lr"],
+                                                stage=f"layer {index} null space ({len(chunk)} of {len(problems)})")
             refined = (x_ls + project(point)).detach()
             for k, b in enumerate(chunk):
                 solutions[b] = refined[k]
@@ -420,7 +425,9 @@ class COPA(Attack):
                 def objective(x: Tensor) -> Tensor:
                     return schedule["gm"] * match(x) + schedule["linear"] * linear(x) + priors(x, schedule["tv"])
 
-                point, values, initials = _minimise(objective, start, schedule["steps"], self.hp["lr"])
+                point, values, initials = _minimise(objective, start, schedule["steps"], self.hp["lr"],
+                                                    stage=f"layer {index} gradient matching ({len(members)} of "
+                                                          f"{len(problems)})")
                 finals = match.relative_residual(point)
                 for k, b in enumerate(members):
                     solutions[b] = g.pad(point[k]).reshape(-1)
@@ -442,33 +449,34 @@ class COPAGradientMatching(COPA):
     hyperparameters = {
         **COPA.hyperparameters,
         "consistency_tol": Hyperparameter(1e-12, "ours: relative gradient residual below which the observation "
-                                                 "counts as reproduced (float64 solves reach ~1e-20)"),
-        "steps_image": Hyperparameter(10000, f"{HYBRID}: n_iter_dlg_1st = 10000 at the image layer"),
-        "steps_layer1": Hyperparameter(8000, f"{HYBRID}: 4 × n_iter_dlg (2000) at layer 1"),
-        "steps_deeper": Hyperparameter(1000, f"{HYBRID}: n_iter_dlg // 2 at layers ≥ 2"),
-        "gm_weight_image": Hyperparameter(1.0, f"{HYBRID}: cosine weight 1 at the image layer"),
-        "gm_weight_layer1": Hyperparameter(1.0, f"{HYBRID}: cosine weight 1 at layer 1"),
-        "gm_weight_deeper": Hyperparameter(10.0, f"{HYBRID}: cosine weight 10 at layers ≥ 2"),
+                                                 "counts as reproduced (float64 solves reach ~1e-20)", minimum=0.0),
+        "steps_image": Hyperparameter(10000, f"{HYBRID}: n_iter_dlg_1st = 10000 at the image layer",
+                                      minimum=0, maximum=STEP_CEILING),
+        "steps_layer1": Hyperparameter(8000, f"{HYBRID}: 4 × n_iter_dlg (2000) at layer 1",
+                                       minimum=0, maximum=STEP_CEILING),
+        "steps_deeper": Hyperparameter(1000, f"{HYBRID}: n_iter_dlg // 2 at layers ≥ 2",
+                                       minimum=0, maximum=STEP_CEILING),
+        "gm_weight_image": Hyperparameter(1.0, f"{HYBRID}: cosine weight 1 at the image layer", minimum=0.0),
+        "gm_weight_layer1": Hyperparameter(1.0, f"{HYBRID}: cosine weight 1 at layer 1", minimum=0.0),
+        "gm_weight_deeper": Hyperparameter(10.0, f"{HYBRID}: cosine weight 10 at layers ≥ 2", minimum=0.0),
         "gm_tv_image": Hyperparameter(0.01, f"ours: {HYBRID} uses TV weight 1 at the image layer; we keep 1 in "
                                             "the null-space stage (tv_weight_image) but in the free gradient-"
                                             "matching stage it traded data fit for smoothness (cnn4_c2, CIFAR-10 "
-                                            "train 0: 15.9 → 14.0 dB; 0.01: 16.9 dB)"),
-        "gm_tv_layer1": Hyperparameter(1.0, f"{HYBRID}: TV weight 1 at layer 1"),
-        "gm_tv_deeper": Hyperparameter(0.1, f"{HYBRID}: TV weight 0.1 at layers ≥ 2"),
-        "linear_weight_image": Hyperparameter(0.05, f"{HYBRID}: linear-constraint weight 0.05 at the image layer"),
-        "linear_weight_layer1": Hyperparameter(0.1, f"{HYBRID}: linear-constraint weight 0.1 at layer 1"),
-        "linear_weight_deeper": Hyperparameter(1.0, f"{HYBRID}: linear-constraint weight 1 at layers ≥ 2"),
+                                            "train 0: 15.9 → 14.0 dB; 0.01: 16.9 dB)", minimum=0.0),
+        "gm_tv_layer1": Hyperparameter(1.0, f"{HYBRID}: TV weight 1 at layer 1", minimum=0.0),
+        "gm_tv_deeper": Hyperparameter(0.1, f"{HYBRID}: TV weight 0.1 at layers ≥ 2", minimum=0.0),
+        "linear_weight_image": Hyperparameter(0.05, f"{HYBRID}: linear-constraint weight 0.05 at the image layer",
+                                              minimum=0.0),
+        "linear_weight_layer1": Hyperparameter(0.1, f"{HYBRID}: linear-constraint weight 0.1 at layer 1",
+                                               minimum=0.0),
+        "linear_weight_deeper": Hyperparameter(1.0, f"{HYBRID}: linear-constraint weight 1 at layers ≥ 2",
+                                               minimum=0.0),
     }
 
     def layer_schedule(self, index: int) -> dict[str, float]:
         key = "image" if index == 0 else "layer1" if index == 1 else "deeper"
         return {"steps": self.hp[f"steps_{key}"], "gm": self.hp[f"gm_weight_{key}"], "tv": self.hp[f"gm_tv_{key}"],
                 "linear": self.hp[f"linear_weight_{key}"]}
-
-    def validate(self):
-        super().validate()
-        if not self.hp["consistency_tol"] >= 0:
-            raise InvalidSpecError(f"consistency_tol={self.hp['consistency_tol']!r} is invalid: expected ≥ 0")
 
 
 register_attack(COPA)

@@ -15,7 +15,9 @@ one distance per instance):
 * :func:`total_variation` — Inverting Gradients' prior (inversefed ``metrics.total_variation``);
 * :func:`label_from_gradients` — iDLG's label rule (Zhao et al., arXiv 2001.02610);
 * :func:`labels_from_gradients` — a batch's labels (as a multiset) from the output bias gradient, the
-  label-count rule of Wainakh et al. 2022 (LLG) and Geng et al. 2021.
+  label-count rule of Wainakh et al. 2022 (LLG) and Geng et al. 2021;
+* :func:`recover_labels` — the one an attack calls with the label unknown: the first for one image, the
+  second for a batch (on a FedAvg weight delta both read the mean step gradient ``−Δ / (K η)``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ class GradientModel:
     Buffers (BatchNorm statistics a train-mode forward updates) are copied per instance and per call,
     so calling it never changes ``observation.model``; the model stays in the client's mode (train).
 
-    ``targets``: the observed gradients stacked per instance. ``evaluations[b]`` counts the calls that
+    A FedAvg observation (``observation.local``: the client shared its weight delta after K local SGD steps)
+    maps the images to the weight delta the client would have shared instead (:meth:`_simulated_delta`),
+    instance by instance; an attack matches it against the observed delta exactly as it matches gradients.
+
+    ``targets``: the observed gradients (or weight deltas) stacked per instance. ``evaluations[b]`` counts the calls that
     counted for instance ``b`` (``count`` mask; default all): each is one forward and one gradient.
     """
 
@@ -89,7 +95,9 @@ class GradientModel:
         # torch.func's vmap of the double backward through batch_norm is off by ~2e-4 relative in float64
         # (convnet: vmap 0.0102234 vs plain autograd and central differences 0.0102216 for one directional
         # derivative of IG's loss): models with BatchNorm evaluate their instances one by one
-        self.vectorised = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self.local = first.local  # FedAvg: the client's K local steps, simulated (check_same_model: all alike)
+        self.vectorised = self.local is None and \
+            not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self._per_instance_gradients = torch.func.vmap(torch.func.grad(instance_loss), in_dims=(None, 0, 0, 0))
 
     def __call__(self, images: Tensor, labels: Tensor, count: Tensor | None = None) -> tuple[Tensor, ...]:
@@ -110,7 +118,10 @@ class GradientModel:
         return tuple(grads[n] for n in self.names)
 
     def _plain_gradients(self, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
-        """One instance's gradients by plain ``torch.autograd.grad`` (differentiable when grad mode is on)."""
+        """One instance's gradients by plain ``torch.autograd.grad`` (differentiable when grad mode is on); for
+        a FedAvg observation its simulated weight delta (:meth:`_simulated_delta`)."""
+        if self.local is not None:
+            return self._simulated_delta(images, labels)
         differentiable = torch.is_grad_enabled()
         with torch.enable_grad():
             if self._private is not None:
@@ -122,6 +133,30 @@ class GradientModel:
                 logits = torch.func.functional_call(self.model, {**named, **self.frozen, **buffers}, (images,))
                 leaves = [named[n] for n in self.names]
             return torch.autograd.grad(self.loss_fn(logits, labels), leaves, create_graph=differentiable)
+
+
+    def _simulated_delta(self, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+        """The weight delta θ_K − θ_0 a FedAvg client would share for ``(images, labels)``: its K local SGD
+        steps (:class:`copa.threat.LocalTraining`: learning rate, the images of each step) replayed with
+        ``functional_call`` from the weights the server sent, differentiable through every step when grad mode
+        is on (the Inverting Gradients paper's attack on several local steps, Geiping et al., NeurIPS 2020,
+        §6; inversefed ``loss_steps``). The delta is accumulated as ``−lr Σ_k g_k`` rather than subtracted,
+        which avoids the cancellation of ``θ_K − θ_0`` (equal in exact arithmetic)."""
+        local = self.local
+        differentiable = torch.is_grad_enabled()
+        with torch.enable_grad():
+            current = {n: p.detach().requires_grad_(True) for n, p in self._leaves.items()}
+            buffers = {n: b.clone() for n, b in self.buffers.items()}
+            delta: list[Tensor] | None = None
+            for step in range(local.steps):
+                chunk = local.chunk(step, images.shape[0])
+                logits = torch.func.functional_call(self.model, {**current, **self.frozen, **buffers}, (images[chunk],))
+                grads = torch.autograd.grad(self.loss_fn(logits, labels[chunk]), [current[n] for n in self.names],
+                                            create_graph=differentiable)
+                steps = [-local.lr * g for g in grads]
+                delta = steps if delta is None else [d + s for d, s in zip(delta, steps)]
+                current = {n: current[n] + s for n, s in zip(self.names, steps)}
+        return tuple(delta) if differentiable else tuple(d.detach() for d in delta)
 
 
 def _private_copy(model: nn.Module, names: Sequence[str]) -> tuple[nn.Module | None, list[Tensor]]:
@@ -208,6 +243,33 @@ def last_linear(observation) -> tuple[str, nn.Linear]:
     return name, layer
 
 
+def _gradient_view(observation) -> dict[str, Tensor]:
+    """The observed update as gradients, by parameter name: the gradient itself (FedSGD), or for a weight delta
+    after K local steps of learning rate η the mean step gradient ``−Δ / (K η)`` (θ_K − θ_0 = −η Σ_k g_k). The
+    label rules below read the output layer's signs and sizes from it; for K > 1 the step gradients are taken
+    at K slightly different weights (and per-step images), so the rules become approximations there."""
+    grads = observation.gradient_dict()
+    local = getattr(observation, "local", None)
+    if local is None:
+        return grads
+    scale = -1.0 / (local.steps * local.lr)
+    return {name: g * scale for name, g in grads.items()}
+
+
+def recover_labels(observation) -> tuple[Tensor, dict]:
+    """The labels an optimisation attack uses when the scenario keeps them unknown: iDLG's rule for one image
+    (:func:`label_from_gradients`), the batch label-count rule for more (:func:`labels_from_gradients`).
+    Raises :class:`~copa.errors.NotApplicableError` (with the reason) where the rule does not apply.
+    Returns ``(labels of shape (B,), info)``; ``info["label_rule"]`` names the rule."""
+    if observation.batch_size == 1:
+        labels, info = label_from_gradients(observation)
+        return labels, {"extracted_label": info["label"], "label_rule": info["rule"], "output_layer": info["layer"],
+                        "label_sign_unique": info["unique_sign"]}
+    labels, info = labels_from_gradients(observation)
+    return labels, {"extracted_labels": labels.tolist(), "label_rule": info["rule"], "output_layer": info["layer"],
+                    "label_counts": info["counts"]}
+
+
 def label_from_gradients(observation) -> tuple[Tensor, dict]:
     """iDLG's label rule (Zhao, Mopuri & Bilen, arXiv 2001.02610, §3; PatrickZH/Improved-Deep-Leakage-from-Gradients).
 
@@ -227,7 +289,7 @@ def label_from_gradients(observation) -> tuple[Tensor, dict]:
     if observation.batch_size != 1:
         raise NotApplicableError(f"iDLG's label rule needs batch size 1, got {observation.batch_size}")
     name, layer = last_linear(observation)
-    grads = observation.gradient_dict()
+    grads = _gradient_view(observation)
     if layer.bias is not None and f"{name}.bias" in grads:
         scores = grads[f"{name}.bias"].detach().reshape(-1)
         label, rule = int(torch.argmin(scores)), "argmin of the output bias gradient"
@@ -318,7 +380,7 @@ def labels_from_gradients(observation, probes: int = 16, seed: int = 0) -> tuple
     if layer.bias is None:
         raise NotApplicableError(f"the batch label rule reads the output bias gradient, but the last Linear "
                                  f"layer {name!r} of {observation.model_name!r} has no bias")
-    grads = observation.gradient_dict()
+    grads = _gradient_view(observation)
     if f"{name}.bias" not in grads:
         raise NotApplicableError(f"no observed gradient for the output bias {name + '.bias'!r}")
     activations = getattr(observation.model, "activations", None)

@@ -88,6 +88,8 @@ class Stage:
         return self.elapsed / self.done * max(0, self.total - self.done)
 
     def describe(self) -> str:
+        if self.total is None and self.done == 0:  # a stage without steps (e.g. one layer's closed-form solve)
+            return f"{self.reporter.attack}: {self.name}: elapsed {_format_seconds(self.elapsed)}"
         total = f"/{self.total}" if self.total else ""
         return (f"{self.reporter.attack}: {self.name}: step {self.done}{total}, loss {_format_loss(self.loss)}, "
                 f"elapsed {_format_seconds(self.elapsed)}, ETA {_format_seconds(self.eta)}")

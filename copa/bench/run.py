@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .. import metrics as metrics_mod
-from ..attacks import Attack, Reconstruction, create_attack
+from ..attacks import Attack, Reconstruction, create_attack, why_not_applicable
 from ..errors import CopaError, InvalidSpecError, NotApplicableError, RunFailure
 from .record import add_outcome, failure_reason, mark_failed, mark_not_applicable, new_record, provenance
 from ..threat import GroundTruth, Observation, Scenario, resolve_device
@@ -217,7 +217,7 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
     for b, observation in enumerate(observations):
         try:
             check_observed_gradients(observation)
-            reason = attack.applicable(observation)
+            reason = why_not_applicable(attack, observation)
         except NotApplicableError as exc:
             reason = str(exc)
         except Exception as exc:

@@ -50,7 +50,7 @@ def serve(folder: Path) -> dict:
     """Run the request in ``folder``; return the result (also written to ``folder/result.pt``). The attack's
     progress (request ``progress``: ``log`` or ``quiet``, every ``progress_interval`` seconds) goes to standard
     error as ``[progress]`` lines, which the runner forwards while the worker runs."""
-    from ..attacks import create_attack, progress
+    from ..attacks import create_attack, progress, why_not_applicable
     from ..errors import NotApplicableError
     from ..threat.observation_file import Limits, load_observation
     from .run import check_observed_gradients, set_threads
@@ -69,7 +69,7 @@ def serve(folder: Path) -> dict:
     for b, observation in enumerate(observations):
         try:
             check_observed_gradients(observation)
-            reason = attack.applicable(observation)
+            reason = why_not_applicable(attack, observation)
         except Exception as exc:
             results[b] = _instance_failure(exc)
             continue

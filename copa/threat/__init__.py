@@ -32,7 +32,7 @@ from .defences import (  # noqa: F401
     parse_defence,
     register_defence,
 )
-from .observation import GroundTruth, Observation, as_observation_list, check_same_model, client_loss  # noqa: F401
+from .observation import UPDATE_KINDS, GroundTruth, LocalTraining, Observation, as_observation_list, check_same_model, client_loss  # noqa: F401
 from .scenario import (  # noqa: F401
     DEFAULT_INPUT_SHAPE,
     ClientBatch,
@@ -45,6 +45,6 @@ from .scenario import (  # noqa: F401
 )
 
 __all__ = ["DEFENCES", "ClientUpdate", "Defence", "NoDefence", "apply_defences", "create_defence", "parse_defence",
-           "register_defence", "GroundTruth", "Observation", "as_observation_list", "check_same_model", "client_loss", "ClientBatch",
+           "register_defence", "UPDATE_KINDS", "LocalTraining", "GroundTruth", "Observation", "as_observation_list", "check_same_model", "client_loss", "ClientBatch",
            "DEFAULT_INPUT_SHAPE", "DTYPES", "PREPROCESS_MODES", "Scenario", "ScenarioOption", "parse_input_shape",
            "resolve_device"]

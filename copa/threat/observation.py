@@ -18,6 +18,35 @@ from ..errors import CopaError
 from ..models import model_info
 
 
+#: What a client shares: the gradient of one step (FedSGD), or the change of its weights after several local
+#: SGD steps (FedAvg, McMahan et al., AISTATS 2017; inversefed's ``loss_steps(..., use_updates=True)``).
+UPDATE_KINDS = ("gradient", "weight-delta")
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """The public hyperparameters of a FedAvg client's local training (McMahan et al., AISTATS 2017): ``steps``
+    plain SGD steps (no momentum, no weight decay) of learning rate ``lr``, each on ``batch`` of the client's
+    images taken in order, cycling (step k uses images ``(k mod B/batch)·batch`` onwards; inversefed
+    ``loss_steps``: ``idx = i % (inputs.shape[0] // batch_size)``), ``batch`` None = all of them every step.
+    The client shares ``θ_K − θ_0`` (the weight delta; inversefed ``use_updates=True``). In federated
+    learning the server sets these, so the attacker knows them (breaching ``provide_local_hyperparams``)."""
+
+    steps: int
+    lr: float
+    batch: int | None = None
+
+    def chunk(self, step: int, batch_size: int) -> slice:
+        """The client's images used by local step ``step`` (0-based) of a batch of ``batch_size``."""
+        if self.batch is None:
+            return slice(0, batch_size)
+        start = (step % (batch_size // self.batch)) * self.batch
+        return slice(start, start + self.batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "weight-delta", "local_steps": self.steps, "local_lr": self.lr, "local_batch": self.batch}
+
+
 def client_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The client's training loss: cross-entropy with PyTorch's default mean over the batch (the COPA
     paper's and DLG's). ``labels`` may be class indices or soft labels (N×K). The one definition: the
@@ -41,6 +70,23 @@ class Observation:
     loss: str = "cross-entropy (mean over the batch)"
     defences: tuple[dict[str, Any], ...] = ()  # public descriptions of the client's defences, in order
     meta: dict[str, Any] = field(default_factory=dict)
+    #: None: ``gradients`` is one step's gradient (FedSGD). Else the client trained locally (FedAvg) and
+    #: ``gradients`` holds its weight delta θ_K − θ_0 per parameter, in the same layout.
+    local: LocalTraining | None = None
+
+    @property
+    def update_kind(self) -> str:
+        """``"gradient"`` (FedSGD) or ``"weight-delta"`` (FedAvg: several local steps), :data:`UPDATE_KINDS`."""
+        return "gradient" if self.local is None else "weight-delta"
+
+    def update_description(self) -> str:
+        """The shared update in words, for reasons and logs."""
+        if self.local is None:
+            return "a gradient (one step, FedSGD)"
+        batch = "all its images" if self.local.batch is None else \
+            f"{self.local.batch} image{'s' if self.local.batch > 1 else ''}"
+        return (f"a weight delta after {self.local.steps} local SGD steps (lr {self.local.lr:g}, {batch} per step; "
+                f"FedAvg)")
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +118,8 @@ class Observation:
         return {"model": self.model_name, "batch_size": self.batch_size, "input_shape": list(self.input_shape),
                 "num_classes": self.num_classes, "label_known": self.label_known,
                 "preprocess": self.preprocess.to_dict(), "loss": self.loss,
-                "defences": [dict(d) for d in self.defences]}
+                "defences": [dict(d) for d in self.defences],
+                "update": {"kind": "gradient"} if self.local is None else self.local.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -107,7 +154,8 @@ def check_same_model(observations) -> None:
                            ("input shape", first.input_shape, other.input_shape),
                            ("number of classes", first.num_classes, other.num_classes),
                            ("dtype", first.dtype, other.dtype), ("device", first.device, other.device),
-                           ("label knowledge", first.label_known, other.label_known)):
+                           ("label knowledge", first.label_known, other.label_known),
+                           ("update (local training)", first.local, other.local)):
             if a != b:
                 raise CopaError(f"cannot batch attack instances 0 and {k}: their {what} differ ({a} vs {b}); "
                                 f"batch only observations of one model and format")

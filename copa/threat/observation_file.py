@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import math
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ import torch
 from .. import data as data_mod
 from ..errors import CopaError, DataUnavailableError, InvalidSpecError
 from ..io import atomic_write
-from .observation import Observation
+from .observation import UPDATE_KINDS, LocalTraining, Observation
 from .scenario import DTYPES
 
 FORMAT = "copa-observation"
@@ -118,6 +119,9 @@ KEYS: dict[str, tuple[bool, str]] = {
     "dtype": (True, "'float32' or 'float64', the dtype of the weights and gradients"),
     "defences": (False, "list of the client's defences, in order, each {name: str, parameters: dict} (public "
                         "descriptions; absent or [] for an undefended update)"),
+    "update": (False, "what 'gradients' holds: absent or {kind: 'gradient'} for one step's gradient (FedSGD); "
+                      "{kind: 'weight-delta', local_steps: K ≥ 2, local_lr: η > 0, local_batch: int dividing batch_size "
+                      "or None} for the weight change θ_K − θ_0 after K local SGD steps (FedAvg)"),
     "meta": (False, "dict of JSON-compatible provenance (free-form)"),
 }
 
@@ -147,6 +151,7 @@ def observation_payload(observation: Observation, *, model_seed: int | None = No
         "loss": observation.loss,
         "dtype": dtype,
         "defences": [dict(d) for d in observation.defences],
+        "update": {"kind": "gradient"} if observation.local is None else observation.local.to_dict(),
         "meta": dict(meta or {}),
     }
 
@@ -373,10 +378,45 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>", *,
             for d in defences)):
         raise InvalidSpecError(f"{_where(source, 'defences')} is {defences!r}: expected a list of "
                                f"{{name: str, parameters: dict}}")
+    local_training(payload, source)
     meta = payload.get("meta")
     if meta is not None and not isinstance(meta, Mapping):
         raise InvalidSpecError(f"{_where(source, 'meta')} is a {type(meta).__name__}: expected a dict or None")
     _check_plain(payload, "meta", source)
+
+
+def local_training(payload: Mapping[str, Any], source: str = "<payload>") -> LocalTraining | None:
+    """The file's ``update`` key as :class:`~copa.threat.LocalTraining` (None: a gradient); one line naming the
+    bad entry otherwise."""
+    from ..hyperparameters import STEP_CEILING
+
+    update = payload.get("update")
+    if update is None:
+        return None
+    _check_plain(payload, "update", source)
+    accepted = "{kind: 'gradient'} or {kind: 'weight-delta', local_steps, local_lr, local_batch}"
+    if not isinstance(update, Mapping) or update.get("kind") not in UPDATE_KINDS:
+        raise InvalidSpecError(f"{_where(source, 'update')} is {update!r:.200}: expected {accepted}")
+    if update["kind"] == "gradient":
+        if set(update) != {"kind"}:
+            raise InvalidSpecError(f"{_where(source, 'update')} has keys {sorted(update)} for a gradient: expected "
+                                   f"only 'kind'")
+        return None
+    keys = {"kind", "local_steps", "local_lr", "local_batch"}
+    if set(update) != keys:
+        raise InvalidSpecError(f"{_where(source, 'update')} has keys {sorted(update)}: expected {sorted(keys)}")
+    steps, lr, batch = update["local_steps"], update["local_lr"], update["local_batch"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= STEP_CEILING:
+        raise InvalidSpecError(f"{_where(source, 'update')}['local_steps'] is {steps!r}: accepted are integers from 2 "
+                               f"to {STEP_CEILING} (one step is a gradient: kind 'gradient')")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise InvalidSpecError(f"{_where(source, 'update')}['local_lr'] is {lr!r}: accepted are finite numbers > 0")
+    size = payload.get("batch_size")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1
+                              or not isinstance(size, int) or size % batch):
+        raise InvalidSpecError(f"{_where(source, 'update')}['local_batch'] is {batch!r}: accepted are None or a "
+                               f"divisor of batch_size {size!r}")
+    return LocalTraining(steps, float(lr), batch)
 
 
 def _create(payload: Mapping[str, Any], build_name: str, source: str, *, meta: bool):
@@ -465,6 +505,7 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
         loss=LOSS,
         defences=tuple(dict(d) for d in payload.get("defences") or ()),
         meta={"source": source},
+        local=local_training(payload, source),
     )
 
 

@@ -4,6 +4,7 @@ the attacker's view and the ground truth (:meth:`Scenario.build`). See :mod:`cop
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ from ..hyperparameters import check_seed
 from ..models import create_model
 from ..provenance import resolve_device
 from .defences import ClientUpdate, apply_defences
-from .observation import GroundTruth, Observation, client_loss
+from .observation import GroundTruth, LocalTraining, Observation, client_loss
 
 PREPROCESS_MODES = data_mod.PREPROCESS_MODES  # declared once, in copa.data (Preprocess)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -76,9 +77,10 @@ class ScenarioOption:
 
 
 def _option(help: str, *, name: str | None = None, shown: Any = None, choices: tuple[str, ...] | None = None,
-            required: bool = False, kind: type | None = None, flag: str | None = None) -> dict[str, Any]:
+            required: bool = False, kind: type | None = None, flag: str | None = None,
+            omitted_at_default: bool = False) -> dict[str, Any]:
     return {"copa_option": {"help": help, "name": name, "shown": shown, "choices": choices, "required": required,
-                            "kind": kind, "flag": flag}}
+                            "kind": kind, "flag": flag, "omitted_at_default": omitted_at_default}}
 
 
 _LABEL = {"known": True, "unknown": False}
@@ -126,6 +128,17 @@ class Scenario:
         "defences the client applies to its update, in order (copa list defences)", shown=[], kind=str,
         flag="defence"))
     defence_seed: int = field(default=0, metadata=_option("seed of the defences' random draws"))
+    # FedAvg (issue "Realistic federated updates"). Omitted from to_dict() at their defaults, so that a FedSGD
+    # scenario is described (and its records matched) exactly as before these fields existed.
+    local_steps: int = field(default=1, metadata=_option(
+        "local SGD steps of the client before it shares its update: 1 = FedSGD (shares the gradient), K > 1 = "
+        "FedAvg (shares the weight delta)", omitted_at_default=True))
+    local_lr: float = field(default=1e-4, metadata=_option(
+        "learning rate of the local SGD steps (inversefed loss_steps default 1e-4); ignored when local_steps is 1",
+        omitted_at_default=True))
+    local_batch: int | None = field(default=None, metadata=_option(
+        "images per local SGD step, taken in order and cycling (must divide the batch; default all of them); "
+        "ignored when local_steps is 1", kind=int, omitted_at_default=True))
 
     def __post_init__(self):
         from .defences import canonical_defences
@@ -145,6 +158,48 @@ class Scenario:
             raise InvalidSpecError(f"dtype {self.dtype!r} is invalid: accepted are {', '.join(DTYPES)}")
         if self.num_classes is not None and int(self.num_classes) < 1:
             raise InvalidSpecError(f"num_classes {self.num_classes!r} is invalid: must be a positive integer")
+        self._check_local_training()
+
+    def _check_local_training(self) -> None:
+        """Validate the FedAvg fields; with one local step (FedSGD) reset ``local_lr``/``local_batch`` to their
+        defaults, which then mean nothing, so that one experiment has one description."""
+        from ..hyperparameters import STEP_CEILING
+
+        steps = self.local_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= STEP_CEILING:
+            raise InvalidSpecError(f"local_steps {steps!r} is invalid: accepted are integers from 1 (FedSGD) to "
+                                   f"{STEP_CEILING}")
+        if steps == 1:
+            object.__setattr__(self, "local_lr", _DEFAULTS["local_lr"])
+            object.__setattr__(self, "local_batch", None)
+            return
+        try:
+            lr = float(self.local_lr) if not isinstance(self.local_lr, bool) else math.nan
+        except (TypeError, ValueError):
+            lr = math.nan
+        if not (math.isfinite(lr) and lr > 0):
+            raise InvalidSpecError(f"local_lr {self.local_lr!r} is invalid: accepted are finite numbers > 0")
+        object.__setattr__(self, "local_lr", lr)
+        batch = self.local_batch
+        if batch is not None:
+            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1 or self.batch_size % batch:
+                raise InvalidSpecError(f"local_batch {batch!r} is invalid for a client batch of {self.batch_size} "
+                                       f"images: accepted are its divisors ({', '.join(map(str, _divisors(self.batch_size)))}) "
+                                       f"or none (all images every step)")
+            if batch == self.batch_size:
+                object.__setattr__(self, "local_batch", None)  # the same client step: one description
+        from .defences import create_defence
+
+        for spec in self.defences:
+            if create_defence(spec).needs_true_update:
+                raise InvalidSpecError(f"defence {spec!r} clips per-example gradients of one step (DP-SGD) and cannot "
+                                       f"defend a weight delta after local_steps {steps}: use local_steps 1, or a "
+                                       f"defence of the shared update (prune, quantize)")
+
+    @property
+    def local_training(self) -> LocalTraining | None:
+        """The client's public local-training hyperparameters, or None for FedSGD (one step)."""
+        return None if self.local_steps == 1 else LocalTraining(self.local_steps, self.local_lr, self.local_batch)
 
     @classmethod
     def options(cls) -> list[ScenarioOption]:
@@ -189,10 +244,15 @@ class Scenario:
         return len(self.indices)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data; fields declared ``omitted_at_default`` are left out at their defaults (records made
+        before those fields existed describe the same scenario the same way)."""
         d = asdict(self)
         d["indices"] = list(self.indices)
         d["input_shape"] = list(self.input_shape)
         d["defences"] = list(self.defences)
+        for f in fields(self):
+            if f.metadata["copa_option"]["omitted_at_default"] and d[f.name] == f.default:
+                del d[f.name]
         return d
 
     @classmethod
@@ -274,15 +334,18 @@ class Scenario:
         attacker_model = copy.deepcopy(model)  # weights as sent by the server, before the client's step
         client_model = model.train()
         inputs = preprocess.apply(images01)
+        names, params = zip(*[(n, p) for n, p in client_model.named_parameters() if p.requires_grad])
+        local = self.local_training
         try:
-            logits = client_model(inputs)
+            if local is None:  # FedSGD: one step's gradient
+                grads = torch.autograd.grad(client_loss(client_model(inputs), labels), params)
+            else:  # FedAvg: K plain SGD steps (torch.optim.SGD), the weight delta θ_K − θ_0 is shared
+                grads = _local_training_delta(client_model, params, inputs, labels, local)
         except ValueError as exc:  # e.g. BatchNorm in training mode with one value per channel
             raise InvalidSpecError(f"model {self.model!r} cannot take a training step on a batch of "
-                                   f"{self.batch_size} at input shape {'x'.join(map(str, self.input_shape))}: {exc}. "
+                                   f"{self.batch_size if local is None or local.batch is None else local.batch} at "
+                                   f"input shape {'x'.join(map(str, self.input_shape))}: {exc}. "
                                    f"Use a larger batch or input") from None
-        loss = client_loss(logits, labels)
-        names, params = zip(*[(n, p) for n, p in client_model.named_parameters() if p.requires_grad])
-        grads = torch.autograd.grad(loss, params)
         defended, distortion = (), 0.0
         if self.defences:  # the client defends its update before sharing it (copa.threat.defences)
             true = tuple(g.detach() for g in grads)
@@ -304,10 +367,33 @@ class Scenario:
             num_classes=num_classes,
             preprocess=preprocess,
             defences=tuple(defended),
+            local=local,
         )
         truth = GroundTruth(images01=images01.detach().clone(), labels=labels.clone(), indices=self.indices,
                             preprocess=preprocess, update_distortion=distortion)
         return observation, truth
+
+
+_DEFAULTS = {f.name: f.default for f in fields(Scenario)}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _local_training_delta(model: nn.Module, params, inputs: torch.Tensor, labels: torch.Tensor,
+                          local: LocalTraining) -> tuple[torch.Tensor, ...]:
+    """The client's FedAvg update: ``local.steps`` steps of ``torch.optim.SGD(lr=local.lr)`` (no momentum, no
+    weight decay) on the model, step k on the images ``local.chunk(k, B)``; returns θ_K − θ_0 per parameter.
+    The attacks simulate the same steps differentiably (:class:`copa.attacks.GradientModel`)."""
+    start = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=local.lr)
+    for step in range(local.steps):
+        chunk = local.chunk(step, inputs.shape[0])
+        optimizer.zero_grad(set_to_none=True)
+        client_loss(model(inputs[chunk]), labels[chunk]).backward()
+        optimizer.step()
+    return tuple(p.detach() - p0 for p, p0 in zip(params, start))
 
 
 def _per_example_gradients(model: nn.Module, params, inputs: torch.Tensor, labels: torch.Tensor):
