@@ -45,6 +45,7 @@ except CopaError as exc:
 
 OUT = config["out"].rstrip("/")
 TAG = dataset_tag(config["dataset"], config["split"])
+TRAIN_TAG = dataset_tag(config["dataset"], "train")  # trained models (ARCH@epochE) learn from the train split
 RESULTS = results_dir(config).rstrip("/")
 MODELS = config["models"]
 ATTACKS = config["attacks"]
@@ -54,7 +55,9 @@ config["_command"] = shlex.join(["snakemake", *sys.argv[1:]])
 
 
 wildcard_constraints:
-    model=r"[A-Za-z0-9_.+-]+|random-chain:[0-9]+",
+    model=r"[A-Za-z0-9_.+-]+(@epoch[0-9]+)?|random-chain:[0-9]+",
+    architecture=r"[A-Za-z0-9_.+-]+",
+    epoch=r"[0-9]+",
     attack=r"[A-Za-z0-9_.+-]+",
     defence=r"[A-Za-z0-9_.+-]+",
 

@@ -308,7 +308,7 @@ def problems_table(records: pd.DataFrame, width: int = 160) -> str | None:
                     tablefmt="github", disable_numparse=True)
 
 
-def run_metadata(records: pd.DataFrame, *, command: str | None = None, images_per_cell: int | None = None,
+def run_metadata(records: pd.DataFrame, *, command: str | None = None, images_per_cell: int | str | None = None,
                  extra: dict[str, str] | None = None, date: str | None = None,
                  config_hash: str | None = None) -> dict[str, str]:
     """The header's facts, from the records (commits, devices and package versions actually used) and
@@ -390,7 +390,7 @@ def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[
         lines += [f"One section per defence setting of the client: {', '.join(map(_defence_heading, order))}. "
                   + DISTORTION_NOTE, ""]
         for defence in order:
-            lines += [f"## Defence: {_defence_heading(defence)}", ""]
+            lines += [f"## {'Client setting' if ';' in defence else 'Defence'}: {_defence_heading(defence)}", ""]
             lines += defence_section(board[board["defence"] == defence], metric, level=3, distortion=True)
     else:
         defended = any(defence != NoDefence.name for defence in order)
@@ -427,7 +427,7 @@ def security_markdown(security: pd.DataFrame, meta: dict[str, str] | None = None
 def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str | Path], *,
                  outputs: dict[str, str | Path], models: Sequence[str] | None = None,
                  attacks: Sequence[str] | None = None, command: str | None = None,
-                 images_per_cell: int | None = None, title: str = "copa-bench leaderboard",
+                 images_per_cell: int | str | None = None, title: str = "copa-bench leaderboard",
                  extra: dict[str, str] | None = None, metric: str = "normalised_score",
                  config_hash: str | None = None, defences: Sequence[str] | None = None) -> pd.DataFrame:
     """Write ``outputs`` (keys: records_csv, leaderboard_csv, leaderboard_md, security_csv, security_md),
@@ -487,25 +487,28 @@ def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") ->
 def write_partial(records_root: str | Path, security_root: str | Path, *, outputs: dict[str, str | Path],
                   models: Sequence[str], attacks: Sequence[str], defences: dict[str, str], indices: Sequence[int],
                   title: str = "copa-bench leaderboard", metric: str = "normalised_score",
-                  command: str | None = None) -> dict[str, int]:
+                  command: str | None = None, instances: dict[str, Sequence[str]] | None = None) -> dict[str, int]:
     """The leaderboard of the records that exist so far, for a stopped or still-running workflow (rule
     ``partial``): ``records_root/DEFENCE_TAG/MODEL/ATTACK/INDEX/record.json`` for the configured axes
-    (``defences``: tag → the config's entry). The page's title and header say it is partial: complete cells
-    of all, records of all. ``outputs`` keys: records_csv, leaderboard_md. Returns the counts."""
+    (``defences``: tag → the config's entry, or the setting's label). ``instances``: tag → its instances'
+    directory names (client batches, :func:`copa.bench.pipeline.instance_key`; default ``indices``). The
+    page's title and header say it is partial: complete cells of all, records of all. ``outputs`` keys:
+    records_csv, leaderboard_md. Returns the counts."""
     from ..io import atomic_write, atomic_write_text
 
     records_root, security_root = Path(records_root), Path(security_root)
-    paths, complete = [], 0
+    paths, complete, expected = [], 0, 0
     for tag in defences:
+        keys = [str(k) for k in (instances or {}).get(tag, indices)]
         for model in models:
             for attack in attacks:
-                found = [records_root / tag / model / attack / str(i) / "record.json" for i in indices]
+                found = [records_root / tag / model / attack / k / "record.json" for k in keys]
                 found = [p for p in found if p.is_file()]
                 paths += found
-                complete += len(found) == len(indices)
+                complete += len(found) == len(keys)
+                expected += len(keys)
     cells = len(defences) * len(models) * len(attacks)
-    counts = {"cells_complete": complete, "cells": cells, "records": len(paths),
-              "records_expected": cells * len(indices)}
+    counts = {"cells_complete": complete, "cells": cells, "records": len(paths), "records_expected": expected}
     if not paths:
         raise CopaError(f"no records yet under {records_root}: nothing to tabulate (0 of {cells} cells)")
     records = load_records(paths)

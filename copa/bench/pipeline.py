@@ -23,6 +23,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,12 @@ def coerce_to_schema(value: Any, schema: dict[str, Any]) -> Any:
     strings where a string is accepted, are returned unchanged; the schema check then judges the result."""
     import yaml
 
+    for alternative in schema.get("oneOf") or schema.get("anyOf") or ():  # the first alternative that fits
+        coerced = coerce_to_schema(value, alternative)
+        kinds = alternative.get("type", [])
+        if any(_SCHEMA_TYPES.get(kind, lambda v: isinstance(v, str))(coerced)
+               for kind in ([kinds] if isinstance(kinds, str) else kinds)):
+            return coerced
     types = schema.get("type", [])
     types = [types] if isinstance(types, str) else list(types)
     if isinstance(value, str) and types and "string" not in types:
@@ -165,8 +172,10 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     from ..threat import parse_input_shape
 
     load_plugins(tuple(config.get("plugins") or ()))
-    for chain in defence_axis(config).values():  # e.g. an unknown, misordered or repeated defence
-        scenario_for(config, config["models"][0], config["indices"][0], chain)
+    for setting in setting_axis(config).values():  # e.g. an unknown or misordered defence, a bad local_batch
+        scenario_for(config, parse_model_entry(config["models"][0])[0], client_batches(config, setting.client_batch)[0],
+                     setting.defences, local_steps=setting.local_steps)
+    training_settings(config)
     for name in config["attacks"]:
         if name not in ATTACKS:
             raise unknown_name("attack", name, ATTACKS.names())
@@ -189,7 +198,7 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     classes = config.get("num_classes") or 10
     for name in config["models"]:
         try:
-            create_model(name, num_classes=classes, in_shape=shape)
+            create_model(parse_model_entry(name)[0], num_classes=classes, in_shape=shape)
         except CopaError as exc:
             raise type(exc)(f"models: {exc}") from None
     if len(set(config["indices"])) != len(config["indices"]):
@@ -241,14 +250,19 @@ def check_indices(config: dict[str, Any]) -> None:
 # Attack cells
 
 
-SCENARIO_AXES = {"model": "models", "defences": "defences"}
+SCENARIO_AXES = {"model": "models", "defences": "defences", "local_steps": "local_steps"}
 """Scenario fields that the workflow sweeps as an axis, with their config key: ``defences`` lists
-alternatives, each one defence or a chain of them joined by ``+`` (``none``: the undefended update)."""
+alternatives, each one defence or a chain of them joined by ``+`` (``none``: the undefended update);
+``local_steps`` one K or a list of them (issue "Realistic federated updates"). Besides these, the config's
+``client_batch`` (images per client step, one K or a list) is an axis of the scenario's ``indices``."""
 NO_DEFENCE = "none"
-NOT_IN_WORKFLOW = {"checkpoint": "a trained model is named by the models axis, per model"}
+NOT_IN_WORKFLOW = {"checkpoint": "a trained model is named by the models axis, per model (ARCH@epochE)"}
 """Scenario fields that a workflow config does not set, and why."""
 RUN_KEYS = ("seed", "device", "retry_failed", "plugins", "metrics")
 """Config keys besides the scenario's that determine a record."""
+MAX_TRAIN_EPOCH = 1000
+"""The largest epoch a models-axis entry ``ARCH@epochE`` may name (each is trained from scratch)."""
+_TRAINED = re.compile(r"^(?P<arch>.+)@epoch(?P<epoch>[0-9]+)$")
 
 
 def workflow_scenario_keys() -> list[str]:
@@ -289,12 +303,145 @@ def defence_axis(config: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     return axis
 
 
-def scenario_for(config: dict[str, Any], model: str, index: int, defences: tuple[str, ...] = ()):
-    """The scenario of one image of a cell (batch of one, as in the COPA paper): the config's scenario
-    keys (:meth:`copa.threat.Scenario.options`), with this model, index and defence chain."""
+def as_axis(config: dict[str, Any], key: str, default: int = 1) -> list[int]:
+    """A config key that is one integer or a list of them (``local_steps: [1, 2, 5]``) as a list, checked:
+    every value an integer ≥ 1, none repeated; :class:`InvalidSpecError` names the bad value."""
+    value = config.get(key, default)
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise InvalidSpecError(f"{key}: [] is empty: give one integer ≥ 1 or a list of them")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidSpecError(f"{key}: {v!r} is invalid: accepted are integers ≥ 1")
+    if len(set(values)) != len(values):
+        raise InvalidSpecError(f"{key}: {values} repeats a value: list each setting once")
+    return list(values)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One client setting of the workflow: a defence chain, the client's local SGD steps (FedAvg's K; 1 =
+    FedSGD) and its images per step (``client_batch``). The paper's setting is (none, 1, 1)."""
+
+    defences: tuple[str, ...] = ()
+    local_steps: int = 1
+    client_batch: int = 1
+
+    @property
+    def tag(self) -> str:
+        """Path-safe, a wildcard value: the defence tag, with the FedAvg / batch settings appended only where
+        they differ from the paper's (so the paper's and the defence runs' paths are unchanged)."""
+        return defence_tag(self.defences) + "".join(f"+{name.replace('_', '-')}-{value}"
+                                                    for name, value in self.federated())
+
+    @property
+    def defence(self) -> str:
+        """The defence chain as the config names it (``none``, ``prune:p=0.9+quantize:bits=4``)."""
+        return "+".join(self.defences) or NO_DEFENCE
+
+    @property
+    def label(self) -> str:
+        """The setting as the tables' ``defence`` column names it (:func:`copa.bench.record.setting_label`)."""
+        return self.defence + "".join(f"; {name}={value}" for name, value in self.federated())
+
+    def federated(self) -> list[tuple[str, int]]:
+        return [(name, value) for name, value in (("local_steps", self.local_steps),
+                                                  ("client_batch", self.client_batch)) if value != 1]
+
+
+def setting_axis(config: dict[str, Any]) -> dict[str, Setting]:
+    """Every client setting of the config, tag → :class:`Setting`: the product of the ``defences``,
+    ``local_steps`` and ``client_batch`` axes, in config order; a ``client_batch`` larger than the
+    ``indices`` list is refused by name."""
+    steps, batches = as_axis(config, "local_steps"), as_axis(config, "client_batch")
+    count = len(config.get("indices") or ())
+    for b in batches:
+        if b > count:
+            raise InvalidSpecError(f"client_batch: {b} is larger than the {count} configured indices: accepted are "
+                                   f"1 to {count}")
+    return {s.tag: s for s in (Setting(chain, k, b) for chain in defence_axis(config).values()
+                               for k in steps for b in batches)}
+
+
+def client_batches(config: dict[str, Any], client_batch: int = 1) -> list[tuple[int, ...]]:
+    """The cell's instances: the configured ``indices`` in consecutive chunks of ``client_batch`` (a last,
+    incomplete chunk is left out), at most ``max_instances`` of them (null: all)."""
+    indices = [int(i) for i in config["indices"]]
+    if not 1 <= client_batch <= len(indices):
+        raise InvalidSpecError(f"client_batch: {client_batch} is invalid for {len(indices)} indices: accepted are "
+                               f"1 to {len(indices)}")
+    chunks = [tuple(indices[i:i + client_batch]) for i in range(0, len(indices) - client_batch + 1, client_batch)]
+    limit = config.get("max_instances")
+    return chunks if limit is None else chunks[: int(limit)]
+
+
+def instance_key(indices: tuple[int, ...] | list[int]) -> str:
+    """An instance's directory name under its cell: the image index (``3``), or a batch's joined (``0-1-2-3``)."""
+    return "-".join(str(int(i)) for i in indices)
+
+
+def parse_model_entry(entry: str) -> tuple[str, int | None]:
+    """A models-axis entry as (architecture, trained epoch or None): ``cnn4_c2@epoch5`` → (cnn4_c2, 5): the
+    workflow's rule ``train`` trains it (:func:`copa.training.train`, config ``training``)."""
+    match = _TRAINED.match(entry)
+    if not match:
+        return entry, None
+    epoch = int(match["epoch"])
+    if epoch > MAX_TRAIN_EPOCH:
+        raise InvalidSpecError(f"models: {entry!r} names epoch {epoch}: accepted are epochs 0 to {MAX_TRAIN_EPOCH}")
+    return match["arch"], epoch
+
+
+def checkpoint_file(config: dict[str, Any], architecture: str, epoch: int) -> str:
+    """Where the rule ``train`` writes ``architecture`` trained for ``epoch`` epochs on the config's dataset."""
+    return f"{config['out'].rstrip('/')}/{dataset_tag(config['dataset'], 'train')}/checkpoints/{architecture}/epoch{epoch}.pt"
+
+
+TRAINING_KEYS = ("lr", "momentum", "batch_size", "weight_decay", "max_images")
+"""The config's ``training`` keys; absent ones take :data:`copa.training.DEFAULTS` (README, "Trained models").
+The seed of the initialisation and of the data order is the config's ``model_seed``, so that epoch 0 is
+the untrained model the other cells attack."""
+
+
+def training_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``training`` section with :data:`copa.training.DEFAULTS` for what it leaves out."""
+    from ..training import DEFAULTS
+
+    given = dict(config.get("training") or {})
+    unknown = sorted(set(given) - set(TRAINING_KEYS))
+    if unknown:
+        raise InvalidSpecError(f"training: unknown key(s) {unknown}: accepted are {', '.join(TRAINING_KEYS)}")
+    return {**{k: DEFAULTS.get(k) for k in TRAINING_KEYS}, **given, "seed": int(config.get("model_seed", 0))}
+
+
+def train_checkpoint(config: dict[str, Any], architecture: str, epoch: int, *, out_dir: str | os.PathLike,
+                     log: Callable[[str], Any] | None = print) -> dict[str, Any]:
+    """Rule ``train``: ``architecture`` trained from its seeded initialisation for ``epoch`` epochs of SGD on
+    the config's dataset's train split (:func:`training_settings`); writes ``epochE.pt`` and
+    ``epochE.json`` (hyperparameters, test accuracy) into ``out_dir``."""
+    from ..threat import parse_input_shape
+    from ..training import train
+
+    settings = training_settings(config)
+    return train(architecture, config["dataset"], epochs=epoch, checkpoint_epochs=[epoch],
+                 preprocess=config.get("preprocess", "center"),
+                 input_shape=parse_input_shape(config.get("input_shape", "3x32x32")), data_root=config.get("data_root"),
+                 out_dir=out_dir, device=resolve_device_name(config.get("device", "cpu")), log=log, **settings)
+
+
+def scenario_for(config: dict[str, Any], model: str, index: int | tuple[int, ...], defences: tuple[str, ...] = (),
+                 *, local_steps: int = 1, checkpoint: str | None = None):
+    """The scenario of one instance of a cell — an image (a batch of one, as in the COPA paper) or a client
+    batch of indices: the config's scenario keys (:meth:`copa.threat.Scenario.options`), with this model
+    (``ARCH@epochE``: the architecture, with ``checkpoint``), indices, defence chain and local steps."""
     from ..threat import Scenario
 
-    return Scenario.from_config(config, model=model, indices=(int(index),), defences=tuple(defences))
+    indices = tuple(int(i) for i in index) if isinstance(index, (tuple, list)) else (int(index),)
+    architecture, epoch = parse_model_entry(model)
+    if epoch is not None and checkpoint is None:
+        checkpoint = checkpoint_file(config, architecture, epoch)
+    return Scenario.from_config(config, model=architecture, indices=indices, defences=tuple(defences),
+                                local_steps=int(local_steps), checkpoint=checkpoint)
 
 
 def run_config_hash(config: dict[str, Any]) -> str:
@@ -321,15 +468,19 @@ def batch_description(config: dict[str, Any], attacks: list[str]) -> str:
 
 def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: str | os.PathLike,
              summary: str | os.PathLike, threads: int = 1, log: Callable[[str], None] = print,
-             defence: str = NO_DEFENCE) -> dict[str, Any]:
-    """Run ``attack`` on every configured image for ``model`` under ``defence`` (one entry of the
-    ``defences`` axis, :func:`defence_chain`); write one record per image, then the summary.
+             defence: str = NO_DEFENCE, local_steps: int = 1, client_batch: int = 1,
+             checkpoint: str | None = None) -> dict[str, Any]:
+    """Run ``attack`` on every instance of the cell for ``model`` (``ARCH@epochE``: the trained
+    ``checkpoint``) under one client setting — ``defence`` (an entry of the ``defences`` axis,
+    :func:`defence_chain`), ``local_steps`` and ``client_batch`` (:class:`Setting`); write one record per
+    instance (an image, or a client batch: :func:`client_batches`), then the summary.
 
-    Images whose record in ``records_dir/INDEX/`` matches (:func:`record_matches`; it holds every metric
-    of the config's ``metrics``) are kept as they are; the plug-ins are loaded and the attack is built once.
-    An exception inside the attack (or in scoring its output) becomes a ``failed`` record and the other
-    images still run; a bad configuration raises :class:`CopaError` before any image runs, and
-    an image that cannot be loaded raises it without a record (the records written so far stay valid).
+    Instances whose record in ``records_dir/KEY/`` (:func:`instance_key`) matches (:func:`record_matches`; it
+    holds every metric of the config's ``metrics``) are kept as they are; the plug-ins are loaded and the
+    attack is built once. An exception inside the attack (or in scoring its output) becomes a ``failed``
+    record and the other instances still run; a bad configuration raises :class:`CopaError` before any
+    instance runs, and an image that cannot be loaded raises it without a record (the records written so
+    far stay valid).
     """
 
     from .outputs import write_outputs
@@ -346,52 +497,62 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     metrics = configured_metrics(config)
     hp = attack_obj.hp
     run_hash = run_config_hash(config)
-    chain = defence_chain(defence)
-    scenarios = [(int(i), scenario_for(config, model, int(i), chain)) for i in config["indices"]]
+    setting = Setting(defence_chain(defence), int(local_steps), int(client_batch))
+    scenarios = [(instance_key(batch), scenario_for(config, model, batch, setting.defences,
+                                                    local_steps=setting.local_steps, checkpoint=checkpoint))
+                 for batch in client_batches(config, setting.client_batch)]
     records_dir = Path(records_dir)
-    # a batched attack solves a chunk at once; any other runs (and records) its images one at a time
-    batch_size = (config.get("batch_size") or len(scenarios)) if type(attack_obj).batched else 1
-    results: dict[int, tuple[dict[str, Any], bool]] = {}
+    # a batched attack solves a chunk of the paper's single-image instances at once; any other attack, and
+    # every FedAvg or client-batch setting, runs (and records) its instances one at a time
+    batched = type(attack_obj).batched and not setting.federated()
+    batch_size = (config.get("batch_size") or len(scenarios)) if batched else 1
+    architecture, epoch = parse_model_entry(model)
+    results: dict[str, tuple[dict[str, Any], bool]] = {}
     start = time.perf_counter()
     todo = []
-    for index, scenario in scenarios:
-        directory = records_dir / str(index)
+    for key, scenario in scenarios:
+        directory = records_dir / key
         old = read_record(directory)
         why = record_matches(old, directory, scenario, attack, hp, seed,
                              accept_failed=not config.get("retry_failed", True),
                              source_sha256=identity["source_sha256"], metrics=metrics)
         if why is None:
-            results[index] = (old, True)
-            log(f"[{index}] kept the complete record: {summary_line(old)}")
+            results[key] = (old, True)
+            log(f"[{key}] kept the complete record: {summary_line(old)}")
         else:
             if old is not None or directory.exists():
-                log(f"[{index}] recomputing ({why})")
-            todo.append((index, scenario))
+                log(f"[{key}] recomputing ({why})")
+            todo.append((key, scenario))
     for first in range(0, len(todo), batch_size):
         chunk = todo[first:first + batch_size]
-        for index, _ in chunk:
-            clear_record(records_dir / str(index))
+        for key, _ in chunk:
+            clear_record(records_dir / key)
         runs = run_attacks([scenario for _, scenario in chunk], attack_obj,
                            seeds=[seed] * len(chunk), device=device, threads=threads, metrics=metrics,
                            record_failures=True, hide=[config.get("out"), config.get("results_dir"), records_dir])
-        for (index, _), (record, reconstruction, truth) in zip(chunk, runs, strict=True):
-            record["workflow"] = workflow_section(attack_settings=overrides, cell=f"{defence_tag(chain)}/{model}/{attack}",
+        for (key, _), (record, reconstruction, truth) in zip(chunk, runs, strict=True):
+            record["workflow"] = workflow_section(attack_settings=overrides, cell=f"{setting.tag}/{model}/{attack}",
                                                   threads=threads,
                                                   batch_size=batch_size, attack_source=identity["source"],
                                                   attack_source_sha256=identity["source_sha256"],
-                                                  run_config_hash=run_hash)
-            write_outputs(records_dir / str(index), record, reconstruction, truth)
-            results[index] = (record, False)
-            log(f"[{index}] {summary_line(record)}")
+                                                  run_config_hash=run_hash,
+                                                  model=model if epoch is not None else None)
+            write_outputs(records_dir / key, record, reconstruction, truth)
+            results[key] = (record, False)
+            log(f"[{key}] {summary_line(record)}")
     entries, counts = [], {status: 0 for status in STATUSES}
-    for index, _ in scenarios:
-        record, reused = results[index]
+    for key, scenario in scenarios:
+        record, reused = results[key]
         counts[record["status"]] += 1
-        entries.append({"index": index, "record": str(records_dir / str(index) / "record.json"),
+        entries.append({"index": int(key) if key.isdigit() else key, "indices": list(scenario.indices),
+                        "record": str(records_dir / key / "record.json"),
                         "status": record["status"], "reason": record.get("reason"), "reused": reused})
-    cell = {"model": model, "attack": attack, "defence": defence_tag(chain), "defences": list(chain),
+    cell = {"model": model, "attack": attack, "defence": setting.tag, "defences": list(setting.defences),
+            "local_steps": setting.local_steps, "client_batch": setting.client_batch,
+            "checkpoint": scenarios[0][1].checkpoint,
             "dataset": config["dataset"], "split": config.get("split", "train"),
-            "indices": [i for i, _ in scenarios], "hyperparameters": jsonable(hp), "attack_settings": overrides,
+            "indices": [i for _, sc in scenarios for i in sc.indices], "hyperparameters": jsonable(hp),
+            "attack_settings": overrides,
             "attack_source": identity["source"], "attack_source_sha256": identity["source_sha256"],
             "seed": seed, "device": device, "threads": threads, "batch_size": batch_size, "run_config_hash": run_hash,
             "counts": counts, "records": entries,
@@ -418,9 +579,12 @@ def security_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
         index = int(config["indices"][0]) if config.get("split", "train") == "train" else 0
     device = resolve_device(resolve_device_name(config.get("device", "cpu")))
     entry: dict[str, Any] = {"model": model, "dataset": config["dataset"], "index": int(index)}
+    architecture, epoch = parse_model_entry(model)
+    if epoch is not None:  # the metric judges the architecture (the COPA paper), at its seeded initialisation
+        entry["architecture"] = architecture
     start = time.perf_counter()
     try:
-        report = security_report(model, seed=int(config.get("model_seed", 0)), dataset=config["dataset"],
+        report = security_report(architecture, seed=int(config.get("model_seed", 0)), dataset=config["dataset"],
                                  index=int(index), delta_source=sec.get("delta_source", "image"),
                                  input_shape=parse_input_shape(config.get("input_shape", "3x32x32")),
                                  condition=bool(sec.get("condition", False)), device=device,

@@ -272,6 +272,9 @@ def defence_settings(records: pd.DataFrame) -> tuple[dict[str, tuple[str, str, f
     for defence in dict.fromkeys(records["defence"].dropna()) if "defence" in records else []:
         if defence == NoDefence.name:
             continue
+        if ";" in defence:  # a FedAvg or client-batch setting (copa.bench.record.setting_label): not a strength
+            skipped.append(defence)
+            continue
         chain = _described_chain(records, defence) or []
         entry = chain[0] if len(chain) == 1 else {}
         cls = DEFENCES.get(entry["name"]) if entry.get("name") in DEFENCES else None

@@ -140,11 +140,17 @@ def add_outcome(record: dict[str, Any], reconstruction, scores: dict[str, Any] |
 
 
 def workflow_section(*, attack_settings: dict[str, Any], cell: str, threads: int, batch_size: int,
-                     attack_source: str, attack_source_sha256: str | None, run_config_hash: str) -> dict[str, Any]:
-    """The ``workflow`` section of a record written by a workflow cell (what :func:`record_matches` checks)."""
-    return {"attack_settings": attack_settings, "cell": cell, "threads": threads, "batch_size": batch_size,
-            "attack_source": attack_source, "attack_source_sha256": attack_source_sha256,
-            "run_config_hash": run_config_hash}
+                     attack_source: str, attack_source_sha256: str | None, run_config_hash: str,
+                     model: str | None = None) -> dict[str, Any]:
+    """The ``workflow`` section of a record written by a workflow cell (what :func:`record_matches` checks).
+    ``model``: the models-axis entry where it names more than the scenario's architecture (a trained
+    checkpoint, ``cnn4_c2@epoch5``); the tables name the record's model by it."""
+    section = {"attack_settings": attack_settings, "cell": cell, "threads": threads, "batch_size": batch_size,
+               "attack_source": attack_source, "attack_source_sha256": attack_source_sha256,
+               "run_config_hash": run_config_hash}
+    if model is not None:
+        section["model"] = model
+    return section
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -251,12 +257,13 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
     if path is not None and status == "ok" and (Path(path).parent / "images.npz").is_file():
         images = str(Path(path).parent / "images.npz")
     return {
-        "model": scenario.get("model"), "attack": (record.get("attack") or {}).get("name"),
+        "model": (record.get("workflow") or {}).get("model") or scenario.get("model"),
+        "attack": (record.get("attack") or {}).get("name"),
         "dataset": scenario.get("dataset"), "split": scenario.get("split"),
         "index": indices[0] if len(indices) == 1 else ",".join(map(str, indices)),
         "status": status, "reason": record.get("reason"),
         **{name: as_number(value) for name, value in mean.items()},
-        "defence": defence_label(record), "update_distortion": update_distortion(record),
+        "defence": setting_label(record), "update_distortion": update_distortion(record),
         "label_accuracy": as_number((record.get("metrics") or {}).get("label_accuracy")),
         "seconds": as_number(record.get("seconds")), "forward_evals": as_number(evals.get("forward")),
         "gradient_evals": as_number(evals.get("gradient")), "device": record.get("device"),
@@ -266,6 +273,17 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "hyperparameters": json.dumps(record.get("hyperparameters") or {}, sort_keys=True),
         "record": None if path is None else str(path), "images": images,
     }
+
+
+def setting_label(record: dict[str, Any]) -> str:
+    """The client's setting of a record as the tables' ``defence`` column names it: its defence chain
+    (:func:`defence_label`), then ``; local_steps=K`` and ``; client_batch=B`` where they differ from the
+    paper's one step on one image (``none; local_steps=2``); the workflow's :class:`Setting.label`."""
+    scenario = record.get("scenario") or {}
+    steps = int(scenario.get("local_steps") or 1)
+    batch = len(scenario.get("indices") or [None])
+    return defence_label(record) + "".join(f"; {name}={value}" for name, value in
+                                           (("local_steps", steps), ("client_batch", batch)) if value != 1)
 
 
 def defence_label(record: dict[str, Any]) -> str:

@@ -44,7 +44,7 @@ class Verification:
     model: str
     attack: str
     defence: str
-    index: int
+    index: int | str  # an image index, or a client batch's indices ("0,1,2,3")
     verdict: str
     detail: str
 
@@ -71,12 +71,12 @@ def _read(results_dir: Path):
     return config, rows
 
 
-def _defence_specs(config: dict[str, Any]) -> dict[str, tuple[str, ...]]:
-    """records.csv's ``defence`` (the canonical specs joined by ``+``, ``none``) → the scenario's chain."""
-    from .pipeline import defence_chain
+def _settings(config: dict[str, Any]):
+    """records.csv's ``defence`` (the client setting's label, :func:`copa.bench.record.setting_label`) → the
+    workflow's :class:`~copa.bench.pipeline.Setting`."""
+    from .pipeline import setting_axis
 
-    chains = [defence_chain(entry) for entry in config.get("defences") or ["none"]]
-    return {"+".join(chain) or "none": chain for chain in chains}
+    return {setting.label: setting for setting in setting_axis(config).values()}
 
 
 def _chunk(config: dict[str, Any], attack_obj, index: int, stored: dict[str, Any] | None) -> list[int]:
@@ -88,7 +88,9 @@ def _chunk(config: dict[str, Any], attack_obj, index: int, stored: dict[str, Any
         return [int(m[0]) for m in members]
     if not type(attack_obj).batched:
         return [index]
-    indices = [int(i) for i in config["indices"]]
+    from .pipeline import client_batches
+
+    indices = [batch[0] for batch in client_batches(config, 1)]  # the cell's images (max_instances applied)
     size = config.get("batch_size") or len(indices)
     for first in range(0, len(indices), size):
         if index in indices[first:first + size]:
@@ -145,30 +147,38 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     config, rows = _read(results_dir)
     set_threads(threads, "--threads")
     picked = sorted(np.random.default_rng(seed).choice(len(rows), size=min(sample, len(rows)), replace=False))
-    specs = _defence_specs(config)
+    settings = _settings(config)
     metrics = configured_metrics(config)
     versions = versions_text(package_versions())
     reruns: dict[tuple, dict[int, dict[str, Any]]] = {}
     out: list[Verification] = []
     for position in picked:
         row = rows.iloc[int(position)]
-        model, attack, index = str(row["model"]), str(row["attack"]), int(row["index"])
+        model, attack = str(row["model"]), str(row["attack"])
+        members = tuple(int(i) for i in str(row["index"]).split(","))
+        index = members[0] if len(members) == 1 else ",".join(map(str, members))
         defence = str(row.get("defence", "none") or "none")
 
         def verdict(kind: str, detail: str) -> None:
             out.append(Verification(model, attack, defence, index, kind, detail))
             log(f"{defence}/{model}/{attack}/{index}: {kind} ({detail})")
 
-        if defence not in specs:
-            verdict("cannot verify", f"defence {defence!r} is not in config.yaml's defences")
+        if defence not in settings:
+            verdict("cannot verify", f"setting {defence!r} is not in config.yaml's defences, local_steps and "
+                                     f"client_batch")
             continue
+        setting = settings[defence]
+
+        def scenario_of(images):
+            return scenario_for(config, model, images, setting.defences, local_steps=setting.local_steps)
+
         attack_obj = build_attack(config, attack)
         hp = jsonable(attack_obj.hp)
         published_hp = json.loads(row["hyperparameters"]) if isinstance(row["hyperparameters"], str) else None
         if published_hp is not None and published_hp != hp:
             verdict("cannot verify", f"the attack's hyperparameters are now {hp}, the record's {published_hp}")
             continue
-        scenario = scenario_for(config, model, index, specs[defence])
+        scenario = scenario_of(members)
         run_seed = int(config.get("seed", 0))
         if config_hash(scenario.to_dict(), attack, hp, run_seed) != row["config_hash"]:
             verdict("cannot verify", "the scenario rebuilt from config.yaml does not give the record's config_hash")
@@ -178,14 +188,17 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
         if source is not None and source != attack_identity(config, attack, attack_obj)["source_sha256"]:
             verdict("cannot verify", "attack source changed since the record was made (attack_source_sha256)")
             continue
-        chunk = _chunk(config, attack_obj, index, stored)
+        if setting.federated():  # run_cell runs these settings' instances one at a time
+            chunk = [members]
+        else:
+            chunk = [(i,) for i in _chunk(config, attack_obj, members[0], stored)]
         key = (defence, model, attack, tuple(chunk))
         if key not in reruns:
-            runs = run_attacks([scenario_for(config, model, i, specs[defence]) for i in chunk], attack_obj,
+            runs = run_attacks([scenario_of(images) for images in chunk], attack_obj,
                                seeds=[run_seed] * len(chunk), device=device, threads=threads, metrics=metrics,
                                record_failures=True)
-            reruns[key] = {i: record for i, (record, _, _) in zip(chunk, runs, strict=True)}
-        kind, detail = _compare(row, reruns[key][index], metrics, rtol)
+            reruns[key] = {images: record for images, (record, _, _) in zip(chunk, runs, strict=True)}
+        kind, detail = _compare(row, reruns[key][members], metrics, rtol)
         if row.get("versions") != versions:
             detail += f"; versions then: {row.get('versions')}; now: {versions}"
         verdict(kind, detail)

@@ -5,7 +5,7 @@ localrules:
 rule leaderboard:
     """Aggregate the records and security reports: leaderboard, per-run and security tables (CSV, Markdown)."""
     input:
-        cells=expand(cell_path("{defence}", "{model}", "{attack}"), defence=DEFENCE_AXIS, model=MODELS, attack=ATTACKS),
+        cells=expand(cell_path("{defence}", "{model}", "{attack}"), defence=SETTING_AXIS, model=MODELS, attack=ATTACKS),
         security=expand(security_path("{model}"), model=MODELS),
     output:
         records_csv=f"{RESULTS}/records.csv",
@@ -18,8 +18,8 @@ rule leaderboard:
     params:
         models=MODELS,
         attacks=ATTACKS,
-        defences=list(DEFENCE_AXIS.values()),
-        images_per_cell=len(config["indices"]),
+        defences=[setting.label for setting in SETTING_AXIS.values()],
+        images_per_cell=instances_per_cell(),
         title=config["title"],
         metric=config["plots"]["security_metric"],
     log:

@@ -15,4 +15,5 @@ with logged(snakemake.log[0]) as log:  # noqa: F821
     with progress.reporting("log", sm.wildcards.attack, stream=log):
         run_cell(sm.params.run, sm.wildcards.model, sm.wildcards.attack, records_dir=sm.params.records,
                  summary=sm.output[0], threads=sm.threads, log=lambda line: print(line, file=log, flush=True),
-                 defence=sm.params.defence)
+                 defence=sm.params.defence, local_steps=sm.params.local_steps,
+                 client_batch=sm.params.client_batch, checkpoint=(sm.input.checkpoint or [None])[0])

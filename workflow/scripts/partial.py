@@ -13,6 +13,7 @@ with logged(sm.log[0]) as log:
     counts = write_partial(sm.params.records_root, sm.params.security_root, outputs=dict(sm.output.items()),
                            models=sm.params.models, attacks=sm.params.attacks, defences=dict(sm.params.defences),
                            indices=[int(i) for i in sm.params.indices], title=sm.params.title,
-                           metric=sm.params.metric, command=sm.config.get("_command"))
+                           metric=sm.params.metric, command=sm.config.get("_command"),
+                           instances=dict(sm.params.instances))
     print(f"{counts['cells_complete']} of {counts['cells']} cells complete, {counts['records']} of "
           f"{counts['records_expected']} records", file=log)
