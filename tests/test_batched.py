@@ -158,10 +158,16 @@ def test_batched_lbfgs_leaves_inactive_instances_untouched():
 # --- attacks: batched == sequential --------------------------------------------------------------
 
 
-def _assert_same(sequential, batched, atol):
+def _assert_same(sequential, batched, atol, flips=0.0):
+    """Equal up to ``atol`` — except, with ``flips`` > 0, for at most that fraction of pixels of an instance,
+    which may differ by up to 0.01: signed Adam (IG) takes sign(g), so a float32 rounding difference of one
+    ulp in a gradient entry near 0 flips that pixel's step, and the trajectories part there (measured: lenet-zhu,
+    IG 30 iterations, CIFAR-10 test image 0, 1 thread: one pixel 1.07e-3 apart, every other pixel equal)."""
     for s, b in zip(sequential, batched, strict=True):
         assert s.images.shape == b.images.shape
-        assert float((s.images - b.images).abs().max()) <= atol
+        difference = (s.images - b.images).abs()
+        assert float((difference > atol).float().mean()) <= flips, float(difference.max())
+        assert float(difference.max()) <= (0.01 if flips else atol)
         assert s.forward_evals == b.forward_evals and s.gradient_evals == b.gradient_evals
         assert (s.labels is None) == (b.labels is None)
         if s.labels is not None:
@@ -181,13 +187,14 @@ def _assert_same(sequential, batched, atol):
     ("ig", "float32", {"iterations": 30}, 1e-5, False),
 ])
 def test_batched_attacks_equal_sequential_runs(attack, dtype, overrides, atol, label_known, cifar_npz):
+    """Each instance of a batch equals its own run (DLG/iDLG to 1e-5; IG's signed steps: see _assert_same)."""
     observations = _observations(cifar_npz, [0, 1, 2, 3], dtype=dtype, label_known=label_known)
     instance = create_attack(attack, overrides)
     assert type(instance).batched
     seeds = [7, 8, 9, 10]
     sequential = [instance.reconstruct(o, g) for o, g in zip(observations, _generators(seeds))]
     batched = instance.reconstruct_batch(observations, _generators(seeds))
-    _assert_same(sequential, batched, atol)
+    _assert_same(sequential, batched, atol, flips=1e-3 if attack == "ig" else 0.0)
     assert not torch.equal(batched[0].images, batched[1].images)
 
 
