@@ -345,6 +345,7 @@ class Setting:
         return self.defence + "".join(f"; {name}={value}" for name, value in self.federated())
 
     def federated(self) -> list[tuple[str, int]]:
+        """The (name, value) of ``local_steps`` and ``client_batch`` where they differ from the paper's 1."""
         return [(name, value) for name, value in (("local_steps", self.local_steps),
                                                   ("client_batch", self.client_batch)) if value != 1]
 
