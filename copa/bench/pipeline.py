@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CopaError, InvalidSpecError, NotApplicableError, unknown_name
 from ..io import atomic_write_json
-from .record import STATUSES, canonical_json, clear_record, jsonable, read_record, record_matches, workflow_section
+from .record import (STATUSES, canonical_json, clear_record, jsonable, read_record, record_matches, setting_suffix,
+                     workflow_section)
 
 if TYPE_CHECKING:
     from ..attacks import Attack
@@ -342,7 +343,7 @@ class Setting:
     @property
     def label(self) -> str:
         """The setting as the tables' ``defence`` column names it (:func:`copa.bench.record.setting_label`)."""
-        return self.defence + "".join(f"; {name}={value}" for name, value in self.federated())
+        return self.defence + setting_suffix(self.local_steps, self.client_batch)
 
     def federated(self) -> list[tuple[str, int]]:
         """The (name, value) of ``local_steps`` and ``client_batch`` where they differ from the paper's 1."""

@@ -280,10 +280,14 @@ def setting_label(record: dict[str, Any]) -> str:
     (:func:`defence_label`), then ``; local_steps=K`` and ``; client_batch=B`` where they differ from the
     paper's one step on one image (``none; local_steps=2``); the workflow's :class:`Setting.label`."""
     scenario = record.get("scenario") or {}
-    steps = int(scenario.get("local_steps") or 1)
-    batch = len(scenario.get("indices") or [None])
-    return defence_label(record) + "".join(f"; {name}={value}" for name, value in
-                                           (("local_steps", steps), ("client_batch", batch)) if value != 1)
+    return defence_label(record) + setting_suffix(int(scenario.get("local_steps") or 1),
+                                                  len(scenario.get("indices") or [None]))
+
+
+def setting_suffix(local_steps: int, client_batch: int) -> str:
+    """``; local_steps=K; client_batch=B`` for the values that differ from the paper's 1 (else empty)."""
+    return "".join(f"; {name}={value}" for name, value in (("local_steps", local_steps),
+                                                          ("client_batch", client_batch)) if value != 1)
 
 
 def defence_label(record: dict[str, Any]) -> str:
