@@ -24,7 +24,6 @@ import pytest
 import torch
 
 from conftest import CIFAR_NPZ, ROOT
-from copa.cli import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import pickle
-import shutil
 import socket
 import sys
 import urllib.error

@@ -4,7 +4,6 @@ stack walk, gc, opening the dataset file it was configured with — gets nothing
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -176,7 +176,6 @@ def test_security_reports_equal_per_image_reports(cifar_npz, name, method):
 
 
 def test_layer_ranks_equal_per_delta_results(monkeypatch):
-    from copa import layerwise as linalg
     from copa.layerwise import ConvGeometry, layer_rank, layer_ranks
 
     generator = torch.Generator().manual_seed(0)
