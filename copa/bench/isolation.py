@@ -244,13 +244,20 @@ def _wait_forwarding_progress(command: list[str], env: dict[str, str], sink, out
         raise
 
 
+# the numeric libraries' settings (kernel choice such as OPENBLAS_CORETYPE, cache sizes, thread pools): a worker
+# without them may pick other BLAS kernels and give other bits than the runner (measured: OPENBLAS_CORETYPE=Haswell
+# set on this project's machine moved an exact R-GAP recovery by 2e-14)
+_NUMERICS_PREFIXES = ("OPENBLAS_", "MKL_", "OMP_", "KMP_", "GOMP_", "BLIS_", "NVPL_")
+
+
 def _worker_environment(work: Path) -> dict[str, str]:
     """The worker's environment: no COPA_DATA_ROOT, COPA_PLUGINS or anything else of the runner's but what
-    Python and the thread pools need; the runner's import path (so that a plug-in module found from its
-    working folder is found again), temporary files in the worker's own folder."""
-    keep = ("PATH", "LANG", "LC_ALL", "HOME", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES",
-            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    env = {key: os.environ[key] for key in keep if key in os.environ}
+    Python and the numeric libraries need (their kernel, cache and thread settings); the runner's import path
+    (so that a plug-in module found from its working folder is found again), temporary files in the worker's
+    own folder."""
+    keep = ("PATH", "LANG", "LC_ALL", "HOME", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES", "ATEN_CPU_CAPABILITY")
+    env = {key: value for key, value in os.environ.items()
+           if key in keep or key.startswith(_NUMERICS_PREFIXES)}
     paths = [os.getcwd() if entry == "" else entry for entry in sys.path]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p and Path(p).exists())
     env["TMPDIR"] = str(work)
