@@ -52,12 +52,18 @@ class GradientModel:
     Buffers (BatchNorm statistics a train-mode forward updates) are copied per instance and per call,
     so calling it never changes ``observation.model``; the model stays in the client's mode (train).
 
-    A FedAvg observation (``observation.local``: the client shared its weight delta after K local SGD steps)
-    maps the images to the weight delta the client would have shared instead (:meth:`_simulated_delta`),
-    instance by instance; an attack matches it against the observed delta exactly as it matches gradients.
+    A FedAvg observation (``observation.local``: the client shared its weight delta ``Δ = θ_K − θ_0`` after K
+    local SGD steps of learning rate η) is matched in gradient units, instance by instance: the images map to
+    the mean step gradient ``(1/K) Σ_k g_k`` of the replayed steps (:meth:`_simulated_update`) and the target is
+    the observed ``−Δ / (K η)`` (:func:`update_as_gradients`) — the same minimisers as matching ``Δ`` itself (the
+    distance is only scaled by ``(K η)²``), but at the scale of a gradient, so that an optimiser's absolute
+    tolerances mean what they mean on a gradient: with η = 1e-4 the squared distance of deltas is 1e-8 of the
+    gradients', below ``torch.optim.LBFGS``'s ``tolerance_grad`` (1e-7), and DLG never left its initialisation
+    (results/realistic/fedavg, first run at f0b0b28). Cosine distances (IG) are unchanged by the scale.
 
-    ``targets``: the observed gradients (or weight deltas) stacked per instance. ``evaluations[b]`` counts the calls that
-    counted for instance ``b`` (``count`` mask; default all): each is one forward and one gradient.
+    ``targets``: the observed gradients (or a weight delta as gradients) stacked per instance. ``evaluations[b]``
+    counts the calls that counted for instance ``b`` (``count`` mask; default all): each is one forward and one
+    gradient.
     """
 
     def __init__(self, observations):
@@ -84,8 +90,8 @@ class GradientModel:
         self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
         self.loss_fn = first.loss_fn
         self.instances = len(observations)
-        self.targets = tuple(torch.stack([o.gradients[k].detach() for o in observations])
-                             for k in range(len(self.names)))
+        views = [update_as_gradients(o) for o in observations]
+        self.targets = tuple(torch.stack([view[n].detach() for view in views]) for n in self.names)
         self.evaluations = [0] * self.instances
 
         def instance_loss(params, buffers, images, labels):
@@ -119,9 +125,9 @@ class GradientModel:
 
     def _plain_gradients(self, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
         """One instance's gradients by plain ``torch.autograd.grad`` (differentiable when grad mode is on); for
-        a FedAvg observation its simulated weight delta (:meth:`_simulated_delta`)."""
+        a FedAvg observation the mean step gradient of its replayed local steps (:meth:`_simulated_update`)."""
         if self.local is not None:
-            return self._simulated_delta(images, labels)
+            return self._simulated_update(images, labels)
         differentiable = torch.is_grad_enabled()
         with torch.enable_grad():
             if self._private is not None:
@@ -135,28 +141,29 @@ class GradientModel:
             return torch.autograd.grad(self.loss_fn(logits, labels), leaves, create_graph=differentiable)
 
 
-    def _simulated_delta(self, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
-        """The weight delta θ_K − θ_0 a FedAvg client would share for ``(images, labels)``: its K local SGD
+    def _simulated_update(self, images: Tensor, labels: Tensor) -> tuple[Tensor, ...]:
+        """The update a FedAvg client would share for ``(images, labels)``, in gradient units: its K local SGD
         steps (:class:`copa.threat.LocalTraining`: learning rate, the images of each step) replayed with
         ``functional_call`` from the weights the server sent, differentiable through every step when grad mode
         is on (the Inverting Gradients paper's attack on several local steps, Geiping et al., NeurIPS 2020,
-        §6; inversefed ``loss_steps``). The delta is accumulated as ``−lr Σ_k g_k`` rather than subtracted,
-        which avoids the cancellation of ``θ_K − θ_0`` (equal in exact arithmetic)."""
+        §6; inversefed ``loss_steps``), returned as the mean step gradient ``(1/K) Σ_k g_k``, which is
+        ``−(θ_K − θ_0) / (K η)`` — summed directly rather than formed from ``θ_K − θ_0``, which avoids the
+        cancellation (equal in exact arithmetic)."""
         local = self.local
         differentiable = torch.is_grad_enabled()
         with torch.enable_grad():
             current = {n: p.detach().requires_grad_(True) for n, p in self._leaves.items()}
             buffers = {n: b.clone() for n, b in self.buffers.items()}
-            delta: list[Tensor] | None = None
+            total: list[Tensor] | None = None
             for step in range(local.steps):
                 chunk = local.chunk(step, images.shape[0])
                 logits = torch.func.functional_call(self.model, {**current, **self.frozen, **buffers}, (images[chunk],))
                 grads = torch.autograd.grad(self.loss_fn(logits, labels[chunk]), [current[n] for n in self.names],
                                             create_graph=differentiable)
-                steps = [-local.lr * g for g in grads]
-                delta = steps if delta is None else [d + s for d, s in zip(delta, steps)]
-                current = {n: current[n] + s for n, s in zip(self.names, steps)}
-        return tuple(delta) if differentiable else tuple(d.detach() for d in delta)
+                total = list(grads) if total is None else [t + g for t, g in zip(total, grads)]
+                current = {n: current[n] - local.lr * g for n, g in zip(self.names, grads)}
+        mean = [t / local.steps for t in total]
+        return tuple(mean) if differentiable else tuple(m.detach() for m in mean)
 
 
 def _private_copy(model: nn.Module, names: Sequence[str]) -> tuple[nn.Module | None, list[Tensor]]:
@@ -243,11 +250,12 @@ def last_linear(observation) -> tuple[str, nn.Linear]:
     return name, layer
 
 
-def _gradient_view(observation) -> dict[str, Tensor]:
+def update_as_gradients(observation) -> dict[str, Tensor]:
     """The observed update as gradients, by parameter name: the gradient itself (FedSGD), or for a weight delta
     after K local steps of learning rate η the mean step gradient ``−Δ / (K η)`` (θ_K − θ_0 = −η Σ_k g_k). The
-    label rules below read the output layer's signs and sizes from it; for K > 1 the step gradients are taken
-    at K slightly different weights (and per-step images), so the rules become approximations there."""
+    gradient-matching attacks match it (:class:`GradientModel`) and the label rules below read the output
+    layer's signs and sizes from it; for K > 1 the step gradients are taken at K slightly different weights
+    (and per-step images), so the label rules become approximations there."""
     grads = observation.gradient_dict()
     local = getattr(observation, "local", None)
     if local is None:
@@ -289,7 +297,7 @@ def label_from_gradients(observation) -> tuple[Tensor, dict]:
     if observation.batch_size != 1:
         raise NotApplicableError(f"iDLG's label rule needs batch size 1, got {observation.batch_size}")
     name, layer = last_linear(observation)
-    grads = _gradient_view(observation)
+    grads = update_as_gradients(observation)
     if layer.bias is not None and f"{name}.bias" in grads:
         scores = grads[f"{name}.bias"].detach().reshape(-1)
         label, rule = int(torch.argmin(scores)), "argmin of the output bias gradient"
@@ -380,7 +388,7 @@ def labels_from_gradients(observation, probes: int = 16, seed: int = 0) -> tuple
     if layer.bias is None:
         raise NotApplicableError(f"the batch label rule reads the output bias gradient, but the last Linear "
                                  f"layer {name!r} of {observation.model_name!r} has no bias")
-    grads = _gradient_view(observation)
+    grads = update_as_gradients(observation)
     if f"{name}.bias" not in grads:
         raise NotApplicableError(f"no observed gradient for the output bias {name + '.bias'!r}")
     activations = getattr(observation.model, "activations", None)
