@@ -256,3 +256,29 @@ def test_a_bad_predictor_name_fails_in_one_line_naming_it(tmp_path):
     assert ("invalid config: validity.predictors: unknown predictor 'normalised_scor'. Did you mean "
             "'normalised_score'?") in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_exact_recoveries_tie_at_exact_psnr_in_every_statistic(study_inputs, tmp_path):
+    """Full-rank chains recovered exactly at 100–290 dB (rounding) must not be ranked by their rounding."""
+    security, board = study_inputs
+    frame = pd.read_csv(board)
+    full_rank = [m for m, free in _frees().items() if free == 0]
+    for k, model in enumerate(full_rank):  # exact recoveries at different rounding levels
+        frame.loc[(frame["model"] == model) & (frame["attack"] == "copa") & (frame["defence"] == "none"),
+                  "psnr_mean"] = 100.0 + 30.0 * k
+    frame.to_csv(board, index=False)
+    settings = {**SETTINGS, "exact_psnr": 60.0}
+    write_study(security, board, tmp_path / "tied", settings, attacks=ATTACKS)
+    write_study(security, board, tmp_path / "raw", SETTINGS, attacks=ATTACKS)
+    arch = pd.read_csv(tmp_path / "tied" / "architectures.csv")
+    assert arch["psnr:copa"].max() == 100.0 + 30.0 * (len(full_rank) - 1)  # the table keeps the measured means
+    study = arch[arch["status"] == "ok"].reset_index(drop=True)
+    for column in ("best_psnr", "psnr:rgap", "psnr:copa"):
+        study[column] = study[column].clip(upper=60.0)
+    expected = validity_tables(study, settings["predictors"], settings["outcomes"], n_resamples=199, random_state=0)
+    tied, raw = (pd.read_csv(tmp_path / name / "predictors.csv") for name in ("tied", "raw"))
+    columns = ["subset", "predictor", "outcome", "n", "spearman_rho", "kendall_tau"]
+    pd.testing.assert_frame_equal(tied[columns], expected[columns], check_dtype=False)
+    key = (tied["subset"] == "all") & (tied["predictor"] == "copa_index") & (tied["outcome"] == "psnr:copa")
+    assert float(tied.loc[key, "spearman_rho"].iloc[0]) > float(raw.loc[key, "spearman_rho"].iloc[0])
+    assert "a mean PSNR ≥ 60 dB counts as 60 dB" in (tmp_path / "tied" / "validity.md").read_text()

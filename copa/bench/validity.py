@@ -57,7 +57,8 @@ from ..models import RANDOM_CHAIN_PREFIX
 __all__ = ["EXPECTED_SIGN", "HELD_OUT_CANDIDATES", "PREDICTORS", "STATISTICS", "VERDICT_RULES", "CorrelationResult",
            "FittedRule", "HeldOutSplit", "architecture_table", "choose_predictor", "correlation", "correlation_table",
            "fit_threshold", "held_out_evaluation", "held_out_split", "holm", "kendall_tau_b",
-           "predictors_from_security", "spearman_rho", "study_markdown", "study_table", "validity_tables", "verdict",
+           "predictors_from_security", "spearman_rho", "study_markdown", "study_table", "tie_exact_recoveries",
+           "validity_tables", "verdict",
            "write_study"]
 
 PREDICTORS: dict[str, str] = {
@@ -578,6 +579,20 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
     return text
 
 
+def tie_exact_recoveries(table: pd.DataFrame, exact_psnr: float | None) -> pd.DataFrame:
+    """``table`` with every PSNR outcome (``best_psnr``, ``psnr:ATTACK``) above ``exact_psnr`` set to it.
+
+    A layer-wise attack on a full-rank chain recovers the image exactly; its PSNR (120–290 dB in float64,
+    or +inf) then measures rounding, not leakage, and would order the exact recoveries at random in every
+    rank statistic. At ``exact_psnr`` they tie. ``None``: the table unchanged (a copy)."""
+    out = table.copy()
+    if exact_psnr is None:
+        return out
+    for column in [c for c in out.columns if c == "best_psnr" or str(c).startswith("psnr:")]:
+        out[column] = out[column].astype(float).clip(upper=float(exact_psnr))
+    return out
+
+
 def _undefended(board: pd.DataFrame) -> pd.DataFrame:
     from ..threat.defences import NoDefence
 
@@ -687,7 +702,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     ``security_paths``: the security entries (:func:`copa.bench.pipeline.security_entry`); not-applicable
     ones are excluded with their reason, as are architectures without an ok run of any attack or without
     an entry. ``board_csv``: leaderboard.csv (its undefended rows). ``settings``: the config's ``validity``
-    section (``predictors``, ``outcomes``, ``seed``, ``n_resamples``, ``leak_threshold``). ``meta``: header
+    section (``predictors``, ``outcomes``, ``seed``, ``n_resamples``, ``leak_threshold``, ``exact_psnr``:
+    :func:`tie_exact_recoveries` before every statistic; architectures.csv keeps the measured means). ``meta``: header
     facts (command, config hash, dataset, ...) over those the entries give (commits, devices, versions).
     ``metric``: the predictor the verdict judges and the plots' x axis. Files: architectures.csv,
     predictors.csv (:func:`validity_tables`), held_out.csv (:func:`held_out_evaluation` with the
@@ -703,11 +719,12 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     predictors, outcomes = list(settings["predictors"]), list(settings["outcomes"])
     seed, n_resamples = int(settings.get("seed", 0)), int(settings.get("n_resamples", 9999))
     leak_threshold = float(settings.get("leak_threshold", 20.0))
+    exact_psnr = settings.get("exact_psnr")
     entries = read_security_entries(security_paths)
     board = _undefended(pd.read_csv(board_csv))
     attacks = list(attacks or dict.fromkeys(board["attack"]))
     table, excluded = study_table(entries, board[board["attack"].isin(attacks)])
-    study = table[table["status"] == "ok"].reset_index(drop=True)
+    study = tie_exact_recoveries(table[table["status"] == "ok"].reset_index(drop=True), exact_psnr)
     options = {"n_resamples": n_resamples, "random_state": seed}
     correlations = validity_tables(study, predictors, outcomes, **options)
     split = held_out_split(study["model"], seed=seed)
@@ -741,7 +758,9 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     header = run_metadata(provenance, extra={**(meta or {}), "design": (
         f"{len(study)} architectures ({int(study['any_deficient'].sum())} rank-deficient), attacks "
         f"{', '.join(attacks)}; predictors {', '.join(predictors)}; outcomes {', '.join(outcomes)}; leaks: "
-        f"{HELD_OUT_OUTCOME} ≥ {leak_threshold:g} dB")})
+        f"{HELD_OUT_OUTCOME} ≥ {leak_threshold:g} dB" + ("" if exact_psnr is None else (
+            f"; exact recoveries: a mean PSNR ≥ {float(exact_psnr):g} dB counts as {float(exact_psnr):g} dB "
+            "(tied) in every statistic; the tables show the measured means")))})
     out = Path(out_dir)
     paths = {name: out / name for name in STUDY_TABLES}
     atomic_write(paths["architectures.csv"], lambda p: table.to_csv(p, index=False))
@@ -765,7 +784,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     for name, column, what in [("best", HELD_OUT_OUTCOME, "best attack"),
                                *((a, f"psnr:{a}", a) for a in attacks)]:
         paths[f"scatter_{name}.png"] = plots.validity_scatter(
-            study, out / f"scatter_{name}.png", x=metric, y=column, psnr_cap=psnr_cap,
+            study, out / f"scatter_{name}.png", x=metric, y=column,
+            psnr_cap=psnr_cap if exact_psnr is None else min(psnr_cap, float(exact_psnr)),
             y_label=f"mean {{label}} of {what}",
             title=f"{what}: mean {plots._label()} vs {metric} over {len(study)} architectures"
                   + (f" — Spearman {rhos(column)}" if rhos(column) else ""))
