@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from _records import finished_runs
 from copa.bench import run_attack
 from copa.errors import CopaError
 from copa.layerwise.security import security_report
@@ -62,12 +63,8 @@ def main(argv=None) -> int:
     sets = parse_sets(args.sets)
     indices = parse_indices(args.indices)
     path = Path(args.records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["model"], row["attack"], row["index"], json.dumps(row["overrides"], sort_keys=True))] = row
+    done = finished_runs(path, lambda row: (row["model"], row["attack"], row["index"],
+                                            json.dumps(row["overrides"], sort_keys=True)))
     rows = []
     for model in args.models:
         for attack in args.attacks:

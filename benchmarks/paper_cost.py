@@ -37,6 +37,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _records import finished_runs
 from copa.attacks import create_attack
 from copa.bench import run_attack
 from copa.bench.run import set_threads
@@ -112,12 +113,7 @@ def main(argv=None) -> int:
     images = len(config["indices"])
     set_threads(1)
     path = Path(args.records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            done[(row["model"], row["attack"], row["fraction"])] = row
+    done = finished_runs(path, lambda row: (row["model"], row["attack"], row["fraction"]))
     estimates = []
     for model in models:
         for attack in attacks:
