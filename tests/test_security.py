@@ -240,3 +240,75 @@ def test_cli_security_with_several_indices(tmp_path, capsys):
     assert main([*argv, "--index", "5"]) == 0  # one index: the table alone, as before
     assert capsys.readouterr().out.startswith("COPA security of cnn2_c2")
     assert json.loads(out.read_text())["settings"]["index"] == 5
+
+
+def _exact_free_dimensions(model) -> list[int]:
+    """Per conv layer, the dimension of its input's directions that the gradients, the padding and the layers
+    above leave undetermined, from dense null spaces (first order): layer i's unknowns v and the lost
+    directions c of the layer above satisfy K v = 0, P v = 0, A v = diag(1/σ'(z_i)) N_{i+1} c."""
+    from copa.layerwise.security import _reference_input
+
+    inputs, labels = _reference_input(model, "sample", 0, "image", 0, torch.device("cpu"))
+    conv = analyse_chain(model, inputs, labels).conv_layers
+    basis, free = None, []
+    for position in range(len(conv) - 1, -1, -1):
+        la = conv[position]
+        system = layer_system(la.weight, la.delta, la.pre_activation, la.grad_weight, la.geometry)
+        u, forward = system.matrix, system.row_counts["forward"]
+        if basis is not None and basis.shape[1]:
+            channels, height, width = la.pre_activation.shape[1:]
+            above = conv[position + 1].geometry
+            interior = torch.zeros(channels, height + 2 * above.padding[0], width + 2 * above.padding[1],
+                                   dtype=torch.bool)
+            interior[:, above.padding[0]:above.padding[0] + height, above.padding[1]:above.padding[1] + width] = True
+            lost = basis[interior.reshape(-1)] / la.activation.derivative(la.pre_activation).reshape(-1, 1)
+            extra = torch.zeros(u.shape[0], basis.shape[1], dtype=u.dtype)
+            extra[:forward] = -lost
+            u = torch.cat([u, extra], dim=1)
+        null = numerical_rank(u)
+        _, _, vh = torch.linalg.svd(u, full_matrices=True)
+        directions = vh[null.rank:].T[:system.matrix.shape[1]]
+        if directions.shape[1]:
+            left, values, _ = torch.linalg.svd(directions, full_matrices=False)
+            directions = left[:, :int((values > values[0] * 1e-9).sum())]
+        basis = directions
+        free.append(basis.shape[1])
+    return free[::-1]
+
+
+# (spec on 3×8×8, whether its lost directions are in general position: unreached pixels of a strided layer
+# are coordinate directions, the rows they spoil carry independent information, and the count undercounts)
+PROPAGATION_CASES = [
+    ("c4k3:tanh c2k3:tanh fc:identity", True),
+    ("c2k3p1:tanh c6k3p1:tanh fc:identity", True),
+    ("c6k3p1:tanh c2k3:tanh c8k2:tanh fc:identity", True),
+    ("c2k3:tanh c12k2:tanh fc:identity", True),
+    ("c8k3:tanh c4k3:tanh c2k2:tanh fc:identity", True),
+    ("c4k3:tanh c8k3s2:tanh fc:identity", False),
+    ("c3k3:sigmoid c1k3:tanh fc:identity", False),
+]
+
+
+@pytest.mark.parametrize("spec,general", PROPAGATION_CASES)
+def test_propagated_free_dimensions_against_exact_null_spaces(spec, general):
+    from copa.layerwise.security import propagated_free_dimensions
+
+    model = create_model(f"chain:{spec}", in_shape=(3, 8, 8))
+    report = security_report(model, condition=False)
+    counted = propagated_free_dimensions(report.layers)
+    assert counted == propagated_free_dimensions(report.to_dict()["layers"])
+    exact = _exact_free_dimensions(model)
+    conv = [layer for layer in report.layers if layer.kind == "conv"]
+    assert counted[-1] == exact[-1] == -conv[-1].deficiency  # nothing above the last conv is lost
+    assert all(c <= e for c, e in zip(counted, exact))  # a lower bound: at least that much is lost
+    assert (counted == exact) == general
+    assert all(c >= -layer.deficiency for c, layer in zip(counted, conv))
+
+
+def test_propagated_free_dimensions_of_reports_without_forward_ranks():
+    from copa.layerwise.security import propagated_free_dimensions
+
+    layers = security_report("cnn3_c1", condition=False).to_dict()["layers"]
+    assert propagated_free_dimensions(layers) is not None
+    layers[1].pop("forward_rank")
+    assert propagated_free_dimensions(layers) is None

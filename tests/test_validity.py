@@ -130,6 +130,12 @@ def test_predictors_from_a_hand_made_report():
     assert p["parameters"] == 27 + 36 + 4000 + 10
     report["layers"][0]["condition_number"] = None  # not computed
     assert math.isnan(predictors_from_security(report)["log10_condition_max"])
+    assert math.isnan(p["propagated_image_fraction"])  # a report without forward ranks
+    # layer 1 leaves 50 directions free; layer 0's 900 forward rows have rank 880 off its gradient rows, so
+    # 880 + 50 − 900 = 30 of them reach the image on top of its own 200 undetermined dimensions
+    report["layers"][0]["forward_rank"], report["layers"][1]["forward_rank"] = 880, 1000
+    report["layers"][1]["deficiency"] = -50
+    assert predictors_from_security(report)["propagated_image_fraction"] == pytest.approx(230 / 3072)
 
 
 @pytest.mark.usefixtures("single_thread")
@@ -144,6 +150,7 @@ def test_predictors_from_a_real_report_and_model():
         report["copa_index"], 1470 + 1050, 1470, 2)
     assert p["any_deficient"] is True and math.isfinite(p["log10_condition_max"])
     assert p["log10_condition_max"] >= p["log10_condition_image"]
+    assert 1470 / 3072 <= p["propagated_image_fraction"] <= 1.0  # at least the image layer's own free dimensions
 
 
 def test_architecture_table_picks_the_best_attack():

@@ -28,7 +28,7 @@ needs_cifar = pytest.mark.skipif(not CIFAR_NPZ.is_file(), reason=f"shared data n
 RANDOM = [f"random-chain:{seed}" for seed in range(8)]  # even seeds rank-deficient, odd full-rank
 PAPER = {"cnn2_c1": 0, "cnn2_c2": 120, "cnn3_c1": 0, "cnn4_c1": 900}  # undetermined dimensions of the image layer
 ATTACKS = ["rgap", "copa"]
-SETTINGS = {"predictors": ["copa_index", "normalised_score", "any_deficient", "depth"],
+SETTINGS = {"predictors": ["copa_index", "normalised_score", "any_deficient", "depth", "propagated_image_fraction"],
             "outcomes": ["best_psnr", "best_ssim", "psnr:rgap", "psnr:copa"], "seed": 0, "n_resamples": 199,
             "leak_threshold": 20.0}
 
@@ -37,8 +37,10 @@ def _report(free: int) -> dict:
     """A SecurityReport.to_dict() of a 2-conv chain whose image layer leaves ``free`` of 3072 dimensions."""
     layer = {"padding_rows": 0, "condition_number": 10.0 + free}
     return {"copa_index": -free, "normalised_score": free / 3072, "layers": [
-        {**layer, "kind": "conv", "unknowns": 3072, "deficiency": -free, "forward_rows": 2000, "gradient_rows": 27},
-        {**layer, "kind": "conv", "unknowns": 1000, "deficiency": 0, "forward_rows": 1200, "gradient_rows": 36},
+        {**layer, "kind": "conv", "unknowns": 3072, "deficiency": -free, "forward_rows": 2000, "gradient_rows": 27,
+         "forward_rank": 1500},
+        {**layer, "kind": "conv", "unknowns": 1000, "deficiency": 0, "forward_rows": 1200, "gradient_rows": 36,
+         "forward_rank": 900},
         {**layer, "kind": "fc", "unknowns": 400, "deficiency": 0, "forward_rows": 10, "gradient_rows": 4000}]}
 
 
@@ -114,15 +116,22 @@ def test_write_study_writes_every_file_with_its_columns_and_the_verdict(study_in
                                                                         "n"] == 12
 
     held = pd.read_csv(out / "held_out.csv")
-    assert list(held["subset"]) == ["A (fit)", "B (held out)", "paper"]
+    candidates = ["copa_index", "normalised_score", "propagated_image_fraction"]  # every one reported, losers too
+    assert list(held["predictor"]) == [c for c in candidates for _ in range(3)]
+    assert list(held["subset"]) == ["A (fit)", "B (held out)", "paper"] * 3
     assert {"n", "spearman_rho", "spearman_ci_low", "spearman_ci_high", "kendall_tau", "balanced_accuracy",
-            "accuracy", "leaks", "rule", "predictor", "threshold", "leak_threshold"} <= set(held.columns)
-    assert set(held["predictor"]) <= {"copa_index", "normalised_score"} and (held["leak_threshold"] == 20).all()
+            "accuracy", "leaks", "rule", "predictor", "chosen", "threshold", "leak_threshold"} <= set(held.columns)
+    assert held["chosen"].sum() == 3 and held.loc[held["chosen"], "predictor"].nunique() == 1
+    assert (held["leak_threshold"] == 20).all()
+    fraction = arch.set_index("model")["propagated_image_fraction"]
+    assert fraction["random-chain:2"] == pytest.approx(300 / 3072) and fraction["random-chain:1"] == 0.0
 
     md = (out / "validity.md").read_text()
     first = md.split("\n\n")[1]  # the paragraph after the title
     assert first.startswith("The normalised security score predicts leakage over all architectures (ρ = -")
     assert "95 % CI [" in first and "among the rank-deficient architectures" in first and "half B" in first
+    assert "Candidates compared on half A by |ρ| with best_psnr: copa_index" in first
+    assert "propagated_image_fraction" in first.split("half A chose")[1]
     for text in ("**command**: `snakemake --cores 2`", "**commit**: `abc123`", "**config hash**: `f00d`",
                  "## How the verdict is decided", "## Rank correlations: all architectures",
                  "## Rank correlations: rank-deficient architectures", "## Held-out evaluation",

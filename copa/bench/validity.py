@@ -70,6 +70,9 @@ PREDICTORS: dict[str, str] = {
     "max_layer_deficiency_fraction": "max over conv layers of −deficiency / unknowns, in [0, 1]",
     "log10_condition_max": "log10 of the largest conv-layer condition number (NaN if not computed)",
     "log10_condition_image": "log10 of the image layer's condition number (NaN if not computed)",
+    "propagated_image_fraction": "fraction of the image's pixels left undetermined once every layer passes its "
+                                 "undetermined directions down (copa.layerwise.security.propagated_free_dimensions; "
+                                 "ours), in [0, 1] (0 = leakiest)",
     "depth": "number of conv layers",
     "parameters": "number of model parameters",
 }
@@ -97,6 +100,8 @@ def _log10(value: float) -> float:
 def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> dict[str, float | bool | int]:
     """The predictors (:data:`PREDICTORS`) of one architecture from its ``SecurityReport.to_dict()``.
 
+    ``propagated_image_fraction``: :func:`copa.layerwise.security.propagated_free_dimensions` of the image
+    layer over its pixels (unknowns minus padded entries); NaN for reports without ``forward_rank``.
     Deficiencies are counted as undetermined dimensions (``−deficiency`` of the report, ≥ 0) over the
     conv layers (the Linear layers are solved in closed form). Condition numbers: ``log10`` of the
     largest over the conv layers (NaN if any conv layer has none, e.g. ``condition=False``; ``inf`` if
@@ -106,7 +111,10 @@ def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> di
     """
     layers = list(report.get("layers") or [])
     conv = [layer for layer in layers if layer.get("kind") == "conv"]
+    from ..layerwise.security import propagated_free_dimensions
+
     free = [-int(layer["deficiency"]) for layer in conv]
+    propagated = propagated_free_dimensions(layers)
     conditions = [_as_float(layer.get("condition_number")) for layer in conv]
     image = conv[0] if conv and layers[0] is conv[0] else None
     if model is not None:
@@ -124,6 +132,8 @@ def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> di
         "log10_condition_max": math.nan if not conditions or any(map(math.isnan, conditions))
         else _log10(max(conditions)),
         "log10_condition_image": _log10(conditions[0]) if image is not None else math.nan,
+        "propagated_image_fraction": (math.nan if propagated is None else 0.0 if image is None
+                                      else propagated[0] / (image["unknowns"] - image["padding_rows"])),
         "depth": len(conv),
         "parameters": parameters,
     }
@@ -468,15 +478,17 @@ def held_out_evaluation(table: pd.DataFrame, split: HeldOutSplit, fit: Callable[
 # The study's files (the workflow's rule validity): the one function here that reads and writes
 
 
-HELD_OUT_CANDIDATES = ("copa_index", "normalised_score")
+HELD_OUT_CANDIDATES = ("copa_index", "normalised_score", "propagated_image_fraction")
 """The predictors the held-out rule chooses from on half A (those of them in the study's predictors; all
-its predictors if neither is): the security metric's two numbers."""
+its predictors if none is): the security metric's two numbers and the metric we propose from first principles
+(how much of the image the layer-wise systems leave undetermined after propagation). Each is also fitted and
+reported alone (held_out.csv, column ``chosen``), so the losers are reported too."""
 HELD_OUT_OUTCOME = "best_psnr"
 """The outcome of the held-out rule and of ``leak_threshold`` (dB)."""
 EXPECTED_SIGN: dict[str, int] = {"copa_index": 1, "normalised_score": -1, "any_deficient": -1,
                                  "image_layer_deficiency": -1, "total_deficiency": -1,
                                  "max_layer_deficiency_fraction": -1, "log10_condition_max": -1,
-                                 "log10_condition_image": -1}
+                                 "log10_condition_image": -1, "propagated_image_fraction": -1}
 """The sign of ρ with a leakage outcome (PSNR, SSIM: higher = more recovered) if the metric is right: a
 COPA index nearer 0, a lower score, fewer undetermined dimensions, a better conditioning leak more.
 ``depth`` and ``parameters`` have no stated direction."""
@@ -498,7 +510,8 @@ VERDICT_RULES = (
     "**does not predict / rank** when the interval includes 0; **cannot be judged** when ρ is undefined "
     "(fewer than 3 architectures or a constant column). The two clauses are joined by *and* when both "
     "are positive or both are not, else by *but*. The held-out sentence reports the rule fitted on half "
-    "A only (held_out.csv) on half B and on the paper chains, as measured.")
+    "A only (held_out.csv) on half B and on the paper chains, as measured; the candidates' sentence each "
+    "candidate's |ρ| on half A (which chose) and its ρ on half B, winner and losers alike.")
 
 
 def _judgement(row: Mapping[str, Any] | None, expected: int | None) -> str:
@@ -531,9 +544,11 @@ def _fmt_p(value: Any) -> str:
 
 
 def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedRule | None, *, predictor: str,
-            outcome: str, leak_threshold: float) -> str:
+            outcome: str, leak_threshold: float, candidates: pd.DataFrame | None = None) -> str:
     """The verdict paragraph from the study's numbers (:data:`VERDICT_RULES`): ``correlations`` is
-    :func:`validity_tables`' frame, ``held`` and ``rule`` :func:`held_out_evaluation`'s (None: not evaluated)."""
+    :func:`validity_tables`' frame, ``held`` and ``rule`` :func:`held_out_evaluation`'s (None: not evaluated),
+    ``candidates`` held_out.csv's rows of every candidate (``predictor``, ``subset``, ``spearman_*``; None or one
+    candidate: no candidates' sentence)."""
     expected = EXPECTED_SIGN.get(predictor)
     rows = {subset: correlations[(correlations["subset"] == subset) & (correlations["predictor"] == predictor)
                                  & (correlations["outcome"] == outcome)] for subset in ("all", "deficient")}
@@ -576,6 +591,25 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
                  f"{format_number(b['spearman_ci_high'])}])." if b is not None else ".")
     else:
         text += " The held-out rule was not evaluated (see below)."
+    if rule is not None and candidates is not None and "predictor" in candidates \
+            and candidates["predictor"].nunique() > 1:
+        rows = candidates.set_index(["predictor", "subset"])
+        names = list(dict.fromkeys(candidates["predictor"]))
+        chosen = next(iter(rule.weights))
+
+        def rho(name: str, subset: str, interval: bool) -> str:
+            if (name, subset) not in rows.index:
+                return "–"
+            row = rows.loc[(name, subset)]
+            if not interval:
+                return format_number(abs(float(row["spearman_rho"])))
+            return (f"{format_number(row['spearman_rho'])} [{format_number(row['spearman_ci_low'])}, "
+                    f"{format_number(row['spearman_ci_high'])}]")
+
+        text += (f" Candidates compared on half A by |ρ| with {HELD_OUT_OUTCOME}: "
+                 + ", ".join(f"{n} {rho(n, 'A (fit)', False)}" for n in names) + f" — half A chose {chosen}; on the "
+                 "held-out half B their ρ (95 % CI) are " + ", ".join(f"{n} {rho(n, 'B (held out)', True)}"
+                                                                     for n in names) + ".")
     return text
 
 
@@ -681,12 +715,16 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
         lines += [f"Not evaluated: {held_out_note}.", ""]
     else:
         lines += [(f"Rule fitted on half A only (seed {settings['seed']}): {rule.description}. Balanced accuracy "
-                   f"on A: {format_number(rule.fit.get('balanced_accuracy', math.nan))}."), "",
-                  tabulate([[*cells, format_number(row.get("accuracy", math.nan)), format_number(row.get("balanced_accuracy", math.nan)),
-                             str(row.get("leaks", "–"))]
+                   f"on A: {format_number(rule.fit.get('balanced_accuracy', math.nan))}. Every candidate "
+                   f"({', '.join(dict.fromkeys(held['predictor']))}) is also fitted on half A alone and reported on B "
+                   "and the paper chains; ✓ marks the one half A chose (largest |ρ| on A)."), "",
+                  tabulate([[("✓ " if row.get("chosen") else "") + str(row["predictor"]), *cells,
+                             format_number(row.get("accuracy", math.nan)),
+                             format_number(row.get("balanced_accuracy", math.nan)), str(row.get("leaks", "–")),
+                             format_number(row.get("threshold", math.nan), 4)]
                             for cells, (_, row) in zip(_correlation_cells(held, ["subset"]), held.iterrows())],
-                           headers=["subset", "n", "ρ (rule score) [95 % CI]", "p (ρ)", "τ [95 % CI]", "p (τ)",
-                                    "accuracy", "balanced accuracy", "leak"],
+                           headers=["candidate", "subset", "n", "ρ (score) [95 % CI]", "p (ρ)", "τ [95 % CI]", "p (τ)",
+                                    "accuracy", "balanced accuracy", "leak", "threshold (fitted on A)"],
                            tablefmt="github", disable_numparse=True), ""]
     lines += ["## Plots", "", "scatter_best.png (the best attack), " + ", ".join(f"scatter_{a}.png" for a in attacks)
               + ": one point per architecture, labelled (rcN = random-chain:N).", ""]
@@ -707,8 +745,9 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     facts (command, config hash, dataset, ...) over those the entries give (commits, devices, versions).
     ``metric``: the predictor the verdict judges and the plots' x axis. Files: architectures.csv,
     predictors.csv (:func:`validity_tables`), held_out.csv (:func:`held_out_evaluation` with the
-    predictor of :data:`HELD_OUT_CANDIDATES` of larger |ρ| on half A and a threshold for
-    ``best_psnr ≥ leak_threshold``), validity.md (:func:`verdict` first), scatter_ATTACK.png, scatter_best.png.
+    predictor of :data:`HELD_OUT_CANDIDATES` of largest |ρ| on half A and a threshold for
+    ``best_psnr ≥ leak_threshold``; one block of rows per candidate, each fitted on A alone, ``chosen`` marking
+    the winner), validity.md (:func:`verdict` first), scatter_ATTACK.png, scatter_best.png.
     """
     from ..errors import CopaError
     from ..io import atomic_write, atomic_write_text
@@ -729,17 +768,30 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     correlations = validity_tables(study, predictors, outcomes, **options)
     split = held_out_split(study["model"], seed=seed)
     candidates = [p for p in HELD_OUT_CANDIDATES if p in predictors] or predictors
+
+    def fitter(names: Sequence[str]) -> Callable[[pd.DataFrame], FittedRule]:
+        return lambda t: fit_threshold(t, choose_predictor(t, names, HELD_OUT_OUTCOME), HELD_OUT_OUTCOME,
+                                       leak_threshold=leak_threshold)
+
     rule, held, note = None, pd.DataFrame({"note": []}), None
     try:
-        rule, held = held_out_evaluation(
-            study, split, lambda t: fit_threshold(t, choose_predictor(t, candidates, HELD_OUT_OUTCOME),
-                                                  HELD_OUT_OUTCOME, leak_threshold=leak_threshold),
-            outcome=HELD_OUT_OUTCOME, leak_threshold=leak_threshold, **options)
-        held = held.assign(rule=rule.description, predictor=next(iter(rule.weights)), sign=rule.sign,
-                           threshold=rule.threshold, leak_threshold=leak_threshold, seed=seed)
+        rule, _ = held_out_evaluation(study, split, fitter(candidates), outcome=HELD_OUT_OUTCOME,
+                                      leak_threshold=leak_threshold, **options)
+        chosen = next(iter(rule.weights))
+        parts = []
+        for name in candidates:  # each candidate fitted on half A alone: the winner and the losers, reported alike
+            try:
+                alone, part = held_out_evaluation(study, split, fitter([name]), outcome=HELD_OUT_OUTCOME,
+                                                  leak_threshold=leak_threshold, **options)
+            except CopaError:
+                continue
+            parts.append(part.assign(predictor=name, chosen=name == chosen, rule=alone.description, sign=alone.sign,
+                                     threshold=alone.threshold, leak_threshold=leak_threshold, seed=seed))
+        held = pd.concat(parts, ignore_index=True)
     except CopaError as exc:
         note = str(exc)
         held = pd.DataFrame({"note": [f"not evaluated: {note}"]})
+    chosen_rows = held[held["chosen"]] if rule is not None else None
     halves = {m: subset for subset, names in split.subsets().items() for m in names}
     table.insert(1, "held_out", [halves.get(m, "–") for m in table["model"]])
     table["leaks"] = [bool(v >= leak_threshold) if not math.isnan(v) else None for v in table[HELD_OUT_OUTCOME]]
@@ -749,8 +801,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
                                     for s in scores]
     verdict_predictor = metric if metric in predictors else candidates[0]
     verdict_outcome = HELD_OUT_OUTCOME if HELD_OUT_OUTCOME in outcomes else outcomes[0]
-    text = verdict(correlations, held if rule is not None else None, rule, predictor=verdict_predictor,
-                   outcome=verdict_outcome, leak_threshold=leak_threshold)
+    text = verdict(correlations, chosen_rows, rule, predictor=verdict_predictor, outcome=verdict_outcome,
+                   leak_threshold=leak_threshold, candidates=held if rule is not None else None)
     provenance = pd.DataFrame([{"git_commit": e.get("git_commit"), "device": e.get("device"),
                                 "versions": versions_text(e.get("versions")), "dataset": e.get("dataset"),
                                 "split": e.get("split", "–")} for e in entries],

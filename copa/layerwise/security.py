@@ -64,7 +64,8 @@ from .operators import layer_system
 from .ranks import GRAM_THRESHOLD, layer_ranks
 from .solves import gram_singular_values
 
-__all__ = ["DELTA_SOURCES", "LayerSecurity", "SecurityReport", "copa_index", "security_report", "security_reports"]
+__all__ = ["DELTA_SOURCES", "LayerSecurity", "SecurityReport", "copa_index", "propagated_free_dimensions",
+           "security_report", "security_reports"]
 
 DELTA_SOURCES = {
     "image": "δ from the dataset image and its true label (the authors' setting)",
@@ -95,6 +96,11 @@ class LayerSecurity:
     null-space component is not determined by ``v`` at all (that is the deficiency). It is a bound, not an
     estimate: a random perturbation is amplified much less than ``κ`` (only its share along the smallest
     singular directions is). ``None`` whenever ``condition_number`` is.
+
+    ``padding_rank``, ``gradient_rank`` and ``forward_rank`` split a conv layer's ``rank`` by the block
+    elimination (``rank = padding_rank + gradient_rank + forward_rank``; :class:`copa.layerwise.LayerRank`);
+    ``forward_rank`` is the rank of the forward rows projected off the padding and gradient rows, which
+    :func:`propagated_free_dimensions` needs. ``None`` for Linear layers.
     """
 
     index: int
@@ -114,6 +120,9 @@ class LayerSecurity:
     rank_method: str = ""
     seconds: float = 0.0
     noise_amplification: float | None = None
+    padding_rank: int | None = None
+    gradient_rank: int | None = None
+    forward_rank: int | None = None
 
     def __post_init__(self):
         if self.noise_amplification is None and self.condition_number is not None:
@@ -205,6 +214,42 @@ def copa_index(deficits: list[int], num_weight_layers: int) -> int:
     if L < 1 or len(deficits) > L - 1:
         raise InvalidSpecError(f"{len(deficits)} conv deficits do not fit a chain of {L} weight layers")
     return int(sum(round(d * 1.0 * _layer_weight(i, L)) for i, d in enumerate(deficits)))
+
+
+def propagated_free_dimensions(layers: Sequence[Any]) -> list[int] | None:
+    """Undetermined dimensions of each conv layer's input once the layers above pass theirs down.
+
+    The layer-wise attacks solve a chain backwards (Chen & Campbell, arXiv 2111.10178, §3): layer ``i``'s
+    forward rows ``A_i x_i = z_i`` use ``z_i = σ⁻¹(x_{i+1})`` from the solution above, so the ``d_{i+1}``
+    directions of ``x_{i+1}`` that layer ``i + 1`` leaves undetermined make ``z_i`` unknown along
+    ``d_{i+1}`` directions. Layer ``i``'s own null space has ``−def_i`` dimensions; its forward rows,
+    projected off the gradient and padding rows, have rank ``ρ_i = forward_rank`` among ``n_i =
+    forward_rows`` rows, so ``n_i − ρ_i`` of them are redundant and absorb lost directions. In general
+    position (the lost directions meet the ``ρ_i``-dimensional range of the projected forward rows in
+    ``max(0, ρ_i + d_{i+1} − n_i)`` dimensions)::
+
+        d_i = −def_i + max(0, ρ_i + d_{i+1} − n_i),   d = 0 above the last conv (the Linear is closed form).
+
+    ``d_0`` is the image's undetermined dimension after propagation; the COPA index instead adds each
+    layer's own ``def_i`` with a fixed weight, whether or not the layers below absorb it. First order
+    (``δ_i``'s dependence on ``x_{i+1}`` is ignored) and a dimension count, not a conditioning measure;
+    tests/test_security.py checks it against the exact null spaces of small chains. ``layers``: the
+    report's layers (:class:`LayerSecurity` or their ``to_dict`` dicts) in chain order; returns one ``d_i``
+    per conv layer in that order, or ``None`` if a conv layer has no ``forward_rank`` (reports written
+    before it was recorded).
+    """
+    def get(layer, key):
+        return layer.get(key) if isinstance(layer, dict) else getattr(layer, key)
+
+    conv = [layer for layer in layers if get(layer, "kind") == "conv"]
+    if any(get(layer, "forward_rank") is None for layer in conv):
+        return None
+    free, above = [], 0
+    for layer in reversed(conv):
+        lost = max(0, int(get(layer, "forward_rank")) + above - int(get(layer, "forward_rows")))
+        above = -int(get(layer, "deficiency")) + lost
+        free.append(above)
+    return free[::-1]
 
 
 def _layer_weight(i: int, L: int) -> float:
@@ -349,7 +394,8 @@ def security_reports(
                     {"gradient": lr.gradient_tolerance, "forward": lr.forward_tolerance}, lr.rank_gap,
                     f"padding rows: {lr.padding_rank}; gradient rows: {g.in_channels}×rank K₁ (SVD) = "
                     f"{lr.gradient_rank}; projected forward rows: {lr.forward_rank} ({lr.forward_method})",
-                    shared + time.perf_counter() - t0))
+                    shared + time.perf_counter() - t0, padding_rank=lr.padding_rank,
+                    gradient_rank=lr.gradient_rank, forward_rank=lr.forward_rank))
         else:
             final = la0.index == L - 1
             d_in, d_out = la0.module.in_features, la0.module.out_features
