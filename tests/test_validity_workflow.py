@@ -91,7 +91,8 @@ def test_write_study_writes_every_file_with_its_columns_and_the_verdict(study_in
     written = write_study(security, board, out, SETTINGS, attacks=ATTACKS,
                           meta={"command": "snakemake --cores 2", "config hash": "f00d"})
     names = {"architectures.csv", "predictors.csv", "held_out.csv", "validity.md", "scatter_rgap.png",
-             "scatter_copa.png", "scatter_best.png"}
+             "scatter_copa.png", "scatter_best.png", "scatter_best_by_copa_index.png",
+             "scatter_best_by_propagated_image_fraction.png"}
     assert set(written) == names and all((out / n).is_file() and (out / n).stat().st_size for n in names)
     assert not list(out.glob(".*.tmp*"))  # atomic writes leave no temporary file
 
@@ -243,6 +244,8 @@ def test_dry_run_schedules_the_study_and_every_security_job(tmp_path):
     counts = _job_counts(result.stdout)
     assert counts.get("validity") == 1 and counts.get("security", 0) >= 81 and counts.get("cell") == 81 * 4, counts
     assert "results/metric-validity/validity/validity.md" in result.stdout
+    for predictor in ("copa_index", "propagated_image_fraction"):  # the held-out candidates besides the plots' axis
+        assert f"results/metric-validity/validity/scatter_best_by_{predictor}.png" in result.stdout
 
 
 @needs_snakemake

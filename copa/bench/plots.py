@@ -505,7 +505,9 @@ def validity_scatter(table: pd.DataFrame, path: str | Path, *, x: str = "normali
         ax.set_xscale("symlog", linthresh=1)
     _cap_line(ax, psnr_cap, rows[y])
     ax.set_xlabel({"normalised_score": "normalised security score (higher = more secure)",
-                   "copa_index": "COPA index (more negative = more secure)"}.get(x, x))
+                   "copa_index": "COPA index (more negative = more secure)",
+                   "propagated_image_fraction": "fraction of the image undetermined after propagation "
+                                                "(higher = more secure)"}.get(x, x))
     ax.set_ylabel(_axis(y_label))
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)

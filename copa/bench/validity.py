@@ -498,6 +498,14 @@ ALPHA = 0.05
 """The level of the verdict's Holm-adjusted p-values (with 95 % intervals)."""
 STUDY_TABLES = ("architectures.csv", "predictors.csv", "held_out.csv", "validity.md")
 
+
+def candidate_scatters(predictors: Sequence[str], metric: str) -> list[str]:
+    """The held-out candidates (:data:`HELD_OUT_CANDIDATES`) among ``predictors`` other than ``metric`` (the
+    plots' x axis): each gets its own scatter of the best attack's PSNR, ``scatter_best_by_PREDICTOR.png``, so
+    the metrics the held-out half compares are seen side by side. One owner for the write_study files and the
+    workflow rule's outputs."""
+    return [p for p in HELD_OUT_CANDIDATES if p in predictors and p != metric]
+
 VERDICT_RULES = (
     "The verdict is generated from the tables by fixed rules. It judges one predictor, the workflow's "
     "security metric (config `plots.security_metric`; if it is not among the predictors, the first of "
@@ -681,8 +689,9 @@ def _correlation_cells(frame: pd.DataFrame, keys: Sequence[str]) -> list[list[st
 def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures: pd.DataFrame,
                    correlations: pd.DataFrame, held: pd.DataFrame, rule: FittedRule | None, *,
                    excluded: Mapping[str, str], attacks: Sequence[str], settings: Mapping[str, Any],
-                   held_out_note: str | None = None) -> str:
-    """validity.md: the verdict paragraph first, the run's facts, the rules, then every table."""
+                   held_out_note: str | None = None, metric: str = "normalised_score") -> str:
+    """validity.md: the verdict paragraph first, the run's facts, the rules, then every table; ``metric``: the
+    plots' x axis."""
     from tabulate import tabulate
 
     from .leaderboard import markdown_header
@@ -726,8 +735,11 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
                            headers=["candidate", "subset", "n", "ρ (score) [95 % CI]", "p (ρ)", "τ [95 % CI]", "p (τ)",
                                     "accuracy", "balanced accuracy", "leak", "threshold (fitted on A)"],
                            tablefmt="github", disable_numparse=True), ""]
-    lines += ["## Plots", "", "scatter_best.png (the best attack), " + ", ".join(f"scatter_{a}.png" for a in attacks)
-              + ": one point per architecture, labelled (rcN = random-chain:N).", ""]
+    others = candidate_scatters(list(dict.fromkeys(correlations["predictor"])), metric)
+    lines += ["## Plots", "", f"Against {metric}: scatter_best.png (the best attack), "
+              + ", ".join(f"scatter_{a}.png" for a in attacks) + "; the best attack against the other held-out "
+              "candidates: " + (", ".join(f"scatter_best_by_{p}.png" for p in others) or "none")
+              + ". One point per architecture, labelled (rcN = random-chain:N).", ""]
     return "\n".join(lines)
 
 
@@ -747,7 +759,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     predictors.csv (:func:`validity_tables`), held_out.csv (:func:`held_out_evaluation` with the
     predictor of :data:`HELD_OUT_CANDIDATES` of largest |ρ| on half A and a threshold for
     ``best_psnr ≥ leak_threshold``; one block of rows per candidate, each fitted on A alone, ``chosen`` marking
-    the winner), validity.md (:func:`verdict` first), scatter_ATTACK.png, scatter_best.png.
+    the winner), validity.md (:func:`verdict` first), scatter_ATTACK.png, scatter_best.png and
+    scatter_best_by_PREDICTOR.png for the other candidates (:func:`candidate_scatters`).
     """
     from ..errors import CopaError
     from ..io import atomic_write, atomic_write_text
@@ -820,25 +833,27 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     atomic_write(paths["held_out.csv"], lambda p: held.to_csv(p, index=False))
     atomic_write_text(paths["validity.md"], study_markdown(
         title, header, text, table, correlations, held, rule, excluded=excluded, attacks=attacks,
-        settings={"seed": seed, "n_resamples": n_resamples}, held_out_note=note))
+        settings={"seed": seed, "n_resamples": n_resamples}, held_out_note=note, metric=metric))
     by = correlations.set_index(["subset", "predictor", "outcome"])
 
-    def rhos(outcome: str) -> str:
+    def rhos(outcome: str, predictor: str) -> str:
         parts = []
         for subset in ("all", "deficient"):
-            key = (subset, metric, outcome)
+            key = (subset, predictor, outcome)
             if key in by.index:
                 row = by.loc[key]
                 parts.append(f"{subset}: ρ = {format_number(row['spearman_rho'])} [{format_number(row['spearman_ci_low'])}, "
                              f"{format_number(row['spearman_ci_high'])}]")
         return "; ".join(parts)
 
-    for name, column, what in [("best", HELD_OUT_OUTCOME, "best attack"),
-                               *((a, f"psnr:{a}", a) for a in attacks)]:
+    for name, column, what, x in [("best", HELD_OUT_OUTCOME, "best attack", metric),
+                                  *((a, f"psnr:{a}", a, metric) for a in attacks),
+                                  *((f"best_by_{p}", HELD_OUT_OUTCOME, "best attack", p)
+                                    for p in candidate_scatters(predictors, metric))]:
         paths[f"scatter_{name}.png"] = plots.validity_scatter(
-            study, out / f"scatter_{name}.png", x=metric, y=column,
+            study, out / f"scatter_{name}.png", x=x, y=column,
             psnr_cap=psnr_cap if exact_psnr is None else min(psnr_cap, float(exact_psnr)),
             y_label=f"mean {{label}} of {what}",
-            title=f"{what}: mean {plots._label()} vs {metric} over {len(study)} architectures"
-                  + (f" — Spearman {rhos(column)}" if rhos(column) else ""))
+            title=f"{what}: mean {plots._label()} vs {x} over {len(study)} architectures"
+                  + (f" — Spearman {rhos(column, x)}" if rhos(column, x) else ""))
     return paths

@@ -1,3 +1,6 @@
+from copa.bench.validity import candidate_scatters
+
+
 localrules:
     validity,
 
@@ -18,6 +21,10 @@ rule validity:
                        caption="../report/validity.rst", category="Validity"),
         scatter_best=report(f"{RESULTS}/validity/scatter_best.png", caption="../report/validity.rst",
                             category="Validity"),
+        scatter_candidates=report(expand(f"{RESULTS}/validity/scatter_best_by_{{predictor}}.png",
+                                         predictor=candidate_scatters((config.get("validity") or {}).get("predictors", []),
+                                                                      config["plots"]["security_metric"])),
+                                  caption="../report/validity.rst", category="Validity"),
     params:
         settings=config.get("validity"),
         attacks=ATTACKS,
