@@ -232,7 +232,8 @@ def test_the_study_design_is_declared():
     assert [m for m in design["models"] if ":" not in m] == [m for m in paper["models"] if m != "lenet-zhu"]
     assert design["attacks"] == ["rgap", "copa", "copa-gm", "ig"] and design["security"] == {"condition": True}
     assert design["validity"]["predictors"] == list(PREDICTORS)
-    assert design["validity"]["outcomes"] == ["best_psnr", "best_ssim", *(f"psnr:{a}" for a in design["attacks"])]
+    assert design["validity"]["outcomes"] == ["best_psnr", "best_ssim", *(f"{metric}:{a}" for metric in ("psnr", "ssim")
+                                                                          for a in design["attacks"])]
 
 
 @needs_snakemake
