@@ -312,3 +312,18 @@ def test_privacy_curves_without_defences_say_so(run):
     path = plots.privacy_curves(records, root / "p" / "privacy_curves.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] > 200
+
+
+def test_model_ticks_share_close_names_and_never_overlap():
+    """The PSNR-vs-security plot's top axis: equal or close scores share one tick (the issue: labels stacked)."""
+    positions, labels = plots.model_ticks([0.0, 0.0, 0.0, 0.5, 0.51, 1.0],
+                                          ["cnn2_c1", "random-chain:3", "random-chain:5", "cnn3_c1", "cnn4_c2", "cnn6"],
+                                          (0.0, 1.0))
+    assert positions == [0.0, 0.5, 1.0]
+    assert labels == ["cnn2_c1, rc3 +1", "cnn3_c1, cnn4_c2", "cnn6"]
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(0, 1, 200)
+    positions, labels = plots.model_ticks(xs, [f"m{i}" for i in range(200)], (0.0, 1.0), gap=0.025)
+    assert np.all(np.diff(positions) >= 0.025) and len(labels) == len(positions) <= 41
+    named = sum(2 + int(label.rsplit("+", 1)[1]) if "+" in label else label.count(",") + 1 for label in labels)
+    assert named == 200  # every model is counted in some tick
