@@ -506,6 +506,7 @@ def candidate_scatters(predictors: Sequence[str], metric: str) -> list[str]:
     workflow rule's outputs."""
     return [p for p in HELD_OUT_CANDIDATES if p in predictors and p != metric]
 
+
 VERDICT_RULES = (
     "The verdict is generated from the tables by fixed rules. It judges one predictor, the workflow's "
     "security metric (config `plots.security_metric`; if it is not among the predictors, the first of "
