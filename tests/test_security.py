@@ -118,6 +118,7 @@ def test_report_serialises_and_prints():
     table = report.to_table()
     assert table.count("\n|") >= 3 and "deficiency" in table and "COPA index: -1470" in table
     assert "normalised score" in table
+    assert "propagated image fraction: 0.4785  (1470 of 3072 pixels" in table  # one conv: its own deficiency
     with pytest.raises(InvalidSpecError):
         security_report("cnn2_c2", delta_source="zeros")
 

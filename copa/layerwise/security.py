@@ -200,6 +200,13 @@ class SecurityReport:
                  "more negative = more secure)",
                  f"normalised score: {self.normalised_score:.4f}  (weighted fraction of undetermined unknowns; "
                  "0 = fully determined, 1 = nothing determined)"]
+        propagated = propagated_free_dimensions(self.layers)
+        image = self.layers[0] if self.layers and self.layers[0].kind == "conv" else None
+        if propagated is not None and image is not None:
+            pixels = image.unknowns - image.padding_rows
+            lines.append(f"propagated image fraction: {propagated[0] / pixels:.4f}  ({propagated[0]} of {pixels} "
+                         "pixels left undetermined once each layer passes its undetermined directions down; ours, "
+                         "a lower bound; results/metric-validity/README.md)")
         if self.conditioned:
             lines.append("noise amplification: κ = σ_max/σ_rank of U, the first-order bound ‖δx‖/‖x‖ ≤ κ·‖δv‖/‖v‖ "
                          "of the layer's least-squares solve (Golub & Van Loan, Matrix Computations, §5.3; "
