@@ -100,8 +100,8 @@ def _log10(value: float) -> float:
 def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> dict[str, float | bool | int]:
     """The predictors (:data:`PREDICTORS`) of one architecture from its ``SecurityReport.to_dict()``.
 
-    ``propagated_image_fraction``: :func:`copa.layerwise.security.propagated_free_dimensions` of the image
-    layer over its pixels (unknowns minus padded entries); NaN for reports without ``forward_rank``.
+    ``propagated_image_fraction``: :func:`copa.layerwise.security.propagated_image_dimensions`' undetermined
+    over pixels; NaN for reports without ``forward_rank``.
     Deficiencies are counted as undetermined dimensions (``−deficiency`` of the report, ≥ 0) over the
     conv layers (the Linear layers are solved in closed form). Condition numbers: ``log10`` of the
     largest over the conv layers (NaN if any conv layer has none, e.g. ``condition=False``; ``inf`` if
@@ -111,10 +111,10 @@ def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> di
     """
     layers = list(report.get("layers") or [])
     conv = [layer for layer in layers if layer.get("kind") == "conv"]
-    from ..layerwise.security import propagated_free_dimensions
+    from ..layerwise.security import propagated_image_dimensions
 
     free = [-int(layer["deficiency"]) for layer in conv]
-    propagated = propagated_free_dimensions(layers)
+    propagated = propagated_image_dimensions(layers)
     conditions = [_as_float(layer.get("condition_number")) for layer in conv]
     image = conv[0] if conv and layers[0] is conv[0] else None
     if model is not None:
@@ -132,8 +132,7 @@ def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> di
         "log10_condition_max": math.nan if not conditions or any(map(math.isnan, conditions))
         else _log10(max(conditions)),
         "log10_condition_image": _log10(conditions[0]) if image is not None else math.nan,
-        "propagated_image_fraction": (math.nan if propagated is None else 0.0 if image is None
-                                      else propagated[0] / (image["unknowns"] - image["padding_rows"])),
+        "propagated_image_fraction": math.nan if propagated is None else propagated[0] / propagated[1],
         "depth": len(conv),
         "parameters": parameters,
     }

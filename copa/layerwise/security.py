@@ -65,7 +65,7 @@ from .ranks import GRAM_THRESHOLD, layer_ranks
 from .solves import gram_singular_values
 
 __all__ = ["DELTA_SOURCES", "LayerSecurity", "SecurityReport", "copa_index", "propagated_free_dimensions",
-           "security_report", "security_reports"]
+           "propagated_image_dimensions", "security_report", "security_reports"]
 
 DELTA_SOURCES = {
     "image": "δ from the dataset image and its true label (the authors' setting)",
@@ -200,11 +200,10 @@ class SecurityReport:
                  "more negative = more secure)",
                  f"normalised score: {self.normalised_score:.4f}  (weighted fraction of undetermined unknowns; "
                  "0 = fully determined, 1 = nothing determined)"]
-        propagated = propagated_free_dimensions(self.layers)
-        image = self.layers[0] if self.layers and self.layers[0].kind == "conv" else None
-        if propagated is not None and image is not None:
-            pixels = image.unknowns - image.padding_rows
-            lines.append(f"propagated image fraction: {propagated[0] / pixels:.4f}  ({propagated[0]} of {pixels} "
+        propagated = propagated_image_dimensions(self.layers)
+        if propagated is not None:
+            undetermined, pixels = propagated
+            lines.append(f"propagated image fraction: {undetermined / pixels:.4f}  ({undetermined} of {pixels} "
                          "pixels left undetermined once each layer passes its undetermined directions down; ours, "
                          "a lower bound; results/metric-validity/README.md)")
         if self.conditioned:
@@ -245,18 +244,33 @@ def propagated_free_dimensions(layers: Sequence[Any]) -> list[int] | None:
     per conv layer in that order, or ``None`` if a conv layer has no ``forward_rank`` (reports written
     before it was recorded).
     """
-    def get(layer, key):
-        return layer.get(key) if isinstance(layer, dict) else getattr(layer, key)
-
-    conv = [layer for layer in layers if get(layer, "kind") == "conv"]
-    if any(get(layer, "forward_rank") is None for layer in conv):
+    conv = [layer for layer in layers if _field(layer, "kind") == "conv"]
+    if any(_field(layer, "forward_rank") is None for layer in conv):
         return None
     free, above = [], 0
     for layer in reversed(conv):
-        lost = max(0, int(get(layer, "forward_rank")) + above - int(get(layer, "forward_rows")))
-        above = -int(get(layer, "deficiency")) + lost
+        lost = max(0, int(_field(layer, "forward_rank")) + above - int(_field(layer, "forward_rows")))
+        above = -int(_field(layer, "deficiency")) + lost
         free.append(above)
     return free[::-1]
+
+
+def propagated_image_dimensions(layers: Sequence[Any]) -> tuple[int, int] | None:
+    """``(undetermined, pixels)`` of the input image after propagation (:func:`propagated_free_dimensions`'
+    ``d_0``; 0 when the first layer is a Linear, solved in closed form) and its pixel count (unknowns minus
+    padded entries); ``None`` without layers or when a conv layer has no ``forward_rank``. Its ratio is the
+    propagated image fraction (``copa security``'s line, predictor ``propagated_image_fraction``)."""
+    free = propagated_free_dimensions(layers)
+    if free is None or not layers:
+        return None
+    image = layers[0]
+    undetermined = free[0] if _field(image, "kind") == "conv" else 0
+    return undetermined, int(_field(image, "unknowns")) - int(_field(image, "padding_rows"))
+
+
+def _field(layer: Any, key: str) -> Any:
+    """A field of a :class:`LayerSecurity` or of its ``to_dict`` dict."""
+    return layer.get(key) if isinstance(layer, dict) else getattr(layer, key)
 
 
 def _layer_weight(i: int, L: int) -> float:
