@@ -6,9 +6,18 @@ VENV ?= .venv
 CORES ?= 8
 BIN := $(VENV)/bin
 
-.PHONY: run test install clean
+.PHONY: run test install clean sandbox
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed sandbox
+
+# bubblewrap: the sandbox plug-in attacks run in (docs/trust.md). Installed from Debian's packages where this
+# runs as root with apt; elsewhere one line says how (plug-ins are then refused unless allowed explicitly).
+sandbox:
+	@if command -v bwrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1) \
+	  || echo "make sandbox: bubblewrap could not be installed: plug-in attacks will be refused (docs/trust.md)"; \
+	else echo "make sandbox: install bubblewrap (e.g. sudo apt-get install bubblewrap) to run plug-in attacks (docs/trust.md)"; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

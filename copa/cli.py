@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from .errors import CopaError
 from .hyperparameters import check_seed
 from .io import check_writable
+from .sandbox import ALLOW_UNSANDBOXED
 
 EXIT_BAD_INPUT = 2
 
@@ -80,6 +81,26 @@ def _scenario_from_args(args):
     return Scenario.from_config(given)
 
 
+def _add_plugin_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="an untrusted attack module or .py file: never imported here, run in the sandbox only "
+                        "(docs/trust.md); repeat for more")
+    p.add_argument("--extension", action="append", default=[], metavar="MODULE",
+                   help="a trusted module or .py file registering models, defences, metrics or attacks, imported "
+                        "here like copa's own code; repeat for more")
+    p.add_argument("--allow-unsandboxed", action="store_true",
+                   help=f"run plug-ins even where no sandbox (bubblewrap) works: they can then read every file "
+                        f"you can (same as {ALLOW_UNSANDBOXED}=1)")
+
+
+def _allow_unsandboxed(args) -> None:
+    """``--allow-unsandboxed`` as the environment variable the sandbox reads (COPA_SANDBOX=required still wins)."""
+    import os
+
+    if getattr(args, "allow_unsandboxed", False):
+        os.environ[ALLOW_UNSANDBOXED] = "1"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .threat.observation_file import DEFAULT_LIMITS, LIMIT_FLAGS
 
@@ -88,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_list = sub.add_parser("list", help="list registered models, attacks, datasets or metrics")
     p_list.add_argument("what", choices=["models", "attacks", "datasets", "metrics", "defences"])
-    p_list.add_argument("--plugin", action="append", default=[],
-                        help="extra attack (or model) module or .py file to load")
+    _add_plugin_options(p_list)
 
     p_attack = sub.add_parser("attack", help="run one attack on one scenario (or on an observation file) and write "
                                              "its record")
@@ -116,20 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_attack.add_argument("--quiet", action="store_true",
                           help="no progress on standard error (default: a progress bar on a terminal, else a "
                                "line per stage and every 30 s: stage, step/total, the attack's loss, ETA)")
-    p_attack.add_argument("--plugin", action="append", default=[],
-                          help="extra attack (or model) module or .py file to load")
+    _add_plugin_options(p_attack)
     p_attack.add_argument("--out", required=True, help="output directory (record.json, images.npz, reconstruction.png)")
 
     p_obs = sub.add_parser("observe", help="write the observation of a scenario (what the server sees: weights, "
                                            "gradients, labels if known; no images) to a file")
     _add_scenario_options(p_obs, model_required=True)
-    p_obs.add_argument("--plugin", action="append", default=[], help="extra model (or attack) module or .py file to load")
+    p_obs.add_argument("--extension", action="append", default=[], metavar="MODULE",
+                       help="trusted module or .py file registering models (imported here: docs/trust.md)")
     p_obs.add_argument("--out", required=True, metavar="FILE", help="observation file to write (.pt, atomically)")
 
     p_chk = sub.add_parser("check", help="check that an attack meets the contract of copa.attacks.check_attack "
                                          "(for plug-in authors)")
     p_chk.add_argument("--attack", required=True, help="attack name (copa list attacks)")
-    p_chk.add_argument("--plugin", action="append", default=[], help="attack module or .py file to load")
+    _add_plugin_options(p_chk)
     p_chk.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="hyperparameters for a quick check, e.g. --set iterations=5")
     p_chk.add_argument("--model", default="cnn2_c1", help="model of the check's observations (default cnn2_c1)")
@@ -192,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_ver.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the workflow's cells)")
     p_ver.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p_ver.add_argument("--out", default=None, metavar="FILE.md", help="also write the verdicts as a Markdown table")
+    p_ver.add_argument("--allow-unsandboxed", action="store_true",
+                       help=f"rerun plug-in attacks even where no sandbox works (same as {ALLOW_UNSANDBOXED}=1)")
     return parser
 
 
@@ -201,6 +223,7 @@ def cmd_verify(args) -> int:
     from .bench.verify import DEFAULT_RTOL, VERDICTS, verify_results, write_verification
 
     check_seed(args.seed, "--seed")
+    _allow_unsandboxed(args)
     if args.out is not None:
         check_writable(args.out, what="--out", directory=False)
     rtol = DEFAULT_RTOL if args.rtol is None else args.rtol
@@ -212,15 +235,16 @@ def cmd_verify(args) -> int:
     print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if args.out is not None:
         write_verification(results, args.out, command="copa " + shlex.join(sys.argv[1:]), results_dir=args.results_dir)
-    return 0 if counts["different"] == 0 else 1
+    return 0 if counts["different"] == counts["tampered"] == 0 else 1
 
 
 def cmd_list(args) -> int:
     from . import data, metrics, models
     from .attacks import ATTACKS
-    from .plugins import load_plugins
+    from .attacks import load_plugins
 
-    load_plugins(args.plugin)  # plug-in modules may register models, attacks, defences and metrics
+    _allow_unsandboxed(args)
+    load_plugins(args.plugin, args.extension)  # extensions register models, defences, metrics; plug-ins attacks
     if args.what == "models":
         for entry in models.MODELS:
             chain = "chain" if entry.meta.get("is_chain") else "not a chain"
@@ -276,7 +300,9 @@ def cmd_attack(args) -> int:
             raise CopaError(f"--observation replaces the scenario: {', '.join(given)} cannot be used with it "
                             f"(the file holds the model, weights, gradients and labels)")
     check_seed(args.seed, "--seed")
-    attack = create_attack(args.attack, parse_overrides(args.overrides), plugins=args.plugin)
+    _allow_unsandboxed(args)
+    attack = create_attack(args.attack, parse_overrides(args.overrides), plugins=args.plugin,
+                           extensions=args.extension)
     isolation = "always" if args.isolate else "auto"
     with progress.reporting("quiet" if args.quiet else "auto", attack.name):
         record, reconstruction, truth, preprocess = _run_attack_command(args, attack, out, limits, isolation)
@@ -315,7 +341,7 @@ def _run_attack_command(args, attack, out, limits, isolation):
 def cmd_observe(args) -> int:
     from pathlib import Path
 
-    from .plugins import load_plugins
+    from .plugins import import_trusted
     from .threat.observation_file import describe_payload, observe_meta, read_payload, save_observation
     from .threat import resolve_device
 
@@ -323,7 +349,7 @@ def cmd_observe(args) -> int:
     if out.is_dir():
         raise CopaError(f"--out {args.out!r} is a directory: expected a file name, e.g. observation.pt")
     check_writable(out, what="--out", directory=False)
-    load_plugins(args.plugin)
+    import_trusted(args.extension)  # a model of a trusted extension: the client's side runs trusted code only
     scenario = _scenario_from_args(args)
     observation, _truth = scenario.build(resolve_device(args.device or DEFAULT_DEVICE))
     del _truth  # the file holds what the server sees, never the images
@@ -333,13 +359,18 @@ def cmd_observe(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .attacks import ATTACKS, check_attack, parse_overrides
-    from .plugins import load_plugins
+    from .attacks import ATTACKS, SandboxedAttack, check_attack, load_plugins, parse_overrides
+    from .attacks.sandboxed import check_in_sandbox
     from .threat import parse_input_shape
 
-    load_plugins(args.plugin)
-    passed = check_attack(ATTACKS.get(args.attack), overrides=parse_overrides(args.overrides), model=args.model,
-                          input_shape=parse_input_shape(args.input_shape))
+    _allow_unsandboxed(args)
+    load_plugins(args.plugin, args.extension)
+    attack, overrides = ATTACKS.get(args.attack), parse_overrides(args.overrides)
+    shape = parse_input_shape(args.input_shape)
+    if issubclass(attack, SandboxedAttack):  # a plug-in's attack: checked where it runs, in its sandbox
+        passed = check_in_sandbox(attack, overrides, args.model, shape)
+    else:
+        passed = check_attack(attack, overrides=overrides, model=args.model, input_shape=shape)
     print(f"{args.attack}: {len(passed)} checks passed ({', '.join(passed)})")
     return 0
 

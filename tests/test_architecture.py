@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUND = {"copa", "copa.errors", "copa.registry", "copa.io", "copa.data", "copa.models", "copa.metrics",
-          "copa.provenance", "copa.hyperparameters", "copa.plugins", "copa.training"}
+          "copa.provenance", "copa.hyperparameters", "copa.plugins", "copa.sandbox", "copa.training"}
 STOREYS = ["ground", "threat", "layerwise", "attacks", "bench", "integrations", "cli"]
 PUBLIC_API = {"copa.attacks", "copa.layerwise", "copa.threat", "copa.errors", "copa.metrics", "copa.models",
               "copa.data", "copa.registry", "copa.hyperparameters", "copa.io"}

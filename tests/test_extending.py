@@ -1,10 +1,11 @@
 """Extending copa-bench: a defence, a metric and an attack are each one new file plus a config line.
 
-The three plug-in files below are what a user writes; the test runs a workflow cell in-process
-(copa.bench.pipeline.run_cell) with a config naming them — ``plugins:``, ``defences:``, ``metrics:`` and the
-cell's attack — and finds each one in the record and the metric in the leaderboard (records.csv,
-leaderboard.csv, leaderboard.md with its label and ↓). Registries are process-global: the fixture
-restores them and forgets the plug-in files afterwards.
+The three files below are what a user writes; the test runs a workflow cell in-process
+(copa.bench.pipeline.run_cell) with a config naming them — the defence and the metric as trusted
+``extensions:`` (they decide what the client computes and how it is scored: docs/trust.md), the attack as an
+untrusted ``plugins:`` file (sandboxed), ``defences:``, ``metrics:`` and the cell's attack — and finds each
+one in the record and the metric in the leaderboard (records.csv, leaderboard.csv, leaderboard.md with its
+label and ↓). Registries are process-global: the fixture restores them and forgets the files afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pandas as pd
 import pytest
 
 from copa import plugins
-from copa.attacks import ATTACKS, check_attack
+from copa.attacks import ATTACKS, load_plugins, sandboxed
+from copa.attacks.sandboxed import check_in_sandbox
 from copa.attacks.checking import CHECKS
 from copa.bench import leaderboard as lb
 from copa.bench.pipeline import check_config, run_cell
@@ -75,10 +77,10 @@ ATTACK = textwrap.dedent('''
 def plugin_files(tmp_path):
     """The three plug-in files; the registries and the loaded plug-ins are restored afterwards (the installed
     plug-ins are loaded first, so that the snapshot holds the baselines: their modules stay imported)."""
-    plugins.load_plugins()
+    load_plugins()
     registries = [ATTACKS, DEFENCES, METRICS]
     saved = [dict(registry._entries) for registry in registries]
-    loaded = dict(plugins._loaded)
+    imported, described = dict(plugins._imported), dict(sandboxed._described)
     paths = {}
     for kind, source in [("defence", DEFENCE), ("metric", METRIC), ("attack", ATTACK)]:
         paths[kind] = tmp_path / f"my_{kind}.py"
@@ -87,8 +89,10 @@ def plugin_files(tmp_path):
     for registry, entries in zip(registries, saved):
         registry._entries.clear()
         registry._entries.update(entries)
-    plugins._loaded.clear()
-    plugins._loaded.update(loaded)
+    plugins._imported.clear()
+    plugins._imported.update(imported)
+    sandboxed._described.clear()
+    sandboxed._described.update(described)
     for path in paths.values():
         sys.modules.pop(f"copa_plugin_{path.stem}", None)
 
@@ -96,7 +100,8 @@ def plugin_files(tmp_path):
 def config_with(plugin_files, tmp_path) -> dict:
     """A workflow config (as the schema fills it in) whose plug-ins, defence, metric and attack are the files'."""
     return {"dataset": "sample", "split": "train", "indices": [0, 1], "models": ["cnn2_c1"],
-            "attacks": ["constant-image"], "attack_settings": {}, "plugins": [str(p) for p in plugin_files.values()],
+            "attacks": ["constant-image"], "attack_settings": {}, "plugins": [str(plugin_files["attack"])],
+            "extensions": [str(plugin_files["defence"]), str(plugin_files["metric"])],
             "metrics": ["mse", "psnr", "ssim", "mae"], "defences": ["sign"], "defence_seed": 0, "label": "known",
             "preprocess": "center", "dtype": "float32", "input_shape": "3x16x16", "num_classes": None,
             "model_seed": 0, "seed": 0, "device": "cpu", "threads": 1, "data_root": None, "download": False,
@@ -143,8 +148,9 @@ def test_a_defence_a_metric_and_an_attack_are_each_one_file_and_a_config_line(pl
         "PSNR dB ↑ (mean ± std)", "SSIM ↑", "MSE ↓", "MAE ↓"]
     assert "LPIPS" not in header  # not configured, so not in the records: no column
 
-    # the attack also meets the contract every attack must meet
-    assert check_attack("constant-image") == list(CHECKS)
+    # the attack also meets the contract every attack must meet (checked where it runs: its sandbox)
+    assert record["isolation"]["plugin"] == str(plugin_files["attack"].resolve())
+    assert check_in_sandbox(ATTACKS.get("constant-image"), {}, "cnn2_c1", (3, 16, 16)) == list(CHECKS)
 
 
 def test_a_stored_record_is_recomputed_only_for_a_newly_configured_metric(plugin_files, tmp_path):

@@ -1,4 +1,5 @@
-"""Adding an attack: a temporary module loaded with --plugin, with COPA_PLUGINS, and in-process."""
+"""Adding an attack: a temporary module loaded with --plugin, with COPA_PLUGINS, and in-process (always
+described and run by its sandboxed worker: docs/trust.md)."""
 
 import contextlib
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from copa import plugins as attacks_mod
+from copa.attacks import sandboxed as attacks_mod
 from copa.attacks import ATTACKS, create_attack, load_plugins
 from copa.bench import run_attack
 from copa.threat import Scenario
@@ -59,12 +60,11 @@ def attack_file(tmp_path):
 
 @contextlib.contextmanager
 def registry_restored():
-    """Snapshot the attack registry, the loaded-plugin set, plug-in modules and sys.path; restore them afterwards.
-    The installed plug-ins (the baselines) are loaded first, so that the snapshot holds them: their modules
-    stay imported, and a later load_plugins() would not register them again."""
+    """Snapshot the attack registry, the described plug-ins, plug-in modules and sys.path; restore them afterwards.
+    The trusted baselines are loaded first, so that the snapshot holds them."""
     load_plugins()
     entries = dict(ATTACKS._entries)
-    loaded = dict(attacks_mod._loaded)
+    loaded = dict(attacks_mod._described)
     modules = set(sys.modules)
     path = list(sys.path)
     try:
@@ -76,8 +76,8 @@ def registry_restored():
 def _restore(entries, loaded, modules, path):
     ATTACKS._entries.clear()
     ATTACKS._entries.update(entries)
-    attacks_mod._loaded.clear()
-    attacks_mod._loaded.update(loaded)
+    attacks_mod._described.clear()
+    attacks_mod._described.update(loaded)
     for name in set(sys.modules) - modules:
         if name.startswith("copa_plugin_"):  # plug-in files; library modules imported meanwhile stay
             del sys.modules[name]
@@ -137,11 +137,12 @@ def test_plugin_in_process_leaves_the_registry_as_it_was(attack_file):
     with registry_restored():
         load_plugins([str(attack_file)])
         assert set(ATTACKS.names()) == before | {"tmp-grey"}
-        assert "copa_plugin_tmp_grey_attack" in sys.modules
+        assert "copa_plugin_tmp_grey_attack" not in sys.modules  # described by its sandboxed worker, not imported
         record, _, _ = run_attack(Scenario(model="cnn2_c1"), create_attack("tmp-grey", {"level": "0.25"}))
         assert record["status"] == "ok" and record["hyperparameters"] == {"level": 0.25}
+        assert record["isolation"]["plugin"] == str(attack_file.resolve())
     assert set(ATTACKS.names()) == before and "tmp-grey" not in ATTACKS
-    assert str(attack_file) not in attacks_mod._loaded and "copa_plugin_tmp_grey_attack" not in sys.modules
+    assert str(attack_file.resolve()) not in attacks_mod._described
 
 
 def test_the_readme_example_loads_from_copa_plugins(tmp_path):

@@ -114,7 +114,8 @@ def _dataset(tmp_path):
 
 def test_an_isolated_plugins_progress_is_forwarded_from_its_worker(reporting_plugin, tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("COPA_SANDBOX", "off")
-    from copa.plugins import load_plugins
+    monkeypatch.setenv("COPA_ALLOW_UNSANDBOXED", "1")
+    from copa.attacks import load_plugins
 
     load_plugins([str(reporting_plugin)])
     scenario = Scenario(model="cnn2_c1", dataset=f"npz:{_dataset(tmp_path)}", indices=(0,), dtype="float64")
@@ -130,6 +131,7 @@ def test_an_isolated_plugins_progress_is_forwarded_from_its_worker(reporting_plu
 
 def test_copa_attack_reports_progress_unless_quiet(reporting_plugin, tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("COPA_SANDBOX", "off")
+    monkeypatch.setenv("COPA_ALLOW_UNSANDBOXED", "1")
     data = _dataset(tmp_path)
     common = ["attack", "--plugin", str(reporting_plugin), "--attack", "test-reporting", "--model", "cnn2_c1",
               "--dataset", f"npz:{data}", "--index", "0"]

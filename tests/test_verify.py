@@ -76,6 +76,25 @@ def test_tampered_numbers_changed_defaults_and_scenarios_are_named(published, tm
     assert "| noise:scale=0.01 | cnn2_c1 | rgap | 1 | cannot verify | the scenario rebuilt" in table
 
 
+def test_a_faked_score_is_tampered_not_identical(published, tmp_path, capsys):
+    """Issue "Trust, round two": a plug-in patched copa's scorer and every record of its run reported 92.61 dB;
+    `copa verify` re-imported it and said identical. Now the stored reconstruction is rescored by copa's own
+    scorer (this process imports no plug-in), before any rerun."""
+    rows = pd.read_csv(published / "records.csv")
+    faked = tmp_path / "faked"
+    faked.mkdir()
+    (faked / "config.yaml").write_text((published / "config.yaml").read_text())
+    mean = (rows["attack"] == "mean-image") & (rows["defence"] == "none")
+    honest = float(rows.loc[mean, "psnr"].iloc[0])
+    rows.loc[mean, "psnr"] = 92.61
+    rows.to_csv(faked / "records.csv", index=False)
+    code = main(["verify", str(faked), "--sample", "8"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert code == 1 and printed[-1] == "8 records: 6 identical, 2 tampered"
+    line = next(p for p in printed if "mean-image/0: tampered" in p)
+    assert "published psnr 92.61" in line and f"{honest:.6g}" in line
+
+
 def test_bad_inputs_are_one_line(tmp_path, capsys):
     assert main(["verify", str(tmp_path), "--sample", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

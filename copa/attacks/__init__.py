@@ -3,7 +3,8 @@
 Modules: :mod:`.base` (:class:`Attack`, :class:`Reconstruction`, the registry), :mod:`.copa` (COPA and
 COPA-GM, Chen & Campbell, arXiv 2111.10178), :mod:`.gradmatch` (gradients of dummy data, distances,
 total variation, label recovery — DLG, iDLG, Inverting Gradients and COPA-GM share them), :mod:`.lbfgs`
-(per-instance L-BFGS for batched attacks), :mod:`.progress` (stage, step / total, loss and ETA of a running
+(per-instance L-BFGS for batched attacks), :mod:`.sandboxed` (plug-in attacks as declarations from their
+sandboxed worker; :func:`load_plugins`), :mod:`.progress` (stage, step / total, loss and ETA of a running
 attack: a tqdm bar, log lines or nothing) and :mod:`.checking` (:func:`check_attack`, the contract a
 plug-in attack must meet, runnable by its author). Importing this package registers COPA and COPA-GM;
 the baselines come as plug-ins (:mod:`copa.plugins`).
@@ -12,7 +13,6 @@ the baselines come as plug-ins (:mod:`copa.plugins`).
 from __future__ import annotations
 
 from ..hyperparameters import STEP_CEILING, Hyperparameter
-from ..plugins import load_plugins
 from . import copa as _copa  # noqa: F401  (registers copa and copa-gm)
 from . import progress
 from .base import (
@@ -38,6 +38,7 @@ from .gradmatch import (
     total_variation,
 )
 from .lbfgs import BatchedLBFGS
+from .sandboxed import SandboxedAttack, load_plugins
 
 __all__ = [
     "why_not_applicable",
@@ -56,6 +57,7 @@ __all__ = [
     "labels_from_gradients",
     "last_linear",
     "load_plugins",
+    "SandboxedAttack",
     "parameter_gradients",
     "parse_overrides",
     "per_tensor_cosine_distance",

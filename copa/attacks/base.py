@@ -5,8 +5,8 @@ applicability check and ``reconstruct(observation, generator)``. It sees only th
 :class:`~copa.threat.Observation` — never the ground truth — and must pick any restart or iterate
 by its own loss. Register it with :func:`register_attack`; plug-in modules (installed packages'
 ``copa.attacks`` entry points — the baselines are registered that way —, ``COPA_PLUGINS`` and
-``--plugin`` files, :mod:`copa.plugins`) are imported on first use, so adding an attack is adding one
-file. :func:`copa.attacks.check_attack` checks the contract every attack must meet.
+``--plugin`` files, :mod:`copa.plugins`) are described by their sandboxed worker on first use
+(:mod:`copa.attacks.sandboxed`), so adding an attack is adding one file. :func:`copa.attacks.check_attack` checks the contract every attack must meet.
 
 Example::
 
@@ -33,7 +33,6 @@ import torch
 
 from ..errors import InvalidSpecError
 from ..hyperparameters import Hyperparameter, resolve_parameters
-from ..plugins import load_plugins
 from ..registry import Registry, class_registrar
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
@@ -121,9 +120,12 @@ def why_not_applicable(attack: Attack, observation) -> str | None:
     return attack.applicable(observation)
 
 
-def create_attack(name: str, overrides: dict[str, Any] | None = None, plugins=()) -> Attack:
-    """Instantiate a registered attack with hyperparameter overrides (strings are coerced)."""
-    load_plugins(plugins)
+def create_attack(name: str, overrides: dict[str, Any] | None = None, plugins=(), extensions=()) -> Attack:
+    """Instantiate a registered attack with hyperparameter overrides (strings are coerced), after loading the
+    trusted code and describing the untrusted ``plugins`` (:func:`copa.attacks.sandboxed.load_plugins`)."""
+    from .sandboxed import load_plugins  # deferred: that module builds on this one's Attack
+
+    load_plugins(plugins, extensions)
     return ATTACKS.get(name)(**(overrides or {}))
 
 

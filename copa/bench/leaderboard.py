@@ -330,6 +330,13 @@ def run_metadata(records: pd.DataFrame, *, command: str | None = None, images_pe
                              sorted({(str(d), str(s)) for d, s in zip(records["dataset"], records["split"])})) or "–",
         "date": date or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    sandboxes = sorted({str(v) for v in records["sandbox"].dropna()}) if "sandbox" in records else []
+    if sandboxes:  # some attack ran in a worker: say in what (docs/trust.md)
+        unsafe = "NONE" in sandboxes
+        meta["sandbox of isolated attacks"] = (
+            ", ".join(s for s in sandboxes if s != "NONE") + (", " if len(sandboxes) > 1 and unsafe else "")
+            + ("**WITHOUT a sandbox for some records** (allowed explicitly: those attacks could read every file "
+               "of the machine)" if unsafe else ""))
     meta.update(extra or {})
     return meta
 

@@ -75,10 +75,18 @@ def attack_overrides(config: dict[str, Any], attack: str) -> dict[str, Any]:
 
 def build_attack(config: dict[str, Any], attack: str) -> Attack:
     """The attack ``attack`` with the config's overrides, after loading the config's plug-ins."""
-    from ..attacks import ATTACKS, load_plugins
+    from ..attacks import ATTACKS
 
-    load_plugins(tuple(config.get("plugins") or ()))
+    load_config_plugins(config)
     return ATTACKS.get(attack)(**attack_overrides(config, attack))
+
+
+def load_config_plugins(config: dict[str, Any]) -> None:
+    """The config's trusted ``extensions`` imported, its untrusted ``plugins`` described by their sandboxed
+    worker (:func:`copa.attacks.load_plugins`)."""
+    from ..attacks import load_plugins
+
+    load_plugins(tuple(config.get("plugins") or ()), tuple(config.get("extensions") or ()))
 
 
 def attack_identity(config: dict[str, Any], attack: str, built: Attack | None = None) -> dict[str, Any]:
@@ -91,8 +99,13 @@ def attack_identity(config: dict[str, Any], attack: str, built: Attack | None = 
     import hashlib
     import inspect
 
+    from ..attacks import SandboxedAttack
+
     built = build_attack(config, attack) if built is None else built
     cls = type(built)
+    if issubclass(cls, SandboxedAttack):  # the plug-in's file as copa read it, not as the plug-in describes it
+        return {"hyperparameters": jsonable(built.hp), "source": f"plug-in {cls.plugin} ({Path(cls.plugin_file).name})",
+                "source_sha256": cls.plugin_sha256}
     try:
         source = Path(inspect.getsourcefile(cls) or "")
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -168,11 +181,11 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     first cell's scenario (defences, seeds, ...), every model name by building the model, and
     (``check_data``) that the dataset has the configured indices.
     """
-    from ..attacks import ATTACKS, create_attack, load_plugins
+    from ..attacks import ATTACKS, create_attack
     from ..models import create_model
     from ..threat import parse_input_shape
 
-    load_plugins(tuple(config.get("plugins") or ()))
+    load_config_plugins(config)
     for setting in setting_axis(config).values():  # e.g. an unknown or misordered defence, a bad local_batch
         scenario_for(config, parse_model_entry(config["models"][0])[0], client_batches(config, setting.client_batch)[0],
                      setting.defences, local_steps=setting.local_steps)
@@ -457,9 +470,9 @@ def run_config_hash(config: dict[str, Any]) -> str:
 
 def batch_description(config: dict[str, Any], attacks: list[str]) -> str:
     """The leaderboard header's batch size: ``batch_size`` and which of ``attacks`` batch a cell's images."""
-    from ..attacks import ATTACKS, load_plugins
+    from ..attacks import ATTACKS
 
-    load_plugins(tuple(config.get("plugins") or ()))
+    load_config_plugins(config)
     batched = [name for name in attacks if ATTACKS.get(name).batched]
     size = config.get("batch_size")
     if not batched:
@@ -569,12 +582,12 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
 
 def security_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
     """The model's COPA security report as a dict with ``status`` ok, or not-applicable and the reason."""
-    from ..attacks import load_plugins
+    from ..plugins import import_trusted
     from ..provenance import device_description, git_commit, package_versions
     from ..layerwise import security_report
     from ..threat import parse_input_shape, resolve_device
 
-    load_plugins(tuple(config.get("plugins") or ()))  # plug-in modules may register models
+    import_trusted(tuple(config.get("extensions") or ()))  # trusted extensions may register models
     sec = config.get("security") or {}
     index = sec.get("index")
     if index is None:

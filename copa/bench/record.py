@@ -46,7 +46,7 @@ DEFENCE_COLUMNS = ["defence", "update_distortion"]
 """The client's defence chain (:func:`defence_label`) and what it cost, ‖g̃ − g‖/‖g‖: after the metrics, so
 that the metric columns keep their places."""
 RUN_COLUMNS = ["label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit", "finished_at",
-               "config_hash", "run_config_hash", "versions", "hyperparameters", "record", "images"]
+               "config_hash", "run_config_hash", "versions", "hyperparameters", "sandbox", "record", "images"]
 
 
 def record_columns(metrics: Iterable[str] = DEFAULT_METRICS) -> list[str]:
@@ -271,8 +271,18 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "config_hash": record.get("config_hash"), "run_config_hash": (record.get("workflow") or {}).get("run_config_hash"),
         "versions": versions_text(record.get("versions")),
         "hyperparameters": json.dumps(record.get("hyperparameters") or {}, sort_keys=True),
+        "sandbox": sandbox_text(record),
         "record": None if path is None else str(path), "images": images,
     }
+
+
+def sandbox_text(record: dict[str, Any]) -> str | None:
+    """Where the record's attack ran, for tables: None in the runner's process (trusted code), else the sandbox
+    (``bubblewrap 0.8.0``) or ``NONE`` — a worker without a sandbox (docs/trust.md)."""
+    isolation = record.get("isolation")
+    if not isinstance(isolation, dict):
+        return None
+    return isolation.get("sandbox") or "NONE"
 
 
 def setting_label(record: dict[str, Any]) -> str:

@@ -286,12 +286,12 @@ def _attack_in_worker(observations, pending, attack, seeds, batch, devices, reco
     """Run the pending instances in an isolated worker; fill ``outcome`` (a Reconstruction, or the exception
     the record will carry) and each record's ``seconds`` and ``isolation``; return the forward calls the
     worker counted per instance."""
-    from .isolation import run_in_worker, worker_imports
+    from .isolation import run_in_worker
 
     try:
         results, isolation = run_in_worker(attack, [observations[b] for b in pending], [seeds[b] for b in pending],
-                                           batch=batch, device=devices[pending[0]], plugins=worker_imports(attack, [observations[b] for b in pending]),
-                                           hidden=hide, threads=torch.get_num_threads())
+                                           batch=batch, device=devices[pending[0]], hidden=hide,
+                                           threads=torch.get_num_threads())
     except CopaError:
         raise
     except Exception as exc:

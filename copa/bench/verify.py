@@ -11,6 +11,9 @@ threads — and compared:
 * ``identical``: the same status and every metric equal to the last bit (CPU runs are deterministic);
 * ``within tolerance``: metrics equal within ``rtol`` (GPU kernels and other library builds round differently);
 * ``different``: anything else — the published number cannot be reproduced from what is published;
+* ``tampered``: the record's stored reconstruction (``images.npz``), rescored by copa's own scorer against the
+  ground truth rebuilt from the config, does not give the metrics it publishes — checked before the rerun,
+  wherever the full records are present (:func:`rescoring_disagrees`);
 * ``cannot verify``: the rerun would not be the same run — the scenario rebuilt from the config does not
   give the record's ``config_hash``, or the attack's hyperparameters now differ (e.g. a changed default).
 
@@ -32,7 +35,7 @@ import numpy as np
 
 from ..errors import CopaError, InvalidSpecError
 
-VERDICTS = ("identical", "within tolerance", "different", "cannot verify")
+VERDICTS = ("identical", "within tolerance", "different", "tampered", "cannot verify")
 DEFAULT_RTOL = 1e-6
 """Relative tolerance of ``within tolerance``: far above float64 rounding, far below any attack's spread."""
 
@@ -96,6 +99,50 @@ def _chunk(config: dict[str, Any], attack_obj, index: int, stored: dict[str, Any
         if index in indices[first:first + size]:
             return indices[first:first + size]
     return [index]
+
+
+RESCORE_RTOL = 1e-3
+"""Relative difference between a published metric and copa's rescoring of the stored reconstruction above which
+a record is ``tampered``: the npz keeps the reconstruction in float32, which moves PSNR by ~1e-6 relative; a
+faked score moves it by orders of magnitude more."""
+EXACT_PSNR = 100.0
+"""PSNR (dB) above which float32 storage cannot tell recoveries apart (its rounding alone gives ≈ 130–150 dB):
+two PSNRs both above it agree."""
+
+
+def rescoring_disagrees(row, scenario, folder: Path, metrics: tuple[str, ...], device: str) -> str | None:
+    """Why the record in ``folder`` is tampered — its stored reconstruction, scored with copa's own scorer against
+    the ground truth ``scenario`` rebuilds, does not give the row's published metrics — or None. LPIPS (weights
+    may be absent) and metrics the row does not publish are not compared."""
+    import torch
+
+    from ..metrics import score_images
+    from ..threat import resolve_device
+
+    path = folder / "images.npz"
+    if not path.is_file():
+        return "the record is ok but its images.npz is missing: its metrics cannot be rescored"
+    try:
+        with np.load(path) as arrays:
+            reconstruction = torch.from_numpy(np.asarray(arrays["reconstruction"], dtype=np.float64))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the record's fault
+        return f"its images.npz cannot be read ({type(exc).__name__})"
+    _, truth = scenario.build(resolve_device(device))
+    target = truth.images01.detach().to(torch.float64).cpu()
+    if tuple(reconstruction.shape) != tuple(target.shape):
+        return f"its images.npz holds images of shape {tuple(reconstruction.shape)}, the scenario's are {tuple(target.shape)}"
+    names = [m for m in metrics if m != "lpips" and m in row.index]
+    rescored = score_images(reconstruction, target, metrics=names)["mean"]
+    for name in names:
+        published, now = row[name], rescored.get(name)
+        if published is None or now is None or (isinstance(published, float) and math.isnan(published)):
+            continue
+        published, now = float(published), float(now)
+        if name == "psnr" and published >= EXACT_PSNR and now >= EXACT_PSNR:
+            continue
+        if not abs(published - now) <= RESCORE_RTOL * abs(now) + 1e-12:
+            return f"published {name} {published:.6g}, copa's scorer gives {now:.6g} on the stored reconstruction"
+    return None
 
 
 def _compare(row, record: dict[str, Any], metrics: tuple[str, ...], rtol: float) -> tuple[str, str]:
@@ -183,7 +230,13 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
         if config_hash(scenario.to_dict(), attack, hp, run_seed) != row["config_hash"]:
             verdict("cannot verify", "the scenario rebuilt from config.yaml does not give the record's config_hash")
             continue
-        stored = read_record(Path(str(row["record"])).parent) if isinstance(row.get("record"), str) else None
+        folder = Path(str(row["record"])).parent if isinstance(row.get("record"), str) else None
+        stored = read_record(folder) if folder is not None else None
+        if stored is not None and str(row["status"]) == "ok":
+            why = rescoring_disagrees(row, scenario, folder, metrics, device)
+            if why is not None:
+                verdict("tampered", why)
+                continue
         source = ((stored or {}).get("workflow") or {}).get("attack_source_sha256")
         if source is not None and source != attack_identity(config, attack, attack_obj)["source_sha256"]:
             verdict("cannot verify", "attack source changed since the record was made (attack_source_sha256)")

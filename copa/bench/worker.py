@@ -1,12 +1,19 @@
-"""The worker process of an isolated attack (:mod:`copa.bench.isolation`): ``python -m copa.bench.worker DIR``.
+"""The sandboxed worker (:mod:`copa.sandbox`): ``python -m copa.bench.worker DIR`` — the only process of
+copa-bench that imports an untrusted plug-in (:func:`copa.plugins.import_in_worker`).
 
-``DIR/request.json`` names the attack, its hyperparameters, the plug-ins to import, the observation files
-(``DIR/observation-K.pt``), the seeds, whether to batch, the device and the threads. The worker rebuilds each
-observation from its file — nothing else of the client's reaches it —, runs the attack as the runner would
-(applicability, one seeded generator per instance, a batched call for a batched attack, else one instance at
-a time) and writes ``DIR/result.pt`` (tensors and plain data only: the runner reads it with
-``torch.load(weights_only=True)``). Exit status 2 with one line on stderr: the request itself is bad (an
-unknown attack, a bad hyperparameter, a plug-in that cannot be imported).
+``DIR/request.json`` says what to do (``kind``):
+
+* ``describe``: import the plug-ins and write ``DIR/description.json``, what each registered
+  (:func:`copa.attacks.sandboxed.describe_registered`): the runner registers their attacks from it;
+* ``attack``: rebuild each observation from its file ``DIR/observation-K.pt`` — nothing else of the client's
+  reaches the worker —, run the attack as the runner would (applicability, one seeded generator per instance, a
+  batched call for a batched attack, else one instance at a time) and write ``DIR/result.pt`` (tensors and
+  plain data only: the runner reads it with ``torch.load(weights_only=True)``);
+* ``check``: run :func:`copa.attacks.check_attack` on the plug-in's attack (``copa check``) and write
+  ``DIR/check.json``.
+
+Exit status 2 with one line on stderr: the request itself is bad (an unknown attack, a bad hyperparameter, a
+plug-in that cannot be imported).
 """
 
 from __future__ import annotations
@@ -47,18 +54,43 @@ def _instance_result(reconstruction, seconds: float, forward_calls: int) -> dict
 
 
 def serve(folder: Path) -> dict:
-    """Run the request in ``folder``; return the result (also written to ``folder/result.pt``). The attack's
-    progress (request ``progress``: ``log`` or ``quiet``, every ``progress_interval`` seconds) goes to standard
-    error as ``[progress]`` lines, which the runner forwards while the worker runs."""
-    from ..attacks import create_attack, progress, why_not_applicable
-    from ..errors import NotApplicableError
-    from ..threat.observation_file import Limits, load_observation
-    from .run import check_observed_gradients, set_threads
+    """Carry out the request in ``folder`` (module docstring); return what was written. An attack's progress
+    (request ``progress``: ``log`` or ``quiet``, every ``progress_interval`` seconds) goes to standard error as
+    ``[progress]`` lines, which the runner forwards while the worker runs."""
+    from ..attacks import ATTACKS
+    from ..plugins import import_in_worker, import_trusted
+    from .run import set_threads
 
     request = json.loads((folder / "request.json").read_text())
     if request.get("threads"):
         set_threads(int(request["threads"]))
-    attack = create_attack(request["attack"], request["hyperparameters"], plugins=request["plugins"])
+    import_trusted(request.get("extensions") or ())
+    for target in request.get("plugins") or ():
+        import_in_worker(target)
+    kind = request.get("kind")
+    if kind == "describe":
+        from ..attacks.sandboxed import describe_registered
+
+        answer = {target: describe_registered(target) for target in request["plugins"]}
+        (folder / "description.json").write_text(json.dumps(answer))
+        return answer
+    attack_class = ATTACKS.get(request["attack"])
+    if kind == "check":
+        from ..attacks import check_attack
+
+        passed = check_attack(attack_class, overrides=request["overrides"], model=request["model"],
+                              input_shape=tuple(request["input_shape"]))
+        (folder / "check.json").write_text(json.dumps({"passed": list(passed)}))
+        return {"passed": passed}
+    return _serve_attack(folder, request, attack_class(**request["hyperparameters"]))
+
+
+def _serve_attack(folder: Path, request: dict, attack) -> dict:
+    from ..attacks import progress, why_not_applicable
+    from ..errors import NotApplicableError
+    from ..threat.observation_file import Limits, load_observation
+    from .run import check_observed_gradients
+
     device = torch.device(request["device"])
     observations = [load_observation(folder / name, device=device, limits=Limits(max_parameters=2**62,
                     max_input_pixels=2**62, max_batch_size=2**62, max_num_classes=2**62))[0]
