@@ -368,6 +368,21 @@ def test_check_config_names_unknown_attacks_and_settings(tmp_path):
     check_config(_config(tmp_path, attack_settings={"mean-image": {"level": 0.3}}))
 
 
+def test_check_config_refuses_an_out_or_results_dir_that_cannot_be_written_and_makes_neither(tmp_path):
+    from copa.errors import CopaError
+    from copa.bench.pipeline import check_config
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CopaError, match=r"^out '/proc/copa-out' cannot be written: "):
+        check_config(_config(tmp_path, out="/proc/copa-out"))
+    with pytest.raises(CopaError, match=r"^results_dir '.*file' exists and is not a directory$"):
+        check_config(_config(tmp_path, results_dir=str(tmp_path / "file")))
+    with pytest.raises(CopaError, match=r"^out '' is an empty path"):
+        check_config(_config(tmp_path, out=""))
+    check_config(_config(tmp_path, out=str(tmp_path / "new" / "out"), results_dir=str(tmp_path / "new" / "res")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # checked, not created
+
+
 def test_check_config_checks_the_metrics_by_name_and_against_the_input_shape(tmp_path):
     from copa.bench.pipeline import RUN_KEYS, check_config, configured_metrics
     from copa.errors import CopaError
