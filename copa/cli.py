@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import CopaError
-from .hyperparameters import check_seed
+from .hyperparameters import check_seed, check_threads
 from .io import check_writable
 from .sandbox import ALLOW_UNSANDBOXED
 
@@ -39,6 +39,16 @@ def _parse_indices(values: list[str]) -> tuple[int, ...]:
 
 
 DEFAULT_DEVICE = "cpu"
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads`` (None: torch's default): checked against :data:`copa.hyperparameters.MAX_THREADS`, then
+    applied to torch's and the BLAS pools."""
+    if threads is None:
+        return
+    from .bench import set_threads
+
+    set_threads(check_threads(threads, "--threads"), "--threads")
 
 
 def _add_scenario_options(p: argparse.ArgumentParser, *, model_required: bool) -> None:
@@ -61,6 +71,11 @@ def _add_scenario_options(p: argparse.ArgumentParser, *, model_required: bool) -
                            type=int if option.kind is int else None,
                            choices=list(option.choices) if option.choices and option.field == "label_known" else None)
     p.add_argument("--device", default=None, help="cpu (default), cuda or cuda:N")
+
+
+def _device(args) -> str:
+    """``--device`` as given (an empty one too: :func:`copa.provenance.resolve_device` refuses it), else cpu."""
+    return DEFAULT_DEVICE if args.device is None else args.device
 
 
 def _given_scenario_options(args) -> list[str]:
@@ -282,12 +297,11 @@ def cmd_attack(args) -> int:
     from pathlib import Path
 
     from .attacks import create_attack, parse_overrides, progress
-    from .bench import set_threads, summary_line, write_outputs
+    from .bench import summary_line, write_outputs
 
+    check_writable(args.out, what="--out", directory=True)
     out = Path(args.out)
-    check_writable(out, what="--out", directory=True)
-    if args.threads is not None:
-        set_threads(args.threads, "--threads")
+    _set_threads(args.threads)
     if args.observation is None and args.targets is not None:
         raise CopaError("--targets only goes with --observation FILE (a scenario has its own images)")
     from .threat.observation_file import LIMIT_FLAGS, Limits
@@ -318,7 +332,7 @@ def _run_attack_command(args, attack, out, limits, isolation):
     if args.observation is None:
         scenario = _scenario_from_args(args)
         record, reconstruction, truth = run_attack(scenario, attack, seed=args.seed,
-                                                   device=args.device or DEFAULT_DEVICE,
+                                                   device=_device(args),
                                                    threads=args.threads, isolation=isolation, hide=[out],
                                                    limits=limits)
         return record, reconstruction, truth, None
@@ -326,7 +340,7 @@ def _run_attack_command(args, attack, out, limits, isolation):
         from .threat.observation_file import file_sha256, load_observation, load_targets
         from .threat import resolve_device
 
-        device = resolve_device(args.device or DEFAULT_DEVICE)
+        device = resolve_device(_device(args))
         observation, source = load_observation(args.observation, device=device, limits=limits)
         truth = None
         if args.targets is not None:
@@ -346,12 +360,12 @@ def cmd_observe(args) -> int:
     from .threat import resolve_device
 
     out = Path(args.out)
-    if out.is_dir():
+    if args.out and out.is_dir():
         raise CopaError(f"--out {args.out!r} is a directory: expected a file name, e.g. observation.pt")
-    check_writable(out, what="--out", directory=False)
+    check_writable(args.out, what="--out", directory=False)
     import_trusted(args.extension)  # a model of a trusted extension: the client's side runs trusted code only
     scenario = _scenario_from_args(args)
-    observation, _truth = scenario.build(resolve_device(args.device or DEFAULT_DEVICE))
+    observation, _truth = scenario.build(resolve_device(_device(args)))
     del _truth  # the file holds what the server sees, never the images
     save_observation(out, observation, model_seed=scenario.model_seed, meta=observe_meta(scenario.to_dict()))
     print(f"wrote {out}: {describe_payload(read_payload(out, limits=None))}")  # copa's own file: unbounded
@@ -376,7 +390,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_security(args) -> int:
-    from .bench import set_threads
     from .io import atomic_write_json
     from .layerwise import security_reports
     from .threat import parse_input_shape
@@ -384,17 +397,16 @@ def cmd_security(args) -> int:
     shape = parse_input_shape(args.input_shape)
     check_seed(args.model_seed, "--model-seed")
     indices = list(_parse_indices(args.index)) if args.index else [0]
-    if args.out:
+    if args.out is not None:
         check_writable(args.out, what="--out", directory=False)
-    if args.threads is not None:
-        set_threads(args.threads, "--threads")
+    _set_threads(args.threads)
     # one report per (model, index), model-major; the images of one model share its weight-only work
     reports = [report for name in args.model
                for report in security_reports(name, seed=args.model_seed, dataset=args.dataset, indices=indices,
                                               delta_source=args.delta_source, input_shape=shape,
                                               condition=not args.no_condition, device=args.device)]
     payload = [r.to_dict() for r in reports]
-    if args.out:
+    if args.out is not None:
         atomic_write_json(args.out, payload if len(payload) > 1 else payload[0])
     if args.json:
         print(json.dumps(payload if len(payload) > 1 else payload[0], indent=2))
@@ -408,10 +420,9 @@ def cmd_security(args) -> int:
 
 def cmd_train(args) -> int:
     from .threat import parse_input_shape
-    from .training import parse_checkpoint_epochs, train
+    from .training import check_epochs, parse_checkpoint_epochs, train
 
-    if args.epochs < 0:
-        raise CopaError(f"--epochs {args.epochs} is invalid: accepted are integers from 0")
+    check_epochs(args.epochs, "--epochs")
     epochs = parse_checkpoint_epochs(args.checkpoint_epochs)
     bad = [e for e in epochs if e < 0 or e > args.epochs]
     if bad:
@@ -425,10 +436,7 @@ def cmd_train(args) -> int:
         raise CopaError(f"--max-images {args.max_images} is invalid: expected a positive integer")
     check_writable(args.out, what="--out", directory=True)
     shape = parse_input_shape(args.input_shape)
-    if args.threads is not None:
-        from .bench import set_threads
-
-        set_threads(args.threads, "--threads")
+    _set_threads(args.threads)
     summary = train(args.model, args.dataset, epochs=args.epochs, checkpoint_epochs=epochs, lr=args.lr,
                     momentum=args.momentum, batch_size=args.batch_size, weight_decay=args.weight_decay,
                     seed=args.seed, preprocess=args.preprocess, input_shape=shape, data_root=args.data_root,

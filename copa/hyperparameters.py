@@ -134,3 +134,19 @@ def check_seed(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
         raise InvalidSpecError(f"{what} {value!r} is invalid: accepted are integers from 0 to {SEED_MAX}")
     return value
+
+
+MAX_THREADS = 1024
+"""The most CPU threads a job may ask for (``--threads``, a workflow's ``threads``): above the hardware threads of
+the largest CPU servers (2 × 192 cores with SMT: 768), so every real machine's count is accepted, and far below
+the values that make ``torch.set_num_threads`` overflow (above 2³¹ − 1: a traceback) or spawn a pool of
+thousands of threads that only oversubscribe the cores."""
+
+
+def check_threads(value: Any, what: str = "threads") -> int:
+    """``value`` as a thread count (an int in [1, :data:`MAX_THREADS`]), or one line naming it (``what``: e.g.
+    ``--threads``). Call it before :func:`copa.bench.run.set_threads`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+        raise InvalidSpecError(f"{what} {value!r} is invalid: accepted are integers from 1 to {MAX_THREADS} "
+                               f"(MAX_THREADS, above any machine's hardware threads)")
+    return value

@@ -40,9 +40,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def check_writable(path: str | os.PathLike, *, what: str, directory: bool) -> None:
     """Raise :class:`~copa.errors.CopaError` unless ``path`` (a directory to fill, or a file to write) can
     be written — checked before any work, by creating and removing a temporary file in its nearest
-    existing folder, so that nothing is left behind either way. ``what`` names the option (``--out``)."""
+    existing folder, so that nothing is left behind either way (no folder is created). ``what`` names the
+    option (``--out``). An empty ``path`` is refused: ``Path("")`` is the current folder."""
     from .errors import CopaError
 
+    if not str(path):  # Path("") is "." : an empty option would write into the current folder
+        raise CopaError(f"{what} '' is an empty path: expected the name of a "
+                        f"{'directory to write into' if directory else 'file to write'}")
     target = Path(path)
     if directory and target.exists() and not target.is_dir():
         raise CopaError(f"{what} {str(path)!r} exists and is not a directory")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -50,15 +51,26 @@ def device_description(device: torch.device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+DEVICE_NAMES = "cpu, cuda or cuda:N (N: a GPU index)"
+"""The device names accepted (``--device``, a config's ``device``), in words."""
+_DEVICE = re.compile(r"cpu|cuda(?::(?P<index>[0-9]{1,9}))?")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
-    """Return a torch device, refusing CUDA when none is available (instead of failing later)."""
-    try:
+    """Return a torch device, refusing CUDA when none is available (instead of failing later), and any
+    string other than ``cpu``, ``cuda`` and ``cuda:N`` (an empty one too: not the default silently)."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise InvalidSpecError(f"device {device!r} is invalid: accepted are {DEVICE_NAMES}")
+    else:
         dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidSpecError(f"device {device!r} is invalid: accepted are 'cpu', 'cuda', 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CopaError(f"device {device!r} requested but CUDA is not available here (torch.cuda.is_available() "
                         f"is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidSpecError(f"device {device!r} is not here: this machine has {torch.cuda.device_count()} GPU(s), "
+                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if dev.type not in ("cpu", "cuda"):
-        raise InvalidSpecError(f"device {device!r} is not supported: accepted are 'cpu', 'cuda', 'cuda:N'")
+        raise InvalidSpecError(f"device {device!r} is not supported: accepted are {DEVICE_NAMES}")
     return dev

@@ -41,7 +41,8 @@ from .io import atomic_write, atomic_write_json, check_writable
 from .models import create_model
 from .provenance import device_description, git_commit, package_versions, resolve_device
 
-__all__ = ["DEFAULTS", "DEFAULT_SOURCES", "checkpoint_paths", "parse_checkpoint_epochs", "train"]
+__all__ = ["DEFAULTS", "DEFAULT_SOURCES", "MAX_EPOCHS", "check_epochs", "checkpoint_paths", "parse_checkpoint_epochs",
+           "train"]
 
 DEFAULTS: dict[str, Any] = {"lr": 0.01, "momentum": 0.9, "batch_size": 64, "weight_decay": 0.0, "seed": 0,
                             "preprocess": "center"}
@@ -54,6 +55,11 @@ DEFAULT_SOURCES: dict[str, str] = {
     "preprocess": "COPA paper's convention, x - 0.5 (Chen & Campbell, arXiv 2111.10178)",
 }
 SEED_MAX = 2**63 - 1
+MAX_EPOCHS = 1000
+"""The most epochs :func:`train` runs (``copa train --epochs``; the workflow's ``ARCH@epochE`` has the same bound,
+:data:`copa.bench.pipeline.MAX_TRAIN_EPOCH`): 3× to 5× the 200–300 epochs of the usual CIFAR-10 recipes
+(He et al. 2016 train ResNets for 182), days of CPU for the benchmark's models on CIFAR-10's 50 000 images
+already; a typo such as ``--epochs 1000000000`` is refused instead of running until killed."""
 EVAL_BATCH = 1000  # images per forward pass when evaluating (memory only; does not change results)
 
 
@@ -88,6 +94,12 @@ def _check_int(value: Any, what: str, low: int, high: int | None = None) -> int:
         upper = f" to {high}" if high is not None else " or more"
         raise InvalidSpecError(f"{what} {value!r} is invalid: accepted are integers from {low}{upper}")
     return int(value)
+
+
+def check_epochs(value: Any, what: str = "epochs") -> int:
+    """``value`` as a number of epochs (an int from 0 to :data:`MAX_EPOCHS`), or one line naming it (``what``:
+    e.g. ``--epochs``)."""
+    return _check_int(value, what, 0, MAX_EPOCHS)
 
 
 def _check_float(value: Any, what: str, *, positive: bool) -> float:
@@ -150,7 +162,7 @@ def train(model_name: str, dataset: str, *, epochs: int, checkpoint_epochs: Sequ
     the ``test`` split when the dataset has one (else it is ``None``). Returns a summary: the written
     files and each checkpoint's metadata (as in its JSON file).
     """
-    epochs = _check_int(epochs, "epochs", 0)
+    epochs = check_epochs(epochs)
     wanted = parse_checkpoint_epochs(checkpoint_epochs)
     for e in wanted:
         if e < 0 or e > epochs:

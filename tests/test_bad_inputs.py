@@ -119,6 +119,59 @@ def bare_pickle_observation(tmp: Path) -> None:
     (tmp / "evil.pt").write_bytes(pickle.dumps({"state_dict": Payload()}))
 
 
+def flipped_observation(tmp: Path) -> None:
+    """A file written with its checksum, then 64 bytes of a weight's storage overwritten: 16 weights become 1e4
+    (finite, so only the checksum can tell)."""
+    import struct
+    import zipfile
+
+    from copa.threat.observation_file import write_payload
+
+    path = write_payload(tmp / "flipped.pt", zero_observation())
+    with zipfile.ZipFile(path) as archive:  # data/0: the first tensor's storage, state_dict's first weight
+        entry = next(e for e in archive.infolist() if e.filename.endswith("/data/0"))
+    raw = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", raw[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_length + extra_length  # after the entry's local header (stored)
+    raw[start:start + 64] = struct.pack("<16f", *[1e4] * 16)
+    path.write_bytes(bytes(raw))
+
+
+def renamed_observation(tmp: Path) -> None:
+    torch.save(zero_observation(model="cnn2_c9", model_spec="c6k3:tanh fc:identity"), tmp / "renamed.pt")
+
+
+LEADERBOARD_CONFIG = ("{dataset: sample, split: train, indices: [0], models: [cnn2_c1], attacks: [mean-image], "
+                      "out: runs/published, seed: 0}")
+RECORDS_HEADER = "model,attack,defence,index,status,config_hash,hyperparameters"
+
+
+def leaderboard(tmp: Path, config: str = LEADERBOARD_CONFIG, records: str = "cnn2_c1,mean-image,none,0,ok,0,{}",
+                header: str = RECORDS_HEADER) -> None:
+    """A published leaderboard folder, TMP/leaderboard: config.yaml and records.csv (one record)."""
+    folder = tmp / "leaderboard"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(config + "\n")
+    (folder / "records.csv").write_text(f"{header}\n{records}\n")
+
+
+def leaderboard_bad_yaml(tmp: Path) -> None:
+    leaderboard(tmp, config="dataset: sample\nattacks: [mean-image\nmodels: [cnn2_c1]")
+
+
+def leaderboard_without_model_column(tmp: Path) -> None:
+    leaderboard(tmp, header=RECORDS_HEADER.replace("model,", ""), records="mean-image,none,0,ok,0,{}")
+
+
+def leaderboard_bad_index(tmp: Path) -> None:
+    leaderboard(tmp, records="cnn2_c1,mean-image,none,0,ok,0,{}\ncnn2_c1,mean-image,none,abc,ok,0,{}")
+
+
+def leaderboard_unknown_attack(tmp: Path) -> None:
+    leaderboard(tmp, config=LEADERBOARD_CONFIG.replace("[mean-image]", "[mean-imag]"),
+                records="cnn2_c1,mean-imag,none,0,ok,0,{}")
+
+
 def empty_npz(tmp: Path) -> None:
     np.savez(tmp / "empty.npz", train_images=np.zeros((0, 3, 32, 32), dtype=np.uint8),
              train_labels=np.zeros((0,), dtype=np.int64))
@@ -236,6 +289,14 @@ CASES = [
     Case("observation file that is a bare pickle", "copa attack --attack rgap --observation TMP/evil.pt --out OUT",
          ("TMP/evil.pt", "refused: not a weights-only file", "bare pickle", "the zip file torch.save writes"),
          setup=bare_pickle_observation),
+    Case("observation file whose checksum does not match", "copa attack --attack rgap --observation TMP/flipped.pt "
+         "--out OUT", ("TMP/flipped.pt", "checksum does not match its content", "changed or corrupted"),
+         setup=flipped_observation),
+    Case("observation file naming an unknown model beside a chain spec",
+         "copa attack --attack rgap --observation TMP/renamed.pt --out OUT",
+         ("TMP/renamed.pt", "key 'model'", "unknown model 'cnn2_c9'", "Known models:",
+          "Accepted: a registered model", "or chain:SPEC, here 'chain:c6k3:tanh fc:identity'"),
+         setup=renamed_observation),
     # attack hyperparameters
     Case("--set key the attack does not have", "copa attack --attack dlg --model cnn2_c1 --set iteratoins=5 --out OUT",
          ("'iteratoins'", "did you mean 'iterations'?", "accepted: history_size, iterations, lr, max_iter")),
@@ -256,7 +317,11 @@ CASES = [
     Case("CUDA requested where there is none", "copa attack --attack noise --model cnn2_c1 --device cuda --out OUT",
          ("'cuda'", "CUDA is not available", "--device cpu"), needs="no-cuda"),
     Case("threads below one", "copa attack --attack noise --model cnn2_c1 --threads 0 --out OUT",
-         ("--threads 0", "positive integer")),
+         ("--threads 0", "accepted are integers from 1 to 1024")),
+    Case("threads beyond any machine", "copa attack --attack noise --model cnn2_c1 --threads 99999999999 --out OUT",
+         ("--threads 99999999999", "accepted are integers from 1 to 1024")),
+    Case("empty device", "copa attack --attack noise --model cnn2_c1 --device '' --out OUT",
+         ("device ''", "accepted are cpu, cuda or cuda:N")),
     Case("input too small for a metric", "copa attack --attack noise --model 'chain:c2k3:tanh fc:identity' "
          "--input-shape 3x8x8 --out OUT", ("3x8x8", "ssim", "at least 11×11")),
     # workflow configs: the JSON schema (snakemake's own message), then copa.bench.pipeline.check_config
@@ -268,6 +333,11 @@ CASES = [
          ("--out '/proc/copa-out'", "cannot be written")),
     Case("security --out that cannot be written", "copa security --model cnn2_c1 --out /proc/copa.json",
          ("--out '/proc/copa.json'", "cannot be written")),
+    Case("empty --out", "copa attack --attack noise --model cnn2_c1 --out ''",
+         ("--out ''", "empty path", "directory to write into")),
+    Case("training epochs beyond the ceiling",
+         "copa train --model cnn2_c1 --dataset sample --epochs 1000000000 --checkpoint-epochs 0 --out OUT",
+         ("--epochs 1000000000", "accepted are integers from 0 to 1000")),
     Case("model seed out of range",
          "copa attack --attack noise --model cnn2_c1 --model-seed 100000000000000000000000 --out OUT",
          ("100000000000000000000000", "9223372036854775807")),
@@ -286,6 +356,22 @@ CASES = [
     Case("DP-SGD after another defence",
          "copa attack --attack noise --model cnn2_c1 --defence prune --defence dp-gaussian --out OUT",
          ("'dp-gaussian' must come first", "'prune'")),
+    Case("defence parameter given twice", "copa attack --attack noise --model cnn2_c1 --defence prune:p=0.5,p=0.6 "
+         "--out OUT", ("'prune:p=0.5,p=0.6'", "'p' twice (p=0.5, p=0.6)", "each parameter once")),
+    Case("defence with nothing after its colon",
+         "copa attack --attack noise --model cnn2_c1 --defence prune: --out OUT",
+         ("'prune:'", "nothing after ':'", "accepted are 'prune' (its defaults)", "key one of p")),
+    # published leaderboards (copa verify): checked before any rerun
+    Case("leaderboard config that is not YAML", "copa verify TMP/leaderboard",
+         ("TMP/leaderboard/config.yaml", "not valid YAML", "at line 3, column 7"), setup=leaderboard_bad_yaml),
+    Case("leaderboard records without a needed column", "copa verify TMP/leaderboard",
+         ("TMP/leaderboard/records.csv", "lacks the column(s) model", "copa verify needs model, attack, index"),
+         setup=leaderboard_without_model_column),
+    Case("leaderboard record with an index that is not a number", "copa verify TMP/leaderboard",
+         ("TMP/leaderboard/records.csv row 2", "index 'abc'", "an image index"), setup=leaderboard_bad_index),
+    Case("leaderboard config naming an unknown attack", "copa verify TMP/leaderboard",
+         ("TMP/leaderboard/config.yaml", "unknown attack 'mean-imag'", "Known attacks:"),
+         setup=leaderboard_unknown_attack),
     Case("config key the schema does not have", "snakemake -n --configfile bad.yaml",
          ("'iterations' was unexpected",), status=1, config=f"{{{GOOD}, iterations: 5}}"),
     Case("config without a required key", "snakemake -n --configfile bad.yaml",
@@ -308,6 +394,8 @@ CASES = [
          config=f"{{{GOOD}, device: cuda}}", needs="no-cuda"),
     Case("config naming an unknown defence", "snakemake -n --configfile bad.yaml",
          ("'prun'", "Did you mean 'prune'", "Known defences:"), status=1, config=f"{{{GOOD}, defences: [prun]}}"),
+    Case("config whose out cannot be written", "snakemake -n --configfile bad.yaml",
+         ("out '/proc/copa-out'", "cannot be written"), status=1, config=f"{{{GOOD}, out: /proc/copa-out}}"),
 ]
 # The JSON-schema cases: the message names the offending key ("invalid config: KEY: ...", Snakefile).
 SCHEMA_KEYS = {"config value outside the schema's choices": "split", "config value of the wrong type": "indices"}

@@ -108,3 +108,42 @@ def test_the_readme_plugin_example_runs_as_written(tmp_path):
     result = copa(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "record.json").read_text())["attack"]["name"] == "grey-guess"
+
+
+COMMANDS = {  # each command that takes --threads, --out or --device, with good values for the rest
+    "attack": ["attack", "--attack", "noise", "--model", "cnn2_c1"],
+    "observe": ["observe", "--model", "cnn2_c1"],
+    "security": ["security", "--model", "cnn2_c1"],
+    "train": ["train", "--model", "cnn2_c1", "--dataset", "sample", "--epochs", "1", "--checkpoint-epochs", "0"],
+    "verify": ["verify", "RESULTS"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("option, expected", [
+    (["--threads", "99999999999"], "copa: error: --threads 99999999999 is invalid: accepted are integers from 1 to "
+                                   "1024"),
+    (["--out", ""], "copa: error: --out '' is an empty path: expected the name of a"),
+    (["--device", ""], "copa: error: device '' is invalid: accepted are cpu, cuda or cuda:N"),
+])
+def test_every_command_refuses_huge_thread_counts_empty_outs_and_empty_devices(command, option, expected, tmp_path,
+                                                                               monkeypatch, capsys):
+    """One line, status 2, nothing written (an empty --out would be the current folder)."""
+    if option[0] == "--threads" and command == "observe":
+        pytest.skip("copa observe has no --threads")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "config.yaml").write_text("{dataset: sample, split: train, indices: [0], models: [cnn2_c1], "
+                                         "attacks: [mean-image], seed: 0}\n")
+    (results / "records.csv").write_text("model,attack,index,status,config_hash,hyperparameters\n"
+                                         "cnn2_c1,mean-image,0,ok,0,{}\n")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = [str(results) if a == "RESULTS" else a for a in COMMANDS[command]] + option
+    if option[0] != "--out" and command != "verify":
+        args += ["--out", str(tmp_path / ("never.pt" if command == "observe" else "never"))]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(expected) and captured.err.count("\n") == 1, captured.err
+    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "results"]

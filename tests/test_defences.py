@@ -278,3 +278,17 @@ def test_dp_gaussian_without_opacus_is_one_line_not_a_failed_run(monkeypatch):
     monkeypatch.setitem(sys.modules, "opacus.accountants", None)
     with pytest.raises(CopaError, match=r"pip install 'opacus>=1.4'"):
         run_attack(Scenario(model="cnn2_c1", defences=("dp-gaussian:sigma=0.01",)), "mean-image", record_failures=True)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("prune:p=0.5,p=0.6", r"defence 'prune:p=0\.5,p=0\.6' gives the parameter 'p' twice \(p=0\.5, p=0\.6\)"),
+    ("prune:", r"defence 'prune:' is malformed: nothing after ':'; accepted are 'prune' \(its defaults\)"),
+    ("none:", r"defence 'none:' is malformed: nothing after ':'; accepted is 'none' \(it has no parameters\)"),
+    ("prune:p=0.5,", r"defence 'prune:p=0\.5,' is malformed: it has an empty item"),
+    ("prune:,p=0.5", r"it has an empty item"),
+])
+def test_a_spec_that_would_pick_a_value_silently_is_refused(spec, message):
+    """A repeated key (the last would win), an empty item and a bare colon (the defaults) are errors."""
+    with pytest.raises(InvalidSpecError, match=message):
+        create_defence(spec)
+    assert create_defence("prune:p=0.5").params["p"] == 0.5 and create_defence("prune").spec() == "prune:p=0.3"

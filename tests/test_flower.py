@@ -96,6 +96,11 @@ def test_every_round_of_every_client_is_captured_as_an_observation_file(captured
     observation, source = load_observation(out / files[0])
     assert observation.update_kind == "gradient" and observation.labels is None and observation.batch_size == 1
     assert source["meta"]["server_round"] == 1 and source["meta"]["created_by"].startswith("copa.integrations")
+    from copa.threat.observation_file import payload_checksum, read_payload
+
+    for name in files:  # each written with its checksum (write_payload), which load_observation verifies
+        payload = read_payload(out / name)
+        assert payload["checksum"] == payload_checksum(payload)
 
 
 def test_the_captured_update_is_the_gradient_of_the_clients_image(captured):

@@ -127,7 +127,10 @@ def test_the_file_holds_what_the_server_sees_and_no_images(observed):
 
 
 def _edited(src, dst, edit):
+    """``src`` edited by ``edit``, without its checksum (the edit changes the content: each case tests the check
+    that names the edited key, as for a file written before checksums)."""
     payload = torch.load(src, weights_only=True)
+    del payload["checksum"]
     edit(payload)
     legacy = payload.pop("_legacy", False)  # the pre-1.6 format allocates the sizes its pickle declares
     torch.save(payload, dst, _use_new_zipfile_serialization=not legacy)
@@ -164,6 +167,14 @@ BAD_FILES = [
     ("loss", lambda p: p.__setitem__("loss", "mse"), r"key 'loss' is 'mse': accepted is 'cross-entropy"),
     ("model", lambda p: (p.__setitem__("model", "cnn2_c9"), p.__setitem__("model_spec", None)),
      r"key 'model': unknown model 'cnn2_c9'"),
+    ("model-beside-spec", lambda p: p.__setitem__("model", "cnn2_c9"),  # the spec never replaces the name
+     r"key 'model': unknown model 'cnn2_c9'\..*Accepted: a registered model \(an extension's model needs --extension\) or "
+     r"chain:SPEC, here 'chain:c6k3:tanh fc:identity' \(the file's model_spec\)$"),
+    ("chain-not-its-spec", lambda p: p.__setitem__("model", "chain:c6k5:tanh fc:identity"),
+     r"key 'model_spec' is 'c6k3:tanh fc:identity', but model 'chain:c6k5:tanh fc:identity' here is "
+     r"'c6k5:tanh fc:identity'"),
+    ("checksum-format", lambda p: p.__setitem__("checksum", "md5:abc"),
+     r"key 'checksum' is 'md5:abc': expected None or 'sha256:' and 64 lowercase hex digits"),
     ("spec", lambda p: p.__setitem__("model_spec", "c6k5:tanh fc:identity"),
      r"key 'model_spec' is 'c6k5:tanh fc:identity', but model 'cnn2_c1' here is 'c6k3:tanh fc:identity'"),
     ("preprocess", lambda p: p.__setitem__("preprocess", {"mode": "whiten"}),
@@ -193,6 +204,70 @@ def test_bad_files_are_refused_naming_the_key(observed, tmp_path, capsys, name, 
     code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", path, "--out", tmp_path / "never")
     assert code == 2 and re.search(message, err) and str(path) in err
     assert not (tmp_path / "never").exists()
+
+
+def _flip_first_weight(path, code="d"):
+    """Overwrite the first 16 values of the archive's first tensor record (state_dict's first weight; ``code``:
+    its struct format, d for float64) with 1e4, in place, as a transmission error or an edit by hand would:
+    torch.load does not notice (it checks no CRC)."""
+    import struct
+
+    with zipfile.ZipFile(path) as archive:
+        entry = next(e for e in archive.infolist() if e.filename.endswith("/data/0"))
+    raw = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", raw[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_length + extra_length
+    values = struct.pack(f"<16{code}", *[1e4] * 16)
+    raw[start:start + len(values)] = values
+    path.write_bytes(bytes(raw))
+
+
+def test_files_carry_a_checksum_that_a_changed_byte_breaks(observed, tmp_path, capsys):
+    from copa.threat.observation_file import payload_checksum, write_payload
+
+    payload = read_payload(observed / "obs.pt")
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", payload["checksum"])
+    assert payload_checksum(payload) == payload["checksum"]
+    # canonical: neither the keys' order nor the tensors' memory layout changes it; any value does
+    reordered = dict(reversed(list(payload.items())))
+    reordered["state_dict"] = {k: v.t().contiguous().t() if v.dim() == 2 else v
+                               for k, v in reversed(list(payload["state_dict"].items()))}
+    assert payload_checksum(reordered) == payload["checksum"]
+    changed = {**payload, "meta": {**payload["meta"], "created_by": "someone else"}}
+    assert payload_checksum(changed) != payload["checksum"]
+    nudged = {**payload, "gradients": {**payload["gradients"]}}
+    name = next(iter(nudged["gradients"]))
+    nudged["gradients"][name] = nudged["gradients"][name].clone()
+    nudged["gradients"][name].view(-1)[0] += 1e-12
+    assert payload_checksum(nudged) != payload["checksum"]
+
+    # bytes flipped inside a weight's storage: finite weights, only the checksum can tell
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes((observed / "obs.pt").read_bytes())
+    _flip_first_weight(flipped)
+    assert read_payload(flipped)["state_dict"]["weight_layers.0.weight"].view(-1)[:16].tolist() == [1e4] * 16
+    with pytest.raises(CopaError, match=r"flipped\.pt' was refused: its checksum does not match its content"):
+        load_observation(flipped)
+    code, out, err = _run(capsys, "attack", "--attack", "rgap", "--observation", flipped, "--out", tmp_path / "never")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "checksum does not match" in err
+    assert not (tmp_path / "never").exists()
+
+    # a file of before checksums: read, with one warning line on stderr
+    old = tmp_path / "old.pt"
+    torch.save({k: v for k, v in payload.items() if k != "checksum"}, old)
+    capsys.readouterr()
+    observation, _ = load_observation(old)
+    assert observation.batch_size == 1
+    assert capsys.readouterr().err == (f"copa: WARNING: observation file {str(old)!r} has no checksum: its content "
+                                       f"could not be checked for corruption (files written by copa observe or the "
+                                       f"Flower mod carry one)\n")
+    load_observation(observed / "obs.pt")
+    assert capsys.readouterr().err == ""  # a checked file: no warning
+    # write_payload adds the checksum to a dict of one's own (and replaces a stale one)
+    rewritten = write_payload(tmp_path / "rewritten.pt", {**payload, "checksum": "sha256:" + "0" * 64})
+    assert read_payload(rewritten)["checksum"] == payload["checksum"]
+    load_observation(rewritten)
+    assert capsys.readouterr().err == ""
 
 
 def test_truncated_corrupt_and_missing_files(observed, tmp_path):
@@ -358,6 +433,7 @@ def test_limits_raised_by_the_caller_admit_what_the_defaults_refuse(observed, tm
         load_observation(path)
     observation, _ = load_observation(path, limits=Limits(max_batch_size=5000))
     assert observation.batch_size == 5000 and observation.labels is None
+    assert "has no checksum" in capsys.readouterr().err  # the edited file has none (_edited)
     code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
                         "--max-input-pixels", "3000", "--out", tmp_path / "never")
     assert code == 2 and err == (f"copa: error: observation file '{observed / 'obs.pt'}': key 'input_shape' is 3x32x32 "

@@ -103,6 +103,8 @@ def test_sample_dataset_cnn2_c1(tmp_path, one_thread):
 
 @pytest.mark.parametrize("kw, fragment", [
     (dict(epochs=-1), "epochs -1"),
+    (dict(epochs=10**9, checkpoint_epochs=(0,)), "epochs 1000000000 is invalid: accepted are integers from 0 to 1000"),
+    (dict(device=""), "device '' is invalid"),
     (dict(checkpoint_epochs=(0, 2)), "checkpoint epoch 2"),
     (dict(checkpoint_epochs=(-1,)), "checkpoint epoch -1"),
     (dict(lr=0.0), "lr 0.0"),

@@ -127,3 +127,42 @@ def test_a_partial_leaderboard_from_the_records_so_far(tmp_path):
     with pytest.raises(Exception, match="no records yet"):
         write_partial(tmp_path / "nothing", tmp_path / "security", outputs=outputs, models=["cnn2_c1"],
                       attacks=["rgap"], defences={"none": "none"}, indices=[0])
+
+
+def _folder(tmp_path, name, config, records):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.yaml").write_text(config)
+    (folder / "records.csv").write_text(records)
+    return folder
+
+
+CONFIG = "{dataset: sample, split: train, indices: [0], models: [cnn2_c1], attacks: [mean-image], seed: 0}\n"
+HEADER = "model,attack,defence,index,status,config_hash,hyperparameters\n"
+
+
+@pytest.mark.parametrize("config, records, message", [
+    ("dataset: [sample\n", HEADER + "cnn2_c1,mean-image,none,0,ok,0,{}\n",
+     r"config\.yaml is not valid YAML: .* at line 2, column 1; accepted: the config\.yaml a workflow run wrote"),
+    (CONFIG, "attack,index,status\nmean-image,0,ok\n",
+     r"records\.csv lacks the column\(s\) model, config_hash, hyperparameters: copa verify needs model, attack, "
+     r"index, status, config_hash, hyperparameters"),
+    (CONFIG, HEADER + "cnn2_c1,mean-image,none,0,ok,0,{}\ncnn2_c1,mean-image,none,-1,ok,0,{}\n",
+     r"records\.csv row 2 \(line 3\): index '-1' is invalid: accepted are an image index"),
+    (CONFIG, HEADER + "cnn2_c1,mean-image,none,\"0,x\",ok,0,{}\n", r"row 1 \(line 2\): index '0,x' is invalid"),
+    (CONFIG, HEADER + "cnn2_c1,mean-image,none,0,ok,0,{level\n", r"row 1 \(line 2\): hyperparameters '\{level' are "
+                                                                 r"not JSON"),
+    (CONFIG, HEADER + "cnn2_c1,mean-imag,none,0,ok,0,{}\n", r"records\.csv: unknown attack 'mean-imag'\. Did you mean"),
+    # an unknown attack in the config: refused even where the sampled records would never build it (exit 0 before)
+    (CONFIG.replace("[mean-image]", "[mean-image, idgl]"), HEADER + "cnn2_c1,idgl,prune,0,ok,0,{}\n",
+     r"config\.yaml: unknown attack 'idgl'\. Did you mean 'idlg', 'ig'\?"),
+])
+def test_a_malformed_leaderboard_is_one_line_before_any_rerun(tmp_path, capsys, config, records, message):
+    import re
+
+    folder = _folder(tmp_path, "lb", config, records)
+    assert main(["verify", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and re.search(message, captured.err), captured.err
+    assert str(folder) in captured.err
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "records.csv"]

@@ -51,8 +51,8 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-# Failures injected into the smoke run, as a user could write them: a plug-in module (listed under
-# `plugins:`) that registers a model whose forward overflows — every observed gradient is NaN — and an
+# Failures injected into the smoke run, as a user could write them: a trusted extension (listed under
+# `extensions:`: a plug-in may register attacks only) that registers a model whose forward overflows — every observed gradient is NaN — and an
 # attack whose solver raises. Both must become failed records with their reasons, never crashes.
 INJECT = textwrap.dedent('''
     import torch
@@ -92,7 +92,7 @@ def smoke_config_with_injected_failures(workdir) -> Path:
     """config/smoke.yaml plus the INJECT plug-in: one more model (NaN gradients) and one more attack (raises)."""
     (Path(workdir) / "inject.py").write_text(INJECT)
     config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
-    config.update(plugins=["inject.py"], models=[*config["models"], "overflow-net"],
+    config.update(extensions=["inject.py"], models=[*config["models"], "overflow-net"],
                   attacks=[*config["attacks"], "solver-fails"])
     path = Path(workdir) / "smoke-injected.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -368,6 +368,21 @@ def test_check_config_names_unknown_attacks_and_settings(tmp_path):
     check_config(_config(tmp_path, attack_settings={"mean-image": {"level": 0.3}}))
 
 
+def test_check_config_refuses_an_out_or_results_dir_that_cannot_be_written_and_makes_neither(tmp_path):
+    from copa.errors import CopaError
+    from copa.bench.pipeline import check_config
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CopaError, match=r"^out '/proc/copa-out' cannot be written: "):
+        check_config(_config(tmp_path, out="/proc/copa-out"))
+    with pytest.raises(CopaError, match=r"^results_dir '.*file' exists and is not a directory$"):
+        check_config(_config(tmp_path, results_dir=str(tmp_path / "file")))
+    with pytest.raises(CopaError, match=r"^out '' is an empty path"):
+        check_config(_config(tmp_path, out=""))
+    check_config(_config(tmp_path, out=str(tmp_path / "new" / "out"), results_dir=str(tmp_path / "new" / "res")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # checked, not created
+
+
 def test_check_config_checks_the_metrics_by_name_and_against_the_input_shape(tmp_path):
     from copa.bench.pipeline import RUN_KEYS, check_config, configured_metrics
     from copa.errors import CopaError
@@ -448,7 +463,7 @@ def test_run_cell_loads_the_plugins_once_and_builds_the_attack_once(tmp_path, fo
     import torch
 
     import copa.attacks
-    import copa.attacks.base
+    import copa.attacks.sandboxed
     from copa.attacks import Attack, Reconstruction, register_attack
     from copa.bench.pipeline import attack_identity, run_cell
 
@@ -471,12 +486,12 @@ def test_run_cell_loads_the_plugins_once_and_builds_the_attack_once(tmp_path, fo
     loads = []
     real = copa.attacks.load_plugins
 
-    def counted(modules=()):
+    def counted(modules=(), extensions=()):
         loads.append(tuple(modules))
-        real(modules)
+        real(modules, extensions)
 
     monkeypatch.setattr(copa.attacks, "load_plugins", counted)
-    monkeypatch.setattr(copa.attacks.base, "load_plugins", counted)
+    monkeypatch.setattr(copa.attacks.sandboxed, "load_plugins", counted)
     config = _config(tmp_path, attacks=["test-counted-grey"])
     expected = attack_identity(config, "test-counted-grey")  # as the Snakefile computes its rule param
     loads.clear()

@@ -103,9 +103,11 @@ def attack_identity(config: dict[str, Any], attack: str, built: Attack | None = 
 
     built = build_attack(config, attack) if built is None else built
     cls = type(built)
-    if issubclass(cls, SandboxedAttack):  # the plug-in's file as copa read it, not as the plug-in describes it
-        return {"hyperparameters": jsonable(built.hp), "source": f"plug-in {cls.plugin} ({Path(cls.plugin_file).name})",
-                "source_sha256": cls.plugin_sha256}
+    if issubclass(cls, SandboxedAttack):  # the plug-in's file as copa reads it now, not as the plug-in describes it
+        source = Path(cls.plugin_file)
+        digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
+        return {"hyperparameters": jsonable(built.hp), "source": f"plug-in {cls.plugin} ({source.name})",
+                "source_sha256": digest}
     try:
         source = Path(inspect.getsourcefile(cls) or "")
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -175,32 +177,26 @@ def coerce_to_schema(value: Any, schema: dict[str, Any]) -> Any:
 def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     """Check the names and values the schema cannot: raise :class:`CopaError` naming the bad value.
 
-    Loads the plugins, then checks every attack name (and every ``attack_settings`` key) against the
+    Checks that ``out`` and ``results_dir`` can be written (without creating them), loads the plugins, then
+    checks every attack name (and every ``attack_settings`` key) against the
     attack registry, every hyperparameter override by instantiating the attack, every metric name against
     the metric registry (and the input shape against the metrics), the scenario keys by making the
     first cell's scenario (defences, seeds, ...), every model name by building the model, and
     (``check_data``) that the dataset has the configured indices.
     """
-    from ..attacks import ATTACKS, create_attack
+    from ..io import check_writable
     from ..models import create_model
     from ..threat import parse_input_shape
 
+    for key in ("out", "results_dir"):  # before any job: a folder that cannot be made fails only at the end
+        if config.get(key) is not None:
+            check_writable(config[key], what=key, directory=True)
     load_config_plugins(config)
     for setting in setting_axis(config).values():  # e.g. an unknown or misordered defence, a bad local_batch
         scenario_for(config, parse_model_entry(config["models"][0])[0], client_batches(config, setting.client_batch)[0],
                      setting.defences, local_steps=setting.local_steps)
     training_settings(config)
-    for name in config["attacks"]:
-        if name not in ATTACKS:
-            raise unknown_name("attack", name, ATTACKS.names())
-    for name, overrides in (config.get("attack_settings") or {}).items():
-        if name not in ATTACKS:
-            err = unknown_name("attack", name, ATTACKS.names())
-            raise type(err)(f"attack_settings: {err}")
-        try:
-            create_attack(name, overrides)
-        except CopaError as exc:
-            raise type(exc)(f"attack_settings.{name}: {exc}") from None
+    check_attacks(config)
     shape = parse_input_shape(config.get("input_shape", "3x32x32"))
     from ..metrics import check_metric_input
 
@@ -227,6 +223,34 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     check_validity(config)
     if check_data and not config.get("download"):
         check_indices(config)
+
+
+def check_attacks(config: dict[str, Any]) -> None:
+    """The config's ``attacks`` and ``attack_settings`` keys against the attack registry (after loading the
+    config's plug-ins), and every hyperparameter override by instantiating the attack; :class:`CopaError` naming
+    the bad one (close matches for a name). Part of :func:`check_config`; ``copa verify`` runs it on a published
+    config.yaml before any rerun."""
+    from ..attacks import ATTACKS, create_attack
+
+    load_config_plugins(config)
+    attacks = config.get("attacks")
+    if not isinstance(attacks, list) or not attacks:
+        raise InvalidSpecError(f"attacks: {attacks!r} is invalid: expected a non-empty list of attack names")
+    for name in attacks:
+        if name not in ATTACKS:
+            raise unknown_name("attack", name, ATTACKS.names())
+    settings = config.get("attack_settings") or {}
+    if not isinstance(settings, dict):
+        raise InvalidSpecError(f"attack_settings: {settings!r} is invalid: expected a mapping attack -> "
+                               f"{{hyperparameter: value}}")
+    for name, overrides in settings.items():
+        if name not in ATTACKS:
+            err = unknown_name("attack", name, ATTACKS.names())
+            raise type(err)(f"attack_settings: {err}")
+        try:
+            create_attack(name, overrides)
+        except CopaError as exc:
+            raise type(exc)(f"attack_settings.{name}: {exc}") from None
 
 
 def check_validity(config: dict[str, Any]) -> None:

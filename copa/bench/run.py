@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .. import metrics as metrics_mod
+from ..hyperparameters import check_threads
 from ..attacks import Attack, Reconstruction, create_attack, why_not_applicable
 from ..errors import CopaError, InvalidSpecError, NotApplicableError, RunFailure
 from .record import add_outcome, failure_reason, mark_failed, mark_not_applicable, new_record, provenance
@@ -62,11 +63,11 @@ def set_threads(threads: int, what: str = "threads") -> None:
     """A job's CPU threads: torch's intra-op pool and, through threadpoolctl, the BLAS/LAPACK and OpenMP
     pools of NumPy and SciPy (SciPy's LAPACK factors the layer-wise attacks' Gram matrices). With several
     jobs at once an unpinned pool oversubscribes the cores (one attack ran 10× slower on 2 cores).
-    Fewer than one thread raises one line naming ``what`` (e.g. ``--threads``)."""
+    A count outside 1 … :data:`~copa.hyperparameters.MAX_THREADS` raises one line naming ``what`` (e.g.
+    ``--threads``)."""
     from threadpoolctl import threadpool_limits
 
-    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
-        raise InvalidSpecError(f"{what} {threads} is invalid: expected a positive integer")
+    threads = check_threads(threads, what)
     torch.set_num_threads(int(threads))
     threadpool_limits(limits=int(threads))
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import CopaError, InvalidSpecError
+from ..errors import CopaError, InvalidSpecError, unknown_name
 
 VERDICTS = ("identical", "within tolerance", "different", "tampered", "cannot verify")
 DEFAULT_RTOL = 1e-6
@@ -56,22 +56,89 @@ class Verification:
                 "verdict": self.verdict, "detail": self.detail}
 
 
+REQUIRED_COLUMNS = ("model", "attack", "index", "status", "config_hash", "hyperparameters")
+"""The records.csv columns a rerun needs (:func:`verify_results`); ``defence`` (default none), ``record``,
+``versions``, ``reason`` and the metrics are read when present."""
+
+
 def _read(results_dir: Path):
+    """config.yaml and records.csv of a leaderboard folder, checked before any rerun: YAML that parses to a
+    mapping whose attacks are registered (:func:`copa.bench.pipeline.check_attacks`), a CSV with the
+    :data:`REQUIRED_COLUMNS`, every ``index`` an image index or a batch's indices and every ``hyperparameters``
+    JSON. Each problem is one line naming the file."""
     import pandas as pd
     import yaml
+
+    from .pipeline import check_attacks
 
     config_path, records_path = results_dir / "config.yaml", results_dir / "records.csv"
     for path in (config_path, records_path):
         if not path.is_file():
             raise CopaError(f"{results_dir} is not a leaderboard folder: {path.name} is missing (expected the "
                             f"results_dir of a workflow run, with config.yaml and records.csv)")
-    config = yaml.safe_load(config_path.read_text())
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InvalidSpecError(f"{config_path} is not valid YAML: {_yaml_problem(exc)}; accepted: the config.yaml "
+                               f"a workflow run wrote (a YAML mapping)") from None
     if not isinstance(config, dict):
         raise CopaError(f"{config_path} does not hold a workflow config (a mapping)")
-    rows = pd.read_csv(records_path, keep_default_na=False, na_values=[""])
+    try:
+        check_attacks(config)
+    except CopaError as exc:
+        raise type(exc)(f"{config_path}: {exc}") from None
+    try:
+        rows = pd.read_csv(records_path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InvalidSpecError(f"{records_path} cannot be read as CSV ({type(exc).__name__}: {first}): expected the "
+                               f"records.csv a workflow run wrote") from None
+    missing = [column for column in REQUIRED_COLUMNS if column not in rows.columns]
+    if missing:
+        raise InvalidSpecError(f"{records_path} lacks the column(s) {', '.join(missing)}: copa verify needs "
+                               f"{', '.join(REQUIRED_COLUMNS)} (the records.csv a workflow run wrote)")
     if rows.empty:
         raise CopaError(f"{records_path} has no records to verify")
+    for number, (index, hp) in enumerate(zip(rows["index"], rows["hyperparameters"]), 1):
+        if _members(index) is None:
+            raise InvalidSpecError(f"{records_path} row {number} (line {number + 1}): index {_cell(index)} is "
+                                   f"invalid: accepted are an image index (an integer ≥ 0) or a client batch's "
+                                   f"indices joined by commas, e.g. 0,1,2,3")
+        if isinstance(hp, str):
+            try:
+                json.loads(hp)
+            except ValueError:
+                raise InvalidSpecError(f"{records_path} row {number} (line {number + 1}): hyperparameters "
+                                       f"{hp!r:.200} are not JSON: accepted is the attack's hyperparameters as a "
+                                       f"JSON object, or empty") from None
+    from ..attacks import ATTACKS
+
+    for attack in dict.fromkeys(str(a) for a in rows["attack"]):
+        if attack not in ATTACKS:  # the config's plug-ins are loaded (check_attacks)
+            raise type(err := unknown_name("attack", attack, ATTACKS.names()))(f"{records_path}: {err}")
     return config, rows
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (line and column, from 1)."""
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+
+
+def _members(index: Any) -> tuple[int, ...] | None:
+    """A records.csv ``index`` cell as the image indices it names (one, or a client batch's joined by commas),
+    or None when it is not that."""
+    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        return (int(index),) if index >= 0 else None
+    parts = str(index).split(",")
+    if not all(part.strip().isascii() and part.strip().isdigit() for part in parts):
+        return None
+    return tuple(int(part) for part in parts)
+
+
+def _cell(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else repr(str(value))
 
 
 def _settings(config: dict[str, Any]):
@@ -183,13 +250,16 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     """Rerun ``sample`` records of the leaderboard in ``results_dir`` drawn with ``seed`` (without replacement,
     every status) and compare them with what is published (module docstring). Records that ran together are
     rerun together once."""
-    from ..provenance import package_versions
+    from ..hyperparameters import check_threads
+    from ..provenance import package_versions, resolve_device
     from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
     from .record import config_hash, jsonable, read_record, versions_text
     from .run import run_attacks, set_threads
 
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise InvalidSpecError(f"--sample {sample!r} is invalid: expected a positive integer")
+    check_threads(threads, "--threads")
+    resolve_device(device)  # an unknown or unavailable device: one line before any rerun
     results_dir = Path(results_dir)
     config, rows = _read(results_dir)
     set_threads(threads, "--threads")
@@ -202,7 +272,7 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     for position in picked:
         row = rows.iloc[int(position)]
         model, attack = str(row["model"]), str(row["attack"])
-        members = tuple(int(i) for i in str(row["index"]).split(","))
+        members = _members(row["index"])
         index = members[0] if len(members) == 1 else ",".join(map(str, members))
         defence = str(row.get("defence", "none") or "none")
 

@@ -38,8 +38,7 @@ import torch
 
 from ..data import Preprocess
 from ..errors import InvalidSpecError
-from ..io import atomic_write
-from ..threat.observation_file import DTYPES, FORMAT, FORMAT_VERSION, LOSS, observation_from_payload
+from ..threat.observation_file import DTYPES, FORMAT, FORMAT_VERSION, LOSS, observation_from_payload, write_payload
 
 #: Flower's conventions (flwr.serverapp.strategy.FedAvg): the weights travel in the ArrayRecord "arrays",
 #: the server's settings in the ConfigRecord "config" (with "server-round"), the client's reply reports its
@@ -180,7 +179,7 @@ def capture_mod(directory: str | Path, *, model: str, lr: float | None = None, l
                                  meta={"server_round": server_round, "node_id": int(node),
                                        "run_id": int(context.run_id), "message_id": str(message.metadata.message_id)},
                                  source=source)
-        atomic_write(directory / f"round-{server_round:04d}-node-{node}.pt", lambda p: torch.save(payload, p))
+        write_payload(directory / f"round-{server_round:04d}-node-{node}.pt", payload)  # with its checksum
         return reply
 
     return mod

@@ -97,16 +97,32 @@ register_defence = class_registrar(DEFENCES, Defence, "defence")
 
 def parse_defence(spec: str) -> tuple[str, dict[str, str]]:
     """``"prune:p=0.9,seed=1"`` → ``("prune", {"p": "0.9", "seed": "1"})`` (values stay strings; the
-    defence coerces them). A value in matching quotes loses them (:meth:`Defence.spec` quotes strings)."""
+    defence coerces them). A value in matching quotes loses them (:meth:`Defence.spec` quotes strings). A
+    repeated key, an empty item (``prune:p=0.9,``) and a colon with nothing after it (``prune:``) are refused:
+    none of them may silently pick a value."""
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidSpecError(f"defence {spec!r} is invalid: expected NAME or NAME:key=value,..., e.g. none")
-    name, _, rest = spec.strip().partition(":")
+    name, colon, rest = spec.strip().partition(":")
+    if colon and not rest.strip():
+        shown = name.strip() or "NAME"
+        keys = ", ".join(sorted(DEFENCES.get(shown).parameters)) if shown in DEFENCES else None
+        accepted = (f"accepted is {shown!r} (it has no parameters)" if keys == "" else
+                    f"accepted are {shown!r} (its defaults) or '{shown}:key=value,...'"
+                    + (f" with key one of {keys}" if keys else ""))
+        raise InvalidSpecError(f"defence {spec!r} is malformed: nothing after ':'; {accepted}")
     params: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
+    for item in (part.strip() for part in rest.split(",")) if colon else ():
+        if not item:
+            raise InvalidSpecError(f"defence {spec!r} is malformed: it has an empty item (',,' or a ',' at an end); "
+                                   f"expected NAME:key=value,...")
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise InvalidSpecError(f"defence {spec!r} is malformed at {item!r}: expected NAME:key=value,...")
         value = value.strip()
+        if key.strip() in params:
+            raise InvalidSpecError(f"defence {spec!r} gives the parameter {key.strip()!r} twice ({key.strip()}="
+                                   f"{params[key.strip()]}, {key.strip()}={value}): accepted is each parameter once, "
+                                   f"NAME:key=value,...")
         params[key.strip()] = value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" \
             else value
     return name.strip(), params

@@ -23,8 +23,11 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import json
 import math
 import pickle
+import re
+import sys
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ from typing import Any
 import torch
 
 from .. import data as data_mod
-from ..errors import CopaError, DataUnavailableError, InvalidSpecError
+from ..errors import CopaError, DataUnavailableError, InvalidSpecError, UnknownNameError
 from ..io import atomic_write
 from .observation import UPDATE_KINDS, LocalTraining, Observation
 from .scenario import DTYPES
@@ -105,7 +108,8 @@ KEYS: dict[str, tuple[bool, str]] = {
     "format": (True, f"the string {FORMAT!r}"),
     "format_version": (True, f"the int {FORMAT_VERSION}"),
     "model": (True, "model name: a registered name (copa list models) or chain:SPEC"),
-    "model_spec": (False, "the chain spec of the model (str) or None; checked against the name"),
+    "model_spec": (False, "the chain spec of the model (str) or None; checked against the name (never used in its "
+                          "place)"),
     "model_seed": (False, "the init seed the model was built with (int) or None (provenance only)"),
     "state_dict": (True, "the weights the server sent: dict of parameter/buffer name -> tensor"),
     "parameter_names": (True, "list of the trainable parameters' names, in model.named_parameters() order"),
@@ -123,6 +127,8 @@ KEYS: dict[str, tuple[bool, str]] = {
                       "{kind: 'weight-delta', local_steps: K ≥ 2, local_lr: η > 0, local_batch: int dividing batch_size "
                       "or None} for the weight change θ_K − θ_0 after K local SGD steps (FedAvg)"),
     "meta": (False, "dict of JSON-compatible provenance (free-form)"),
+    "checksum": (False, "'sha256:' and the hex SHA-256 of every other key, tensors' bytes included "
+                        "(payload_checksum); absent in files written before it existed (accepted with a warning)"),
 }
 
 
@@ -158,10 +164,63 @@ def observation_payload(observation: Observation, *, model_seed: int | None = No
 
 def save_observation(path: str | Path, observation: Observation, *, model_seed: int | None = None,
                      meta: dict[str, Any] | None = None) -> Path:
-    """Write ``observation`` to ``path`` atomically (``torch.save``; loadable with ``weights_only=True``)."""
+    """Write ``observation`` to ``path`` atomically (``torch.save``; loadable with ``weights_only=True``), with
+    its ``checksum``."""
     payload = observation_payload(observation, model_seed=model_seed, meta=meta)
     validate_payload(payload, str(path), limits=None)  # what we write, we can read (the reader applies its limits)
+    return write_payload(path, payload)
+
+
+def write_payload(path: str | Path, payload: Mapping[str, Any]) -> Path:
+    """Write an observation file's dict to ``path`` atomically, its ``checksum`` (:func:`payload_checksum`)
+    added: every writer of observation files (``copa observe``, the Flower mod) goes through here."""
+    payload = {key: value for key, value in payload.items() if key != "checksum"}
+    payload["checksum"] = payload_checksum(payload)
     return atomic_write(path, lambda p: torch.save(payload, p))
+
+
+CHECKSUM_PREFIX = "sha256:"
+_CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def payload_checksum(payload: Mapping[str, Any]) -> str:
+    """``'sha256:'`` and the hex SHA-256 of an observation file's dict without its ``checksum`` key, in a
+    canonical order (docs/observations.md, "Checksum"): first the plain data as JSON (keys sorted, each tensor
+    replaced by ``{"tensor": [dtype, shape]}``), then a zero byte, then every tensor's bytes (row-major, the
+    machine's byte order) in the order the JSON names them. The same content gives the same checksum whatever
+    the dict's order or the tensors' memory layout."""
+    tensors: list[torch.Tensor] = []
+
+    def skeleton(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+            return {"tensor": [str(value.dtype).removeprefix("torch."), list(value.shape)]}
+        if isinstance(value, Mapping):
+            items = sorted(((str(k), v) for k, v in value.items()), key=lambda item: item[0])
+            return {k: skeleton(v) for k, v in items}
+        if isinstance(value, (list, tuple)):
+            return [skeleton(v) for v in value]
+        return value
+
+    plain = skeleton({k: v for k, v in payload.items() if k != "checksum"})
+    digest = hashlib.sha256(json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                                       allow_nan=True).encode("ascii"))
+    digest.update(b"\0")
+    for tensor in tensors:
+        data = tensor.detach().cpu()
+        data = (data.to_dense() if data.layout != torch.strided else data).resolve_conj().resolve_neg()
+        digest.update(data.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return CHECKSUM_PREFIX + digest.hexdigest()
+
+
+def _verify_checksum(payload: Mapping[str, Any], source: str) -> None:
+    """The file's ``checksum`` against its content (a file without one is not checked here: :func:`load_observation`
+    warns). Run once the tensors' shapes are the model's, so hashing allocates no more than the model."""
+    stored = payload.get("checksum")
+    if stored is not None and payload_checksum(payload) != stored:
+        raise InvalidSpecError(f"observation file {source!r} was refused: its checksum does not match its content "
+                               f"(SHA-256 of the weights, gradients and metadata): the file was changed or corrupted "
+                               f"after it was written; accepted: the file as copa observe or the Flower mod wrote it")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -309,6 +368,10 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>", *,
     if spec is not None and (not isinstance(spec, str) or len(spec) > MAX_NAME_CHARS):
         raise InvalidSpecError(f"{_where(source, 'model_spec')} is {spec!r:.200}: expected None or a str of at most "
                                f"{MAX_NAME_CHARS} characters")
+    checksum = payload.get("checksum")
+    if checksum is not None and (not isinstance(checksum, str) or not _CHECKSUM.fullmatch(checksum)):
+        raise InvalidSpecError(f"{_where(source, 'checksum')} is {checksum!r:.200}: expected None or 'sha256:' and "
+                               f"64 lowercase hex digits")
     seed = payload.get("model_seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise InvalidSpecError(f"{_where(source, 'model_seed')} is {seed!r}: expected an int or None")
@@ -427,25 +490,27 @@ def _create(payload: Mapping[str, Any], build_name: str, source: str, *, meta: b
         with torch.device("meta") if meta else contextlib.nullcontext():
             return create_model(build_name, num_classes=payload["num_classes"],
                                 in_shape=tuple(payload["input_shape"]), seed=payload.get("model_seed") or 0)
+    except UnknownNameError as exc:  # not built from model_spec instead: the name must say what the file holds
+        spec = payload.get("model_spec")
+        hint = f", here 'chain:{spec}' (the file's model_spec)" if spec and len(spec) <= 200 else ""
+        raise UnknownNameError(f"{_where(source, 'model')}: {exc} Accepted: a registered model (a plug-in's model "
+                               f"needs --plugin) or chain:SPEC{hint}") from None
     except CopaError as exc:
-        raise type(exc)(f"{_where(source, 'model')}: {exc} (a model registered by a plug-in needs --plugin)"
+        raise type(exc)(f"{_where(source, 'model')}: {exc} (a model registered by an extension needs --extension)"
                         ) from None
 
 
 def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payload>",
                              device: torch.device | str = "cpu", limits: Limits = DEFAULT_LIMITS) -> Observation:
-    """Rebuild the :class:`Observation`: the model from its name (or chain spec) with the file's weights,
+    """Rebuild the :class:`Observation`: the model from its name (a registered one, or ``chain:SPEC``; the
+    ``model_spec`` must match what it builds, and never replaces an unknown name) with the file's weights,
     the gradients in the model's parameter order. Strict: every mismatch raises InvalidSpecError. The model
     is first built on the meta device: its size and shapes are checked before any weight is allocated."""
-    from ..models import MODELS
-
     validate_payload(payload, source, limits=limits)
     dtype = DTYPES[payload["dtype"]]
     shape = tuple(payload["input_shape"])
     name, spec = payload["model"], payload.get("model_spec")
-    build_name = name
-    if not name.startswith("chain:") and name not in MODELS and spec:
-        build_name = f"chain:{spec}"  # e.g. a chain registered by a plug-in that is not loaded here
+    build_name = name  # a registered model or chain:SPEC; model_spec must then match what it builds
     try:
         declared, on_meta = _create(payload, build_name, source, meta=True), True
     except CopaError:
@@ -482,6 +547,7 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
         if gradients[n].shape != p.shape:
             raise InvalidSpecError(f"{_where(source, 'gradients')}[{n!r}] has shape {tuple(gradients[n].shape)}: "
                                    f"the parameter has shape {tuple(p.shape)}")
+    _verify_checksum(payload, source)  # every tensor's shape is the model's (or the batch's) now
     for k, value in state.items():  # shapes are the model's now: counting allocates no more than it
         bad = int((~torch.isfinite(value)).sum()) if value.is_floating_point() else 0
         if bad:
@@ -512,11 +578,16 @@ def observation_from_payload(payload: Mapping[str, Any], *, source: str = "<payl
 def load_observation(path: str | Path, *, device: torch.device | str = "cpu",
                      limits: Limits = DEFAULT_LIMITS) -> tuple[Observation, dict[str, Any]]:
     """Read and validate an observation file within ``limits``; return the observation and a description of
-    its source (path, SHA-256, format version, the file's ``meta``) for the record."""
+    its source (path, SHA-256, format version, the file's ``meta``) for the record. A file whose ``checksum``
+    does not match its content is refused; one without a checksum (older files) is read with a one-line warning
+    on standard error."""
     payload = read_payload(path, limits=limits)
     observation = observation_from_payload(payload, source=str(path), device=device, limits=limits)
     info = {"kind": "observation file", "path": str(path), "sha256": file_sha256(path),
             "format_version": payload["format_version"], "meta": dict(payload.get("meta") or {})}
+    if payload.get("checksum") is None:  # written before checksums, or by hand: read, but say it was not checked
+        print(f"copa: WARNING: observation file {str(path)!r} has no checksum: its content could not be checked "
+              f"for corruption (files written by copa observe or the Flower mod carry one)", file=sys.stderr)
     return observation, info
 
 
@@ -588,4 +659,4 @@ def observe_meta(scenario_dict: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = ["DEFAULT_LIMITS", "FORMAT", "FORMAT_VERSION", "KEYS", "LOSS", "Limits", "describe_payload", "file_sha256",
            "load_observation", "load_targets", "observation_from_payload", "observation_payload", "read_payload",
-           "save_observation", "validate_payload"]
+           "payload_checksum", "save_observation", "validate_payload", "write_payload"]
