@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_ver.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the workflow's cells)")
     p_ver.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p_ver.add_argument("--out", default=None, metavar="FILE.md", help="also write the verdicts as a Markdown table")
+    p_ver.add_argument("--rows", default=None, help=argparse.SUPPRESS)  # the kernel-set retry's child process
+    p_ver.add_argument("--report", default=None, help=argparse.SUPPRESS)
     p_ver.add_argument("--allow-unsandboxed", action="store_true",
                        help=f"rerun plug-in attacks even where no sandbox works (same as {ALLOW_UNSANDBOXED}=1)")
     return parser
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_verify(args) -> int:
     import shlex
 
-    from .bench.verify import DEFAULT_RTOL, VERDICTS, verify_results, write_verification
+    from .bench.verify import DEFAULT_RTOL, VERDICTS, kernel_set_summary, verify_results, write_verification
 
     check_seed(args.seed, "--seed")
     _allow_unsandboxed(args)
@@ -244,9 +246,22 @@ def cmd_verify(args) -> int:
     rtol = DEFAULT_RTOL if args.rtol is None else args.rtol
     if not rtol >= 0:
         raise CopaError(f"--rtol {args.rtol} is invalid: expected a number ≥ 0")
+    positions = None
+    if args.rows is not None:  # the kernel-set retry's child process (copa.bench.verify._verify_in_child)
+        try:
+            positions = [int(p) for p in args.rows.split(",")]
+        except ValueError:
+            raise CopaError(f"--rows {args.rows!r} is invalid: expected row numbers of records.csv, e.g. 0,4") from None
     results = verify_results(args.results_dir, sample=args.sample, seed=args.seed, rtol=rtol, device=args.device,
-                             threads=args.threads)
+                             threads=args.threads, positions=positions)
+    if args.report is not None:
+        from .io import atomic_write_json
+
+        atomic_write_json(args.report, [{"position": p, "verdict": r.verdict, "detail": r.detail}
+                                        for p, r in zip(positions or [], results, strict=True)])
+        return 0
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    print(kernel_set_summary(results))
     print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if args.out is not None:
         write_verification(results, args.out, command="copa " + shlex.join(sys.argv[1:]), results_dir=args.results_dir)

@@ -8,6 +8,7 @@ number can be traced to the code and machine that produced it.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import re
 import subprocess
@@ -43,6 +44,53 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
+
+
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS",
+                   "MKL_DEBUG_CPU_TYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Environment variables that choose the CPU kernels or thread pools, recorded because they change the last bits."""
+CPU_CAPABILITIES = ("AVX512", "AVX2", "DEFAULT")
+"""torch's x86 kernel sets, widest first (``torch.backends.cpu.get_cpu_capability()``; ``ATEN_CPU_CAPABILITY``
+selects a narrower one): a CPU runs its own and every one after it."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str:
+    """The kernel set torch's CPU operators use in this process (``AVX512``, ``AVX2``, ``DEFAULT``, ...)."""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def capabilities_here() -> list[str]:
+    """The kernel sets this CPU can run, this process's first: a wider x86 set can run every narrower one."""
+    current = cpu_capability().upper()
+    if current in CPU_CAPABILITIES:
+        return list(CPU_CAPABILITIES[CPU_CAPABILITIES.index(current):])
+    return [current, "DEFAULT"] if current != "DEFAULT" else ["DEFAULT"]
+
+
+@functools.lru_cache(maxsize=1)
+def compute_environment() -> dict:
+    """What decides a CPU result's last bits besides the code: the CPU model, torch's kernel set, the BLAS and
+    OpenMP libraries in use (threadpoolctl: their API, version and the kernel architecture they chose) and the
+    kernel-choosing environment variables (:data:`KERNEL_SETTINGS`). Recorded in every record; ``copa verify``
+    reruns under the record's kernel set."""
+    from threadpoolctl import threadpool_info
+
+    libraries = [{key: info.get(key) for key in ("internal_api", "version", "architecture", "threading_layer")
+                  if info.get(key) is not None} for info in threadpool_info()]
+    return {"cpu_model": cpu_model(), "cpu_capability": cpu_capability(),
+            "libraries": sorted(libraries, key=lambda lib: str(sorted(lib.items()))),
+            "environment": {key: os.environ[key] for key in KERNEL_SETTINGS if key in os.environ}}
 
 
 def device_description(device: torch.device) -> str:

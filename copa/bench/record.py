@@ -32,7 +32,7 @@ import torch
 
 from ..errors import CopaError, RunFailure
 from ..metrics import DEFAULT_METRICS, metric_info, metric_order
-from ..provenance import device_description, git_commit, package_versions
+from ..provenance import compute_environment, device_description, git_commit, package_versions
 from ..threat.defences import NoDefence
 
 RECORD_VERSION = 1
@@ -46,7 +46,7 @@ DEFENCE_COLUMNS = ["defence", "update_distortion"]
 """The client's defence chain (:func:`defence_label`) and what it cost, ‖g̃ − g‖/‖g‖: after the metrics, so
 that the metric columns keep their places."""
 RUN_COLUMNS = ["label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit", "finished_at",
-               "config_hash", "run_config_hash", "versions", "hyperparameters", "sandbox", "record", "images"]
+               "config_hash", "run_config_hash", "versions", "hyperparameters", "sandbox", "cpu_capability", "record", "images"]
 
 
 def record_columns(metrics: Iterable[str] = DEFAULT_METRICS) -> list[str]:
@@ -182,8 +182,8 @@ def model_description(observation) -> dict[str, Any]:
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
-    return {"device": device_description(device), "versions": package_versions(), "git_commit": git_commit(),
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return {"device": device_description(device), "compute": compute_environment(), "versions": package_versions(),
+            "git_commit": git_commit(), "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def read_record(directory: str | os.PathLike) -> dict[str, Any] | None:
@@ -272,6 +272,7 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "versions": versions_text(record.get("versions")),
         "hyperparameters": json.dumps(record.get("hyperparameters") or {}, sort_keys=True),
         "sandbox": sandbox_text(record),
+        "cpu_capability": (record.get("compute") or {}).get("cpu_capability"),
         "record": None if path is None else str(path), "images": images,
     }
 

@@ -7,33 +7,18 @@ observation, the scorer gets the reconstruction and the ground truth. The record
 
 from __future__ import annotations
 
-import time
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from .. import metrics as metrics_mod
 from ..hyperparameters import check_threads
-from ..attacks import Attack, Reconstruction, create_attack, why_not_applicable
+from ..attacks import Attack, Reconstruction, create_attack
 from ..errors import CopaError, InvalidSpecError, NotApplicableError, RunFailure
-from .record import add_outcome, failure_reason, mark_failed, mark_not_applicable, new_record, provenance
+from .executor import check_observed_gradients, execute, triage  # noqa: F401  (check_observed_gradients: public)
+from .record import add_outcome, mark_failed, mark_not_applicable, new_record, provenance
 from ..threat import GroundTruth, Observation, Scenario, resolve_device
 
-
-
-class _ForwardCounter:
-    """Counts calls of the observed model's forward (a fallback when an attack reports no counts)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.count = 0
-        self._handle = model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.count += 1
-
-    def remove(self):
-        self._handle.remove()
 
 
 def run_attack(scenario: Scenario, attack: str | Attack, *, overrides: dict[str, Any] | None = None,
@@ -133,24 +118,6 @@ def _build_failure(scenario: Scenario, attack: Attack, seed: int, device: torch.
     return record
 
 
-def check_observed_gradients(observation: Observation) -> None:
-    """Raise :class:`RunFailure` naming every observed gradient tensor with NaN or Inf entries, or when every
-    gradient is zero (e.g. a defence that pruned everything): no attack can use such an update."""
-    bad = []
-    for name, grad in zip(observation.parameter_names, observation.gradients):
-        finite = torch.isfinite(grad)
-        if not bool(finite.all()):
-            nan = int(torch.isnan(grad).sum())
-            count = int(grad.numel() - finite.sum())
-            bad.append(f"{name} has {count} non-finite entries of {grad.numel()} ({nan} NaN, {count - nan} Inf)")
-    if bad:
-        more = f"; ... ({len(bad) - 4} more tensors)" if len(bad) > 4 else ""
-        raise RunFailure(f"observed gradients are not finite: {'; '.join(bad[:4])}{more}")
-    if all(not bool(grad.any()) for grad in observation.gradients):
-        defended = ", ".join(d.get("name", "?") for d in observation.defences) or "no defence"
-        raise RunFailure(f"observed gradients are all zero ({defended}): the update carries nothing to attack")
-
-
 def check_finite_images(images: torch.Tensor) -> None:
     """Raise :class:`RunFailure` when an attack's returned iterate has NaN or Inf entries."""
     finite = torch.isfinite(images)
@@ -213,72 +180,21 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
         records.append(new_record(attack=attack, seed=seed, scenario=scenario, observation=observation, source=source,
                                   update_distortion=None if truth is None else truth.update_distortion))
 
-    outcome: dict[int, Any] = {}  # instance -> Reconstruction, or the exception / not-applicable reason
-    pending = []
-    for b, observation in enumerate(observations):
-        try:
-            check_observed_gradients(observation)
-            reason = why_not_applicable(attack, observation)
-        except NotApplicableError as exc:
-            reason = str(exc)
-        except Exception as exc:
-            if not record_failures:
-                raise
-            outcome[b] = exc
-            continue
-        if reason is not None:
-            outcome[b] = NotApplicableError(reason)
-        else:
-            pending.append(b)
-
+    pending, settled = triage(attack, observations, stop_on_error=not record_failures)
+    outcome: dict[int, Any] = {b: o.result for b, o in settled.items()}  # a Reconstruction, or the exception
+    calls: dict[int, int] = {}
     if pending and (isolation == "always" or attack_plugin(attack) is not None):
         calls = _attack_in_worker(observations, pending, attack, seeds, batch, devices, records, outcome, hide,
                                   record_failures, scenarios)
-        counters = {b: SimpleNamespace(count=calls.get(b, 0)) for b in pending}
-        return [_finish(records[b], outcome[b], observations[b], truths[b], counters.get(b), devices[b], metrics,
-                        record_failures) for b in range(count)]
-    counters = {b: _ForwardCounter(observations[b].model) for b in pending}
-    try:
-        if batch and type(attack).batched and len(pending) > 1:
-            generators = [torch.Generator().manual_seed(seeds[b]) for b in pending]
-            torch.manual_seed(seeds[pending[0]])
-            start = time.perf_counter()
-            try:
-                results = attack.reconstruct_batch([observations[b] for b in pending], generators)
-            except Exception as exc:  # rerun alone: each instance then gets its own status and reason
-                if not (record_failures or isinstance(exc, NotApplicableError)):
-                    raise
-                note = {"instances": len(pending), "failed": failure_reason(exc), "rerun": "one at a time"}
-                for b in pending:
-                    records[b]["batch"] = note
-            else:
-                seconds = time.perf_counter() - start
-                members = [(scenarios[b] or {}).get("indices") for b in pending]  # which images ran together
-                for b, result in zip(pending, results, strict=True):
-                    outcome[b] = result
-                    records[b]["seconds"] = seconds / len(pending)
-                    records[b]["batch"] = {"instances": len(pending), "seconds": seconds, "members": members}
-        for b in pending:
-            if b in outcome:
-                continue
-            generator = torch.Generator().manual_seed(seeds[b])
-            torch.manual_seed(seeds[b])
-            start = time.perf_counter()
-            try:
-                outcome[b] = attack.reconstruct(observations[b], generator)
-            except NotApplicableError as exc:
-                outcome[b] = exc
-            except Exception as exc:
-                if not record_failures:
-                    raise
-                outcome[b] = exc
-            finally:
-                records[b]["seconds"] = time.perf_counter() - start
-    finally:
-        for counter in counters.values():
-            counter.remove()
-
-    return [_finish(records[b], outcome[b], observations[b], truths[b], counters.get(b), devices[b], metrics,
+    elif pending:
+        members = [(scenarios[b] or {}).get("indices") for b in pending]  # which images ran together
+        for b, result in execute(attack, observations, seeds, pending, batch=batch,
+                                 stop_on_error=not record_failures).items():
+            outcome[b], calls[b] = result.result, result.forward_calls
+            records[b]["seconds"] = result.seconds
+            if result.batch is not None:
+                records[b]["batch"] = {**result.batch, **({"members": members} if "seconds" in result.batch else {})}
+    return [_finish(records[b], outcome[b], observations[b], truths[b], calls.get(b), devices[b], metrics,
                     record_failures) for b in range(count)]
 
 
@@ -323,7 +239,7 @@ def _attack_in_worker(observations, pending, attack, seeds, batch, devices, reco
 
 
 def _finish(record: dict[str, Any], outcome, observation: Observation, truth: GroundTruth | None,
-            counter: _ForwardCounter | None, dev: torch.device, metrics: tuple[str, ...], record_failures: bool,
+            forward_calls: int | None, dev: torch.device, metrics: tuple[str, ...], record_failures: bool,
             ) -> tuple[dict[str, Any], Reconstruction | None]:
     """Check and score one instance's outcome (a Reconstruction, or the exception it ended with)."""
     reason = None
@@ -357,7 +273,7 @@ def _finish(record: dict[str, Any], outcome, observation: Observation, truth: Gr
         record.update(provenance(dev))
         return record, None
 
-    add_outcome(record, reconstruction, scores, counter.count)
+    add_outcome(record, reconstruction, scores, forward_calls)
     record.update(provenance(dev))
     return record, reconstruction
 

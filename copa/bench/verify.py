@@ -246,15 +246,17 @@ def _compare(row, record: dict[str, Any], metrics: tuple[str, ...], rtol: float)
 
 
 def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, rtol: float = DEFAULT_RTOL,
-                   device: str = "cpu", threads: int = 1, log: Callable[[str], None] = print) -> list[Verification]:
+                   device: str = "cpu", threads: int = 1, log: Callable[[str], None] = print,
+                   positions: list[int] | None = None) -> list[Verification]:
     """Rerun ``sample`` records of the leaderboard in ``results_dir`` drawn with ``seed`` (without replacement,
     every status) and compare them with what is published (module docstring). Records that ran together are
-    rerun together once."""
+    rerun together once. On the CPU, a record that this process's kernel set does not reproduce is rerun in a
+    fresh process under the record's own kernel set (``ATEN_CPU_CAPABILITY``; records without one: every other set
+    this CPU runs) and its verdict says which reproduced it (:func:`_retry_under_other_kernel_sets`).
+    ``positions``: rerun exactly these rows of records.csv instead of a sample, in this process only (the child
+    processes of that retry)."""
     from ..hyperparameters import check_threads
-    from ..provenance import package_versions, resolve_device
-    from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
-    from .record import config_hash, jsonable, read_record, versions_text
-    from .run import run_attacks, set_threads
+    from ..provenance import resolve_device
 
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise InvalidSpecError(f"--sample {sample!r} is invalid: expected a positive integer")
@@ -262,8 +264,88 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     resolve_device(device)  # an unknown or unavailable device: one line before any rerun
     results_dir = Path(results_dir)
     config, rows = _read(results_dir)
+    if positions is None:
+        picked = [int(p) for p in sorted(np.random.default_rng(seed).choice(len(rows), size=min(sample, len(rows)),
+                                                                          replace=False))]
+    else:
+        picked = [int(p) for p in positions]
+    out = _verify_positions(results_dir, config, rows, picked, rtol=rtol, device=device, threads=threads, log=log)
+    if positions is None and resolve_device(device).type == "cpu":
+        _retry_under_other_kernel_sets(results_dir, rows, picked, out, rtol=rtol, threads=threads, log=log)
+    return out
+
+
+RETRIED = ("different", "within tolerance")
+"""Verdicts that a rerun under another kernel set may turn into ``identical``."""
+
+
+def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], out: list[Verification], *,
+                                   rtol: float, threads: int, log: Callable[[str], None]) -> None:
+    """Rerun the records this process did not reproduce exactly under another of this CPU's kernel sets — the
+    record's own (records.csv ``cpu_capability``) when this CPU runs it, else (older records, which do not say)
+    each narrower one in turn — in a child ``copa verify --rows`` with ``ATEN_CPU_CAPABILITY`` set (torch reads it
+    once, at import). A verdict that becomes ``identical`` says under which kernel set."""
+    from ..provenance import capabilities_here
+
+    here = capabilities_here()
+    pending = {position: k for k, position in enumerate(picked) if out[k].verdict in RETRIED}
+    for capability in here[1:]:
+        wanted = []
+        for position, k in pending.items():
+            recorded = rows.iloc[position].get("cpu_capability") if "cpu_capability" in rows.columns else None
+            recorded = str(recorded).upper() if isinstance(recorded, str) and recorded else None
+            if recorded is None or recorded == capability:
+                wanted.append(position)
+        if not wanted:
+            continue
+        log(f"rerunning {len(wanted)} record(s) under ATEN_CPU_CAPABILITY={capability.lower()} (this CPU's own "
+            f"kernel set is {here[0]})")
+        for position, kind, detail in _verify_in_child(results_dir, wanted, capability, rtol=rtol, threads=threads):
+            k = pending[position]
+            if kind != "identical":
+                continue
+            before = out[k]
+            out[k] = Verification(before.model, before.attack, before.defence, before.index, "identical",
+                                  f"{detail}, under ATEN_CPU_CAPABILITY={capability.lower()} (this CPU's own "
+                                  f"{here[0]} kernels gave: {before.detail})")
+            log(f"{before.defence}/{before.model}/{before.attack}/{before.index}: identical under "
+                f"ATEN_CPU_CAPABILITY={capability.lower()}")
+            del pending[position]
+
+
+def _verify_in_child(results_dir: Path, positions: list[int], capability: str, *, rtol: float,
+                     threads: int) -> list[tuple[int, str, str]]:
+    """``copa verify RESULTS_DIR --rows ...`` in a fresh interpreter under ``ATEN_CPU_CAPABILITY=capability``;
+    its verdicts as ``(position, verdict, detail)``. A child that fails gives no verdicts (the first ones stand)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="copa-verify-") as folder:
+        report = Path(folder) / "verdicts.json"
+        command = [sys.executable, "-m", "copa", "verify", str(results_dir), "--rows", ",".join(map(str, positions)),
+                   "--rtol", repr(rtol), "--threads", str(threads), "--report", str(report)]
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability.lower()}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if not report.is_file():
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            print(f"copa: WARNING: the rerun under ATEN_CPU_CAPABILITY={capability.lower()} failed ({last})",
+                  flush=True)
+            return []
+        verdicts = json.loads(report.read_text())
+    return [(int(v["position"]), str(v["verdict"]), str(v["detail"])) for v in verdicts]
+
+
+def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: list[int], *, rtol: float,
+                      device: str, threads: int, log: Callable[[str], None]) -> list[Verification]:
+    """Rerun the rows ``picked`` of records.csv in this process; one :class:`Verification` each, in order."""
+    from ..provenance import package_versions
+    from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
+    from .record import config_hash, jsonable, read_record, versions_text
+    from .run import run_attacks, set_threads
+
     set_threads(threads, "--threads")
-    picked = sorted(np.random.default_rng(seed).choice(len(rows), size=min(sample, len(rows)), replace=False))
     settings = _settings(config)
     metrics = configured_metrics(config)
     versions = versions_text(package_versions())
@@ -326,6 +408,22 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
             detail += f"; versions then: {row.get('versions')}; now: {versions}"
         verdict(kind, detail)
     return out
+
+
+def kernel_set_summary(results: list[Verification]) -> str:
+    """One line: the kernel set this process ran (torch's CPU capability, the CPU model) and how many records were
+    reproduced only under another (``ATEN_CPU_CAPABILITY``)."""
+    from ..provenance import cpu_capability, cpu_model
+
+    other: dict[str, int] = {}
+    for result in results:
+        if ", under ATEN_CPU_CAPABILITY=" in result.detail:
+            name = result.detail.split(", under ATEN_CPU_CAPABILITY=", 1)[1].split(" ", 1)[0]
+            other[name] = other.get(name, 0) + 1
+    line = f"kernel set: {cpu_capability()} (this CPU's own; {cpu_model()})"
+    if other:
+        line += "; reproduced under another: " + ", ".join(f"{n} under ATEN_CPU_CAPABILITY={k}" for k, n in other.items())
+    return line
 
 
 def write_verification(results: list[Verification], path: str | Path, *, command: str,

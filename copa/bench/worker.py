@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -86,77 +85,33 @@ def serve(folder: Path) -> dict:
 
 
 def _serve_attack(folder: Path, request: dict, attack) -> dict:
-    from ..attacks import progress, why_not_applicable
-    from ..errors import NotApplicableError
+    """Rebuild the observations, run the attack through the one executor (:mod:`copa.bench.executor`) as the
+    runner would, write ``result.pt``."""
+    from ..attacks import progress
     from ..threat.observation_file import Limits, load_observation
-    from .run import check_observed_gradients
+    from .executor import execute, triage
 
     device = torch.device(request["device"])
     observations = [load_observation(folder / name, device=device, limits=Limits(max_parameters=2**62,
                     max_input_pixels=2**62, max_batch_size=2**62, max_num_classes=2**62))[0]
                     for name in request["observations"]]
-    seeds = request["seeds"]
-    results: dict[int, dict] = {}
-    pending = []
-    for b, observation in enumerate(observations):
-        try:
-            check_observed_gradients(observation)
-            reason = why_not_applicable(attack, observation)
-        except Exception as exc:
-            results[b] = _instance_failure(exc)
-            continue
-        if reason is not None:
-            results[b] = _instance_failure(NotApplicableError(reason))
-        else:
-            pending.append(b)
+    pending, settled = triage(attack, observations)
     with progress.reporting("log" if request.get("progress") == "log" else "quiet", attack.name, stream=sys.stderr,
                             interval=float(request.get("progress_interval", progress.DEFAULT_LOG_INTERVAL))):
-        _attack_pending(attack, observations, pending, seeds, request["batch"], results)
-    result = {"instances": [results[b] for b in range(len(observations))]}
+        outcomes = {**settled, **execute(attack, observations, request["seeds"], pending, batch=request["batch"])}
+    instances = []
+    for b in range(len(observations)):
+        outcome = outcomes[b]
+        if isinstance(outcome.result, BaseException):
+            entry = _instance_failure(outcome.result, outcome.seconds)
+        else:
+            entry = _instance_result(outcome.result, outcome.seconds, outcome.forward_calls)
+        if outcome.batch is not None:
+            entry["batch"] = outcome.batch
+        instances.append(entry)
+    result = {"instances": instances}
     torch.save(result, folder / "result.pt")
     return result
-
-
-def _attack_pending(attack, observations, pending: list[int], seeds: list[int], batch: bool,
-                    results: dict[int, dict]) -> None:
-    """Run ``attack`` on the applicable instances ``pending`` as the runner would; fill ``results``."""
-    counts = {b: 0 for b in pending}
-    handles = []
-    for b in pending:
-        def count(module, args, b=b):
-            counts[b] += 1
-        handles.append(observations[b].model.register_forward_pre_hook(count))
-    batch_note = None
-    if batch and type(attack).batched and len(pending) > 1:
-        torch.manual_seed(seeds[pending[0]])
-        generators = [torch.Generator().manual_seed(seeds[b]) for b in pending]
-        start = time.perf_counter()
-        try:
-            reconstructions = attack.reconstruct_batch([observations[b] for b in pending], generators)
-        except Exception as exc:  # noqa: BLE001 - rerun alone below: each instance then gets its own status
-            batch_note = {"instances": len(pending), "failed": _instance_failure(exc)["reason"],
-                          "rerun": "one at a time"}
-        else:
-            total = time.perf_counter() - start
-            batch_note = {"instances": len(pending), "seconds": total}
-            for b, reconstruction in zip(pending, reconstructions, strict=True):
-                results[b] = _instance_result(reconstruction, total / len(pending), counts[b])
-    for b in pending:
-        if b in results:
-            continue
-        torch.manual_seed(seeds[b])
-        start = time.perf_counter()
-        try:
-            reconstruction = attack.reconstruct(observations[b], torch.Generator().manual_seed(seeds[b]))
-        except Exception as exc:
-            results[b] = _instance_failure(exc, time.perf_counter() - start)
-        else:
-            results[b] = _instance_result(reconstruction, time.perf_counter() - start, counts[b])
-    for handle in handles:
-        handle.remove()
-    for b in pending:
-        if batch_note is not None:
-            results[b]["batch"] = batch_note
 
 
 def main(argv: list[str] | None = None) -> int:

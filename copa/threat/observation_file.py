@@ -493,8 +493,8 @@ def _create(payload: Mapping[str, Any], build_name: str, source: str, *, meta: b
     except UnknownNameError as exc:  # not built from model_spec instead: the name must say what the file holds
         spec = payload.get("model_spec")
         hint = f", here 'chain:{spec}' (the file's model_spec)" if spec and len(spec) <= 200 else ""
-        raise UnknownNameError(f"{_where(source, 'model')}: {exc} Accepted: a registered model (a plug-in's model "
-                               f"needs --plugin) or chain:SPEC{hint}") from None
+        raise UnknownNameError(f"{_where(source, 'model')}: {exc} Accepted: a registered model (an extension's "
+                               f"model needs --extension) or chain:SPEC{hint}") from None
     except CopaError as exc:
         raise type(exc)(f"{_where(source, 'model')}: {exc} (a model registered by an extension needs --extension)"
                         ) from None
