@@ -30,7 +30,6 @@ import re
 import sys
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,52 +39,15 @@ from .. import data as data_mod
 from ..errors import CopaError, DataUnavailableError, InvalidSpecError, UnknownNameError
 from ..io import atomic_write
 from .observation import UPDATE_KINDS, LocalTraining, Observation
+from .limits import DEFAULT_LIMITS, LIMIT_FLAGS, MIB, Limits, over_limit  # noqa: F401  (public here too)
 from .scenario import DTYPES
 
 FORMAT = "copa-observation"
 FORMAT_VERSION = 1
 LOSS = "cross-entropy (mean over the batch)"
 LOSS_ALIASES = (LOSS, "cross-entropy")
-MIB = 1 << 20
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what an observation file may declare, checked before anything is allocated from it.
-    The defaults are far above the benchmark's sizes and admit every registered model; raise one with
-    ``copa attack --observation F --max-...`` or ``load_observation(F, limits=Limits(...))``."""
-
-    #: Trainable parameters of the declared model. 200 M is 18× resnet18 (11.2 M), the largest registered
-    #: model; in float64 its weights and gradients then take 3.2 GB.
-    max_parameters: int = 200_000_000
-    #: C·H·W of ``input_shape``: a 3×1024×1024 image (the benchmark's are 3×32×32, ImageNet's 3×224×224).
-    #: One float64 image is then 25 MB.
-    max_input_pixels: int = 3 * 1024 * 1024
-    #: Images in the client's step: FL clients train on tens to hundreds of images per step, 4096 is well above;
-    #: the attacks optimise one dummy image per image, so their memory grows with it (and with the pixels).
-    max_batch_size: int = 4096
-    #: Classes of the model's output: 4.6× ImageNet-21k's 21 841 (the output layer is also bounded by
-    #: ``max_parameters``).
-    max_num_classes: int = 100_000
-
-    def __post_init__(self) -> None:
-        for field, how in LIMIT_FLAGS.items():
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidSpecError(f"{how if how.startswith('--') else field} {value!r} is invalid: expected a "
-                                       f"positive integer")
-
-    @property
-    def max_file_bytes(self) -> int:
-        """The largest file (and unpacked zip archive) read: weights, gradients and buffers of
-        ``max_parameters`` float64 values (3 × 8 bytes each) and 64 MiB for everything else."""
-        return 3 * 8 * self.max_parameters + 64 * MIB
-
-
-#: How to raise each limit (the messages name it).
-LIMIT_FLAGS = {"max_parameters": "--max-parameters", "max_input_pixels": "--max-input-pixels",
-               "max_batch_size": "--max-batch-size", "max_num_classes": "Limits(max_num_classes=...)"}
-DEFAULT_LIMITS = Limits()
 #: Fixed bounds on the file's plain data, far above any honest file (copa's own hold a few kB of it): the
 #: pickled structure (names, shapes, meta; the tensors' data are separate records), the values and nesting of
 #: the free-form ``meta`` and ``defences`` (copied into records as JSON), the length of ``model``/``model_spec``.
@@ -93,11 +55,6 @@ MAX_PICKLE_BYTES = 16 * MIB
 MAX_PLAIN_VALUES = 100_000
 MAX_PLAIN_DEPTH = 32
 MAX_NAME_CHARS = 10_000
-
-
-def over_limit(head: str, limit: str, field: str) -> InvalidSpecError:
-    """The one-line refusal of a size above one of the :class:`Limits` (observation files and scenarios)."""
-    return InvalidSpecError(f"{head}, above the limit of {limit} (raise it with {LIMIT_FLAGS[field]})")
 
 
 _refuse = over_limit

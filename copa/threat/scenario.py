@@ -17,6 +17,7 @@ from ..hyperparameters import check_seed
 from ..models import create_model
 from ..provenance import resolve_device
 from .defences import ClientUpdate, apply_defences
+from .limits import DEFAULT_LIMITS, over_limit
 from .observation import GroundTruth, LocalTraining, Observation, client_loss
 
 PREPROCESS_MODES = data_mod.PREPROCESS_MODES  # declared once, in copa.data (Preprocess)
@@ -266,8 +267,6 @@ class Scenario:
     def check_size(self, limits=None) -> None:
         """The scenario's input pixels (C·H·W) and batch within ``limits`` (default: those of observation files,
         :class:`copa.threat.observation_file.Limits`), before anything of that size is allocated."""
-        from .observation_file import DEFAULT_LIMITS, over_limit
-
         limits = limits or DEFAULT_LIMITS
         pixels = self.input_shape[0] * self.input_shape[1] * self.input_shape[2]
         if pixels > limits.max_input_pixels:
@@ -280,8 +279,6 @@ class Scenario:
     def check_model_size(self, num_classes: int, limits=None) -> None:
         """The model's trainable parameters within ``limits``, counted on PyTorch's meta device (shapes, no
         storage) before its weights are allocated. A plug-in factory that needs real tensors is not counted."""
-        from .observation_file import DEFAULT_LIMITS, over_limit
-
         limits = limits or DEFAULT_LIMITS
         try:
             with torch.device("meta"):
