@@ -505,6 +505,20 @@ def batch_description(config: dict[str, Any], attacks: list[str]) -> str:
     return f"{what} ({', '.join(batched)}: a cell's images as one vectorised batch; the other attacks one by one)"
 
 
+def cell_batch_size(config: dict[str, Any], attack_obj: Attack, setting: Setting, instances: int) -> int:
+    """How many of a cell's instances run as one call: a batched attack solves the config's ``batch_size`` (default
+    the whole cell) of the paper's single-image instances at once; any other attack, and every FedAvg or
+    client-batch setting, runs (and records) its instances one at a time."""
+    batched = type(attack_obj).batched and not setting.federated()
+    return (config.get("batch_size") or instances) if batched else 1
+
+
+def chunks(items: list, size: int) -> list[list]:
+    """``items`` in consecutive chunks of ``size`` (the last may be shorter): how :func:`run_cell` splits the
+    instances it (re)computes, and how ``copa verify`` finds the images a record was solved with."""
+    return [items[first:first + size] for first in range(0, len(items), size)]
+
+
 def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: str | os.PathLike,
              summary: str | os.PathLike, threads: int = 1, log: Callable[[str], None] = print,
              defence: str = NO_DEFENCE, local_steps: int = 1, client_batch: int = 1,
@@ -543,8 +557,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     records_dir = Path(records_dir)
     # a batched attack solves a chunk of the paper's single-image instances at once; any other attack, and
     # every FedAvg or client-batch setting, runs (and records) its instances one at a time
-    batched = type(attack_obj).batched and not setting.federated()
-    batch_size = (config.get("batch_size") or len(scenarios)) if batched else 1
+    batch_size = cell_batch_size(config, attack_obj, setting, len(scenarios))
     architecture, epoch = parse_model_entry(model)
     results: dict[str, tuple[dict[str, Any], bool]] = {}
     start = time.perf_counter()
@@ -562,8 +575,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
             if old is not None or directory.exists():
                 log(f"[{key}] recomputing ({why})")
             todo.append((key, scenario))
-    for first in range(0, len(todo), batch_size):
-        chunk = todo[first:first + batch_size]
+    for chunk in chunks(todo, batch_size):
         for key, _ in chunk:
             clear_record(records_dir / key)
         runs = run_attacks([scenario for _, scenario in chunk], attack_obj,

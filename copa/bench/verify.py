@@ -149,22 +149,18 @@ def _settings(config: dict[str, Any]):
     return {setting.label: setting for setting in setting_axis(config).values()}
 
 
-def _chunk(config: dict[str, Any], attack_obj, index: int, stored: dict[str, Any] | None) -> list[int]:
+def _chunk(config: dict[str, Any], attack_obj, setting, index: int, stored: dict[str, Any] | None) -> list[int]:
     """The images the record's run solved together: the stored record's batch members when present, else the
-    cell's indices in chunks of ``batch_size`` (how :func:`copa.bench.pipeline.run_cell` chunks a cell run
-    from scratch)."""
+    cell's images in the chunks :func:`copa.bench.pipeline.run_cell` makes on a run from scratch."""
+    from .pipeline import cell_batch_size, chunks, client_batches
+
     members = ((stored or {}).get("batch") or {}).get("members")
     if members and all(isinstance(m, list) and len(m) == 1 for m in members):
         return [int(m[0]) for m in members]
-    if not type(attack_obj).batched:
-        return [index]
-    from .pipeline import client_batches
-
     indices = [batch[0] for batch in client_batches(config, 1)]  # the cell's images (max_instances applied)
-    size = config.get("batch_size") or len(indices)
-    for first in range(0, len(indices), size):
-        if index in indices[first:first + size]:
-            return indices[first:first + size]
+    for chunk in chunks(indices, cell_batch_size(config, attack_obj, setting, len(indices))):
+        if index in chunk:
+            return chunk
     return [index]
 
 
@@ -396,7 +392,7 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
         if setting.federated():  # run_cell runs these settings' instances one at a time
             chunk = [members]
         else:
-            chunk = [(i,) for i in _chunk(config, attack_obj, members[0], stored)]
+            chunk = [(i,) for i in _chunk(config, attack_obj, setting, members[0], stored)]
         key = (defence, model, attack, tuple(chunk))
         if key not in reruns:
             runs = run_attacks([scenario_of(images) for images in chunk], attack_obj,
