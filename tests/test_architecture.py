@@ -17,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GROUND = {"copa", "copa.errors", "copa.registry", "copa.io", "copa.data", "copa.models", "copa.metrics",
           "copa.provenance", "copa.hyperparameters", "copa.plugins", "copa.sandbox", "copa.training"}
+GROUND_PACKAGES = {"copa.models", "copa.data"}
+"""Ground-floor rooms that are packages of one concept per file."""
 STOREYS = ["ground", "threat", "layerwise", "attacks", "bench", "integrations", "cli"]
 PUBLIC_API = {"copa.attacks", "copa.layerwise", "copa.threat", "copa.errors", "copa.metrics", "copa.models",
               "copa.data", "copa.registry", "copa.hyperparameters", "copa.io"}
@@ -24,7 +26,7 @@ PUBLIC_API = {"copa.attacks", "copa.layerwise", "copa.threat", "copa.errors", "c
 
 def storey(module: str) -> str:
     """The storey of a copa module name (``copa.layerwise.solves`` → layerwise)."""
-    if module in GROUND:
+    if module in GROUND or any(module.startswith(f"{package}.") for package in GROUND_PACKAGES):
         return "ground"
     parts = module.split(".")
     if parts[:2] in (["copa", "cli"], ["copa", "__main__"]):

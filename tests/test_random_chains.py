@@ -12,11 +12,11 @@ import torch
 from copa.errors import InvalidSpecError
 from copa.layerwise import analyse_chain, layer_system, numerical_rank
 from copa.layerwise.security import _reference_input, security_report
+from copa.models.random_chains import _random_chain_spec
 from copa.models import (
     RANDOM_CHAIN_ACTIVATIONS,
     RANDOM_CHAIN_MAX_ROWS,
     RANDOM_CHAIN_MAX_UNKNOWNS,
-    _random_chain_spec,
     chain_layer_counts,
     chain_not_chain_reason,
     create_model,
