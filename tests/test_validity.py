@@ -1,5 +1,6 @@
-"""Tests of copa.bench.validity: rank correlations with bootstrap CIs, Holm, predictors from security
-reports, the per-architecture table and the held-out split."""
+"""Tests of copa.bench.validity: rank correlations with bootstrap CIs, Holm, the partial correlation given the
+full-rank split, predictors from security reports (the trivial ones too), the per-architecture table and the
+held-out split."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from scipy import stats
 
 from copa.bench.validity import (
     PREDICTORS,
+    TRIVIAL_PREDICTORS,
     FittedRule,
     architecture_table,
     choose_predictor,
@@ -22,6 +24,8 @@ from copa.bench.validity import (
     held_out_split,
     holm,
     kendall_tau_b,
+    partial_correlation,
+    partial_spearman_rho,
     predictors_from_security,
     spearman_rho,
     validity_tables,
@@ -196,6 +200,123 @@ def test_correlation_table_and_subsets():
     assert math.isnan(deficient.loc["any_deficient", "spearman_rho"])  # constant within the subset
     with pytest.raises(InvalidSpecError):
         correlation_table(table, ["missing"], ["best_psnr"])
+
+
+# --- the partial correlation given the full-rank split -----------------------------------------------
+
+def _split_explained(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 0/1 split ``z`` (1 = deficient), a predictor that separates it, and an outcome that depends on the split
+    alone (exact recovery at 60 dB when full rank, noise around 15 dB otherwise), independent of the predictor
+    within each group."""
+    rng = np.random.default_rng(seed)
+    z = (rng.random(n) < 0.55).astype(float)
+    x = np.where(z == 1, rng.uniform(0.05, 1.0, n), 0.0)  # a score: 0 on full rank, positive when deficient
+    y = np.where(z == 1, rng.normal(15, 3, n), 60.0)
+    return x, y, z
+
+
+def test_partial_rho_is_fishers_formula_on_spearman_rhos():
+    rng = np.random.default_rng(4)
+    for control in (rng.integers(0, 2, 60).astype(float), rng.normal(size=60)):  # binary and continuous
+        x = control + rng.normal(size=60)
+        y = np.exp(x + control + rng.normal(size=60))
+        rxy, rxz, ryz = (stats.spearmanr(a, b).statistic for a, b in ((x, y), (x, control), (y, control)))
+        expected = (rxy - rxz * ryz) / math.sqrt((1 - rxz ** 2) * (1 - ryz ** 2))
+        assert partial_spearman_rho(x, y, control) == pytest.approx(expected, abs=1e-12)
+    stacked = rng.normal(size=(3, 5, 40))
+    loop = [partial_spearman_rho(*(v[i] for v in stacked)) for i in range(5)]
+    assert np.allclose(partial_spearman_rho(*stacked, axis=-1), loop)
+    assert np.allclose(partial_spearman_rho(*(v.T for v in stacked), axis=0), loop)
+
+
+def test_an_outcome_explained_by_full_rank_alone_has_partial_rho_near_zero():
+    x, y, z = _split_explained(400, seed=5)
+    plain = correlation(x, y, **FAST)
+    partial = partial_correlation(x, y, z, **FAST)
+    assert plain.estimate < -0.7 and plain.ci_high < 0  # the split alone makes the plain ρ look strong
+    assert abs(partial.estimate) < 0.1 and partial.ci_low < 0 < partial.ci_high and partial.p_value > 0.05
+    assert partial.n == 400 and partial.ci_method == "BCa"
+
+
+def test_partial_rho_is_the_within_deficient_rho_when_full_rank_is_constant():
+    x, y, z = _split_explained(120, seed=6)
+    y = np.where(z == 1, y - 20 * x, 60.0)  # now the score orders the deficient ones
+    deficient = z == 1
+    within = stats.spearmanr(x[deficient], y[deficient]).statistic
+    partial = partial_correlation(x, y, z, **FAST)
+    assert partial.estimate == pytest.approx(within, abs=1e-12) and partial.estimate < -0.7
+    assert partial.ci_high < 0 and partial.p_value < 1e-10
+
+
+def test_partial_p_value_is_the_t_test_of_the_predictor_in_a_regression_on_ranks():
+    """The partial correlation's t test on n − 3 degrees of freedom equals the t test of x's coefficient in the
+    least-squares regression of rank(y) on rank(x) and the split (an independent computation)."""
+    rng = np.random.default_rng(7)
+    z = rng.integers(0, 2, 50).astype(float)
+    x = rng.normal(size=50) + z
+    y = 0.4 * x + z + rng.normal(size=50)
+    design = np.column_stack([np.ones(50), stats.rankdata(x), z])
+    coefficients, residual, *_ = np.linalg.lstsq(design, stats.rankdata(y), rcond=None)
+    sigma2 = residual[0] / (50 - 3)
+    t = coefficients[1] / math.sqrt(sigma2 * np.linalg.inv(design.T @ design)[1, 1])
+    result = partial_correlation(x, y, z, **FAST)
+    assert result.p_value == pytest.approx(2 * stats.t.sf(abs(t), 47), rel=1e-9)
+    assert np.sign(result.estimate) == np.sign(coefficients[1])
+
+
+def test_partial_rho_is_undefined_for_the_split_itself_and_for_small_samples():
+    x, y, z = _split_explained(40, seed=8)
+    assert math.isnan(partial_spearman_rho(z, y, z)) and math.isnan(partial_spearman_rho(x, z, z))
+    result = partial_correlation(z, y, z, **FAST)
+    assert math.isnan(result.estimate) and math.isnan(result.ci_low) and "undefined" in result.ci_method
+    assert math.isnan(partial_correlation([1, 2, 3], [3, 1, 2], [0, 1, 0], **FAST).estimate)
+    assert partial_correlation([1, 2, np.nan, 4, 5], [2, 1, 7, 4, 3], [0, 0, 1, 1, 1], **FAST).n == 4
+
+
+# --- the trivial predictors ------------------------------------------------------------------------
+
+def test_the_trivial_predictors_are_ordinary_predictors_computed_from_the_ranks():
+    assert set(TRIVIAL_PREDICTORS) == {"any_deficient", "total_deficiency"} and set(TRIVIAL_PREDICTORS) <= set(PREDICTORS)
+    report = {"copa_index": -1, "normalised_score": 0.1, "layers": [
+        _layer("conv", 3072, -200, 900, 27), _layer("conv", 900, -16, 1600, 36), _layer("fc", 400, 0, 10, 4000)]}
+    p = predictors_from_security(report)
+    assert (p["any_deficient"], p["total_deficiency"]) == (True, 216)  # a deeper layer counts as much as the image's
+    for layer in report["layers"]:
+        layer["deficiency"] = 0
+    assert (predictors_from_security(report)["any_deficient"], predictors_from_security(report)["total_deficiency"]) \
+        == (False, 0)
+
+
+def test_the_full_rank_rule_fitted_on_half_a():
+    """any_deficient fitted as a threshold rule is "full rank leaks" (leaks when ≤ 0.5): it misses every
+    deficient chain that leaks and calls every full-rank one leaking; its balanced accuracy is that of the split."""
+    table = _synthetic_table()
+    split = held_out_split(table["model"], seed=0)
+    rule, report = held_out_evaluation(
+        table, split, lambda t: fit_threshold(t, choose_predictor(t, ["any_deficient"]), leak_threshold=25),
+        leak_threshold=25, **FAST)
+    assert rule.weights == {"any_deficient": 1.0} and rule.sign == -1 and rule.threshold == pytest.approx(0.5)
+    full_rank = ~table["any_deficient"].astype(bool)
+    assert list(rule.predict_leaks(table)) == list(full_rank)
+    truth = table["best_psnr"] >= 25
+    assert (truth & ~full_rank).sum() > 5  # deficient chains that leak: the rule calls them safe
+    for subset, names in split.subsets().items():
+        part = table["model"].isin(names)
+        leak, called = truth[part], full_rank[part]
+        rates = [(called[leak]).mean(), (~called[~leak]).mean()]  # sensitivity, specificity
+        assert report.set_index("subset").loc[subset, "balanced_accuracy"] == pytest.approx(np.mean(rates))
+
+
+def test_validity_tables_add_the_partial_correlation_to_the_all_subset():
+    table = _synthetic_table()
+    frame = validity_tables(table, ["normalised_score", "any_deficient", "noise"], ["best_psnr"], **FAST)
+    every, deficient = (frame[frame["subset"] == s].set_index("predictor") for s in ("all", "deficient"))
+    assert (every["partial_given"] == "any_deficient").all() and deficient["partial_rho"].isna().all()
+    assert math.isnan(every.loc["any_deficient", "partial_rho"])  # the split given itself
+    z = table["any_deficient"].astype(float)
+    assert every.loc["normalised_score", "partial_rho"] == pytest.approx(
+        float(partial_spearman_rho(table["normalised_score"], table["best_psnr"], z)))
+    assert np.allclose(every["partial_p_holm"].dropna(), holm(every["partial_p"].dropna()))
 
 
 # --- held-out evaluation ---------------------------------------------------------------------------

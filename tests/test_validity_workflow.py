@@ -17,7 +17,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from copa.bench.validity import PREDICTORS, STATISTICS, held_out_split, validity_tables, verdict, write_study
+from copa.bench.validity import (
+    PREDICTORS,
+    STATISTICS,
+    held_out_split,
+    published_run_facts,
+    rebuild_study,
+    validity_tables,
+    verdict,
+    write_study,
+)
+from copa.errors import InvalidSpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
@@ -118,8 +128,12 @@ def test_write_study_writes_every_file_with_its_columns_and_the_verdict(study_in
 
     held = pd.read_csv(out / "held_out.csv")
     candidates = ["copa_index", "normalised_score", "propagated_image_fraction"]  # every one reported, losers too
-    assert list(held["predictor"]) == [c for c in candidates for _ in range(3)]
-    assert list(held["subset"]) == ["A (fit)", "B (held out)", "paper"] * 3
+    baselines = ["any_deficient"]  # the trivial predictor among SETTINGS' (total_deficiency is not one of them)
+    assert list(held["predictor"]) == [c for c in [*candidates, *baselines] for _ in range(3)]
+    assert list(held["role"]) == ["candidate"] * 9 + ["trivial baseline"] * 3
+    assert list(held["subset"]) == ["A (fit)", "B (held out)", "paper"] * 4
+    full_rank_rule = held[held["predictor"] == "any_deficient"].iloc[0]
+    assert (full_rank_rule["sign"], full_rank_rule["threshold"], full_rank_rule["chosen"]) == (-1, 0.5, False)
     assert {"n", "spearman_rho", "spearman_ci_low", "spearman_ci_high", "kendall_tau", "balanced_accuracy",
             "accuracy", "leaks", "rule", "predictor", "chosen", "threshold", "leak_threshold"} <= set(held.columns)
     assert held["chosen"].sum() == 3 and held.loc[held["chosen"], "predictor"].nunique() == 1
@@ -133,6 +147,14 @@ def test_write_study_writes_every_file_with_its_columns_and_the_verdict(study_in
     assert "95 % CI [" in first and "among the rank-deficient architectures" in first and "half B" in first
     assert "Candidates compared on half A by |ρ| with best_psnr: copa_index" in first
     assert "propagated_image_fraction" in first.split("half A chose")[1]
+    assert "Beside the trivial predictors over all architectures, with best_psnr: any_deficient ρ = -" in first
+    assert "What normalised_score adds beyond the full-rank split (Spearman partial ρ given any_deficient" in first
+    assert "with psnr:rgap " in first and "with psnr:copa " in first
+    assert "the trivial any_deficient (leaks when ≤ 0.5)" in first
+    every = predictors[predictors["subset"] == "all"]
+    assert (every["partial_given"] == "any_deficient").all() and every["partial_rho"].notna().any()
+    assert predictors.loc[predictors["subset"] == "deficient", "partial_rho"].isna().all()
+    assert "## Beside the trivial predictors" in md and "any_deficient (trivial)" in md
     for text in ("**command**: `snakemake --cores 2`", "**commit**: `abc123`", "**config hash**: `f00d`",
                  "## How the verdict is decided", "## Rank correlations: all architectures",
                  "## Rank correlations: rank-deficient architectures", "## Held-out evaluation",
@@ -204,6 +226,40 @@ def test_validity_tables_of_the_writer_equal_the_library_on_the_study_rows(study
     pd.testing.assert_frame_equal(got[["subset", "predictor", "outcome", "n", "spearman_rho", "spearman_ci_low"]],
                                   expected[["subset", "predictor", "outcome", "n", "spearman_rho", "spearman_ci_low"]],
                                   check_dtype=False)
+
+
+def test_rebuild_from_architectures_csv_reproduces_the_study(study_inputs, tmp_path):
+    """rebuild_study reads back what write_study wrote (no security entry, no leaderboard) and gets the same
+    tables; the CLI carries the run's facts into the header as "run's KEY"."""
+    security, board = study_inputs
+    settings = {**SETTINGS, "predictors": [*SETTINGS["predictors"], "total_deficiency"], "exact_psnr": 60.0}
+    write_study(security, board, tmp_path / "run", settings, attacks=ATTACKS,
+                meta={"command": "snakemake --cores 2", "config hash": "f00d", "images per cell": "4"})
+    rebuild_study(tmp_path / "run" / "architectures.csv", tmp_path / "again", settings, attacks=ATTACKS)
+    for name in ("architectures.csv", "predictors.csv", "held_out.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / name), pd.read_csv(tmp_path / "run" / name))
+    text = (tmp_path / "again" / "validity.md").read_text()
+    assert text.split("\n\n")[1] == (tmp_path / "run" / "validity.md").read_text().split("\n\n")[1]  # the verdict
+    assert "total_deficiency's partial ρ, for comparison" in text.split("\n\n")[1]
+    older = tmp_path / "older.csv"  # a file from before a predictor existed: rebuild from the security entries
+    pd.read_csv(tmp_path / "run" / "architectures.csv").drop(columns="total_deficiency").to_csv(older, index=False)
+    with pytest.raises(InvalidSpecError, match=r"lacks the columns \['total_deficiency'\]"):
+        rebuild_study(older, tmp_path / "bad", settings, attacks=ATTACKS)
+
+    from copa.bench.validity import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"title": "T", "attacks": ATTACKS, "validity": settings,
+                                      "plots": {"security_metric": "normalised_score", "psnr_cap": 100}}))
+    assert main([str(tmp_path / "run" / "architectures.csv"), "--config", str(config), "--out",
+                 str(tmp_path / "run")]) == 0  # in place, as the published study is rebuilt
+    facts = published_run_facts(tmp_path / "run" / "validity.md")
+    assert (facts["command"], facts["commit"], facts["config hash"], facts["images per cell"]) == (
+        "snakemake --cores 2", "abc123", "f00d", "4")  # the run's, read back from the rebuilt header
+    header = (tmp_path / "run" / "validity.md").read_text().split("## ")[0]
+    assert "- **command**: `python -m copa.bench.validity " in header and "- **run's commit**: abc123" in header
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "predictors.csv"),
+                                  pd.read_csv(tmp_path / "again" / "predictors.csv"))
 
 
 # --------------------------------------------------------------------------------------------------

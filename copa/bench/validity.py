@@ -18,7 +18,8 @@ the security report predicts how much the best attack recovers.
   "leaks") on half A of the random chains only, report it on half B and on the paper chains.
 * :func:`verdict` — the verdict paragraph, generated from the numbers by :data:`VERDICT_RULES`;
   :func:`write_study` — architectures.csv, predictors.csv, held_out.csv, validity.md and the scatter plots
-  (:func:`copa.bench.plots.validity_scatter`).
+  (:func:`copa.bench.plots.validity_scatter`); :func:`rebuild_study` — the same files from a published
+  architectures.csv alone (``python -m copa.bench.validity``, :func:`main`: no attack, no security report).
 
 Statistics
 ----------
@@ -36,6 +37,17 @@ the family of all (predictor, outcome) pairs of one table, separately for ρ and
 of the same hypotheses) and separately for each subset (all / deficient). ρ, τ, CI and p are NaN when
 fewer than 3 architectures remain or either column is constant (e.g. ``any_deficient`` among the
 deficient architectures).
+
+*Partial correlation* (what a predictor adds beyond the full-rank split): :func:`partial_spearman_rho`, the
+Spearman partial correlation of predictor and outcome given ``any_deficient`` — Fisher's first-order partial
+correlation on average ranks, ``(ρxy − ρxz·ρyz)/√((1 − ρxz²)(1 − ρyz²))`` (Conover, *Practical Nonparametric
+Statistics*, 1999), computed as the Pearson correlation of the ranks' residuals after a least-squares line on the
+split (for a 0/1 control: each rank minus its group's mean rank). An outcome explained by the split alone gives
+≈ 0; where predictor and outcome are both constant on the full-rank architectures (the normalised score is 0
+there, and every exact recovery ties at ``exact_psnr``) it equals ρ among the deficient ones. Its interval is the
+same paired bootstrap over (predictor, outcome, split) triples; its p-value the t test on n − 3 degrees of freedom
+(``scipy.stats.t``), Holm-adjusted over a table's pairs. Reported for subset "all" (``partial_*`` columns), beside
+the trivial predictors :data:`TRIVIAL_PREDICTORS`.
 """
 
 from __future__ import annotations
@@ -54,12 +66,12 @@ import pandas as pd
 from ..errors import InvalidSpecError
 from ..models import RANDOM_CHAIN_PREFIX
 
-__all__ = ["EXPECTED_SIGN", "HELD_OUT_CANDIDATES", "PREDICTORS", "STATISTICS", "VERDICT_RULES", "CorrelationResult",
-           "FittedRule", "HeldOutSplit", "architecture_table", "choose_predictor", "correlation", "correlation_table",
-           "fit_threshold", "held_out_evaluation", "held_out_split", "holm", "kendall_tau_b",
-           "predictors_from_security", "spearman_rho", "study_markdown", "study_table", "tie_exact_recoveries",
-           "validity_tables", "verdict",
-           "write_study"]
+__all__ = ["EXPECTED_SIGN", "HELD_OUT_CANDIDATES", "PARTIAL", "PREDICTORS", "STATISTICS", "TRIVIAL_PREDICTORS",
+           "VERDICT_RULES", "CorrelationResult", "FittedRule", "HeldOutSplit", "architecture_table",
+           "choose_predictor", "correlation", "correlation_table", "fit_threshold", "held_out_evaluation",
+           "held_out_split", "holm", "kendall_tau_b", "partial_correlation", "partial_spearman_rho",
+           "predictors_from_security", "published_run_facts", "rebuild_study", "spearman_rho", "study_markdown", "study_table",
+           "tie_exact_recoveries", "validity_tables", "verdict", "write_study"]
 
 PREDICTORS: dict[str, str] = {
     "copa_index": "COPA index (≤ 0; 0 = every layer uniquely solvable, the leakiest)",
@@ -77,6 +89,18 @@ PREDICTORS: dict[str, str] = {
     "parameters": "number of model parameters",
 }
 """The predictors of :func:`predictors_from_security`, with their meaning."""
+
+TRIVIAL_PREDICTORS: dict[str, str] = {
+    "any_deficient": "the one bit 'some conv layer is rank-deficient' — the full-rank split; fitted as a rule, "
+                     "'full rank leaks'",
+    "total_deficiency": "the plain count of undetermined dimensions, summed over the conv layers",
+}
+"""The baselines the security metric's every claim is stated beside (issue "Sharper science"): two predictors of
+:data:`PREDICTORS` that need nothing but the per-layer rank deficiencies of the report, no weighting by depth and no
+propagation. The study computes them like any predictor (correlation tables, bootstrap intervals) and fits and
+reports each on the held-out halves beside the candidates (held_out.csv, ``role`` "trivial baseline"); the
+partial correlation given ``any_deficient`` (:func:`partial_correlation`) says what a predictor adds beyond the
+full-rank split. A new baseline is one entry here (and, if new, one in :data:`PREDICTORS`)."""
 
 STATISTICS = {"spearman": "rho", "kendall": "tau"}
 """The rank correlations of :func:`correlation`: name → the estimate's column prefix in the tables."""
@@ -203,6 +227,32 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 _STATISTIC_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {"spearman": spearman_rho, "kendall": kendall_tau_b}
 
 
+def _residuals(values: np.ndarray, control: np.ndarray) -> np.ndarray:
+    """``values`` minus their least-squares line on ``control`` (intercept and slope), along the last axis; a
+    constant control leaves the values centred."""
+    values, control = values - values.mean(-1, keepdims=True), control - control.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (values * control).sum(-1, keepdims=True) / (control ** 2).sum(-1, keepdims=True)
+    return values - np.nan_to_num(slope, nan=0.0, posinf=0.0, neginf=0.0) * control
+
+
+def partial_spearman_rho(x: np.ndarray, y: np.ndarray, z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman partial correlation of ``x`` and ``y`` given ``z`` along ``axis`` (vectorised): the Pearson
+    correlation of the residuals of the average ranks of ``x`` and of ``y`` after a least-squares line on the
+    ranks of ``z`` — Fisher's first-order partial correlation on ranks, ``(ρxy − ρxz·ρyz) / √((1 − ρxz²)(1 − ρyz²))``
+    with Spearman ρ's (Conover, *Practical Nonparametric Statistics*, 3rd ed. 1999; = ``pingouin.partial_corr``
+    with ``method="spearman"``). For a 0/1 ``z`` (the full-rank split) the residuals are the ranks minus their
+    group's mean rank, so the result measures how ``x`` orders ``y`` *within* the groups, pooled. NaN where a
+    residual is (numerically) zero, i.e. ``x`` or ``y`` is a function of ``z`` (e.g. ``x = z``)."""
+    rx, ry, rz = (np.moveaxis(_ranks(np.asarray(v, float), axis), axis, -1) for v in (x, y, z))
+    ex, ey = _residuals(rx, rz), _residuals(ry, rz)
+    sx, sy = (ex ** 2).sum(-1), (ey ** 2).sum(-1)
+    scale = rx.shape[-1] ** 3 * 1e-12  # ranks' sums of squares are O(n³): below this, a residual is rounding
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (ex * ey).sum(-1) / np.sqrt(sx * sy)
+    return np.where((sx > scale) & (sy > scale), rho, np.nan)
+
+
 @dataclass(frozen=True)
 class CorrelationResult:
     """One rank correlation: estimate, bootstrap CI (``ci_method`` says how), two-sided p-value, sample size."""
@@ -239,14 +289,23 @@ def _rng_keyword() -> str:
 
 def _bootstrap_ci(statistic: str, x: np.ndarray, y: np.ndarray, *, n_resamples: int, confidence_level: float,
                   method: str, random_state: int) -> tuple[float, float, str]:
+    batch = max(1, int(8_000_000 // (x.size ** 2))) if statistic == "kendall" else None  # τ-b is O(n²) per resample
+    return _paired_bootstrap_ci(_STATISTIC_FUNCTIONS[statistic], (x, y), batch=batch, n_resamples=n_resamples,
+                                confidence_level=confidence_level, method=method, random_state=random_state)
+
+
+def _paired_bootstrap_ci(function: Callable[..., np.ndarray], samples: tuple[np.ndarray, ...], *, batch: int | None,
+                         n_resamples: int, confidence_level: float, method: str,
+                         random_state: int) -> tuple[float, float, str]:
+    """``scipy.stats.bootstrap`` of the vectorised ``function`` over the paired ``samples`` (architectures
+    resampled with replacement, each keeping its values): ``method``'s interval, the percentile one where it is
+    undefined, and the method used."""
     from scipy.stats import bootstrap
 
-    function = _STATISTIC_FUNCTIONS[statistic]
-    batch = max(1, int(8_000_000 // (x.size ** 2))) if statistic == "kendall" else None  # τ-b is O(n²) per resample
     for ci_method in dict.fromkeys([method, "percentile"]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy's DegenerateDataWarning: handled by the fallback below
-            result = bootstrap((x, y), function, paired=True, vectorized=True, n_resamples=n_resamples, batch=batch,
+            result = bootstrap(samples, function, paired=True, vectorized=True, n_resamples=n_resamples, batch=batch,
                                confidence_level=confidence_level, method=ci_method,
                                **{_rng_keyword(): np.random.default_rng(random_state)})
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
@@ -276,6 +335,37 @@ def correlation(x: Iterable[Any], y: Iterable[Any], *, statistic: str = "spearma
     return CorrelationResult(statistic, estimate, low, high, _p_value(statistic, x, y), n, ci_method)
 
 
+PARTIAL = "partial"
+"""The column prefix of the Spearman partial correlation given the full-rank split (:func:`partial_correlation`)."""
+
+
+def partial_correlation(x: Iterable[Any], y: Iterable[Any], z: Iterable[Any], *, n_resamples: int = 9999,
+                        confidence_level: float = 0.95, method: str = "BCa",
+                        random_state: int = 0) -> CorrelationResult:
+    """:func:`partial_spearman_rho` of ``x`` and ``y`` given ``z``, on the rows where all three are not NaN, with a
+    paired bootstrap interval over the (x, y, z) triples as :func:`correlation`'s and the two-sided p-value of
+    the partial correlation's t test, ``t = r·√((n − 3)/(1 − r²))`` on ``n − 3`` degrees of freedom (one
+    controlled variable; ``scipy.stats.t``). NaN when fewer than 4 rows remain or the estimate is undefined."""
+    from scipy import stats
+
+    columns = [np.asarray(list(v), dtype=float) for v in (x, y, z)]
+    if len({c.shape for c in columns}) != 1 or columns[0].ndim != 1:
+        raise InvalidSpecError(f"x, y and z must be 1-d and of equal length, got shapes {[c.shape for c in columns]}")
+    keep = ~np.any([np.isnan(c) for c in columns], axis=0)
+    x, y, z = (c[keep] for c in columns)
+    n = int(x.size)
+    estimate = float(partial_spearman_rho(x, y, z)) if n >= 4 else math.nan
+    if math.isnan(estimate):
+        return CorrelationResult("partial spearman", math.nan, math.nan, math.nan, math.nan, n,
+                                 "undefined (fewer than 4 rows, or x or y a function of the control)")
+    low, high, ci_method = _paired_bootstrap_ci(partial_spearman_rho, (x, y, z), batch=None, n_resamples=n_resamples,
+                                                confidence_level=confidence_level, method=method,
+                                                random_state=random_state)
+    t = estimate * math.sqrt((n - 3) / max(1.0 - estimate ** 2, 1e-300))
+    return CorrelationResult("partial spearman", estimate, low, high, float(2 * stats.t.sf(abs(t), n - 3)), n,
+                             ci_method)
+
+
 def _correlation_columns(x: Iterable[Any], y: Iterable[Any], **options: Any) -> dict[str, Any]:
     """``n`` and, for ρ and τ, the estimate, CI, p-value and CI method as table columns (:func:`correlation`)."""
     columns: dict[str, Any] = {}
@@ -300,22 +390,36 @@ def holm(p_values: Iterable[float]) -> np.ndarray:
     return adjusted
 
 
+def _partial_columns(x: pd.Series, y: pd.Series, z: pd.Series, control: str, **options: Any) -> dict[str, Any]:
+    """:func:`partial_correlation` as table columns: ``partial_given`` (the control), ``partial_rho``, CI, p, CI
+    method."""
+    result = partial_correlation(x, y, z, **options)
+    return {f"{PARTIAL}_given": control, f"{PARTIAL}_rho": result.estimate, f"{PARTIAL}_ci_low": result.ci_low,
+            f"{PARTIAL}_ci_high": result.ci_high, f"{PARTIAL}_p": result.p_value,
+            f"{PARTIAL}_ci_method": result.ci_method}
+
+
 def correlation_table(table: pd.DataFrame, predictors: Sequence[str], outcomes: Sequence[str], *,
-                      n_resamples: int = 9999, confidence_level: float = 0.95, method: str = "BCa",
-                      random_state: int = 0) -> pd.DataFrame:
+                      control: str | None = None, n_resamples: int = 9999, confidence_level: float = 0.95,
+                      method: str = "BCa", random_state: int = 0) -> pd.DataFrame:
     """One row per (predictor, outcome): ``n``, for ρ and τ the estimate (``spearman_rho``, ``kendall_tau``),
     CI (``*_ci_low``, ``*_ci_high``), ``*_p`` and ``*_p_holm`` (Holm over this table's pairs, per
-    statistic), and ``*_ci_method``. Booleans count as 0/1."""
-    missing = [c for c in [*predictors, *outcomes] if c not in table.columns]
+    statistic), and ``*_ci_method``. With ``control`` (a column, e.g. ``any_deficient``) also the Spearman partial
+    correlation given it (:func:`partial_correlation`): ``partial_given``, ``partial_rho``, ``partial_ci_low``,
+    ``partial_ci_high``, ``partial_p``, ``partial_p_holm`` (Holm over this table's pairs), ``partial_ci_method``.
+    Booleans count as 0/1."""
+    missing = [c for c in [*predictors, *outcomes, *([control] if control else [])] if c not in table.columns]
     if missing:
         raise InvalidSpecError(f"table lacks the columns {missing}")
     options = {"n_resamples": n_resamples, "confidence_level": confidence_level, "method": method,
                "random_state": random_state}
     frame = pd.DataFrame([{"predictor": predictor, "outcome": outcome,
                            **_correlation_columns(table[predictor].astype(float), table[outcome].astype(float),
-                                                  **options)}
+                                                  **options),
+                           **(_partial_columns(table[predictor].astype(float), table[outcome].astype(float),
+                                               table[control].astype(float), control, **options) if control else {})}
                           for predictor in predictors for outcome in outcomes])
-    for statistic in STATISTICS:
+    for statistic in [*STATISTICS, *([PARTIAL] if control else [])]:
         frame.insert(frame.columns.get_loc(f"{statistic}_p") + 1, f"{statistic}_p_holm",
                      holm(frame[f"{statistic}_p"]) if len(frame) else [])
     return frame
@@ -323,14 +427,15 @@ def correlation_table(table: pd.DataFrame, predictors: Sequence[str], outcomes: 
 
 def validity_tables(table: pd.DataFrame, predictors: Sequence[str], outcomes: Sequence[str], *,
                     deficient_column: str = "any_deficient", **options: Any) -> pd.DataFrame:
-    """:func:`correlation_table` for all architectures (``subset`` "all") and for those whose
-    ``deficient_column`` is true (``subset`` "deficient"), stacked; Holm within each subset.
-    ``options`` go to :func:`correlation_table`."""
+    """:func:`correlation_table` for all architectures (``subset`` "all", with the Spearman partial correlation
+    given ``deficient_column``, the full-rank split: ``partial_*``) and for those whose ``deficient_column`` is
+    true (``subset`` "deficient"; ``partial_*`` empty: the control is constant there, and the plain ρ is the
+    within-group answer), stacked; Holm within each subset. ``options`` go to :func:`correlation_table`."""
     if deficient_column not in table.columns:
         raise InvalidSpecError(f"table lacks the column {deficient_column!r} (bool: some conv layer is rank-deficient)")
     deficient = table[table[deficient_column].fillna(False).astype(bool)]
-    parts = [correlation_table(frame, predictors, outcomes, **options).assign(subset=subset)
-             for subset, frame in (("all", table), ("deficient", deficient))]
+    parts = [correlation_table(frame, predictors, outcomes, control=control, **options).assign(subset=subset)
+             for subset, frame, control in (("all", table, deficient_column), ("deficient", deficient, None))]
     stacked = pd.concat(parts, ignore_index=True)
     return stacked[["subset", *[c for c in stacked.columns if c != "subset"]]]
 
@@ -519,17 +624,26 @@ VERDICT_RULES = (
     "(fewer than 3 architectures or a constant column). The two clauses are joined by *and* when both "
     "are positive or both are not, else by *but*. The held-out sentence reports the rule fitted on half "
     "A only (held_out.csv) on half B and on the paper chains, as measured; the candidates' sentence each "
-    "candidate's |ρ| on half A (which chose) and its ρ on half B, winner and losers alike.")
+    "candidate's |ρ| on half A (which chose) and its ρ on half B, winner and losers alike. **Beside the trivial "
+    "predictors** (TRIVIAL_PREDICTORS: any_deficient, the full-rank split; total_deficiency, the plain count of "
+    "undetermined dimensions): their ρ over all architectures stands beside the metric's; then, for `best_psnr` and "
+    "each attack's mean PSNR, the metric's Spearman partial ρ given the full-rank split, judged by the same rule "
+    "on its 95 % BCa interval and Holm p (Holm over the table's pairs): **adds** (beyond the full-rank split), "
+    "**adds in the wrong direction**, **weak evidence** or **adds nothing**; total_deficiency's partial ρ follows "
+    "for comparison. Last, every rule of held_out.csv — the candidates and the trivial baselines, each fitted on "
+    "half A alone — with its balanced accuracy on half B and on the paper chains.")
 
 
-def _judgement(row: Mapping[str, Any] | None, expected: int | None) -> str:
-    """``predicts``, ``reversed``, ``weak``, ``none`` or ``undefined`` (see :data:`VERDICT_RULES`)."""
-    if row is None or any(math.isnan(float(row[c])) for c in ("spearman_rho", "spearman_ci_low", "spearman_ci_high")):
+def _judgement(row: Mapping[str, Any] | None, expected: int | None, prefix: str = "spearman") -> str:
+    """``predicts``, ``reversed``, ``weak``, ``none`` or ``undefined`` (see :data:`VERDICT_RULES`) of the estimate
+    ``PREFIX_rho`` with its CI and Holm p (``prefix``: ``spearman`` or :data:`PARTIAL`)."""
+    columns = (f"{prefix}_rho", f"{prefix}_ci_low", f"{prefix}_ci_high")
+    if row is None or any(c not in row or math.isnan(float(row[c])) for c in columns):
         return "undefined"
-    low, high = float(row["spearman_ci_low"]), float(row["spearman_ci_high"])
+    low, high = float(row[f"{prefix}_ci_low"]), float(row[f"{prefix}_ci_high"])
     if low <= 0 <= high:
         return "none"
-    if not float(row["spearman_p_holm"]) < ALPHA:
+    if not float(row[f"{prefix}_p_holm"]) < ALPHA:
         return "weak"
     side = 1 if low > 0 else -1
     return "predicts" if expected is None or side == expected else "reversed"
@@ -551,12 +665,92 @@ def _fmt_p(value: Any) -> str:
     return "–" if math.isnan(value) else (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}")
 
 
+def _interval(row: Mapping[str, Any], prefix: str = "spearman") -> str:
+    """``ρ [low, high]`` of the estimate ``PREFIX_rho``."""
+    return (f"{format_number(row[f'{prefix}_rho'])} [{format_number(row[f'{prefix}_ci_low'])}, "
+            f"{format_number(row[f'{prefix}_ci_high'])}]")
+
+
+BEYOND_WORDS = {"predicts": "adds", "reversed": "adds in the wrong direction",
+                "weak": f"weak evidence (the CI excludes 0, Holm p ≥ {ALPHA:g})",
+                "none": "adds nothing (the CI includes 0)", "undefined": "undefined"}
+"""The verdict's words for what a predictor adds beyond the full-rank split, by :func:`_judgement` of its partial ρ."""
+
+
+def _beside_trivial(correlations: pd.DataFrame, predictor: str, outcome: str, per_attack: Sequence[str],
+                    baselines: Sequence[str]) -> str:
+    """The verdict's sentences on the trivial predictors (:data:`VERDICT_RULES`): their ρ over all architectures
+    beside ``predictor``'s, and ``predictor``'s partial ρ given the full-rank split with ``outcome`` and each of
+    ``per_attack`` (and each baseline's, for comparison). Empty without the rows or the partial columns."""
+    frame = correlations.set_index(["subset", "predictor", "outcome"])
+    outcomes = list(dict.fromkeys([outcome, *per_attack]))
+
+    def row(name: str, what: str) -> Mapping[str, Any] | None:
+        key = ("all", name, what)
+        return frame.loc[key].to_dict() if key in frame.index else None
+
+    text = ""
+    metric = row(predictor, outcome)
+    shown = [b for b in baselines if row(b, outcome) is not None]
+    if metric is not None and shown:
+        text += (f" Beside the trivial predictors over all architectures, with {outcome}: "
+                 + ", ".join(f"{b} ρ = {_interval(row(b, outcome))}" for b in shown)
+                 + f", against {predictor}'s {_interval(metric)}.")
+    if metric is None or f"{PARTIAL}_rho" not in metric:
+        return text
+    given = metric.get(f"{PARTIAL}_given", "the full-rank split")
+    expected = EXPECTED_SIGN.get(predictor)
+    clauses = []
+    for what in outcomes:
+        found = row(predictor, what)
+        if found is not None:
+            clauses.append(f"with {what} {_interval(found, PARTIAL)}, "
+                           f"{BEYOND_WORDS[_judgement(found, expected, PARTIAL)]}")
+    text += (f" What {predictor} adds beyond the full-rank split (Spearman partial ρ given {given}, 95 % CI, "
+             f"Holm-adjusted): " + "; ".join(clauses) + ".")
+    for baseline in baselines:
+        partials = [(what, row(baseline, what)) for what in outcomes]
+        partials = [(what, r) for what, r in partials if r is not None and not math.isnan(float(r[f"{PARTIAL}_rho"]))]
+        if partials:
+            text += (f" {baseline}'s partial ρ, for comparison: "
+                     + ", ".join(f"{what} {_interval(r, PARTIAL)}" for what, r in partials) + ".")
+    return text
+
+
+def _classification_beside_trivial(candidates: pd.DataFrame) -> str:
+    """The verdict's sentence comparing every rule of held_out.csv — candidates and trivial baselines, each
+    fitted on half A alone — by balanced accuracy on half B and on the paper chains."""
+    if "role" not in candidates or "balanced_accuracy" not in candidates:
+        return ""
+    rows = candidates.set_index(["predictor", "subset"])
+
+    def accuracy(name: str) -> str:
+        values = [format_number(rows.loc[(name, subset), "balanced_accuracy"]) if (name, subset) in rows.index
+                  else "–" for subset in ("B (held out)", "paper")]
+        return " / ".join(values)
+
+    def rule(name: str) -> str:
+        first = rows.loc[name].iloc[0]
+        return f"leaks when {'≥' if int(first['sign']) > 0 else '≤'} {float(first['threshold']):.6g}"
+
+    names = {role: list(dict.fromkeys(candidates.loc[candidates["role"] == role, "predictor"]))
+             for role in ("candidate", "trivial baseline")}
+    if not names["trivial baseline"]:
+        return ""
+    return (" As leak / no-leak rules fitted on half A alone, balanced accuracy on half B / on the paper chains: "
+            + ", ".join(f"{n} {accuracy(n)}" for n in names["candidate"]) + "; the trivial "
+            + ", ".join(f"{n} ({rule(n)}) {accuracy(n)}" for n in names["trivial baseline"]) + ".")
+
+
 def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedRule | None, *, predictor: str,
-            outcome: str, leak_threshold: float, candidates: pd.DataFrame | None = None) -> str:
+            outcome: str, leak_threshold: float, candidates: pd.DataFrame | None = None,
+            per_attack: Sequence[str] = (), baselines: Sequence[str] = ()) -> str:
     """The verdict paragraph from the study's numbers (:data:`VERDICT_RULES`): ``correlations`` is
     :func:`validity_tables`' frame, ``held`` and ``rule`` :func:`held_out_evaluation`'s (None: not evaluated),
-    ``candidates`` held_out.csv's rows of every candidate (``predictor``, ``subset``, ``spearman_*``; None or one
-    candidate: no candidates' sentence)."""
+    ``candidates`` held_out.csv's rows of every candidate and baseline (``predictor``, ``subset``, ``role``,
+    ``spearman_*``; None or one candidate: no candidates' sentence). ``baselines``: the trivial predictors
+    (:data:`TRIVIAL_PREDICTORS`) to state the metric beside; ``per_attack``: the outcomes (e.g. ``psnr:ATTACK``)
+    on which the partial correlation given the full-rank split is reported besides ``outcome``."""
     expected = EXPECTED_SIGN.get(predictor)
     rows = {subset: correlations[(correlations["subset"] == subset) & (correlations["predictor"] == predictor)
                                  & (correlations["outcome"] == outcome)] for subset in ("all", "deficient")}
@@ -599,6 +793,10 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
                  f"{format_number(b['spearman_ci_high'])}])." if b is not None else ".")
     else:
         text += " The held-out rule was not evaluated (see below)."
+    text += _beside_trivial(correlations, predictor, outcome, per_attack, baselines)
+    every_rule = candidates
+    if candidates is not None and "role" in candidates:
+        candidates = candidates[candidates["role"] == "candidate"]
     if rule is not None and candidates is not None and "predictor" in candidates \
             and candidates["predictor"].nunique() > 1:
         rows = candidates.set_index(["predictor", "subset"])
@@ -618,6 +816,8 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
                  + ", ".join(f"{n} {rho(n, 'A (fit)', False)}" for n in names) + f" — half A chose {chosen}; on the "
                  "held-out half B their ρ (95 % CI) are " + ", ".join(f"{n} {rho(n, 'B (held out)', True)}"
                                                                      for n in names) + ".")
+    if rule is not None and every_rule is not None:
+        text += _classification_beside_trivial(every_rule)
     return text
 
 
@@ -674,24 +874,48 @@ def _cell(column: str, value: Any) -> str:
     return format_number(value, 3 if column == "normalised_score" else 2)
 
 
-def _correlation_cells(frame: pd.DataFrame, keys: Sequence[str]) -> list[list[str]]:
-    """Markdown rows: the ``keys`` columns, then n, ρ [CI], Holm p of ρ, τ [CI], Holm p of τ."""
+def _correlation_cells(frame: pd.DataFrame, keys: Sequence[str], partial: bool = False) -> list[list[str]]:
+    """Markdown rows: the ``keys`` columns, then n, ρ [CI], Holm p of ρ, τ [CI], Holm p of τ; with ``partial``
+    also the partial ρ given the full-rank split [CI] and its Holm p."""
     def interval(row: pd.Series, statistic: str) -> str:
-        estimate = row[f"{statistic}_{STATISTICS[statistic]}"]
+        estimate = row[f"{statistic}_{STATISTICS.get(statistic, 'rho')}"]
         return f"{format_number(estimate)} [{format_number(row[f'{statistic}_ci_low'])}, {format_number(row[f'{statistic}_ci_high'])}]"
 
+    statistics = [*STATISTICS, *([PARTIAL] if partial else [])]
     return [[*(str(row[k]) for k in keys), str(int(row["n"])),
-             *(cell for statistic in STATISTICS
+             *(cell for statistic in statistics
                for cell in (interval(row, statistic), _fmt_p(row.get(f"{statistic}_p_holm", row[f"{statistic}_p"]))))]
             for _, row in frame.iterrows()]
+
+
+def _beside_trivial_rows(correlations: pd.DataFrame, predictors: Sequence[str]) -> list[list[str]]:
+    """Markdown rows of validity.md's "beside the trivial predictors" table: per outcome, each of ``predictors``'s
+    ρ over all architectures, partial ρ given the full-rank split with its Holm p, and ρ among the deficient."""
+    frame = correlations.set_index(["subset", "predictor", "outcome"])
+    rows = []
+    for outcome in dict.fromkeys(correlations["outcome"]):
+        for predictor in predictors:
+            every, deficient = (frame.loc[key] if (key := (subset, predictor, outcome)) in frame.index else None
+                                for subset in ("all", "deficient"))
+            if every is None:
+                continue
+            partial = f"{PARTIAL}_rho" in every and not math.isnan(float(every[f"{PARTIAL}_rho"]))
+            rows.append([outcome, predictor + (" (trivial)" if predictor in TRIVIAL_PREDICTORS else ""),
+                         _interval(every), _interval(every, PARTIAL) if partial else "–",
+                         _fmt_p(every[f"{PARTIAL}_p_holm"]) if partial else "–",
+                         _interval(deficient) if deficient is not None
+                         and not math.isnan(float(deficient["spearman_rho"])) else "–",
+                         str(int(deficient["n"])) if deficient is not None else "–"])
+    return rows
 
 
 def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures: pd.DataFrame,
                    correlations: pd.DataFrame, held: pd.DataFrame, rule: FittedRule | None, *,
                    excluded: Mapping[str, str], attacks: Sequence[str], settings: Mapping[str, Any],
-                   held_out_note: str | None = None, metric: str = "normalised_score") -> str:
+                   held_out_note: str | None = None, metric: str = "normalised_score",
+                   baselines: Sequence[str] = ()) -> str:
     """validity.md: the verdict paragraph first, the run's facts, the rules, then every table; ``metric``: the
-    plots' x axis."""
+    plots' x axis; ``baselines``: the trivial predictors every candidate is shown beside."""
     from tabulate import tabulate
 
     from .leaderboard import markdown_header
@@ -703,7 +927,22 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
                f"bootstrap BCa 95 % intervals ({settings['n_resamples']} resamples, seed {settings['seed']}), "
                "two-sided p-values Holm-adjusted over the predictor × outcome pairs of each subset. Outcomes are "
                "means over each cell's ok runs of the undefended leaderboard; the best attack is the one with "
-               "the largest mean PSNR per architecture."), ""]
+               "the largest mean PSNR per architecture. Partial ρ: Spearman partial correlation given the "
+               "full-rank split (any_deficient), the Pearson correlation of the ranks' residuals after a line on "
+               "the split — within-group ordering, pooled (copa.bench.validity.partial_spearman_rho) — with the same "
+               "bootstrap and a t test on n − 3 degrees of freedom, Holm-adjusted over the table's pairs."), ""]
+    if baselines and f"{PARTIAL}_rho" in correlations:
+        shown_predictors = [*[p for p in HELD_OUT_CANDIDATES if p in set(correlations["predictor"])], *baselines]
+        lines += ["## Beside the trivial predictors", "",
+                  ("Every candidate metric beside the trivial predictors (copa.bench.validity.TRIVIAL_PREDICTORS: "
+                   + "; ".join(f"{name} — {TRIVIAL_PREDICTORS[name]}" for name in baselines) + "), per outcome: "
+                   "Spearman ρ over all architectures, the partial ρ given the full-rank split (what a predictor "
+                   "adds beyond it; undefined for any_deficient itself) and ρ among the rank-deficient "
+                   "architectures alone. 95 % BCa intervals."), "",
+                  tabulate(_beside_trivial_rows(correlations, shown_predictors),
+                           headers=["outcome", "predictor", "ρ, all [95 % CI]", "partial ρ given full rank [95 % CI]",
+                                    "Holm p (partial)", "ρ, deficient [95 % CI]", "n deficient"],
+                           tablefmt="github", disable_numparse=True), ""]
     shown = ["model", "held_out", *[c for c in ("copa_index", "normalised_score", "any_deficient", "depth")
                                     if c in architectures], "best_attack", "best_psnr", "best_ssim",
              *[f"psnr:{a}" for a in attacks if f"psnr:{a}" in architectures]]
@@ -716,18 +955,26 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
     headers = ["predictor", "outcome", "n", "Spearman ρ [95 % CI]", "Holm p (ρ)", "Kendall τ [95 % CI]", "Holm p (τ)"]
     for subset, heading in (("all", "all architectures"), ("deficient", "rank-deficient architectures")):
         part = correlations[correlations["subset"] == subset]
+        partial = subset == "all" and f"{PARTIAL}_rho" in part
         lines += [f"## Rank correlations: {heading}", "",
-                  tabulate(_correlation_cells(part, ["predictor", "outcome"]), headers=headers, tablefmt="github",
-                           disable_numparse=True), ""]
+                  tabulate(_correlation_cells(part, ["predictor", "outcome"], partial=partial),
+                           headers=headers + (["partial ρ given full rank [95 % CI]", "Holm p (partial)"]
+                                              if partial else []),
+                           tablefmt="github", disable_numparse=True), ""]
     lines += ["## Held-out evaluation", ""]
     if rule is None:
         lines += [f"Not evaluated: {held_out_note}.", ""]
     else:
+        roles = held["role"] if "role" in held else pd.Series("candidate", index=held.index)
+        trivial = list(dict.fromkeys(held.loc[roles != "candidate", "predictor"]))
         lines += [(f"Rule fitted on half A only (seed {settings['seed']}): {rule.description}. Balanced accuracy "
                    f"on A: {format_number(rule.fit.get('balanced_accuracy', math.nan))}. Every candidate "
-                   f"({', '.join(dict.fromkeys(held['predictor']))}) is also fitted on half A alone and reported on B "
-                   "and the paper chains; ✓ marks the one half A chose (largest |ρ| on A)."), "",
-                  tabulate([[("✓ " if row.get("chosen") else "") + str(row["predictor"]), *cells,
+                   f"({', '.join(dict.fromkeys(held.loc[roles == 'candidate', 'predictor']))}) is also fitted on "
+                   "half A alone and reported on B and the paper chains; ✓ marks the one half A chose (largest |ρ| "
+                   "on A)." + (f" The trivial baselines ({', '.join(trivial)}; marked “trivial”) are fitted and "
+                               "reported the same way: the rules the candidates must beat." if trivial else "")), "",
+                  tabulate([[("✓ " if row.get("chosen") else "") + str(row["predictor"])
+                             + (" (trivial)" if row.get("role", "candidate") != "candidate" else ""), *cells,
                              format_number(row.get("accuracy", math.nan)),
                              format_number(row.get("balanced_accuracy", math.nan)), str(row.get("leaks", "–")),
                              format_number(row.get("threshold", math.nan), 4)]
@@ -756,31 +1003,90 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     :func:`tie_exact_recoveries` before every statistic; architectures.csv keeps the measured means). ``meta``: header
     facts (command, config hash, dataset, ...) over those the entries give (commits, devices, versions).
     ``metric``: the predictor the verdict judges and the plots' x axis. Files: architectures.csv,
-    predictors.csv (:func:`validity_tables`), held_out.csv (:func:`held_out_evaluation` with the
-    predictor of :data:`HELD_OUT_CANDIDATES` of largest |ρ| on half A and a threshold for
-    ``best_psnr ≥ leak_threshold``; one block of rows per candidate, each fitted on A alone, ``chosen`` marking
-    the winner), validity.md (:func:`verdict` first), scatter_ATTACK.png, scatter_best.png and
+    predictors.csv (:func:`validity_tables`, with the partial correlation given the full-rank split),
+    held_out.csv (:func:`held_out_evaluation` with the predictor of :data:`HELD_OUT_CANDIDATES` of largest |ρ| on
+    half A and a threshold for ``best_psnr ≥ leak_threshold``; one block of rows per candidate and per
+    :data:`TRIVIAL_PREDICTORS` baseline, each fitted on A alone, ``role`` saying which, ``chosen`` marking the
+    winner), validity.md (:func:`verdict` first), scatter_ATTACK.png, scatter_best.png and
     scatter_best_by_PREDICTOR.png for the other candidates (:func:`candidate_scatters`).
     """
+    from .leaderboard import read_security_entries
+    from .record import versions_text
+
+    entries = read_security_entries(security_paths)
+    board = _undefended(pd.read_csv(board_csv))
+    attacks = list(attacks or dict.fromkeys(board["attack"]))
+    table, excluded = study_table(entries, board[board["attack"].isin(attacks)])
+    provenance = pd.DataFrame([{"git_commit": e.get("git_commit"), "device": e.get("device"),
+                                "versions": versions_text(e.get("versions")), "dataset": e.get("dataset"),
+                                "split": e.get("split", "–")} for e in entries],
+                              columns=["git_commit", "device", "versions", "dataset", "split"])
+    return _write_study_files(table, excluded, provenance, out_dir, settings, meta=meta, attacks=attacks,
+                              metric=metric, psnr_cap=psnr_cap, title=title)
+
+
+STUDY_INPUT_COLUMNS = ("model", "best_attack", "best_psnr", "best_ssim", "status", "reason")
+"""The columns of a published architectures.csv that :func:`rebuild_study` reads besides the predictors and the
+attacks' ``psnr:ATTACK`` / ``ssim:ATTACK``; the others (``held_out``, ``leaks``, ``predicted_leaks``) are
+recomputed."""
+
+
+def rebuild_study(architectures_csv: str | Path, out_dir: str | Path, settings: Mapping[str, Any], *,
+                  meta: Mapping[str, str] | None = None, attacks: Sequence[str] | None = None,
+                  metric: str = "normalised_score", psnr_cap: float = 100.0,
+                  title: str = "The security metric on trial") -> dict[str, Path]:
+    """:func:`write_study`'s files again from a published ``architectures.csv`` alone, without the security
+    entries or the leaderboard (runs/ is not published): its rows are :func:`study_table`'s — every predictor
+    computed from the security reports, each attack's mean PSNR and SSIM of the undefended leaderboard, the best
+    attack, the status and the reason of an exclusion — so every statistic, the held-out rule and the verdict are
+    recomputed from the numbers the run measured. ``attacks``: default, every ``psnr:ATTACK`` column. A predictor
+    of ``settings`` the file lacks is an error (a new predictor needs the security reports: :func:`write_study`).
+    ``meta``: the header's facts (the rebuild's command, the run's commit ...); the header's commit, device and
+    versions are the rebuild's own."""
+    from ..provenance import git_commit, package_versions
+    from .record import versions_text
+
+    published = pd.read_csv(architectures_csv)
+    attacks = list(attacks or [c.split(":", 1)[1] for c in published.columns if c.startswith("psnr:")])
+    needed = [*STUDY_INPUT_COLUMNS, *settings["predictors"], *(f"{m}:{a}" for m in ("psnr", "ssim") for a in attacks)]
+    if "any_deficient" not in needed:
+        needed.append("any_deficient")
+    missing = [c for c in needed if c not in published.columns]
+    if missing:
+        raise InvalidSpecError(f"{architectures_csv} lacks the columns {missing}: rebuild from the security "
+                               "entries and the leaderboard instead (write_study)")
+    kept = {*needed, *PREDICTORS}  # every predictor the file has, as study_table keeps them
+    table = published[[c for c in published.columns if c in kept]].copy()  # the published order
+    table["any_deficient"] = table["any_deficient"].map(
+        lambda v: v if isinstance(v, bool) or pd.isna(v) else str(v).strip().lower() == "true").astype("boolean")
+    table["reason"] = table["reason"].astype(object).where(table["reason"].notna(), None)
+    excluded = {m: r or "excluded" for m, s, r in zip(table["model"], table["status"], table["reason"]) if s != "ok"}
+    provenance = pd.DataFrame([{"git_commit": git_commit(), "device": "cpu (statistics only: no model, no attack)",
+                                "versions": versions_text(package_versions()), "dataset": "–", "split": "–"}])
+    return _write_study_files(table, excluded, provenance, out_dir, settings, meta=meta, attacks=attacks,
+                              metric=metric, psnr_cap=psnr_cap, title=title)
+
+
+def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provenance: pd.DataFrame,
+                       out_dir: str | Path, settings: Mapping[str, Any], *, meta: Mapping[str, str] | None,
+                       attacks: Sequence[str], metric: str, psnr_cap: float, title: str) -> dict[str, Path]:
+    """The study's statistics on :func:`study_table`'s ``table`` and its files (:func:`write_study`); the one
+    writer of :func:`write_study` and :func:`rebuild_study`."""
     from ..errors import CopaError
     from ..io import atomic_write, atomic_write_text
     from . import plots
-    from .leaderboard import read_security_entries, run_metadata
-    from .record import versions_text
+    from .leaderboard import run_metadata
 
     predictors, outcomes = list(settings["predictors"]), list(settings["outcomes"])
     seed, n_resamples = int(settings.get("seed", 0)), int(settings.get("n_resamples", 9999))
     leak_threshold = float(settings.get("leak_threshold", 20.0))
     exact_psnr = settings.get("exact_psnr")
-    entries = read_security_entries(security_paths)
-    board = _undefended(pd.read_csv(board_csv))
-    attacks = list(attacks or dict.fromkeys(board["attack"]))
-    table, excluded = study_table(entries, board[board["attack"].isin(attacks)])
     study = tie_exact_recoveries(table[table["status"] == "ok"].reset_index(drop=True), exact_psnr)
     options = {"n_resamples": n_resamples, "random_state": seed}
     correlations = validity_tables(study, predictors, outcomes, **options)
     split = held_out_split(study["model"], seed=seed)
     candidates = [p for p in HELD_OUT_CANDIDATES if p in predictors] or predictors
+    baselines = [p for p in TRIVIAL_PREDICTORS if p in predictors and p not in candidates]
 
     def fitter(names: Sequence[str]) -> Callable[[pd.DataFrame], FittedRule]:
         return lambda t: fit_threshold(t, choose_predictor(t, names, HELD_OUT_OUTCOME), HELD_OUT_OUTCOME,
@@ -792,20 +1098,24 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
                                       leak_threshold=leak_threshold, **options)
         chosen = next(iter(rule.weights))
         parts = []
-        for name in candidates:  # each candidate fitted on half A alone: the winner and the losers, reported alike
+        # each candidate and each trivial baseline fitted on half A alone: the winner, the losers and the rules
+        # they must beat, reported alike
+        for name, role in [*((c, "candidate") for c in candidates), *((b, "trivial baseline") for b in baselines)]:
             try:
                 alone, part = held_out_evaluation(study, split, fitter([name]), outcome=HELD_OUT_OUTCOME,
                                                   leak_threshold=leak_threshold, **options)
             except CopaError:
                 continue
-            parts.append(part.assign(predictor=name, chosen=name == chosen, rule=alone.description, sign=alone.sign,
-                                     threshold=alone.threshold, leak_threshold=leak_threshold, seed=seed))
+            parts.append(part.assign(predictor=name, role=role, chosen=name == chosen, rule=alone.description,
+                                     sign=alone.sign, threshold=alone.threshold, leak_threshold=leak_threshold,
+                                     seed=seed))
         held = pd.concat(parts, ignore_index=True)
     except CopaError as exc:
         note = str(exc)
         held = pd.DataFrame({"note": [f"not evaluated: {note}"]})
     chosen_rows = held[held["chosen"]] if rule is not None else None
     halves = {m: subset for subset, names in split.subsets().items() for m in names}
+    table = table.copy()
     table.insert(1, "held_out", [halves.get(m, "–") for m in table["model"]])
     table["leaks"] = [bool(v >= leak_threshold) if not math.isnan(v) else None for v in table[HELD_OUT_OUTCOME]]
     if rule is not None:
@@ -815,11 +1125,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     verdict_predictor = metric if metric in predictors else candidates[0]
     verdict_outcome = HELD_OUT_OUTCOME if HELD_OUT_OUTCOME in outcomes else outcomes[0]
     text = verdict(correlations, chosen_rows, rule, predictor=verdict_predictor, outcome=verdict_outcome,
-                   leak_threshold=leak_threshold, candidates=held if rule is not None else None)
-    provenance = pd.DataFrame([{"git_commit": e.get("git_commit"), "device": e.get("device"),
-                                "versions": versions_text(e.get("versions")), "dataset": e.get("dataset"),
-                                "split": e.get("split", "–")} for e in entries],
-                              columns=["git_commit", "device", "versions", "dataset", "split"])
+                   leak_threshold=leak_threshold, candidates=held if rule is not None else None,
+                   per_attack=[o for o in outcomes if o.startswith("psnr:")], baselines=baselines)
     header = run_metadata(provenance, extra={**(meta or {}), "design": (
         f"{len(study)} architectures ({int(study['any_deficient'].sum())} rank-deficient), attacks "
         f"{', '.join(attacks)}; predictors {', '.join(predictors)}; outcomes {', '.join(outcomes)}; leaks: "
@@ -833,7 +1140,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     atomic_write(paths["held_out.csv"], lambda p: held.to_csv(p, index=False))
     atomic_write_text(paths["validity.md"], study_markdown(
         title, header, text, table, correlations, held, rule, excluded=excluded, attacks=attacks,
-        settings={"seed": seed, "n_resamples": n_resamples}, held_out_note=note, metric=metric))
+        settings={"seed": seed, "n_resamples": n_resamples}, held_out_note=note, metric=metric,
+        baselines=baselines))
     by = correlations.set_index(["subset", "predictor", "outcome"])
 
     def rhos(outcome: str, predictor: str) -> str:
@@ -857,3 +1165,66 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
             title=f"{what}: mean {plots._label()} vs {x} over {len(study)} architectures"
                   + (f" — Spearman {rhos(column, x)}" if rhos(column, x) else ""))
     return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# python -m copa.bench.validity: the study again from a published architectures.csv
+
+
+def published_run_facts(validity_md: str | Path) -> dict[str, str]:
+    """The header facts (``- **key**: value``) of a published validity.md, without ``design``; those of a rebuilt
+    one (keys ``run's KEY``) are read back as ``KEY``, so a rebuild of a rebuild names the same run."""
+    facts: dict[str, str] = {}
+    for line in Path(validity_md).read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            break
+        if line.startswith("- **") and "**: " in line:
+            key, value = line[4:].split("**: ", 1)
+            facts[key] = value.strip().strip("`")
+    rebuilt = {k[len("run's "):]: v for k, v in facts.items() if k.startswith("run's ")}
+    if rebuilt:  # the run's own facts, and those a rebuild copies unchanged
+        rebuilt.update({k: facts[k] for k in RUN_FACTS_KEPT if k in facts})
+    return {k: v for k, v in (rebuilt or facts).items() if k not in ("design", "input")}
+
+
+RUN_FACTS_KEPT = ("config hash", "images per cell", "dataset")
+"""Header facts of the run that a rebuilt validity.md states as they were (the others, e.g. commit, device and
+date, are the rebuild's, and the run's appear as ``run's KEY``)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m copa.bench.validity ARCHITECTURES_CSV --config RUN_CONFIG --out DIR``: :func:`rebuild_study` with
+    the run's validated config (its ``validity``, ``attacks``, ``plots`` and ``title``) and the facts of the
+    validity.md beside the input (:func:`published_run_facts`) carried into the header as ``run's KEY``."""
+    import argparse
+    import shlex
+    import sys
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m copa.bench.validity",
+                                     description="rebuild the security metric's validity study from a published "
+                                                 "architectures.csv (no attack, no security report)")
+    parser.add_argument("architectures", type=Path, help="a published validity/architectures.csv")
+    parser.add_argument("--config", type=Path, required=True, help="the run's validated config (RESULTS/config.yaml)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the study's files")
+    args = parser.parse_args(argv)
+    config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    beside = args.architectures.parent / "validity.md"
+    run = published_run_facts(beside) if beside.is_file() else {}
+    command = shlex.join(["python", "-m", "copa.bench.validity", *(sys.argv[1:] if argv is None else argv)])
+    meta = {"command": command, **{key: run[key] for key in RUN_FACTS_KEPT if key in run},
+            "input": f"{args.architectures} (the run's predictors and mean PSNR / SSIM per attack; statistics "
+                     "recomputed, no attack or security report rerun)",
+            **{f"run's {key}": value for key, value in run.items() if key not in RUN_FACTS_KEPT}}
+    plots_section = config.get("plots") or {}
+    written = rebuild_study(args.architectures, args.out, config["validity"], meta=meta, attacks=config["attacks"],
+                            metric=plots_section.get("security_metric", "normalised_score"),
+                            psnr_cap=float(plots_section.get("psnr_cap", 100.0)),
+                            title=config["title"] + " — validity of the security metric")
+    print("wrote", *written.values(), sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
