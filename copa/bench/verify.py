@@ -287,7 +287,7 @@ def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], o
     pending = {position: k for k, position in enumerate(picked) if out[k].verdict in RETRIED}
     for capability in here[1:]:
         wanted = []
-        for position, k in pending.items():
+        for position in pending:
             recorded = rows.iloc[position].get("cpu_capability") if "cpu_capability" in rows.columns else None
             recorded = str(recorded).upper() if isinstance(recorded, str) and recorded else None
             if recorded is None or recorded == capability:
