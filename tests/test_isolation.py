@@ -366,3 +366,18 @@ def test_a_workflow_run_with_a_hostile_plugin_and_its_verification(plugin_file, 
     verdicts = verify_results(results, sample=4, log=lambda _: None)
     assert {v.verdict for v in verdicts} == {"identical"}, [v.detail for v in verdicts]
     assert not any(name.startswith("copa_plugin_") for name in sys.modules)
+
+
+def test_the_leaderboard_header_says_where_isolated_attacks_ran():
+    import pandas as pd
+
+    from copa.bench.leaderboard import run_metadata
+
+    base = {"dataset": "sample", "split": "train", "git_commit": "c", "device": "cpu", "versions": "v"}
+    trusted = pd.DataFrame([{**base, "sandbox": None}])
+    assert "sandbox of isolated attacks" not in run_metadata(trusted)
+    sandboxed = pd.DataFrame([{**base, "sandbox": None}, {**base, "sandbox": "bubblewrap 0.8.0"}])
+    assert run_metadata(sandboxed)["sandbox of isolated attacks"] == "bubblewrap 0.8.0"
+    unsafe = pd.DataFrame([{**base, "sandbox": "bubblewrap 0.8.0"}, {**base, "sandbox": "NONE"}])
+    line = run_metadata(unsafe)["sandbox of isolated attacks"]
+    assert line.startswith("bubblewrap 0.8.0, **WITHOUT a sandbox for some records**")

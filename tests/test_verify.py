@@ -166,3 +166,59 @@ def test_a_malformed_leaderboard_is_one_line_before_any_rerun(tmp_path, capsys, 
     assert captured.out == "" and captured.err.count("\n") == 1 and re.search(message, captured.err), captured.err
     assert str(folder) in captured.err
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "records.csv"]
+
+
+def test_a_record_not_reproduced_here_is_rerun_under_the_other_kernel_sets(published, tmp_path, monkeypatch, capsys):
+    """Issue "The leaderboard, published": records made on AVX2 differed in the last bits on an AVX-512 machine.
+    A record this process does not reproduce is rerun under the record's kernel set (older records: each narrower
+    set this CPU runs) in a child process, and the verdict says which reproduced it. Here the child is replaced by
+    one that reproduces whatever it is given; the rerun itself is tested below where the CPU has two kernel sets."""
+    from copa.bench import verify as verify_mod
+
+    rows = pd.read_csv(published / "records.csv")
+    shifted = tmp_path / "shifted"
+    shifted.mkdir()
+    (shifted / "config.yaml").write_text((published / "config.yaml").read_text())
+    target = (rows["attack"] == "mean-image") & (rows["defence"] == "none") & (rows["index"] == 0)
+    rows.loc[target, "psnr"] = rows.loc[target, "psnr"] * (1 + 1e-12)  # a last-bit difference
+    rows.drop(columns="cpu_capability").to_csv(shifted / "records.csv", index=False)  # as records made before it
+    asked = []
+
+    def child(results_dir, positions, capability, *, rtol, threads):
+        asked.append((capability, list(positions)))
+        return [(p, "identical", "psnr, ssim equal to the last bit") for p in positions]
+
+    monkeypatch.setattr(verify_mod, "_verify_in_child", child)
+    monkeypatch.setattr("copa.provenance.capabilities_here", lambda: ["AVX512", "AVX2", "DEFAULT"])
+    results = verify_results(shifted, sample=8, log=lambda _: None)
+    retried = [r for r in results if "under ATEN_CPU_CAPABILITY" in r.detail]
+    assert [r.verdict for r in retried] == ["identical"] and asked[0][0] == "AVX2" and len(asked) == 1
+    assert "under ATEN_CPU_CAPABILITY=avx2 (this CPU's own AVX512 kernels gave: psnr" in retried[0].detail
+    assert all(r.verdict == "identical" for r in results)
+
+
+
+@pytest.mark.skipif("AVX2" not in __import__("copa.provenance").provenance.capabilities_here()[1:],
+                    reason="this CPU runs a single x86 kernel set")
+def test_records_made_under_avx2_verify_identical_on_a_wider_cpu(tmp_path):
+    """The real thing: a leaderboard computed in a process under ATEN_CPU_CAPABILITY=avx2 verifies identical here
+    (directly, or through the rerun under its recorded kernel set)."""
+    import os
+    import subprocess
+    import sys
+
+    config = {**_config(tmp_path), "attacks": ["rgap"], "defences": ["none"], "indices": [0]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    code = ("import yaml, sys\nfrom copa.bench.pipeline import run_cell\nfrom copa.bench.leaderboard import "
+            "records_from_cells\nc = yaml.safe_load(open(sys.argv[1]))\n"
+            "run_cell(c, 'cnn2_c1', 'rgap', records_dir=sys.argv[2] + '/records', summary=sys.argv[2] + '/cell.json', "
+            "log=lambda _: None)\nrecords_from_cells([sys.argv[2] + '/cell.json']).to_csv(sys.argv[2] + "
+            "'/results/records.csv', index=False)\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "config.yaml").write_text(yaml.safe_dump(config))
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "config.yaml"), str(tmp_path)], check=True,
+                   env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
+    rows = pd.read_csv(tmp_path / "results" / "records.csv")
+    assert list(rows["cpu_capability"]) == ["AVX2"]
+    results = verify_results(tmp_path / "results", sample=1, log=lambda _: None)
+    assert [r.verdict for r in results] == ["identical"], results[0].detail
