@@ -113,7 +113,7 @@ def test_a_defence_a_metric_and_an_attack_are_each_one_file_and_a_config_line(pl
     check_config(config)  # loads the plug-ins: every name is known
     records = tmp_path / "records"
     cell = run_cell(config, "cnn2_c1", "constant-image", records_dir=records, summary=tmp_path / "cell.json",
-                    log=lambda line: None, defence="sign")
+                    log=lambda line: None, setting="sign")
     assert cell["counts"] == {"ok": 2, "failed": 0, "not-applicable": 0}
     assert cell["defence"] == "sign" and cell["defences"] == ["sign"]
 

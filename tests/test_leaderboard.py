@@ -9,7 +9,7 @@ import pytest
 
 from copa.bench import leaderboard as lb
 from copa.bench import plots
-from copa.bench.pipeline import defence_tag
+from copa.bench.setting import defence_tag
 from copa.errors import CopaError
 from copa.io import atomic_write_json
 from copa.threat import create_defence

@@ -36,7 +36,7 @@ def published(tmp_path_factory):
         for attack in config["attacks"]:
             summary = tmp_path / "out" / "cells" / tag / f"{attack}.json"
             run_cell(config, "cnn2_c1", attack, records_dir=tmp_path / "out" / "records" / tag / attack,
-                     summary=summary, log=lambda _: None, defence=defence)
+                     summary=summary, log=lambda _: None, setting=defence)
             cells.append(summary)
     results = tmp_path / "results"
     results.mkdir()
@@ -114,7 +114,7 @@ def test_a_partial_leaderboard_from_the_records_so_far(tmp_path):
              summary=tmp_path / "cells" / "a.json", log=lambda _: None)
     halfway = {**config, "indices": [0]}  # the second defence's cell stopped after its first image
     run_cell(halfway, "cnn2_c1", "mean-image", records_dir=records / "noise-scale-0.01" / "cnn2_c1" / "mean-image",
-             summary=tmp_path / "cells" / "b.json", log=lambda _: None, defence="noise:scale=0.01")
+             summary=tmp_path / "cells" / "b.json", log=lambda _: None, setting="noise:scale=0.01")
     outputs = {"records_csv": tmp_path / "partial" / "records.csv", "leaderboard_md": tmp_path / "partial" / "lb.md"}
     counts = write_partial(records, tmp_path / "security", outputs=outputs, models=["cnn2_c1"],
                            attacks=["mean-image", "rgap"], defences={"none": "none",

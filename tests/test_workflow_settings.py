@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from copa.bench.leaderboard import load_records
-from copa.bench.pipeline import (Setting, check_config, client_batches, instance_key, parse_model_entry, run_cell,
+from copa.bench.setting import Setting
+from copa.bench.pipeline import (scenario_for, check_config, client_batches, instance_key, parse_model_entry, run_cell,
                                  setting_axis, train_checkpoint)
 from copa.errors import CopaError, InvalidSpecError
 
@@ -34,13 +35,28 @@ def _config(tmp_path, **changes):
 
 
 def test_the_papers_setting_keeps_its_paths_and_the_axes_multiply(tmp_path):
-    assert setting_axis(_config(tmp_path)) == {"none": Setting((), 1, 1)}
+    assert setting_axis(_config(tmp_path)) == {"none": Setting.of(())}
     axis = setting_axis(_config(tmp_path, defences=["none", "prune:p=0.9"], local_steps=[1, 2], client_batch=[1, 4]))
-    assert list(axis) == ["none", "none+client-batch-4", "none+local-steps-2", "none+local-steps-2+client-batch-4",
-                          "prune-p-0.9", "prune-p-0.9+client-batch-4", "prune-p-0.9+local-steps-2",
-                          "prune-p-0.9+local-steps-2+client-batch-4"]
-    assert axis["none+local-steps-2+client-batch-4"].label == "none; local_steps=2; client_batch=4"
+    assert list(axis) == ["none", "none+client-batch-4", "none+local-steps-2+local-lr-0.1",
+                          "none+local-steps-2+local-lr-0.1+client-batch-4", "prune-p-0.9", "prune-p-0.9+client-batch-4",
+                          "prune-p-0.9+local-steps-2+local-lr-0.1", "prune-p-0.9+local-steps-2+local-lr-0.1+client-batch-4"]
+    assert axis["none+local-steps-2+local-lr-0.1+client-batch-4"].label == \
+        "none; local_steps=2; local_lr=0.1; client_batch=4"
+    assert axis["none"].local_lr == 1e-4  # one gradient step: the learning rate does not matter, one setting
     assert axis["prune-p-0.9"].label == "prune:p=0.9" and axis["prune-p-0.9"].defence == "prune:p=0.9"
+
+
+def test_a_new_axis_is_one_declaration_local_lr_as_a_list(tmp_path):
+    """Issue "The house, second pass": local_lr became an axis by its declaration in copa.bench.setting.AXES and
+    its schema entry alone; the scenario, the tags, the labels and the records follow."""
+    axis = setting_axis(_config(tmp_path, local_steps=[1, 5], local_lr=[1e-4, 0.01, 0.1]))
+    assert list(axis) == ["none", "none+local-steps-5", "none+local-steps-5+local-lr-0.01",
+                          "none+local-steps-5+local-lr-0.1"]
+    config = _config(tmp_path, local_steps=[1, 5], local_lr=[1e-4, 0.01, 0.1])
+    scenario = scenario_for(config, "cnn2_c1", 0, axis["none+local-steps-5+local-lr-0.01"])
+    assert scenario.local_lr == 0.01 and scenario.local_steps == 5
+    with pytest.raises(Exception, match=r"local_lr: -0.1 is invalid: accepted are finite numbers > 0"):
+        setting_axis(_config(tmp_path, local_lr=[0.1, -0.1]))
 
 
 def test_instances_are_consecutive_chunks_of_the_indices(tmp_path):
@@ -57,7 +73,7 @@ def test_instances_are_consecutive_chunks_of_the_indices(tmp_path):
     ({"local_steps": [1, 1]}, "local_steps: [1, 1] repeats a value"),
     ({"client_batch": 5}, "client_batch: 5 is larger than the 4 configured indices"),
     ({"client_batch": [1, True]}, "client_batch: True is invalid"),
-    ({"local_lr": 0.0, "local_steps": [1, 2]}, "local_lr 0.0 is invalid"),
+    ({"local_lr": 0.0, "local_steps": [1, 2]}, "local_lr: 0.0 is invalid: accepted are finite numbers > 0"),
     ({"local_steps": 2, "client_batch": 4, "local_batch": 3}, "local_batch 3 is invalid for a client batch of 4"),
     ({"models": ["cnn2_c1@epoch1001"]}, "'cnn2_c1@epoch1001' names epoch 1001: accepted are epochs 0 to 1000"),
     ({"models": ["cnn9@epoch1"]}, "models: unknown model 'cnn9'"),
@@ -82,16 +98,17 @@ def test_a_cell_of_client_batches_after_local_steps_records_each_batch(tmp_path)
     config = _config(tmp_path, attacks=["mean-image", "dlg"], attack_settings={"dlg": {"iterations": 2}})
     lines = []
     cell = run_cell(config, "cnn2_c1", "dlg", records_dir=tmp_path / "records", summary=tmp_path / "cell.json",
-                    defence="none", local_steps=2, client_batch=2, log=lines.append)
-    assert cell["defence"] == "none+local-steps-2+client-batch-2" and cell["batch_size"] == 1
+                    setting=Setting.of((), local_steps=2, local_lr=0.1, client_batch=2), log=lines.append)
+    assert cell["defence"] == "none+local-steps-2+local-lr-0.1+client-batch-2" and cell["batch_size"] == 1
     assert [e["index"] for e in cell["records"]] == ["0-1", "2-3"] and cell["counts"]["ok"] == 2
     record = json.loads((tmp_path / "records" / "0-1" / "record.json").read_text())
     assert record["scenario"]["indices"] == [0, 1] and record["scenario"]["local_steps"] == 2
     assert record["observation"]["update"]["kind"] == "weight-delta"
     rows = load_records([tmp_path / "records" / k / "record.json" for k in ("0-1", "2-3")])
-    assert set(rows["defence"]) == {"none; local_steps=2; client_batch=2"} and set(rows["index"]) == {"0,1", "2,3"}
+    assert set(rows["defence"]) == {"none; local_steps=2; local_lr=0.1; client_batch=2"}
+    assert set(rows["index"]) == {"0,1", "2,3"}
     again = run_cell(config, "cnn2_c1", "dlg", records_dir=tmp_path / "records", summary=tmp_path / "cell.json",
-                     defence="none", local_steps=2, client_batch=2, log=lines.append)
+                     setting=Setting.of((), local_steps=2, local_lr=0.1, client_batch=2), log=lines.append)
     assert all(e["reused"] for e in again["records"])  # resumable like the paper's cells
 
 
@@ -140,7 +157,8 @@ def test_the_workflow_plans_a_cell_per_setting_and_trains_named_epochs(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "runs/settings/sample-train/checkpoints/cnn2_c1/epoch2.pt" in out
-    for tag in ("none", "none+local-steps-2", "none+client-batch-2", "none+local-steps-2+client-batch-2"):
+    for tag in ("none", "none+local-steps-2+local-lr-0.1", "none+client-batch-2",
+                "none+local-steps-2+local-lr-0.1+client-batch-2"):
         assert f"cells/{tag}/cnn2_c1@epoch2/mean-image.json" in out, tag
     jobs = dict(line.split()[:2] for line in out.splitlines() if line.split()[:1] in (["cell"], ["train"]))
     assert jobs == {"cell": "8", "train": "1"}
@@ -168,8 +186,7 @@ def test_copa_verify_reruns_client_batches_fedavg_and_trained_models_identically
         for attack in config["attacks"]:
             summary = tmp_path / "cells" / tag / f"{attack}.json"
             run_cell(config, "cnn2_c1@epoch0", attack, records_dir=tmp_path / "records" / tag / attack,
-                     summary=summary, log=lambda _: None, defence=setting.defence, local_steps=setting.local_steps,
-                     client_batch=setting.client_batch, checkpoint=str(ckpt))
+                     summary=summary, log=lambda _: None, setting=setting, checkpoint=str(ckpt))
             cells.append(summary)
     results = tmp_path / "results"
     results.mkdir()

@@ -23,13 +23,13 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CopaError, InvalidSpecError, NotApplicableError, unknown_name
 from ..io import atomic_write_json
-from .record import (STATUSES, canonical_json, clear_record, jsonable, read_record, record_matches, setting_suffix,
+from .setting import AXES, NO_DEFENCE, PAPER_SETTING, Setting, defence_chain, setting_axis  # noqa: F401  (workflow)
+from .record import (STATUSES, canonical_json, clear_record, jsonable, read_record, record_matches,
                      workflow_section)
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     load_config_plugins(config)
     for setting in setting_axis(config).values():  # e.g. an unknown or misordered defence, a bad local_batch
         scenario_for(config, parse_model_entry(config["models"][0])[0], client_batches(config, setting.client_batch)[0],
-                     setting.defences, local_steps=setting.local_steps)
+                     setting)
     training_settings(config)
     check_attacks(config)
     shape = parse_input_shape(config.get("input_shape", "3x32x32"))
@@ -288,12 +288,11 @@ def check_indices(config: dict[str, Any]) -> None:
 # Attack cells
 
 
-SCENARIO_AXES = {"model": "models", "defences": "defences", "local_steps": "local_steps"}
+SCENARIO_AXES = {"model": "models", "defences": "defences", **{a.name: a.name for a in AXES if a.scenario}}
 """Scenario fields that the workflow sweeps as an axis, with their config key: ``defences`` lists
 alternatives, each one defence or a chain of them joined by ``+`` (``none``: the undefended update);
 ``local_steps`` one K or a list of them (issue "Realistic federated updates"). Besides these, the config's
 ``client_batch`` (images per client step, one K or a list) is an axis of the scenario's ``indices``."""
-NO_DEFENCE = "none"
 NOT_IN_WORKFLOW = {"checkpoint": "a trained model is named by the models axis, per model (ARCH@epochE)"}
 """Scenario fields that a workflow config does not set, and why."""
 RUN_KEYS = ("seed", "device", "retry_failed", "plugins", "metrics")
@@ -308,98 +307,6 @@ def workflow_scenario_keys() -> list[str]:
     from ..threat import Scenario
 
     return [o.name for o in Scenario.options() if o.field not in SCENARIO_AXES and o.field not in NOT_IN_WORKFLOW]
-
-
-def defence_chain(alternative: str) -> tuple[str, ...]:
-    """One entry of the ``defences`` axis (``none``, ``prune:p=0.9``, ``prune:p=0.5+quantize:bits=4``) as
-    the scenario's canonical defence specs (``()`` for none); bad names and values raise one line."""
-    from ..threat.defences import canonical_defences
-
-    if not isinstance(alternative, str) or not alternative.strip():
-        raise InvalidSpecError(f"defences: {alternative!r} is invalid: expected a defence spec such as none or "
-                               f"prune:p=0.9 (chain several with +)")
-    return canonical_defences([part for part in alternative.split("+")])
-
-
-def defence_tag(chain: tuple[str, ...]) -> str:
-    """A path-safe name of a defence chain: ``none``, ``prune-p-0.9``, ``prune-p-0.5+quantize-bits-4-...``."""
-    if not chain:
-        return NO_DEFENCE
-    return "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-") for spec in chain)
-
-
-def defence_axis(config: dict[str, Any]) -> dict[str, tuple[str, ...]]:
-    """The config's ``defences`` axis as tag → canonical chain, in config order (default: ``none`` only);
-    two entries that are the same chain are refused by name."""
-    axis: dict[str, tuple[str, ...]] = {}
-    for alternative in config.get("defences") or [NO_DEFENCE]:
-        chain = defence_chain(alternative)
-        tag = defence_tag(chain)
-        if tag in axis:
-            raise InvalidSpecError(f"defences: {alternative!r} repeats the defence {tag!r}: list each setting once")
-        axis[tag] = chain
-    return axis
-
-
-def as_axis(config: dict[str, Any], key: str, default: int = 1) -> list[int]:
-    """A config key that is one integer or a list of them (``local_steps: [1, 2, 5]``) as a list, checked:
-    every value an integer ≥ 1, none repeated; :class:`InvalidSpecError` names the bad value."""
-    value = config.get(key, default)
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise InvalidSpecError(f"{key}: [] is empty: give one integer ≥ 1 or a list of them")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InvalidSpecError(f"{key}: {v!r} is invalid: accepted are integers ≥ 1")
-    if len(set(values)) != len(values):
-        raise InvalidSpecError(f"{key}: {values} repeats a value: list each setting once")
-    return list(values)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One client setting of the workflow: a defence chain, the client's local SGD steps (FedAvg's K; 1 =
-    FedSGD) and its images per step (``client_batch``). The paper's setting is (none, 1, 1)."""
-
-    defences: tuple[str, ...] = ()
-    local_steps: int = 1
-    client_batch: int = 1
-
-    @property
-    def tag(self) -> str:
-        """Path-safe, a wildcard value: the defence tag, with the FedAvg / batch settings appended only where
-        they differ from the paper's (so the paper's and the defence runs' paths are unchanged)."""
-        return defence_tag(self.defences) + "".join(f"+{name.replace('_', '-')}-{value}"
-                                                    for name, value in self.federated())
-
-    @property
-    def defence(self) -> str:
-        """The defence chain as the config names it (``none``, ``prune:p=0.9+quantize:bits=4``)."""
-        return "+".join(self.defences) or NO_DEFENCE
-
-    @property
-    def label(self) -> str:
-        """The setting as the tables' ``defence`` column names it (:func:`copa.bench.record.setting_label`)."""
-        return self.defence + setting_suffix(self.local_steps, self.client_batch)
-
-    def federated(self) -> list[tuple[str, int]]:
-        """The (name, value) of ``local_steps`` and ``client_batch`` where they differ from the paper's 1."""
-        return [(name, value) for name, value in (("local_steps", self.local_steps),
-                                                  ("client_batch", self.client_batch)) if value != 1]
-
-
-def setting_axis(config: dict[str, Any]) -> dict[str, Setting]:
-    """Every client setting of the config, tag → :class:`Setting`: the product of the ``defences``,
-    ``local_steps`` and ``client_batch`` axes, in config order; a ``client_batch`` larger than the
-    ``indices`` list is refused by name."""
-    steps, batches = as_axis(config, "local_steps"), as_axis(config, "client_batch")
-    count = len(config.get("indices") or ())
-    for b in batches:
-        if b > count:
-            raise InvalidSpecError(f"client_batch: {b} is larger than the {count} configured indices: accepted are "
-                                   f"1 to {count}")
-    return {s.tag: s for s in (Setting(chain, k, b) for chain in defence_axis(config).values()
-                               for k in steps for b in batches)}
 
 
 def client_batches(config: dict[str, Any], client_batch: int = 1) -> list[tuple[int, ...]]:
@@ -468,19 +375,20 @@ def train_checkpoint(config: dict[str, Any], architecture: str, epoch: int, *, o
                  out_dir=out_dir, device=resolve_device_name(config.get("device", "cpu")), log=log, **settings)
 
 
-def scenario_for(config: dict[str, Any], model: str, index: int | tuple[int, ...], defences: tuple[str, ...] = (),
-                 *, local_steps: int = 1, checkpoint: str | None = None):
+def scenario_for(config: dict[str, Any], model: str, index: int | tuple[int, ...], setting: Setting = PAPER_SETTING,
+                 *, checkpoint: str | None = None):
     """The scenario of one instance of a cell — an image (a batch of one, as in the COPA paper) or a client
     batch of indices: the config's scenario keys (:meth:`copa.threat.Scenario.options`), with this model
-    (``ARCH@epochE``: the architecture, with ``checkpoint``), indices, defence chain and local steps."""
+    (``ARCH@epochE``: the architecture, with ``checkpoint``), indices and client setting (defences, local steps,
+    local learning rate, local batch: :class:`~copa.bench.setting.Setting`)."""
     from ..threat import Scenario
 
     indices = tuple(int(i) for i in index) if isinstance(index, (tuple, list)) else (int(index),)
     architecture, epoch = parse_model_entry(model)
     if epoch is not None and checkpoint is None:
         checkpoint = checkpoint_file(config, architecture, epoch)
-    return Scenario.from_config(config, model=architecture, indices=indices, defences=tuple(defences),
-                                local_steps=int(local_steps), checkpoint=checkpoint)
+    return Scenario.from_config(config, model=architecture, indices=indices, checkpoint=checkpoint,
+                                **setting.scenario_fields())
 
 
 def run_config_hash(config: dict[str, Any]) -> str:
@@ -521,12 +429,11 @@ def chunks(items: list, size: int) -> list[list]:
 
 def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: str | os.PathLike,
              summary: str | os.PathLike, threads: int = 1, log: Callable[[str], None] = print,
-             defence: str = NO_DEFENCE, local_steps: int = 1, client_batch: int = 1,
-             checkpoint: str | None = None) -> dict[str, Any]:
+             setting: Setting | str = NO_DEFENCE, checkpoint: str | None = None) -> dict[str, Any]:
     """Run ``attack`` on every instance of the cell for ``model`` (``ARCH@epochE``: the trained
-    ``checkpoint``) under one client setting — ``defence`` (an entry of the ``defences`` axis,
-    :func:`defence_chain`), ``local_steps`` and ``client_batch`` (:class:`Setting`); write one record per
-    instance (an image, or a client batch: :func:`client_batches`), then the summary.
+    ``checkpoint``) under one client setting (:class:`~copa.bench.setting.Setting`, or an entry of the
+    ``defences`` axis alone: the paper's FedSGD otherwise); write one record per instance (an image, or a
+    client batch: :func:`client_batches`), then the summary.
 
     Instances whose record in ``records_dir/KEY/`` (:func:`instance_key`) matches (:func:`record_matches`; it
     holds every metric of the config's ``metrics``) are kept as they are; the plug-ins are loaded and the
@@ -550,9 +457,8 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     metrics = configured_metrics(config)
     hp = attack_obj.hp
     run_hash = run_config_hash(config)
-    setting = Setting(defence_chain(defence), int(local_steps), int(client_batch))
-    scenarios = [(instance_key(batch), scenario_for(config, model, batch, setting.defences,
-                                                    local_steps=setting.local_steps, checkpoint=checkpoint))
+    setting = Setting.of(defence_chain(setting)) if isinstance(setting, str) else setting
+    scenarios = [(instance_key(batch), scenario_for(config, model, batch, setting, checkpoint=checkpoint))
                  for batch in client_batches(config, setting.client_batch)]
     records_dir = Path(records_dir)
     # a batched attack solves a chunk of the paper's single-image instances at once; any other attack, and
@@ -599,7 +505,7 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
                         "record": str(records_dir / key / "record.json"),
                         "status": record["status"], "reason": record.get("reason"), "reused": reused})
     cell = {"model": model, "attack": attack, "defence": setting.tag, "defences": list(setting.defences),
-            "local_steps": setting.local_steps, "client_batch": setting.client_batch,
+            **{axis.name: getattr(setting, axis.name) for axis in AXES},
             "checkpoint": scenarios[0][1].checkpoint,
             "dataset": config["dataset"], "split": config.get("split", "train"),
             "indices": [i for _, sc in scenarios for i in sc.indices], "hyperparameters": jsonable(hp),

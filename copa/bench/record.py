@@ -32,6 +32,7 @@ import torch
 
 from ..errors import CopaError, RunFailure
 from ..metrics import DEFAULT_METRICS, metric_info, metric_order
+from .setting import Setting, setting_suffix
 from ..provenance import compute_environment, device_description, git_commit, package_versions
 from ..threat.defences import NoDefence
 
@@ -288,17 +289,9 @@ def sandbox_text(record: dict[str, Any]) -> str | None:
 
 def setting_label(record: dict[str, Any]) -> str:
     """The client's setting of a record as the tables' ``defence`` column names it: its defence chain
-    (:func:`defence_label`), then ``; local_steps=K`` and ``; client_batch=B`` where they differ from the
-    paper's one step on one image (``none; local_steps=2``); the workflow's :class:`Setting.label`."""
-    scenario = record.get("scenario") or {}
-    return defence_label(record) + setting_suffix(int(scenario.get("local_steps") or 1),
-                                                  len(scenario.get("indices") or [None]))
-
-
-def setting_suffix(local_steps: int, client_batch: int) -> str:
-    """``; local_steps=K; client_batch=B`` for the values that differ from the paper's 1 (else empty)."""
-    return "".join(f"; {name}={value}" for name, value in (("local_steps", local_steps),
-                                                          ("client_batch", client_batch)) if value != 1)
+    (:func:`defence_label`), then ``; local_steps=K`` … for each axis of the setting that differs from the paper's
+    one step on one image (``none; local_steps=2``); the workflow's :attr:`Setting.label`."""
+    return defence_label(record) + setting_suffix(Setting.from_scenario(record.get("scenario") or {}))
 
 
 def defence_label(record: dict[str, Any]) -> str:

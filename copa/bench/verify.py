@@ -143,8 +143,8 @@ def _cell(value: Any) -> str:
 
 def _settings(config: dict[str, Any]):
     """records.csv's ``defence`` (the client setting's label, :func:`copa.bench.record.setting_label`) → the
-    workflow's :class:`~copa.bench.pipeline.Setting`."""
-    from .pipeline import setting_axis
+    workflow's :class:`~copa.bench.setting.Setting`."""
+    from .setting import setting_axis
 
     return {setting.label: setting for setting in setting_axis(config).values()}
 
@@ -365,7 +365,7 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
         setting = settings[defence]
 
         def scenario_of(images):
-            return scenario_for(config, model, images, setting.defences, local_steps=setting.local_steps)
+            return scenario_for(config, model, images, setting)
 
         attack_obj = build_attack(config, attack)
         hp = jsonable(attack_obj.hp)

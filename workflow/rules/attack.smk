@@ -15,9 +15,7 @@ rule cell:
             wildcards.attack: attack_overrides(config, wildcards.attack)}},
         attack=lambda wildcards: attack_identity(config, wildcards.attack),
         records=lambda wildcards: f"{OUT}/{TAG}/records/{wildcards.defence}/{wildcards.model}/{wildcards.attack}",
-        defence=lambda wildcards: SETTING_AXIS[wildcards.defence].defence,
-        local_steps=lambda wildcards: SETTING_AXIS[wildcards.defence].local_steps,
-        client_batch=lambda wildcards: SETTING_AXIS[wildcards.defence].client_batch,
+        setting=lambda wildcards: SETTING_AXIS[wildcards.defence].as_params(),
     threads: config["threads"]
     resources:
         runtime=720,

@@ -2,8 +2,8 @@
 from copa.bench.pipeline import (RUN_KEYS, checkpoint_file, client_batches, instance_key, parse_model_entry,
                                  setting_axis, workflow_scenario_keys)
 
-# The client settings: tag (path-safe, the wildcard "defence") -> Setting (defence chain, local_steps,
-# client_batch): the product of the config's defences, local_steps and client_batch axes.
+# The client settings: tag (path-safe, the wildcard "defence") -> Setting (defence chain and every federated axis
+# of copa.bench.setting.AXES): the product of the config's defences and those axes.
 SETTING_AXIS = setting_axis(config)
 # Each setting's instances (directory names under a cell: an image index, or a client batch's indices).
 INSTANCES = {tag: [instance_key(b) for b in client_batches(config, s.client_batch)] for tag, s in SETTING_AXIS.items()}
