@@ -36,7 +36,8 @@ except WorkflowError as exc:  # one line naming the key, instead of Snakemake's 
     raise WorkflowError(f"invalid config: {key}: {error.message}") from None
 
 from copa.errors import CopaError
-from copa.bench.pipeline import attack_identity, attack_overrides, check_config, dataset_tag, results_dir
+from copa.bench.pipeline import (attack_identity, attack_overrides, check_config, dataset_tag, results_dir,
+                                 setting_axis)
 
 try:
     check_config(config)
@@ -52,6 +53,12 @@ ATTACKS = config["attacks"]
 # The command line, for the tables' header. Kept out of params (a new command line must not rerun
 # anything); the leaderboard rule runs locally, so it sees this process's config.
 config["_command"] = shlex.join(["snakemake", *sys.argv[1:]])
+# `snakemake --report`: the headline table on the report's first page (workflow/report/workflow.rst)
+if any(arg.startswith("--report") and not arg.startswith("--report-") for arg in sys.argv[1:]):
+    from copa.bench.leaderboard import report_overview
+
+    config["_report_overview"] = report_overview(RESULTS)
+    config["_report_privacy"] = any(s.defences for s in setting_axis(config).values())
 
 
 wildcard_constraints:

@@ -77,7 +77,12 @@ def captured(tmp_path_factory):
     from flwr.simulation import run_simulation
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test's apps reach Ray's workers
-    out = tmp_path_factory.mktemp("flower")
+    # COPA_FLOWER_CAPTURES=DIR keeps the captures in DIR (README: "Attacking a Flower deployment")
+    out = Path(os.environ["COPA_FLOWER_CAPTURES"]) if os.environ.get("COPA_FLOWER_CAPTURES") else \
+        tmp_path_factory.mktemp("flower")
+    out.mkdir(parents=True, exist_ok=True)
+    for earlier in out.glob("round-*-node-*.pt"):  # an earlier run's captures: this run's replace them
+        earlier.unlink()
     client = ClientApp(mods=[capture_mod(out, model=MODEL, dtype="float64")])
     client.train()(_train)
     initial = create_model(MODEL, seed=0).double().state_dict()

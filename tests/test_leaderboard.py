@@ -114,21 +114,29 @@ def test_markdown_shows_every_status_with_reasons_and_the_header(run):
     for fact in ["**command**: `snakemake --cores 2`", "**commit**: `abc123`", "**device**: cpu: test",
                  "**images per cell**: 2", "**date**: 2026-01-02", "## c2 — COPA index -500, normalised score 0.600",
                  "## lenet — security metric not applicable", "| flaky     | 1 / 1 / 0",
-                 "failed: RuntimeError: diverged \\| NaN", "not applicable: lenet is not a chain", "| inf "]:
+                 "| failed         | RuntimeError: diverged \\| NaN", "| not-applicable | lenet is not a chain", "| inf "]:
         assert fact in md, fact
-    # metric columns from the registry: label, unit and direction; the headline metric with ± std
+    assert "not applicable: lenet" not in md and "failed: RuntimeError" not in md  # the status is not said twice
+    # metric columns from the registry: label, unit and direction; the headline metric with ± std; LPIPS, n/a in
+    # every cell, is left out of the tables and named in the header
     header = next(line for line in md.splitlines() if line.startswith("| attack ") and "runs ok" in line)
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
-        "attack", "runs ok / failed / n.a.", "PSNR dB ↑ (mean ± std)", "SSIM ↑", "LPIPS ↓", "MSE ↓", "label acc.",
+        "attack", "runs ok / failed / n.a.", "PSNR dB ↑ (mean ± std)", "SSIM ↑", "MSE ↓", "label acc.",
         "seconds", "evaluations fwd / grad"]
     assert "## Overview: mean PSNR (dB)" in md and "Spearman ρ (mean PSNR vs normalised_score)" in md
-    assert "n/a" in md  # LPIPS missing
+    assert "Left out of the tables, n/a in every cell: LPIPS (its AlexNet weights were not available)." in md
+    assert "LPIPS ↓" in lb.board_table(board, "c0", lb.board_metrics(board))  # asked for, it is still there
+    one_lpips = board.copy()
+    one_lpips.loc[(one_lpips["model"] == "c0") & (one_lpips["attack"] == "good"), "lpips_mean"] = 0.25
+    shown = lb.leaderboard_markdown(one_lpips, records, meta)
+    assert "Left out" not in shown and "| 0.2500" in shown and "n/a" in shown  # the others' LPIPS: n/a
     assert "Defence" not in md and "distortion" not in md  # one defence, none: the page of a run without defences
     overview = lb.overview_table(board)
     lenet_line = next(line for line in overview.splitlines() if line.startswith("| lenet"))
     assert "n.a." in lenet_line
     sec = lb.security_markdown(lb.load_security(security), meta)
     assert "not-applicable" in sec and "'lenet' is not a chain" in sec and "| c2 " in sec
+    assert "not applicable: 'lenet'" not in sec
 
 
 def test_spearman_per_attack(run):
@@ -275,7 +283,7 @@ def test_two_defences_give_two_sections_in_config_order(tmp_path):
             "### c0 — COPA index 0, normalised score 0.000", "### c1 — COPA index -9, normalised score 0.300"]
         assert "| model   | COPA index   | normalised score   | update distortion   | good " in part
     assert "| c1      | -9           | 0.300              | 0.450               | 15.50 " in md
-    assert "| prune:p=0.9 | c0      | flaky    | 0       | failed   | failed: planned |" in md
+    assert "| prune:p=0.9 | c0      | flaky    | 0       | failed   | planned  |" in md
     assert md.count("Spearman ρ (mean PSNR vs normalised_score)") == 2
     rho = lb.spearman_by_attack(board)
     assert list(zip(rho["defence"], rho["attack"])) == [("prune:p=0.9", "good"), ("prune:p=0.9", "flaky"),

@@ -86,6 +86,33 @@ def test_targets_score_the_observations_reconstruction_as_the_direct_run(observe
     assert not (tmp_path / "never").exists()
 
 
+def test_the_images_npz_that_copa_attack_writes_is_accepted_as_targets(observed, tmp_path, capsys):
+    """copa's own images.npz (key ``target``, beside ``reconstruction`` and ``indices``) scores as well."""
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
+                        "--targets", observed / "direct" / "images.npz", "--out", tmp_path / "scored")
+    assert code == 0, err
+    record = json.loads((tmp_path / "scored" / "record.json").read_text())
+    direct = json.loads((observed / "direct" / "record.json").read_text())
+    assert record["metrics"]["per_image"]["psnr"] == pytest.approx(direct["metrics"]["per_image"]["psnr"], rel=1e-6)
+    np.savez(tmp_path / "other.npz", pictures=np.zeros((1, 3, 32, 32)))
+    code, _, err = _run(capsys, "attack", "--attack", "rgap", "--observation", observed / "obs.pt",
+                        "--targets", tmp_path / "other.npz", "--out", tmp_path / "never")
+    assert code == 2 and "has no array 'images'" in err and "'target' of an images.npz" in err
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    """Atomic writes give the mode a plain open() would (0o666 less the umask), not mkstemp's 0o600."""
+    from copa.io import atomic_write_text
+
+    before = os.umask(0o022)
+    try:
+        assert (atomic_write_text(tmp_path / "a.txt", "x").stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert (atomic_write_text(tmp_path / "b.txt", "x").stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(before)
+
+
 @pytest.mark.parametrize("index", [0, 10001])
 def test_round_trip_on_the_shared_cifar_subset(cifar_npz, tmp_path, capsys, index):
     scenario = ["--model", "cnn2_c1", "--dtype", "float64", "--dataset", f"npz:{cifar_npz}", "--index", str(index)]

@@ -162,3 +162,39 @@ def test_the_shipped_attacks_report_their_stages(attack, overrides, stage):
     assert all(re.search(r"loss (-?[0-9.e+-]+|n/a|nan), elapsed \d+:\d\d, ETA", line) for line in stepped)
     if attack in ("copa", "copa-gm"):  # one stage per layer of the chain, from the output down
         assert f"[progress] {attack}: layer 0: started" in stream.getvalue()
+
+
+def test_a_workflow_jobs_progress_lines_reach_the_terminal_tagged_with_the_job():
+    """The cell's log gets everything; the terminal (the job's standard error) its progress lines, tagged."""
+    from copa.bench.terminal import JobTerminal
+
+    log, screen = io.StringIO(), io.StringIO()
+    terminal = JobTerminal("cell none/cnn2_c1/copa", stream=screen, interval=30)
+    with terminal.watching(), progress.reporting("log", "copa", stream=terminal.tee(log), interval=0):
+        with progress.stage("image layer", total=3) as bar:
+            for _ in range(3):
+                bar.step(loss=0.5)
+        terminal.say("[3] ok: PSNR 140.0 dB")
+    shown = screen.getvalue().splitlines()
+    assert shown[0] == "[cell none/cnn2_c1/copa] started"
+    assert "[cell none/cnn2_c1/copa] [progress] copa: image layer: started (3 steps)" in shown
+    assert any(re.fullmatch(r"\[cell none/cnn2_c1/copa\] \[progress\] copa: image layer: step 2/3, loss 0\.5, "
+                            r"elapsed 0:00, ETA 0:00", line) for line in shown), shown
+    assert shown[-2] == "[cell none/cnn2_c1/copa] [3] ok: PSNR 140.0 dB"
+    assert re.fullmatch(r"\[cell none/cnn2_c1/copa\] done after 0:00", shown[-1])
+    assert "[progress] copa: image layer: step 3/3" in log.getvalue() and "[3] ok" not in log.getvalue()
+
+
+def test_a_silent_job_gets_a_heartbeat_naming_its_last_line():
+    import time
+
+    from copa.bench.terminal import JobTerminal
+
+    screen = io.StringIO()
+    terminal = JobTerminal("security cnn4_c1", stream=screen, interval=0.2)
+    with terminal.watching():
+        terminal.say("[progress] copa: layer 2: step 5/10, loss 1, elapsed 0:01, ETA 0:01")
+        time.sleep(0.7)
+    beats = [line for line in screen.getvalue().splitlines() if "still running" in line]
+    assert beats and all(line.startswith("[security cnn4_c1] still running, 0:0") for line in beats)
+    assert "ago: [progress] copa: layer 2: step 5/10" in beats[0]

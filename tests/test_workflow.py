@@ -129,9 +129,9 @@ def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_repo
     smoke = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
     for name in ["leaderboard.csv", "leaderboard.md", "records.csv", "security.csv", "security.md", "config.yaml",
                  "plots/psnr_vs_security.png", "plots/psnr_distribution.png", "plots/time_vs_psnr.png",
-                 "plots/privacy_curves.png",
                  *[f"plots/reconstructions_{m}.png" for m in models]]:
         assert (results / name).stat().st_size > 0, name
+    assert not (results / "plots" / "privacy_curves.png").exists()  # no defences: no curve to draw, no file
     assert not (tmp_path / "results").exists()  # the published leaderboard is only written by config/paper.yaml
 
     records = sorted((tmp_path / SMOKE_RECORDS).glob("*/*/*/*/record.json"))

@@ -212,6 +212,18 @@ def _reason(reason: Any, width: int | None = None) -> str:
     return text.replace("|", "\\|")
 
 
+def _reason_after_status(status: str, reason: Any) -> Any:
+    """A record's reason without the status it repeats: ``not applicable: X`` → ``X`` beside the status
+    ``not-applicable`` (``failed: X`` → ``X`` beside ``failed``)."""
+    if not isinstance(reason, str):
+        return reason
+    spoken = status.replace("-", " ")
+    for prefix in (f"{spoken}:", f"{status}:"):
+        if reason.lower().startswith(prefix):
+            return reason[len(prefix):].lstrip()
+    return reason
+
+
 def _runs(row: dict[str, Any]) -> str:
     return f"{row['ok']} / {row['failed']} / {row['not_applicable']}"
 
@@ -241,11 +253,25 @@ def _security_heading(row) -> str:
     return "security metric missing"
 
 
-def board_table(board: pd.DataFrame, model: str) -> str:
-    """The per-model table: one row per attack."""
+def shown_metrics(board: pd.DataFrame) -> list[str]:
+    """The board's metrics that some cell has (a metric n/a in every cell — LPIPS without its AlexNet
+    weights — is left out of the Markdown tables; leaderboard.csv keeps its column). The headline metric is
+    always shown, and every metric while no cell has an ok run."""
+    ok = board[board["ok"] > 0]
+    return [m for m in board_metrics(board)
+            if m == HEADLINE_METRIC or ok.empty or ok[f"{m}_mean"].notna().any()]
+
+
+def absent_metrics(board: pd.DataFrame) -> list[str]:
+    """The board's metrics that no cell has (:func:`shown_metrics` leaves them out)."""
+    return [m for m in board_metrics(board) if m not in shown_metrics(board)]
+
+
+def board_table(board: pd.DataFrame, model: str, metrics: Sequence[str] | None = None) -> str:
+    """The per-model table: one row per attack; ``metrics``: the columns (default :func:`shown_metrics`)."""
     from tabulate import tabulate
 
-    metrics = board_metrics(board)
+    metrics = shown_metrics(board) if metrics is None else list(metrics)
     rows = []
     for row in board[board["model"] == model].to_dict("records"):
         evals = f"{_fmt_int(row['forward_evals_mean'])} / {_fmt_int(row['gradient_evals_mean'])}" if row["ok"] else "–"
@@ -262,9 +288,10 @@ def _headline_title() -> str:
     return f"mean {info.label} ({info.unit})" if info.unit else f"mean {info.label}"
 
 
-def overview_table(board: pd.DataFrame, distortion: bool = False) -> str:
+def overview_table(board: pd.DataFrame, distortion: bool = False, tablefmt: str = "github") -> str:
     """Models × attacks: the headline metric's mean (PSNR, dB) over the ok runs, with the model's security
-    metric (and with ``distortion`` its mean update distortion). ``board``: one defence's rows."""
+    metric (and with ``distortion`` its mean update distortion). ``board``: one defence's rows; ``tablefmt``:
+    tabulate's format (``rst`` for the workflow's HTML report)."""
     from tabulate import tabulate
 
     digits = metric_info(HEADLINE_METRIC).digits
@@ -289,7 +316,24 @@ def overview_table(board: pd.DataFrame, distortion: bool = False) -> str:
         rows.append([model, index, score, *([format_number(_mean(sub["update_distortion_mean"]), 3)] if distortion else []),
                      *cells])
     headers = ["model", "COPA index", "normalised score", *(["update distortion"] if distortion else []), *attacks]
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def report_overview(results_dir: str | Path) -> str:
+    """The headline table for the first page of the workflow's HTML report (reStructuredText): the overview of
+    ``results_dir/leaderboard.csv`` — the undefended runs, or the first setting's, named — or '' before the
+    leaderboard exists."""
+    path = Path(results_dir) / "leaderboard.csv"
+    if not path.is_file():
+        return ""
+    board = pd.read_csv(path)
+    order = defence_order(board)
+    shown = NoDefence.name if NoDefence.name in order else order[0]
+    title = f"{_headline_title()} per model and attack"
+    if len(order) > 1 or shown != NoDefence.name:
+        title += f" — {_defence_heading(shown)}"
+    return "\n".join([f"**{title}** (n.a. = not applicable; the full tables: leaderboard.md)", "",
+                      overview_table(board[board["defence"] == shown], tablefmt="rst")])
 
 
 def problems_table(records: pd.DataFrame, width: int = 160) -> str | None:
@@ -303,7 +347,7 @@ def problems_table(records: pd.DataFrame, width: int = 160) -> str | None:
     rows = []
     for row in bad.itertuples(index=False):
         rows.append([*([row.defence] if several else []), row.model, row.attack, row.index, row.status,
-                     _reason(row.reason, width)])
+                     _reason(_reason_after_status(row.status, row.reason), width)])
     return tabulate(rows, headers=[*(["defence"] if several else []), "model", "attack", "image", "status", "reason"],
                     tablefmt="github", disable_numparse=True)
 
@@ -368,9 +412,10 @@ def _defence_heading(defence: str) -> str:
 
 
 def defence_section(board: pd.DataFrame, metric: str = "normalised_score", *, level: int = 2,
-                    distortion: bool = False) -> list[str]:
+                    distortion: bool = False, metrics: Sequence[str] | None = None) -> list[str]:
     """The lines of one defence's tables (``board``: its rows): overview, Spearman ρ, one table per model;
-    headings at ``level``; with ``distortion`` the overview has the models' update distortion."""
+    headings at ``level``; with ``distortion`` the overview has the models' update distortion; ``metrics``:
+    the per-model tables' metric columns (default :func:`shown_metrics` of ``board``)."""
     h = "#" * level
     lines = [f"{h} Overview: {_headline_title()}", "", overview_table(board, distortion), "",
              f"{h} {metric_info(HEADLINE_METRIC).label} vs security metric across architectures", "",
@@ -379,7 +424,7 @@ def defence_section(board: pd.DataFrame, metric: str = "normalised_score", *, le
              "", correlation_table(board, metric), ""]
     for model in dict.fromkeys(board["model"]):
         first = board[board["model"] == model].iloc[0]
-        lines += [f"{h} {model} — {_security_heading(first)}", "", board_table(board, model), ""]
+        lines += [f"{h} {model} — {_security_heading(first)}", "", board_table(board, model, metrics), ""]
     return lines
 
 
@@ -389,21 +434,25 @@ def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[
     """The leaderboard page: header, then :func:`defence_section` — once, or with records of several
     defences once per defence (``defences``: their order, e.g. the config's; default: as in ``board``)."""
     lines = markdown_header(title, meta)
+    absent = absent_metrics(board)
+    left_out = (f" Left out of the tables, n/a in every cell: {', '.join(metric_info(m).label for m in absent)}"
+                f"{' (its AlexNet weights were not available)' if 'lpips' in absent else ''}." if absent else "")
     lines += ["", "Statistics are over each cell's `ok` runs; ↑ / ↓: higher / lower is better; PSNR `inf` is an "
               "exact recovery (its std is then undefined, –); n/a: the cell's ok runs lack the metric (LPIPS: the "
-              "AlexNet weights were not available); n.a. = not applicable.", ""]
+              "AlexNet weights were not available); n.a. = not applicable." + left_out, ""]
     order = defence_order(board, defences)
     if len(order) > 1:
         lines += [f"One section per defence setting of the client: {', '.join(map(_defence_heading, order))}. "
                   + DISTORTION_NOTE, ""]
         for defence in order:
             lines += [f"## {'Client setting' if ';' in defence else 'Defence'}: {_defence_heading(defence)}", ""]
-            lines += defence_section(board[board["defence"] == defence], metric, level=3, distortion=True)
+            lines += defence_section(board[board["defence"] == defence], metric, level=3, distortion=True,
+                                     metrics=shown_metrics(board))
     else:
         defended = any(defence != NoDefence.name for defence in order)
         if defended:
             lines += [f"Every client defended its update with {_defence_heading(order[0])}. " + DISTORTION_NOTE, ""]
-        lines += defence_section(board, metric, distortion=defended)
+        lines += defence_section(board, metric, distortion=defended, metrics=shown_metrics(board))
     problems = problems_table(records)
     lines += ["## Failed and not-applicable runs", ""]
     lines += [problems if problems else "None: every run finished with status ok.", ""]
@@ -417,7 +466,7 @@ def security_markdown(security: pd.DataFrame, meta: dict[str, str] | None = None
     rows = []
     for row in security.itertuples(index=False):
         rows.append([row.model, row.status, _fmt_int(row.copa_index), format_number(row.normalised_score, 4),
-                     format_number(row.seconds, 1), _reason(row.reason)])
+                     format_number(row.seconds, 1), _reason(_reason_after_status(row.status, row.reason))])
     table = tabulate(rows, headers=["model", "status", "COPA index", "normalised score", "seconds", "reason"],
                      tablefmt="github", disable_numparse=True)
     lines = markdown_header(title, meta) if meta else [f"# {title}"]

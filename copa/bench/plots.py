@@ -80,11 +80,18 @@ def _capped(values: np.ndarray, cap: float) -> np.ndarray:
 
 
 def _cap_line(ax, cap: float, values: np.ndarray, horizontal: bool = True) -> None:
-    if np.any(np.asarray(values, dtype=float) > cap):
-        (ax.axhline if horizontal else ax.axvline)(cap, ls="--", lw=0.8, color="grey")
-        ax.annotate(f"≥ {cap:g} {_unit()} (drawn at the cap)", xy=(0.01, cap) if horizontal else (cap, 0.01),
-                    xycoords=("axes fraction", "data") if horizontal else ("data", "axes fraction"),
-                    fontsize=7, color="grey", va="bottom")
+    """A dashed line at the cap when some value lies above it, labelled ``≥ cap`` as a tick of the axis
+    itself (beside its other ticks), where no marker can cover the label."""
+    if not np.any(np.asarray(values, dtype=float) > cap):
+        return
+    (ax.axhline if horizontal else ax.axvline)(cap, ls="--", lw=0.8, color="grey")
+    axis = ax.yaxis if horizontal else ax.xaxis
+    low, high = ax.get_ylim() if horizontal else ax.get_xlim()
+    ticks = [float(t) for t in axis.get_majorticklocs() if low <= t <= high]
+    spacing = float(np.diff(ticks).min()) if len(ticks) > 1 else abs(cap) or 1.0
+    kept = [t for t in ticks if abs(t - cap) >= 0.5 * spacing]  # a tick too close to the cap's would overlap it
+    (ax.set_yticks if horizontal else ax.set_xticks)([*kept, cap], [*(f"{t:g}" for t in kept), f"≥ {cap:g}"])
+    (ax.set_ylim if horizontal else ax.set_xlim)(low, high)
 
 
 def _reference(frame: pd.DataFrame, defence: str | None = None) -> tuple[pd.DataFrame, str]:
@@ -120,6 +127,7 @@ def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
     fig = _figure(1.25 * len(indices) + 1.6, 1.35 * (len(attacks) + 1))
     axes = fig.subplots(len(attacks) + 1, len(indices), squeeze=False)
     targets: dict = {}
+    empty: list = []  # (axes, label) of the cells without an image, drawn once the images' size is known
     for row, attack in enumerate(attacks, start=1):
         for col, index in enumerate(indices):
             ax = axes[row][col]
@@ -133,9 +141,8 @@ def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
                 shown = "inf" if math.isinf(value) else f"{value:.1f}"
                 ax.set_title(f"{shown} {_unit()}".strip(), fontsize=7, pad=2)
             else:
-                label = "no record" if rec is None else ("n.a." if rec["status"] == "not-applicable" else rec["status"])
-                ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=8, transform=ax.transAxes)
-                ax.set_facecolor("0.92")
+                empty.append((ax, "no record" if rec is None else
+                              ("n.a." if rec["status"] == "not-applicable" else rec["status"])))
             if col == 0:
                 ax.set_ylabel(attack, fontsize=8, rotation=0, ha="right", va="center")
     for col, index in enumerate(indices):
@@ -143,8 +150,13 @@ def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
         if index in targets:
             ax.imshow(_to_hwc(targets[index]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         else:
-            ax.set_facecolor("0.92")
+            empty.append((ax, ""))
         ax.set_title(f"image {index}", fontsize=7, pad=2)
+    height, width = _to_hwc(next(iter(targets.values()))).shape[:2] if targets else (32, 32)
+    for ax, label in empty:  # a grey box of the images' size, so that every cell of the grid is as large
+        ax.imshow(np.full((height, width), 0.92), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        if label:
+            ax.text(0.5, 0.5, label, ha="center", va="center", fontsize=7, transform=ax.transAxes)
         if col == 0:
             ax.set_ylabel("target", fontsize=8, rotation=0, ha="right", va="center")
     for ax in axes.flat:
@@ -165,14 +177,21 @@ def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "no
     usable = board[(board["ok"] > 0) & board[metric].notna()]
     attacks = list(dict.fromkeys(board["attack"]))
     colours = _colours(attacks)
+    same = coinciding_attacks(usable, f"{HEADLINE_METRIC}_mean")
+    span = float(np.ptp(usable[metric].to_numpy(float))) if len(usable) else 0.0
+    dodge = DODGE * (span or 1.0)
     fig = _figure(7.5, 4.8)
     ax = fig.subplots()
     for i, attack in enumerate(attacks):
         sub = usable[usable["attack"] == attack]
         r = rho.loc[attack, "spearman_rho"]
         label = f"{attack}: ρ = {r:.2f}" if np.isfinite(r) else f"{attack}: ρ undefined (n={len(sub)})"
-        ax.scatter(sub[metric], _capped(sub[f"{HEADLINE_METRIC}_mean"], psnr_cap), label=label,
-                   color=colours[attack], marker=MARKERS[i % len(MARKERS)], s=36, alpha=0.85)
+        if attack in same:
+            label += f" (= {same[attack]} on every model)"
+        offset = (i - (len(attacks) - 1) / 2) * dodge  # side by side: equal values stay visible
+        ax.scatter(sub[metric] + offset, _capped(sub[f"{HEADLINE_METRIC}_mean"], psnr_cap), label=label,
+                   facecolors="none" if i % 2 else colours[attack], edgecolors=colours[attack], linewidths=1.2,
+                   marker=MARKERS[i % len(MARKERS)], s=36, alpha=0.9)
     models = usable.drop_duplicates("model")
     top = ax.secondary_xaxis("top")  # the models' names at their security metric, close ones as one tick
     positions, names = model_ticks(models[metric].to_numpy(float), models["model"].tolist(), ax.get_xlim())
@@ -188,9 +207,32 @@ def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "no
     if excluded:
         ax.text(0.99, 0.01, "no security metric: " + ", ".join(excluded), transform=ax.transAxes, fontsize=6,
                 ha="right", va="bottom", color="0.4")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title=f"markers side by side per attack\n(±{DODGE * (len(attacks) - 1) / 2:.0%} of the x range)",
+              title_fontsize=6)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+DODGE = 0.008
+"""psnr_vs_security's sideways step between two attacks' markers, as a fraction of the security metric's range:
+attacks with equal values (DLG and iDLG with the label known) stay visible side by side."""
+
+
+def coinciding_attacks(board: pd.DataFrame, column: str) -> dict[str, str]:
+    """``{attack: earlier attack}`` for each attack whose ``column`` equals an earlier attack's on every model
+    both have (at least one): their markers would coincide."""
+    values = {attack: dict(zip(rows["model"], rows[column].to_numpy(float)))
+              for attack, rows in board.groupby("attack", sort=False)}
+    same: dict[str, str] = {}
+    names = list(values)
+    for j, attack in enumerate(names):
+        for earlier in names[:j]:
+            common = set(values[attack]) & set(values[earlier])
+            if common and all(values[attack][m] == values[earlier][m] for m in common):
+                same[attack] = earlier
+                break
+    return same
 
 
 TICK_GAP = 0.025

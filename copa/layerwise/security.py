@@ -133,6 +133,10 @@ class LayerSecurity:
         return self.forward_rows + self.gradient_rows + self.padding_rows
 
 
+TABLE_WIDTH = 120
+"""The widest line of :meth:`SecurityReport.to_table` (``copa security``'s text): a terminal's width."""
+
+
 @dataclass
 class SecurityReport:
     """Per-layer ranks, the COPA index and the normalised score of one model (see module docstring)."""
@@ -174,7 +178,12 @@ class SecurityReport:
             data.pop("noise_amplification", None)
         return data
 
-    def to_table(self) -> str:
+    def to_table(self, width: int = TABLE_WIDTH) -> str:
+        """The report as text no wider than ``width`` columns (lines of prose wrapped): each layer's kind,
+        then two tables — the rank count and the numerics (condition number, rank tolerance, rank gap and,
+        when conditioned, the noise amplification κ)."""
+        import textwrap
+
         from tabulate import tabulate
 
         def fmt(value: float | None) -> str:
@@ -182,35 +191,42 @@ class SecurityReport:
                 return "–"
             return "inf" if math.isinf(value) else f"{value:.3g}"
 
-        headers = ["layer", "kind", "unknowns (incl. padded)", "forward rows", "gradient rows", "padding rows",
-                   "rank", "deficiency", "weight", "contribution", "condition number", "tolerance (K₁ / forward)",
-                   "rank gap"]
-        rows = [[layer.index, layer.description, layer.unknowns, layer.forward_rows, layer.gradient_rows,
-                 layer.padding_rows, layer.rank, layer.deficiency, f"{layer.weight:.3g}", layer.contribution,
-                 fmt(layer.condition_number),
-                 " / ".join(f"{v:.1e}" for v in layer.tolerance.values()) or "–", fmt(layer.rank_gap)]
-                for layer in self.layers]
+        def wrapped(text: str) -> str:
+            return textwrap.fill(text, width=width, subsequent_indent="    ", break_on_hyphens=False)
+
+        kinds = [wrapped(f"layer {layer.index}: {layer.description}") for layer in self.layers]
+        ranks = tabulate([[layer.index, layer.unknowns, layer.forward_rows, layer.gradient_rows, layer.padding_rows,
+                           layer.rank, layer.deficiency, f"{layer.weight:.3g}", layer.contribution]
+                          for layer in self.layers],
+                         headers=["layer", "unknowns", "fwd rows", "grad rows", "pad rows", "rank",
+                                  "deficiency", "weight", "contribution"], tablefmt="github")
+        numerics_headers = ["layer", "condition number", "tolerance (K₁ / forward)", "rank gap"]
+        numerics_rows = [[layer.index, fmt(layer.condition_number),
+                          " / ".join(f"{v:.1e}" for v in layer.tolerance.values()) or "–", fmt(layer.rank_gap)]
+                         for layer in self.layers]
         if self.conditioned:
-            headers.append("noise amplification (κ)")
-            for row, layer in zip(rows, self.layers):
+            numerics_headers.append("noise amplification κ")
+            for row, layer in zip(numerics_rows, self.layers):
                 row.append(fmt(layer.noise_amplification))
-        table = tabulate(rows, headers=headers, tablefmt="github")
-        lines = [f"COPA security of {self.model}", "", table, "",
-                 f"COPA index: {self.copa_index}  (0 = every layer uniquely solvable, i.e. most leaky; "
-                 "more negative = more secure)",
-                 f"normalised score: {self.normalised_score:.4f}  (weighted fraction of undetermined unknowns; "
-                 "0 = fully determined, 1 = nothing determined)"]
+        numerics = tabulate(numerics_rows, headers=numerics_headers, tablefmt="github")
+        legend = wrapped("unknowns: the layer's input entries, padding included; rows: its forward, gradient and "
+                         "padding equations")
+        lines = [f"COPA security of {self.model}", "", *kinds, "", ranks, legend, "", numerics, "",
+                 wrapped(f"COPA index: {self.copa_index}  (0 = every layer uniquely solvable, i.e. most leaky; "
+                         "more negative = more secure)"),
+                 wrapped(f"normalised score: {self.normalised_score:.4f}  (weighted fraction of undetermined "
+                         "unknowns; 0 = fully determined, 1 = nothing determined)")]
         propagated = propagated_image_dimensions(self.layers)
         if propagated is not None:
             undetermined, pixels = propagated
-            lines.append(f"propagated image fraction: {undetermined / pixels:.4f}  ({undetermined} of {pixels} "
-                         "pixels left undetermined once each layer passes its undetermined directions down; ours, "
-                         "a lower bound; results/metric-validity/README.md)")
+            lines.append(wrapped(f"propagated image fraction: {undetermined / pixels:.4f}  ({undetermined} of "
+                                 f"{pixels} pixels left undetermined once each layer passes its undetermined "
+                                 "directions down; ours, a lower bound; results/metric-validity/README.md)"))
         if self.conditioned:
-            lines.append("noise amplification: κ = σ_max/σ_rank of U, the first-order bound ‖δx‖/‖x‖ ≤ κ·‖δv‖/‖v‖ "
-                         "of the layer's least-squares solve (Golub & Van Loan, Matrix Computations, §5.3; "
-                         "for a rank-deficient layer on the row-space component only)")
-        lines += [f"note: {note}" for note in self.notes]
+            lines.append(wrapped("noise amplification: κ = σ_max/σ_rank of U, the first-order bound ‖δx‖/‖x‖ ≤ "
+                                 "κ·‖δv‖/‖v‖ of the layer's least-squares solve (Golub & Van Loan, Matrix "
+                                 "Computations, §5.3; for a rank-deficient layer on the row-space component only)"))
+        lines += [wrapped(f"note: {note}") for note in self.notes]
         return "\n".join(lines)
 
 

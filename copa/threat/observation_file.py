@@ -550,7 +550,9 @@ def load_observation(path: str | Path, *, device: torch.device | str = "cpu",
 
 def load_targets(path: str | Path, observation: Observation):
     """The :class:`~copa.threat.GroundTruth` in an npz (``images`` N×C×H×W in [0, 1], optional ``labels``)
-    to score an observation's reconstruction; shapes must match the observation."""
+    to score an observation's reconstruction; shapes must match the observation. The ``images.npz`` that
+    ``copa attack`` writes is accepted as it is: its ``target`` is the images (its ``reconstruction`` and
+    ``indices`` are ignored)."""
     import numpy as np
 
     from .observation import GroundTruth
@@ -564,12 +566,16 @@ def load_targets(path: str | Path, observation: Observation):
     except Exception as err:
         raise InvalidSpecError(f"targets file {str(path)!r} cannot be read as an npz of arrays "
                                f"({type(err).__name__}: {err})") from None
+    if "images" not in arrays and "target" in arrays:  # copa attack's own images.npz
+        arrays = {"images": arrays["target"], **({"labels": arrays["labels"]} if "labels" in arrays else {})}
     if "images" not in arrays:
         raise InvalidSpecError(f"targets file {str(path)!r} has no array 'images' (found {sorted(arrays)}): expected "
-                               f"'images' N×C×H×W in [0, 1] and optional 'labels'")
+                               f"'images' N×C×H×W in [0, 1] and optional 'labels', or the 'target' of an images.npz "
+                               f"that copa attack wrote")
     unknown = sorted(set(arrays) - {"images", "labels"})
     if unknown:
-        raise InvalidSpecError(f"targets file {str(path)!r} has unknown arrays {unknown}: accepted are images, labels")
+        raise InvalidSpecError(f"targets file {str(path)!r} has unknown arrays {unknown}: accepted are images, labels "
+                               f"(or an images.npz of copa attack: target, reconstruction, indices)")
     images = arrays["images"]
     expected = (observation.batch_size, *observation.input_shape)
     if images.dtype.kind != "f" or tuple(images.shape) != expected:

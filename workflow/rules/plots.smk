@@ -2,9 +2,15 @@ localrules:
     plots,
 
 
+# The privacy curves only where the config's defences axis has a defence: a run without defences has no curve
+# to draw (the rule then does not declare the file, and the script does not write it).
+PRIVACY_CURVES = [f"{RESULTS}/plots/privacy_curves.png"] if any(s.defences for s in SETTING_AXIS.values()) else []
+
+
 rule plots:
     """Reconstruction grid per model, PSNR vs security metric (Spearman ρ), PSNR distribution, time vs PSNR (the
-    undefended runs, or the first defence's), and the privacy curves: PSNR and SSIM against defence strength."""
+    undefended runs, or the first defence's), and, when the config has defences, the privacy curves: PSNR and SSIM
+    against defence strength."""
     input:
         records=rules.leaderboard.output.records_csv,
         board=rules.leaderboard.output.leaderboard_csv,
@@ -16,8 +22,7 @@ rule plots:
         distribution=report(f"{RESULTS}/plots/psnr_distribution.png", caption="../report/psnr_distribution.rst",
                             category="Plots"),
         time=report(f"{RESULTS}/plots/time_vs_psnr.png", caption="../report/time_vs_psnr.rst", category="Plots"),
-        privacy=report(f"{RESULTS}/plots/privacy_curves.png", caption="../report/privacy_curves.rst",
-                       category="Plots"),
+        privacy=report(PRIVACY_CURVES, caption="../report/privacy_curves.rst", category="Plots"),
     params:
         models=MODELS,
         attacks=ATTACKS,

@@ -20,6 +20,6 @@ with logged(sm.log[0]) as log:
     plots.psnr_vs_security(board, sm.output.security, metric=sm.params.metric, psnr_cap=cap)
     plots.psnr_distribution(records, sm.output.distribution, attacks=sm.params.attacks, psnr_cap=cap)
     plots.time_vs_psnr(records, sm.output.time, attacks=sm.params.attacks, psnr_cap=cap)
-    plots.privacy_curves(records, sm.output.privacy, models=sm.params.models, attacks=sm.params.attacks,
-                         psnr_cap=cap)
+    for path in sm.output.privacy:  # declared only when the config has defences
+        plots.privacy_curves(records, path, models=sm.params.models, attacks=sm.params.attacks, psnr_cap=cap)
     print("wrote", *sm.output, sep="\n", file=log)
