@@ -295,7 +295,7 @@ alternatives, each one defence or a chain of them joined by ``+`` (``none``: the
 ``client_batch`` (images per client step, one K or a list) is an axis of the scenario's ``indices``."""
 NOT_IN_WORKFLOW = {"checkpoint": "a trained model is named by the models axis, per model (ARCH@epochE)"}
 """Scenario fields that a workflow config does not set, and why."""
-RUN_KEYS = ("seed", "device", "retry_failed", "plugins", "metrics")
+RUN_KEYS = ("seed", "device", "retry_failed", "plugins", "extensions", "metrics")
 """Config keys besides the scenario's that determine a record."""
 MAX_TRAIN_EPOCH = 1000
 """The largest epoch a models-axis entry ``ARCH@epochE`` may name (each is trained from scratch)."""
