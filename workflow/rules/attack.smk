@@ -18,10 +18,14 @@ rule cell:
         defence=lambda wildcards: SETTING_AXIS[wildcards.defence].defence,
         local_steps=lambda wildcards: SETTING_AXIS[wildcards.defence].local_steps,
         client_batch=lambda wildcards: SETTING_AXIS[wildcards.defence].client_batch,
+    # SLURM: --group-components cells=N (profiles/slurm) runs N cells in one job instead of one job each
+    group:
+        "cells"
     threads: config["threads"]
     resources:
-        runtime=720,
-        mem_mb=4000,
+        runtime=cell_runtime,
+        mem_mb=CELL_MEM_MB,
+        gpu=cell_gpus(),
     log:
         f"{OUT}/logs/{TAG}/cells/{{defence}}/{{model}}/{{attack}}.log",
     conda:
