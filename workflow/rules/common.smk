@@ -42,11 +42,11 @@ def scenario_params():
 
 # Per-job resources of the rules that run on cluster nodes (profiles/slurm; README.md, "Running on a cluster").
 # Memory, measured 2026-12-06 (torch 2.14.1, 2-core Intel Xeon): SLURM's accounting (sacct MaxRSS, which sums a
-# step's processes: its Snakemake, the script, the attack's worker) gave up to 2.0 GB per smoke cell and per
-# security report (config/smoke.yaml through profiles/slurm), 1.1 GB more than the script's own peak (Snakemake's
-# benchmark: max_rss). The heaviest cells tried, config/paper.yaml's largest models on 8 CIFAR-10 images batched
+# step's processes: its Snakemake, the script, the attack's worker) gave up to 2.2 GB per smoke cell and 2.0 GB
+# per security report (config/smoke.yaml through profiles/slurm, two runs), about 1.1 GB more than the script's
+# own peak (Snakemake's benchmark: max_rss). The heaviest cells tried, config/paper.yaml's largest models on 8 CIFAR-10 images batched
 # at reduced step counts: rgap on cnn6-d and cnn4_c3 1.9 GB (max_rss), copa-gm and hybrid on cnn6-d 3.0 GB
-# (ps RSS while running), so ≈ 4.1 GB per step; a cell gets 6000 MB, a security report 1.5 times its 2.0 GB.
+# (ps RSS while running), so ≈ 4.1–4.4 GB per step; a cell gets 6000 MB, a security report 1.5 times its 2.0 GB.
 CELL_MEM_MB = 6000
 SECURITY_MEM_MB = 3000
 # Wall minutes per instance of a cell at the published step counts: the costliest image of README.md's
