@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 8
 BIN := $(VENV)/bin
+# the extras make test installs; .ci/run adds slurm (snakemake-executor-plugin-slurm) for tests/test_slurm.py
+PIP_EXTRAS ?= test
 
 .PHONY: run test install clean sandbox
 
@@ -22,7 +24,7 @@ sandbox:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[$(PIP_EXTRAS)]"
 	touch $@
 
 run: install

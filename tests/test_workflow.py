@@ -293,12 +293,18 @@ def test_lint_is_clean():
     assert "Lints for" not in result.stdout + result.stderr
 
 
-def test_slurm_profile_requests_a_gpu_for_attack_cells():
+def test_slurm_profile_groups_cells_and_leaves_the_gpu_to_the_config():
+    """profiles/slurm groups cells and security reports, and asks for no GPU of its own: a CPU-only cluster
+    refuses a GPU request; cells ask for one with device cuda or --set-resources cell:gpu=1 (README)."""
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    assert int(profile["set-resources"]["cell"]["gpu"]) >= 1
     text = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    for rule in profile["set-resources"]:
+    for component in profile["group-components"]:
+        group, count = component.split("=")
+        assert f'group:\n        "{group}"' in text and int(count) > 1, component
+    assert "gpu" not in str(profile.get("default-resources")) and "gpu" not in str(profile.get("set-resources"))
+    assert "gpu=local" in profile["set-resource-scopes"]  # a group job holds at most one GPU (resources: gpu=1)
+    for rule in profile.get("set-resources") or {}:
         assert f"rule {rule}:" in text, f"profile sets resources of unknown rule {rule!r}"
 
 
@@ -309,7 +315,8 @@ def test_slurm_profile_dry_run(tmp_path):
     result = snakemake(tmp_path, "--dry-run", "--profile", str(ROOT / "profiles" / "slurm"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout + result.stderr
-    assert "cell" in out and "security" in out and "gpu=1" in out
+    assert "Group job cells" in out and "security" in out and "gpu=0" in out and "gpu=1" not in out
+    assert "runtime=40" in out  # a smoke cell: 2 images at 20 minutes each (workflow/rules/common.smk)
 
 
 @needs_snakemake

@@ -16,10 +16,14 @@ rule cell:
         attack=lambda wildcards: attack_identity(config, wildcards.attack),
         records=lambda wildcards: f"{OUT}/{TAG}/records/{wildcards.defence}/{wildcards.model}/{wildcards.attack}",
         setting=lambda wildcards: SETTING_AXIS[wildcards.defence].as_params(),
+    # SLURM: --group-components cells=N (profiles/slurm) runs N cells in one job instead of one job each
+    group:
+        "cells"
     threads: config["threads"]
     resources:
-        runtime=720,
-        mem_mb=4000,
+        runtime=cell_runtime,
+        mem_mb=CELL_MEM_MB,
+        gpu=cell_gpus(),
     log:
         f"{OUT}/logs/{TAG}/cells/{{defence}}/{{model}}/{{attack}}.log",
     conda:

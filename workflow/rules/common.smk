@@ -38,3 +38,34 @@ def scenario_params():
     """Everything that determines a record besides the attack: the scenario's keys (from the Scenario's
     one declaration) and the run's; a change reruns the affected jobs."""
     return {key: config[key] for key in (*workflow_scenario_keys(), *RUN_KEYS, "max_instances")}
+
+
+# Per-job resources of the rules that run on cluster nodes (profiles/slurm; README.md, "Running on a cluster").
+# Memory, measured 2026-12-06 (torch 2.14.1, 2-core Intel Xeon): SLURM's accounting (sacct MaxRSS, which sums a
+# step's processes: its Snakemake, the script, the attack's worker) gave up to 2.2 GB per smoke cell and 2.0 GB
+# per security report (config/smoke.yaml through profiles/slurm, two runs), about 1.1 GB more than the script's
+# own peak (Snakemake's benchmark: max_rss). The heaviest cells tried, config/paper.yaml's largest models on 8 CIFAR-10 images batched
+# at reduced step counts: rgap on cnn6-d and cnn4_c3 1.9 GB (max_rss), copa-gm and hybrid on cnn6-d 3.0 GB
+# (ps RSS while running), so ≈ 4.1–4.4 GB per step; a cell gets 6000 MB, a security report 1.5 times its 2.0 GB.
+CELL_MEM_MB = 6000
+SECURITY_MEM_MB = 3000
+# Wall minutes per instance of a cell at the published step counts: the costliest image of README.md's
+# "What a full-fidelity paper run costs" (hybrid on cnn6, 322 CPU-s) times 3.5, the most that the
+# published records' wall time exceeded their CPU time on shared cores (same section), rounded up.
+CELL_MINUTES_PER_INSTANCE = 20
+# Besides the attack a cell starts Python and torch and builds its model and data: ≤ 37 s per smoke cell step and
+# ≤ 32 s per security report through SLURM at load 10 on 2 cores (sacct Elapsed); the limits leave room for more.
+CELL_MINIMUM_MINUTES = 10
+SECURITY_MINUTES = 10
+
+
+def cell_runtime(wildcards):
+    """A cell's SLURM time limit in minutes: its instances (images, or client batches) at the costliest
+    shipped attack's per-image wall time; plug-in attacks and longer step counts: --set-resources cell:runtime=."""
+    return max(CELL_MINIMUM_MINUTES, CELL_MINUTES_PER_INSTANCE * len(INSTANCES[wildcards.defence]))
+
+
+def cell_gpus():
+    """One GPU per cell where the config asks for CUDA (device: cuda or cuda:N), none otherwise: a CPU-only
+    cluster rejects a GPU request, and device auto runs on whatever the node has."""
+    return 1 if str(config["device"]).startswith("cuda") else 0

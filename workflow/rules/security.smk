@@ -4,9 +4,12 @@ rule security:
         f"{OUT}/{TAG}/security/{{model}}.json",
     params:
         run=lambda wildcards: {**scenario_params(), "security": config["security"]},
+    group:
+        "security"
     threads: config["threads"]
     resources:
-        runtime=30,
+        runtime=SECURITY_MINUTES,
+        mem_mb=SECURITY_MEM_MB,
     log:
         f"{OUT}/logs/{TAG}/security/{{model}}.log",
     conda:
