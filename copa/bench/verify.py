@@ -222,6 +222,7 @@ def _compare(row, record: dict[str, Any], metrics: tuple[str, ...], rtol: float)
         names.append("label_accuracy")
         now = {**now, "label_accuracy": record["metrics"]["label_accuracy"]}
     exact, close, worst = True, True, []
+    both_exact = _exact_recovery(row.get("psnr")) and _exact_recovery(now.get("psnr"))
     for name in names:
         published, rerun = row[name], now[name]
         if published is None or (isinstance(published, float) and math.isnan(published)):
@@ -234,11 +235,23 @@ def _compare(row, record: dict[str, Any], metrics: tuple[str, ...], rtol: float)
             exact = False
             relative = abs(published - rerun) / max(abs(published), 1e-300)
             worst.append(f"{name} {rerun:.6g} vs {published:.6g} (relative {relative:.1e})")
-            if relative > rtol:
+            if relative > rtol and not (both_exact and name in ("mse", "psnr")):
                 close = False
     if exact:
         return "identical", f"{', '.join(names)} equal to the last bit"
+    if both_exact and close:
+        worst.append(f"both exact recoveries (PSNR ≥ {EXACT_PSNR:g} dB): their MSE and PSNR differ by float64 "
+                     f"rounding only")
     return ("within tolerance" if close else "different"), "; ".join(worst)
+
+
+def _exact_recovery(psnr) -> bool:
+    """A PSNR of an exact recovery (:data:`EXACT_PSNR` or more): its last digits are float64 rounding, which other
+    kernels round differently (R-GAP on a full-rank chain: 288 vs 290 dB)."""
+    try:
+        return float(psnr) >= EXACT_PSNR
+    except (TypeError, ValueError):
+        return False
 
 
 def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, rtol: float = DEFAULT_RTOL,
