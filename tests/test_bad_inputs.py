@@ -264,7 +264,7 @@ CASES = [
          setup=checkpoint_of_other_model),
     Case("checkpoint that is a pickled module, not a state_dict",
          "copa attack --attack noise --model cnn2_c1 --checkpoint TMP/whole_model.pt --out OUT",
-         ("TMP/whole_model.pt", "copa.models.ChainNet", "weights_only=True", "torch.save(model.state_dict(), PATH)"),
+         ("TMP/whole_model.pt", "copa.models.chains.ChainNet", "weights_only=True", "torch.save(model.state_dict(), PATH)"),
          setup=pickled_model),
     Case("truncated checkpoint", "copa attack --attack noise --model cnn2_c1 --checkpoint TMP/cut.pt --out OUT",
          ("TMP/cut.pt", "truncated or corrupted", "torch.save(model.state_dict(), PATH)"), setup=truncated_checkpoint),
