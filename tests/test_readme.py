@@ -39,8 +39,14 @@ NOT_RUN = {
         "test_copa_attack_reads_a_captured_file_from_the_command_line attacks a capture the same way",
     "copa attack --attack rgap --observation captured/round-0001-node-N.pt --out runs/flower-rgap":
         "a template: N is the node id Flower gives the client",
-    "snakemake --profile profiles/slurm --configfile config/paper.yaml":
-        "needs a SLURM cluster and the slurm extra (test_workflow.py's test_slurm_profile_dry_run dry-runs the profile)",
+    'pip install -e ".[slurm]"': "installs into the environment the tests run in (.ci/run installs the slurm extra)",
+    "sudo scripts/slurm-local-cluster.sh start": "starts system daemons (root, apt): tests/test_slurm.py starts the "
+                                                 "cluster itself and runs the smoke config through the profile",
+    "snakemake --profile profiles/slurm --configfile config/smoke.yaml": "needs the running cluster: tests/test_slurm.py "
+                                                                         "runs this command and compares with a local run",
+    "sacct -X -o JobID,JobName%36,State,Elapsed,AllocCPUS,ReqMem,Timelimit": "needs the cluster's accounting: "
+                                                                             "tests/test_slurm.py reads sacct",
+    "sudo scripts/slurm-local-cluster.sh stop": "stops system daemons: tests/test_slurm.py stops the cluster it started",
 }
 """Commands of the README's bash blocks that are not run, with the reason."""
 
