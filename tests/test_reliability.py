@@ -146,7 +146,7 @@ def test_a_cell_goes_on_after_failures_and_the_leaderboard_counts_them(injected,
                  f"**device**: {record['device']}", f"torch {torch.__version__.split('+')[0]}",
                  "**package versions**: python ", "**images per cell**: 2", "**date**: 20", "failed (2)",
                  "observed gradients are not finite: fc.weight has",
-                 "failed: solver failure (torch.linalg.LinAlgError): singular"]:
+                 "solver failure (torch.linalg.LinAlgError): singular"]:
         assert fact in md, fact
     assert record["workflow"]["run_config_hash"] == run_config_hash(config)
     changed = run_config_hash({**config, "seed": 1})
@@ -228,9 +228,9 @@ MODELS.register("test-plugin-overflow", Overflow, replace=True, description="a p
 '''
 
 
-def test_plugin_modules_register_models_for_the_command_line(tmp_path, capsys):
-    """A --plugin module may register a model: `copa list models` shows it, and `copa attack` on it stops
-    with the non-finite gradients named (exit 2, nothing written)."""
+def test_extension_modules_register_models_for_the_command_line(tmp_path, capsys):
+    """A trusted --extension module may register a model (a sandboxed --plugin may not: docs/trust.md): `copa list
+    models` shows it, and `copa attack` on it stops with the non-finite gradients named (exit 2, nothing written)."""
     import sys
 
     from copa import plugins as attacks_mod
@@ -239,16 +239,16 @@ def test_plugin_modules_register_models_for_the_command_line(tmp_path, capsys):
     path = tmp_path / "overflow_model.py"
     path.write_text(PLUGIN_MODEL)
     try:
-        assert main(["list", "models", "--plugin", str(path)]) == 0
+        assert main(["list", "models", "--extension", str(path)]) == 0
         assert "test-plugin-overflow" in capsys.readouterr().out
-        code = main(["attack", "--plugin", str(path), "--attack", "mean-image", "--model", "test-plugin-overflow",
+        code = main(["attack", "--extension", str(path), "--attack", "mean-image", "--model", "test-plugin-overflow",
                      "--out", str(tmp_path / "out")])
         err = capsys.readouterr().err
         assert code == 2 and "observed gradients are not finite: fc.weight has 30720 non-finite entries" in err
         assert not (tmp_path / "out").exists()
     finally:
         MODELS._entries.pop("test-plugin-overflow", None)
-        attacks_mod._loaded.pop(str(path.resolve()), None)
+        attacks_mod._imported.pop(str(path.resolve()), None)
         sys.modules.pop("copa_plugin_overflow_model", None)
 
 
