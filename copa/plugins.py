@@ -17,7 +17,6 @@ without running it, and :func:`import_in_worker` — called by the worker alone 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -197,7 +196,3 @@ def plugin_file(target: str) -> Path:
         else:
             return Path(spec.origin).resolve()
     return (source / "__init__.py").resolve()
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

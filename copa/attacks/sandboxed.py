@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from ..errors import CopaError
 from ..hyperparameters import Hyperparameter
-from ..plugins import import_trusted, imported_extensions, plugin_file, plugin_source, plugin_targets, file_sha256
+from ..plugins import import_trusted, imported_extensions, plugin_file, plugin_source, plugin_targets
 from ..registry import registering_for
 from .base import ATTACKS, Attack
 
@@ -36,11 +36,11 @@ _described: dict[str, list[str]] = {}  # plug-in target -> the attack names it r
 
 class SandboxedAttack(Attack):
     """An untrusted plug-in's attack in the runner: its declaration only. ``plugin`` names the plug-in,
-    ``plugin_file`` and ``plugin_sha256`` its source (read by copa, not claimed by the plug-in)."""
+    ``plugin_file`` its source as copa found it (not as the plug-in claims; its hash is read when a result is
+    identified: :func:`copa.bench.pipeline.attack_identity`)."""
 
     plugin: ClassVar[str] = ""
     plugin_file: ClassVar[str] = ""
-    plugin_sha256: ClassVar[str | None] = None
 
     def reconstruct(self, observation, generator):
         raise CopaError(f"attack {self.name!r} is plug-in {self.plugin!r}'s: it runs only in its sandboxed worker "
@@ -63,10 +63,9 @@ def load_plugins(modules=(), extensions=()) -> None:
     for target in pending:
         names = []
         source = plugin_file(target)
-        digest = file_sha256(source)
         with registering_for(target):
             for entry in described[target]:
-                cls = _sandboxed_class(entry, target, source, digest)
+                cls = _sandboxed_class(entry, target, source)
                 ATTACKS.register(cls.name, cls, paper=cls.paper, description=cls.description)
                 names.append(cls.name)
         _described[target] = names
@@ -209,8 +208,8 @@ def _checked_attack(target: str, entry: Any, bad) -> dict[str, Any]:
             "hyperparameters": declared}
 
 
-def _sandboxed_class(entry: dict[str, Any], target: str, source: Path, digest: str) -> type[SandboxedAttack]:
-    attributes = {**entry, "plugin": target, "plugin_file": str(source), "plugin_sha256": digest,
+def _sandboxed_class(entry: dict[str, Any], target: str, source: Path) -> type[SandboxedAttack]:
+    attributes = {**entry, "plugin": target, "plugin_file": str(source),
                   "__module__": __name__, "__doc__": f"Plug-in {target!r}'s attack {entry['name']!r} (sandboxed)."}
     return type(f"Sandboxed[{entry['name']}]", (SandboxedAttack,), attributes)
 
