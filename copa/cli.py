@@ -7,6 +7,8 @@
     copa security --model NAME [--index I [I ...]] [--json] [--out FILE]
     copa check --attack NAME [--plugin FILE] [--set KEY=VALUE]
     copa train --model NAME --dataset SPEC --epochs N --checkpoint-epochs 0,1,5 --out DIR
+    copa verify RESULTS_DIR [--sample N] [--seed S] [--record-verdict]
+    copa submit --plugin FILE.py --attack NAME --name ENTRY --contact ADDRESS [--config FILE] [--out DIR]
 
 Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
 """
@@ -231,11 +233,48 @@ def build_parser() -> argparse.ArgumentParser:
     p_ver.add_argument("--report", default=None, help=argparse.SUPPRESS)
     p_ver.add_argument("--allow-unsandboxed", action="store_true",
                        help=f"rerun plug-in attacks even where no sandbox works (same as {ALLOW_UNSANDBOXED}=1)")
+    p_ver.add_argument("--record-verdict", action="store_true",
+                       help="a submission folder only (copa submit): write the entry's verdict (verified, unverified "
+                            "or failed) with the sample and the counts to RESULTS_DIR/verification.json")
+
+    p_sub = sub.add_parser("submit", help="run the standard benchmark (config/submission.yaml) with your plug-in's "
+                                          "attack and write a submission folder for maintainers to verify "
+                                          "(docs/submitting.md)")
+    p_sub.add_argument("--plugin", required=True, metavar="FILE.py",
+                       help="your attack's .py file (untrusted: described and run in the sandbox only, docs/trust.md)")
+    p_sub.add_argument("--attack", required=True, help="the attack name your plug-in registers")
+    p_sub.add_argument("--name", required=True, help="the entry's name (its folder: submissions/NAME)")
+    p_sub.add_argument("--contact", required=True, help="an e-mail address or web address for the maintainers")
+    p_sub.add_argument("--config", default=None, metavar="FILE",
+                       help="the benchmark config (default config/submission.yaml, the standard; another one makes "
+                            "an entry marked non-standard, e.g. config/submission-smoke.yaml for a first try)")
+    p_sub.add_argument("--out", default=None, metavar="DIR",
+                       help="the entry's folder (default submissions/NAME; it must not exist)")
+    p_sub.add_argument("--cores", type=int, default=None, help="cores for the workflow (default: all of this machine's)")
+    p_sub.add_argument("--allow-unsandboxed", action="store_true",
+                       help=f"run the plug-in even where no sandbox works (same as {ALLOW_UNSANDBOXED}=1; the records "
+                            f"and the leaderboard then say so)")
     return parser
 
 
+def cmd_submit(args) -> int:
+    from .bench.submission import SUBMISSION_FILE, submit
+
+    _allow_unsandboxed(args)
+    entry = submit(plugin=args.plugin, attack=args.attack, name=args.name, contact=args.contact, out=args.out,
+                   config_file=args.config, cores=args.cores, command=args.command_line,
+                   log=lambda line: print(line, file=sys.stderr, flush=True))
+    folder = args.out or f"submissions/{args.name}"
+    counts = ", ".join(f"{n} {status}" for status, n in entry["records"].items())
+    standard = "the standard benchmark" if entry["config"]["standard"] else \
+        f"NOT the standard benchmark ({'; '.join(entry['config']['differences'])})"
+    print(f"wrote {folder}: {args.attack} records {counts}; {standard}; plug-in sha256 {entry['plugin_sha256']} "
+          f"({SUBMISSION_FILE}). Maintainers verify it with: copa verify {folder} --sample 10 --record-verdict")
+    return 0
+
+
 def cmd_verify(args) -> int:
-    import shlex
+    from pathlib import Path
 
     from .bench.verify import DEFAULT_RTOL, VERDICTS, kernel_set_summary, verify_results, write_verification
 
@@ -252,6 +291,25 @@ def cmd_verify(args) -> int:
             positions = [int(p) for p in args.rows.split(",")]
         except ValueError:
             raise CopaError(f"--rows {args.rows!r} is invalid: expected row numbers of records.csv, e.g. 0,4") from None
+    from .bench.submission import VERIFICATION_FILE, is_submission, verify_submission
+
+    if args.record_verdict and not is_submission(args.results_dir):
+        raise CopaError(f"--record-verdict writes a submission's verdict, and {args.results_dir} is not a submission "
+                        f"(no submission.json: copa submit writes it)")
+    if positions is None and is_submission(args.results_dir):
+        verification, results = verify_submission(args.results_dir, sample=args.sample, seed=args.seed, rtol=rtol,
+                                                   device=args.device, threads=args.threads,
+                                                   command=args.command_line, record=args.record_verdict)
+        if results:
+            counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+            print(kernel_set_summary(results))
+            print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+        if args.out is not None:
+            write_verification(results, args.out, command=args.command_line, results_dir=args.results_dir)
+        print(f"{verification['name']}: {verification['verdict']} ({verification['sample']} of {verification['attack']}'s "
+              f"records rerun" + (f"; {verification['reason']}" if verification.get("reason") else "") + ")"
+              + (f"; wrote {Path(args.results_dir) / VERIFICATION_FILE}" if args.record_verdict else ""))
+        return 1 if verification["verdict"] == "failed" else 0
     results = verify_results(args.results_dir, sample=args.sample, seed=args.seed, rtol=rtol, device=args.device,
                              threads=args.threads, positions=positions)
     if args.report is not None:
@@ -264,7 +322,7 @@ def cmd_verify(args) -> int:
     print(kernel_set_summary(results))
     print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if args.out is not None:
-        write_verification(results, args.out, command="copa " + shlex.join(sys.argv[1:]), results_dir=args.results_dir)
+        write_verification(results, args.out, command=args.command_line, results_dir=args.results_dir)
     return 0 if counts["different"] == counts["tampered"] == 0 else 1
 
 
@@ -461,8 +519,11 @@ def cmd_train(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import shlex
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = "copa " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     try:
         if args.command == "list":
             return cmd_list(args)
@@ -478,6 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "submit":
+            return cmd_submit(args)
     except CopaError as exc:
         print(f"copa: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -21,6 +21,10 @@ The record's stored ``versions`` are compared with this installation's and a dif
 the verdict. When the full records are present (the workflow's ``out`` folder, as ``records.csv`` points to
 them), the record's own batch members and attack source hash are used and a changed attack file is reported
 as ``cannot verify (attack source changed)``.
+
+A submission folder (``submission.json``, :mod:`copa.bench.submission`) reruns with its own copy of the plug-in,
+whatever its config.yaml names, and refuses a config.yaml that names trusted extensions; its records.csv points to
+the full records inside the folder.
 """
 
 from __future__ import annotations
@@ -83,6 +87,11 @@ def _read(results_dir: Path):
                                f"a workflow run wrote (a YAML mapping)") from None
     if not isinstance(config, dict):
         raise CopaError(f"{config_path} does not hold a workflow config (a mapping)")
+    from .submission import submission_plugins
+
+    own = submission_plugins(results_dir, config)
+    if own is not None:  # a submission reruns its own plug-in copy, whatever its config.yaml names
+        config = {**config, "plugins": own}
     try:
         check_attacks(config)
     except CopaError as exc:
@@ -256,14 +265,14 @@ def _exact_recovery(psnr) -> bool:
 
 def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, rtol: float = DEFAULT_RTOL,
                    device: str = "cpu", threads: int = 1, log: Callable[[str], None] = print,
-                   positions: list[int] | None = None) -> list[Verification]:
+                   positions: list[int] | None = None, attacks: list[str] | None = None) -> list[Verification]:
     """Rerun ``sample`` records of the leaderboard in ``results_dir`` drawn with ``seed`` (without replacement,
     every status) and compare them with what is published (module docstring). Records that ran together are
     rerun together once. On the CPU, a record that this process's kernel set does not reproduce is rerun in a
     fresh process under the record's own kernel set (``ATEN_CPU_CAPABILITY``; records without one: every other set
     this CPU runs) and its verdict says which reproduced it (:func:`_retry_under_other_kernel_sets`).
     ``positions``: rerun exactly these rows of records.csv instead of a sample, in this process only (the child
-    processes of that retry)."""
+    processes of that retry). ``attacks``: draw the sample from these attacks' records only (a submission's)."""
     from ..hyperparameters import check_threads
     from ..provenance import resolve_device
 
@@ -273,7 +282,13 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     resolve_device(device)  # an unknown or unavailable device: one line before any rerun
     results_dir = Path(results_dir)
     config, rows = _read(results_dir)
-    if positions is None:
+    if positions is None and attacks is not None:
+        population = [k for k, name in enumerate(rows["attack"]) if str(name) in attacks]
+        if not population:
+            raise CopaError(f"{results_dir / 'records.csv'} has no record of {', '.join(attacks)} to verify")
+        drawn = np.random.default_rng(seed).choice(len(population), size=min(sample, len(population)), replace=False)
+        picked = sorted(population[int(k)] for k in drawn)
+    elif positions is None:
         picked = [int(p) for p in sorted(np.random.default_rng(seed).choice(len(rows), size=min(sample, len(rows)),
                                                                           replace=False))]
     else:
@@ -391,7 +406,7 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
         if config_hash(scenario.to_dict(), attack, hp, run_seed) != row["config_hash"]:
             verdict("cannot verify", "the scenario rebuilt from config.yaml does not give the record's config_hash")
             continue
-        folder = Path(str(row["record"])).parent if isinstance(row.get("record"), str) else None
+        folder = record_folder(results_dir, row.get("record"))
         stored = read_record(folder) if folder is not None else None
         if stored is not None and str(row["status"]) == "ok":
             why = rescoring_disagrees(row, scenario, folder, metrics, device)
@@ -417,6 +432,18 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
             detail += f"; versions then: {row.get('versions')}; now: {versions}"
         verdict(kind, detail)
     return out
+
+
+def record_folder(results_dir: Path, record: Any) -> Path | None:
+    """The folder of a records.csv row's full record (its ``record`` column): a relative path inside
+    ``results_dir`` when it is there (a submission's, :mod:`copa.bench.submission`), else as written (relative to
+    the current folder: the workflow's ``out``); None without one."""
+    if not isinstance(record, str) or not record:
+        return None
+    path = Path(record)
+    if not path.is_absolute() and (results_dir / path).is_file():
+        return (results_dir / path).parent
+    return path.parent
 
 
 def kernel_set_summary(results: list[Verification]) -> str:
