@@ -266,10 +266,11 @@ def cmd_submit(args) -> int:
                    log=lambda line: print(line, file=sys.stderr, flush=True))
     folder = args.out or f"submissions/{args.name}"
     counts = ", ".join(f"{n} {status}" for status, n in entry["records"].items())
-    standard = "the standard benchmark" if entry["config"]["standard"] else \
-        f"NOT the standard benchmark ({'; '.join(entry['config']['differences'])})"
-    print(f"wrote {folder}: {args.attack} records {counts}; {standard}; plug-in sha256 {entry['plugin_sha256']} "
-          f"({SUBMISSION_FILE}). Maintainers verify it with: copa verify {folder} --sample 10 --record-verdict")
+    differences = entry["config"]["differences"]
+    standard = "the standard benchmark" if not differences else \
+        f"not the standard benchmark ({len(differences)} differences, listed in {SUBMISSION_FILE})"
+    print(f"wrote {folder}: {args.attack}'s records {counts}; {standard}; plug-in sha256 {entry['plugin_sha256']}")
+    print(f"maintainers verify it with: copa verify {folder} --sample 10 --record-verdict")
     return 0
 
 
