@@ -164,9 +164,9 @@ def check_submit_inputs(*, plugin: str, attack: str, name: str, contact: str, ou
     if cores is not None and cores < 1:
         raise InvalidSpecError(f"--cores {cores} is invalid: expected a positive integer")
     folder = Path(out) if out is not None else Path(SUBMISSIONS) / name
-    if folder.name != name:
-        raise InvalidSpecError(f"--out {str(folder)!r} is invalid: an entry's folder is named after it "
-                               f"(--name {name}), e.g. {SUBMISSIONS}/{name}")
+    if folder.name != name or folder.absolute().parent.name != SUBMISSIONS:
+        raise InvalidSpecError(f"--out {str(folder)!r} is invalid: an entry's folder is {SUBMISSIONS}/{name} (named "
+                               f"after --name, in a folder {SUBMISSIONS}/ apart from the project's results/)")
     if folder.exists() or folder.is_symlink():
         state = "complete" if (folder / SUBMISSION_FILE).is_file() else "incomplete (no submission.json)"
         raise CopaError(f"--out {str(folder)!r} exists ({state}): an entry named {name!r} is there already; choose "
