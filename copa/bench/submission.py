@@ -258,9 +258,8 @@ def submit(*, plugin: str, attack: str, name: str, contact: str, out: str | None
 def _shown(path: Path) -> str:
     """A path as a reader of the entry would type it: relative to the current folder where it lies below it, else
     absolute."""
-    absolute = path.resolve()
-    return absolute.relative_to(Path.cwd().resolve()).as_posix() if absolute.is_relative_to(Path.cwd().resolve()) \
-        else str(absolute)
+    absolute, here = Path(os.path.abspath(path)), Path(os.path.abspath(Path.cwd()))
+    return absolute.relative_to(here).as_posix() if absolute.is_relative_to(here) else str(absolute)
 
 
 def _now() -> str:
