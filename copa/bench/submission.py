@@ -161,11 +161,13 @@ def check_submit_inputs(*, plugin: str, attack: str, name: str, contact: str, ou
     if not attack or not attack.strip():
         raise InvalidSpecError("--attack '' is empty: expected the name your plug-in registers (copa list attacks "
                                "--plugin FILE.py)")
-    if cores is not None and cores < 1:
-        raise InvalidSpecError(f"--cores {cores} is invalid: expected a positive integer")
+    if cores is not None:
+        from ..hyperparameters import check_threads
+
+        check_threads(cores, "--cores")
     folder = Path(out) if out is not None else Path(SUBMISSIONS) / name
     if folder.name != name or folder.absolute().parent.name != SUBMISSIONS:
-        raise InvalidSpecError(f"--out {str(folder)!r} is invalid: an entry's folder is {SUBMISSIONS}/{name} (named "
+        raise InvalidSpecError(f"--out {out!r} is invalid: an entry's folder is {SUBMISSIONS}/{name} (named "
                                f"after --name, in a folder {SUBMISSIONS}/ apart from the project's results/)")
     if folder.exists() or folder.is_symlink():
         state = "complete" if (folder / SUBMISSION_FILE).is_file() else "incomplete (no submission.json)"
