@@ -63,13 +63,18 @@ RUN_OWN_KEYS = ("title", "out", "results_dir", "plugins", "attacks", "attack_set
 
 def checkout_root() -> Path:
     """The copa-bench checkout copa runs from: the Snakefile, ``config/`` and the schema are there."""
-    import copa
-
-    root = Path(copa.__file__).resolve().parent.parent
+    root = package_root()
     if not (root / "Snakefile").is_file():
         raise CopaError(f"copa submit runs the workflow of a copa-bench checkout, and {root} has no Snakefile: run "
                         f"it from a clone (git clone, then pip install -e .)")
     return root
+
+
+def package_root() -> Path:
+    """The folder around the ``copa`` package (a checkout's root, or site-packages for an installed copa)."""
+    import copa
+
+    return Path(copa.__file__).resolve().parent.parent
 
 
 def standard_config_file() -> Path:
@@ -448,7 +453,7 @@ def verify_submission(folder: str | os.PathLike, *, sample: int, seed: int, rtol
         verification.update(verdict=verdict, kernel_set=kernel_set_summary(results),
                             records=[result.row() for result in results])
     config_path = folder / "config.yaml"
-    if config_path.is_file():
+    if config_path.is_file() and (package_root() / "config" / "submission.yaml").is_file():
         differences = standard_differences(read_config_file(config_path, "config.yaml"))
         verification.update(standard=not differences, differences=differences)
     if record:
