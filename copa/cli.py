@@ -7,6 +7,7 @@
     copa security --model NAME [--index I [I ...]] [--json] [--out FILE]
     copa check --attack NAME [--plugin FILE] [--set KEY=VALUE]
     copa train --model NAME --dataset SPEC --epochs N --checkpoint-epochs 0,1,5 --out DIR
+    copa site RESULTS_DIR [RESULTS_DIR ...] --out DIR
 
 Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
 """
@@ -231,7 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_ver.add_argument("--report", default=None, help=argparse.SUPPRESS)
     p_ver.add_argument("--allow-unsandboxed", action="store_true",
                        help=f"rerun plug-in attacks even where no sandbox works (same as {ALLOW_UNSANDBOXED}=1)")
+    p_site = sub.add_parser("site", help="build the static website of published results folders (and submissions): "
+                                         "leaderboard, studies, models, attacks, records")
+    p_site.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+                        help="a published results folder (records.csv, leaderboard.csv, leaderboard.md) or a "
+                             "submission (the same, with submission.json)")
+    p_site.add_argument("--out", required=True, metavar="DIR",
+                        help="the site's folder (new, empty, or a site built before: only changed files are written)")
     return parser
+
+
+def cmd_site(args) -> int:
+    from .bench.site import write_site
+
+    result = write_site(args.results_dirs, args.out)
+    print(f"{result.out}: {len(result.written)} files written, {result.unchanged} unchanged, "
+          f"{len(result.removed)} removed")
+    return 0
 
 
 def cmd_verify(args) -> int:
@@ -478,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "site":
+            return cmd_site(args)
     except CopaError as exc:
         print(f"copa: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
