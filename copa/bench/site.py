@@ -245,12 +245,13 @@ def load_studies(folders: Sequence[str | os.PathLike]) -> list[Study]:
     for i, p in enumerate(resolved):
         if p in resolved[:i]:
             raise _bad(paths[i], "is given twice: list each results folder once")
-    for p, r in zip(paths, resolved):
-        if not r.exists():
-            load_study(p, "", r)  # the one-line refusal of a missing folder
-    common = Path(os.path.commonpath([str(r) for r in resolved]))
-    base = common.parent if common in resolved else common
-    studies = [load_study(p, r.relative_to(base).as_posix(), base) for p, r in zip(paths, resolved)]
+    for p in paths:
+        if not p.exists():
+            load_study(p, "", p)  # the one-line refusal of a missing folder
+    absolute = [Path(os.path.abspath(p)) for p in paths]  # names and links as given: a symlinked folder stays so
+    common = Path(os.path.commonpath([str(a) for a in absolute]))
+    base = common.parent if common in absolute else common
+    studies = [load_study(a, a.relative_to(base).as_posix(), base) for a in absolute]
     slugs = [s.slug for s in studies]
     clash = sorted({s for s in slugs if slugs.count(s) > 1})
     if clash:
@@ -586,14 +587,14 @@ class Renderer:
 
     def __init__(self, site: Site, out: Path):
         self.site = site
-        self.out = out.resolve()
+        self.out = Path(os.path.abspath(out))
         self.env = _environment()
         self.pages: dict[str, bytes] = {}
 
     def link_to_file(self, page: str, target: Path) -> str:
         """A relative URL from the page ``page`` (a path inside the site) to the file ``target`` outside it."""
         here = (self.out / page).parent
-        relative = os.path.relpath(Path(target).resolve(), here)
+        relative = os.path.relpath(os.path.abspath(target), here)
         return quote(Path(relative).as_posix())
 
     @staticmethod
@@ -706,9 +707,9 @@ def _checkpoint(path: Path) -> dict[str, Any] | None:
 def site_command(folders: Sequence[Path], out: Path) -> str:
     """The command that builds this site, with paths relative to the output folder's parent (the repository
     root for ``--out site``): the same whatever the current folder."""
-    base = out.resolve().parent
-    names = [os.path.relpath(Path(f).resolve(), base) for f in sorted(folders, key=lambda f: Path(f).resolve().parts)]
-    return shlex.join(["copa", "site", *names, "--out", os.path.relpath(out.resolve(), base)])
+    base = Path(os.path.abspath(out)).parent
+    names = [os.path.relpath(os.path.abspath(f), base) for f in folders]
+    return shlex.join(["copa", "site", *names, "--out", os.path.relpath(os.path.abspath(out), base)])
 
 
 def build_site(folders: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, bytes]:
