@@ -261,10 +261,14 @@ def load_studies(folders: Sequence[str | os.PathLike]) -> list[Study]:
 
 
 def published_folders(root: str | os.PathLike = ".") -> list[Path]:
-    """Every published results folder under ``root/results`` (a folder holding records.csv) and every
-    submission under ``root/submissions`` (a folder holding submission.json): what the rule ``site`` builds from."""
+    """Every published results folder under ``root/results`` (a folder holding records.csv, leaderboard.csv and
+    leaderboard.md; a partial leaderboard has no leaderboard.csv) and every submission under ``root/submissions``
+    (a folder holding submission.json): what the rule ``site`` builds from."""
     root = Path(root)
-    found = {p.parent for p in (root / RESULTS_ROOT).rglob("records.csv")} if (root / RESULTS_ROOT).is_dir() else set()
+    found = set()
+    if (root / RESULTS_ROOT).is_dir():
+        found = {p.parent for p in (root / RESULTS_ROOT).rglob("records.csv")
+                 if all((p.parent / f).is_file() for f in REQUIRED_FILES)}
     if (root / SUBMISSIONS_ROOT).is_dir():
         found |= {p.parent for p in (root / SUBMISSIONS_ROOT).glob(f"*/{SUBMISSION_FILE}")}
     return sorted(found, key=lambda p: p.parts)
@@ -273,8 +277,8 @@ def published_folders(root: str | os.PathLike = ".") -> list[Path]:
 def site_inputs(folders: Iterable[str | os.PathLike]) -> list[str]:
     """The files a site of ``folders`` is built from (every file in them, and the templates): the rule ``site``'s
     input, so that a change to any of them rebuilds it."""
-    files = [p for folder in folders for p in Path(folder).rglob("*") if p.is_file()]
-    files += [p for p in TEMPLATES.iterdir() if p.is_file()]
+    files = {p for folder in folders for p in Path(folder).rglob("*") if p.is_file()}
+    files |= {p for p in TEMPLATES.iterdir() if p.is_file()}
     return sorted(str(p) for p in files)
 
 
