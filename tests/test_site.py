@@ -1,14 +1,16 @@
 """copa site (copa.bench.site): the published results as a static website, and its test in a real browser.
 
 The site is built from the real published folders (results/ and every study under it) and two small fake
-submissions (one verified, one not) into a temporary folder beside a symlink to results/. Checked without a
-browser: a second build writes nothing, bad inputs are refused with one line and nothing on disk, the submissions
-are shown apart with their badges, every internal link and image resolves, every number links to the records it
-summarises, and the committed site/ is what the published folders give. In headless Chromium (skipped where
-Debian's chromium, chromedriver or selenium is absent): every page loads without console errors, every image has
-loaded, the headline table has one row per (folder, setting, model) of the leaderboards, a click on a column's
-heading sorts it, and the index fits a phone's width. ``COPA_SITE_SCREENSHOT=docs/site-index.png`` saves the
-index's screenshot (README).
+submissions (one verified, one not; their attack a plug-in's) into a temporary folder beside a symlink to results/.
+Checked without a browser: a second build writes nothing, a changed result rewrites its pages and removes stale
+ones, bad inputs are refused with one line and nothing on disk, the submissions are shown apart with their
+badges, every internal link and image resolves, every number links to the records it summarises, and the
+committed site/ is what the published folders give. In headless Chromium (skipped where Debian's chromium,
+chromedriver or selenium is absent): every page loads without console errors, every image has loaded, every
+internal link (as the browser resolves it) reaches a file and its anchor, the headline table has one row per
+(folder, setting, model) of the leaderboards, a click on a column's heading sorts it, the filters work, and the
+index fits a phone's width. ``COPA_SITE_SCREENSHOT=docs/site-index.png`` saves the committed site's index as
+README's screenshot.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlparse
+from urllib.request import url2pathname
 
 import pandas as pd
 import pytest
@@ -37,8 +40,11 @@ def _submission(folder: Path, name: str, verdict: str | None) -> Path:
     folder.mkdir(parents=True)
     for file in ("records.csv", "leaderboard.csv", "leaderboard.md", "security.csv", "config.yaml"):
         shutil.copy(SUBMISSION_SOURCE / file, folder / file)
+    for file in ("records.csv", "leaderboard.csv"):  # a plug-in's attack, which the project's pages do not know
+        table = pd.read_csv(folder / file)
+        table.assign(attack=table["attack"].replace({"dlg": "grey-guess"})).to_csv(folder / file, index=False)
     (folder / "submission.json").write_text(json.dumps({
-        "name": name, "contact": "someone@example.org", "attack": "dlg", "plugin_file": "my_attack.py",
+        "name": name, "contact": "someone@example.org", "attack": "grey-guess", "plugin_file": "my_attack.py",
         "plugin_sha256": "0" * 64, "environment": {"torch": "2.14.1", "cpu": "test"},
         "command": "snakemake --cores 2 --configfile my.yaml"}))
     if verdict is not None:
@@ -191,6 +197,7 @@ def test_submissions_are_shown_apart_with_their_badge(built):
     assert "badge-verified" in verified and "Verification: verified" in verified
     assert "badge-unverified" in pending and "not verified" in pending
     assert "0" * 64 in verified  # the plug-in's hash, as submitted
+    assert "grey-guess" in index_text and not (out / "attacks" / "grey-guess.html").exists()
 
 
 def test_the_best_attack_of_a_row_is_marked(built):
@@ -273,19 +280,34 @@ def browser():
 
 
 BROKEN_IMAGES = "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+LINKS = ("return Array.from(document.querySelectorAll('a[href], link[href], img[src], script[src]'))"
+         ".map(e => e.href || e.src)")
 
 
 @pytest.mark.slow
 def test_every_page_loads_in_chromium_without_errors(built, browser):
     out = built["out"]
     problems = []
+    ids, links = {}, []
     for path in _pages(out):
         browser.get(path.as_uri())
         errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         broken = browser.execute_script(BROKEN_IMAGES)
         if errors or broken:
             problems.append(f"{path.relative_to(out)}: console {errors}, images not loaded {broken}")
-    assert not problems, "\n".join(problems)
+        ids[path.resolve()] = set(browser.execute_script(
+            "return Array.from(document.querySelectorAll('[id]')).map(e => e.id)"))
+        links += [(path, url) for url in browser.execute_script(LINKS)]
+    for page, url in links:  # as the browser resolved them: a file, and its anchor on an HTML page
+        parsed = urlparse(url)
+        if parsed.scheme != "file":
+            continue
+        target = Path(url2pathname(unquote(parsed.path))).resolve()
+        if not target.is_file():
+            problems.append(f"{page.relative_to(out)}: link {url} does not resolve")
+        elif parsed.fragment and target.suffix == ".html" and parsed.fragment not in ids.get(target, set()):
+            problems.append(f"{page.relative_to(out)}: link {url}: no element with that id")
+    assert links and not problems, "\n".join(problems[:20])
 
 
 @pytest.mark.slow

@@ -220,7 +220,7 @@ def load_study(folder: str | os.PathLike, name: str, base: Path) -> Study:
         _check_submission(submission, verification, path)
     verification_md = []
     if (path / "verification.md").is_file():
-        verification_md = [line for line in (path / "verification.md").read_text().splitlines()[1:6]
+        verification_md = [line.replace("`", "") for line in (path / "verification.md").read_text().splitlines()[1:6]
                            if line.strip() and not line.startswith("|")]
     return Study(path=path, slug=slug(name), name=name, title=title or name, meta=meta, board=board,
                  records=records, security=security, config=config if isinstance(config, dict) else None,
@@ -613,7 +613,7 @@ class Renderer:
         html = self.env.get_template(template).render(
             site=self.site, root=root, page=page, file_link=lambda target: self.link_to_file(page, target),
             model_page=lambda m: root + self.model_page(m),
-            attack_page=lambda a: f"{root}attacks/{slug(a)}.html",
+            attack_page=lambda a: f"{root}attacks/{slug(a)}.html" if a in self.site.attacks["project"] else "",
             cell_link=lambda cell: f"{root}records/{cell.study.slug}.html#{cell.anchor}",
             study_page=lambda s: f"{root}{'entries' if s.is_submission else 'studies'}/{s.slug}.html",
             metric_heading=metric_heading, **context)
