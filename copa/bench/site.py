@@ -757,13 +757,14 @@ def write_site(folders: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     into place; a site built before is updated file by file — only the files whose bytes changed are written
     (atomically), files of the old site that the new one lacks are removed. ``out`` must be a new or empty folder
     or a site of ours; every bad input is refused before anything is written."""
-    from ..io import atomic_write
+    from ..io import atomic_write, check_writable
 
     out = Path(out)
     if not str(out):
         raise CopaError("--out '' is an empty path: expected the folder to write the site into, e.g. site")
     if out.exists() and not out.is_dir():
         raise CopaError(f"--out {str(out)!r} exists and is not a folder: expected a new, empty or earlier site folder")
+    check_writable(out, what="--out", directory=True)
     if out.is_dir() and any(out.iterdir()) and not _is_site(out):
         raise CopaError(f"--out {str(out)!r} is a folder that holds other files and no site of `copa site` "
                         f"(no {MANIFEST}): expected a new, empty or earlier site folder")
