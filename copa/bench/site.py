@@ -28,6 +28,7 @@ the same folders give the same bytes, and a build writes only the files whose by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -463,6 +464,7 @@ def _natural(text: str) -> list[Any]:
 # Models and attacks
 
 
+@functools.lru_cache(maxsize=None)
 def model_architecture(model: str, input_shape: str = "3x32x32") -> dict[str, Any]:
     """What the model page says of ``model``'s architecture: its registry entry, chain spec, layer shapes and, for
     a chain, each conv layer's unknowns, rows and rank by counting (:func:`copa.models.chain_layer_counts`: the
