@@ -282,6 +282,8 @@ def test_the_fedavg_section_only_with_a_fedavg_setting():
     assert fedavg_section(pd.DataFrame({"model": [], "defence": []})) == []
     text = "\n".join(fedavg_section(SWEEP))
     assert "## FedAvg sweep" in text and "### lenet-zhu" in text and "- ig on lenet-zhu — 1 image: never" in text
+    floor = "\n".join(fedavg_section(SWEEP, floor="ig"))  # the floor's column stays, its onset goes
+    assert "- ig on lenet-zhu" not in floor and "- dlg on lenet-zhu" in floor and "| ig " in floor
 
 
 def test_a_workflow_sweep_keeps_the_losses_in_records_csv_and_leaderboard_md(tmp_path):

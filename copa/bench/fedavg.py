@@ -158,7 +158,7 @@ def protection_onset(records: pd.DataFrame, *, threshold: float = PROTECTION_THR
     column = f"{metric}_mean"
     rows = []
     if cells.empty:
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=ONSET_COLUMNS)
     for (model, attack, client), group in cells.groupby(["model", "attack", "client_batch"], sort=False):
         fedsgd = group[group["local_steps"] == 1]
         fedavg = group[group["local_steps"] != 1]
@@ -178,7 +178,11 @@ def protection_onset(records: pd.DataFrame, *, threshold: float = PROTECTION_THR
                 "below": f"{len(below)}/{len(scored)}",
                 "lowest": float(scored[column].min()) if len(scored) else np.nan,
             })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ONSET_COLUMNS)
+
+
+ONSET_COLUMNS = ["model", "attack", "client_batch", "local_batch", "fedsgd", "first", "local_lr", "local_steps", "value",
+                 "below", "lowest"]
 
 
 def onset_sentences(onset: pd.DataFrame, *, threshold: float = PROTECTION_THRESHOLD_DB) -> list[str]:
@@ -198,9 +202,11 @@ def onset_sentences(onset: pd.DataFrame, *, threshold: float = PROTECTION_THRESH
     return lines
 
 
-def fedavg_section(records: pd.DataFrame, attacks: list[str] | None = None, *, level: int = 2) -> list[str]:
+def fedavg_section(records: pd.DataFrame, attacks: list[str] | None = None, *, level: int = 2,
+                   floor: str = "mean-image") -> list[str]:
     """leaderboard.md's section "FedAvg sweep" (none without a FedAvg setting): per model :func:`sweep_table`,
-    then :func:`onset_sentences`."""
+    then :func:`onset_sentences` of every attack but the ``floor`` (an image that ignores the update: below the
+    threshold everywhere by design)."""
     if not has_fedavg(records):
         return []
     h = "#" * level
@@ -215,6 +221,8 @@ def fedavg_section(records: pd.DataFrame, attacks: list[str] | None = None, *, l
     for model in dict.fromkeys(sweep["model"]):
         lines += [f"{h}# {model}", "", sweep_table(records, model, attacks), ""]
     lines += [f"{h}# Where FedAvg starts to protect (mean PSNR below {PROTECTION_THRESHOLD_DB:g} dB)", "",
-              "Settings walked FedSGD first, then η and K ascending (copa.bench.fedavg.protection_onset):", ""]
-    lines += [f"- {line}" for line in onset_sentences(protection_onset(records))] + [""]
+              f"Settings walked FedSGD first, then η and K ascending (copa.bench.fedavg.protection_onset); the "
+              f"{floor} floor left out:", ""]
+    onset = protection_onset(records[records["attack"] != floor])
+    lines += [f"- {line}" for line in onset_sentences(onset)] + [""]
     return lines
