@@ -38,6 +38,7 @@ except WorkflowError as exc:  # one line naming the key, instead of Snakemake's 
 from copa.errors import CopaError
 from copa.bench.pipeline import (attack_identity, attack_overrides, check_config, dataset_tag, results_dir,
                                  setting_axis)
+from copa.bench.site import published_folders, site_inputs
 
 try:
     check_config(config)
@@ -80,6 +81,7 @@ include: "workflow/rules/plots.smk"
 include: "workflow/rules/validity.smk"
 include: "workflow/rules/verify.smk"
 include: "workflow/rules/partial.smk"
+include: "workflow/rules/site.smk"
 
 # The population study of the security metric only when the config declares it (config validity:).
 STUDY = [rules.validity.output] if config.get("validity") else []

@@ -9,6 +9,7 @@
     copa train --model NAME --dataset SPEC --epochs N --checkpoint-epochs 0,1,5 --out DIR
     copa verify RESULTS_DIR [--sample N] [--seed S] [--record-verdict]
     copa submit --plugin FILE.py --attack NAME --name ENTRY --contact ADDRESS [--config FILE] [--out DIR]
+    copa site RESULTS_DIR [RESULTS_DIR ...] --out DIR
 
 Bad inputs print one line ``copa: error: ...`` and exit with status 2; nothing is written.
 """
@@ -254,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_sub.add_argument("--allow-unsandboxed", action="store_true",
                        help=f"run the plug-in even where no sandbox works (same as {ALLOW_UNSANDBOXED}=1; the records "
                             f"and the leaderboard then say so)")
+
+    p_site = sub.add_parser("site", help="build the static website of published results folders (and submissions): "
+                                         "leaderboard, studies, models, attacks, records")
+    p_site.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+                        help="a published results folder (records.csv, leaderboard.csv, leaderboard.md) or a "
+                             "submission (the same, with submission.json)")
+    p_site.add_argument("--out", required=True, metavar="DIR",
+                        help="the site's folder (new, empty, or a site built before: only changed files are written)")
     return parser
 
 
@@ -271,6 +280,15 @@ def cmd_submit(args) -> int:
         f"not the standard benchmark ({len(differences)} differences, listed in {SUBMISSION_FILE})"
     print(f"wrote {folder}: {args.attack}'s records {counts}; {standard}; plug-in sha256 {entry['plugin_sha256']}")
     print(f"maintainers verify it with: copa verify {folder} --sample 10 --record-verdict")
+    return 0
+
+
+def cmd_site(args) -> int:
+    from .bench.site import write_site
+
+    result = write_site(args.results_dirs, args.out)
+    print(f"{result.out}: {len(result.written)} files written, {result.unchanged} unchanged, "
+          f"{len(result.removed)} removed")
     return 0
 
 
@@ -542,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_verify(args)
         if args.command == "submit":
             return cmd_submit(args)
+        if args.command == "site":
+            return cmd_site(args)
     except CopaError as exc:
         print(f"copa: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

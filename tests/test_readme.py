@@ -47,11 +47,18 @@ NOT_RUN = {
     "sacct -X -o JobID,JobName%36,State,Elapsed,AllocCPUS,ReqMem,Timelimit": "needs the cluster's accounting: "
                                                                              "tests/test_slurm.py reads sacct",
     "sudo scripts/slurm-local-cluster.sh stop": "stops system daemons: tests/test_slurm.py stops the cluster it started",
+    "copa site results results/defences results/metric-validity results/realistic/batches results/realistic/fedavg "
+    "results/realistic/trained --out site": "would write into the checkout's site/: tests/test_site.py builds the same "
+                                            "folders' pages and compares them with the committed site/ byte by byte",
+    "COPA_SITE_SCREENSHOT=docs/site-index.png pytest tests/test_site.py -k chromium":
+        "rewrites docs/site-index.png: tests/test_site.py's browser tests run in the suite (without the variable)",
 }
 """Commands of the README's bash blocks that are not run, with the reason."""
 
 DRY_RUN = {
     "snakemake --cores 8": "the default run (README's measured time)",
+    "snakemake site --cores 1": "would write into the checkout's site/ (the scratch clone links it): tests/test_site.py "
+                                "compares the committed site/ with a fresh build of the same folders",
     "snakemake --cores 2 --configfile config/defences.yaml": "≈ 3 h (results/README.md)",
     "snakemake --cores 8 --configfile config/paper.yaml --config dataset=npz:../shared/data/cifar10_subset.npz":
         "≈ 9 CPU-hours (README's cost table)",

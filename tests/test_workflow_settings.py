@@ -74,7 +74,7 @@ def test_instances_are_consecutive_chunks_of_the_indices(tmp_path):
     ({"client_batch": 5}, "client_batch: 5 is larger than the 4 configured indices"),
     ({"client_batch": [1, True]}, "client_batch: True is invalid"),
     ({"local_lr": 0.0, "local_steps": [1, 2]}, "local_lr: 0.0 is invalid: accepted are finite numbers > 0"),
-    ({"local_steps": 2, "client_batch": 4, "local_batch": 3}, "local_batch 3 is invalid for a client batch of 4"),
+    ({"local_steps": 2, "client_batch": 4, "local_batch": 3}, "local_batch: 3 divides no configured client_batch ([4])"),
     ({"models": ["cnn2_c1@epoch1001"]}, "'cnn2_c1@epoch1001' names epoch 1001: accepted are epochs 0 to 1000"),
     ({"models": ["cnn9@epoch1"]}, "models: unknown model 'cnn9'"),
     ({"training": {"epochs": 3}}, "training: unknown key(s) ['epochs']"),

@@ -34,6 +34,7 @@ import pandas as pd
 from ..errors import CopaError
 from ..metrics import DEFAULT_METRICS, metric_info, metric_order
 from ..threat.defences import NoDefence, canonical_defences
+from .fedavg import fedavg_section
 from .record import as_number, metric_columns, read_json, record_columns, record_metrics, record_row
 
 HEADLINE_METRIC = "psnr"
@@ -453,6 +454,7 @@ def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[
         if defended:
             lines += [f"Every client defended its update with {_defence_heading(order[0])}. " + DISTORTION_NOTE, ""]
         lines += defence_section(board, metric, distortion=defended, metrics=shown_metrics(board))
+    lines += fedavg_section(records, list(dict.fromkeys(board["attack"])))
     problems = problems_table(records)
     lines += ["## Failed and not-applicable runs", ""]
     lines += [problems if problems else "None: every run finished with status ok.", ""]

@@ -6,8 +6,9 @@ or ``source`` (an observation file); ``observation`` (what the attacker saw, des
 (name, paper, code), ``hyperparameters``, ``seed``, ``config_hash`` (:func:`config_hash`); ``model``;
 for an ok run ``metrics``, ``attack_loss``, ``evaluations``, ``attack_info``, ``seconds`` (and
 ``batch`` for a batched run); for a failed one ``traceback``; provenance (``device``, ``versions``,
-``git_commit``, ``finished_at``); ``update_distortion`` when the ground truth is known; in the workflow a
-``workflow`` section (:func:`workflow_section`).
+``git_commit``, ``finished_at``); ``update_distortion`` and ``client_training`` (the client's loss per local
+step, :func:`client_training_entry`) when the ground truth is known; in the workflow a ``workflow`` section
+(:func:`workflow_section`). Records made before a key existed lack it; readers take it as unknown.
 
 This module makes records (:func:`new_record`, :func:`add_outcome`, :func:`mark_failed`,
 :func:`mark_not_applicable`), decides whether a stored one is still valid (:func:`record_matches`), reads
@@ -46,21 +47,26 @@ IDENTITY_COLUMNS = ["model", "attack", "dataset", "split", "index", "status", "r
 DEFENCE_COLUMNS = ["defence", "update_distortion"]
 """The client's defence chain (:func:`defence_label`) and what it cost, ‖g̃ − g‖/‖g‖: after the metrics, so
 that the metric columns keep their places."""
+SETTING_COLUMNS = ["local_steps", "local_lr", "local_batch", "client_batch", "local_losses", "zero_loss_step"]
+"""The client's federated setting as numbers (:class:`~copa.bench.setting.Setting`; ``local_batch``: images per
+local step, the client's batch when it takes all of them) and its training (:func:`client_training_entry`): the
+loss per local step (a JSON list; empty when the record does not say) and the first step whose loss was zero
+(the update then equals fewer steps; empty when none was)."""
 RUN_COLUMNS = ["label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit", "finished_at",
                "config_hash", "run_config_hash", "versions", "hyperparameters", "sandbox", "cpu_capability", "record", "images"]
 
 
 def record_columns(metrics: Iterable[str] = DEFAULT_METRICS) -> list[str]:
     """The columns of :func:`record_row` for records scored with ``metrics``: the run's identity, one column
-    per metric (its mean over the batch) in registry order, the client's defences, then the run's costs and
-    provenance."""
+    per metric (its mean over the batch) in registry order, the client's defences and federated setting, then
+    the run's costs and provenance."""
     names = metric_order(metrics)
-    reserved = [*IDENTITY_COLUMNS, *DEFENCE_COLUMNS, *RUN_COLUMNS]
+    reserved = [*IDENTITY_COLUMNS, *DEFENCE_COLUMNS, *SETTING_COLUMNS, *RUN_COLUMNS]
     clash = [name for name in names if name in reserved]
     if clash:
         raise CopaError(f"metric names {clash} are record columns: accepted are other names than "
                         f"{', '.join(reserved)}")
-    return [*IDENTITY_COLUMNS, *names, *DEFENCE_COLUMNS, *RUN_COLUMNS]
+    return [*IDENTITY_COLUMNS, *names, *DEFENCE_COLUMNS, *SETTING_COLUMNS, *RUN_COLUMNS]
 
 
 RECORD_COLUMNS = record_columns()
@@ -68,9 +74,10 @@ RECORD_COLUMNS = record_columns()
 
 
 def metric_columns(columns: Iterable[str]) -> list[str]:
-    """The metric columns among a records table's ``columns`` (those of neither the identity, the defences
-    nor the run)."""
-    return [c for c in columns if c not in IDENTITY_COLUMNS and c not in DEFENCE_COLUMNS and c not in RUN_COLUMNS]
+    """The metric columns among a records table's ``columns`` (those of neither the identity, the defences,
+    the client's setting nor the run)."""
+    other = {*IDENTITY_COLUMNS, *DEFENCE_COLUMNS, *SETTING_COLUMNS, *RUN_COLUMNS}
+    return [c for c in columns if c not in other]
 
 
 def record_metrics(record: dict[str, Any]) -> list[str]:
@@ -94,11 +101,46 @@ def canonical_json(obj: Any) -> str:
 def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, allow_nan=True))
 
+ZERO_LOSS_TOLERANCE = {torch.float64: 1e-7, torch.float32: 1.3e-6}
+"""Per float type, the loss at or below which a client's local step counts as a step of zero loss: the default
+relative tolerance of ``torch.testing.assert_close`` for that type (its documentation's table: float64 1e-7,
+float32 1.3e-6), the precision at which PyTorch's own tests call two tensors equal."""
+
+
+def zero_loss_tolerance(dtype: torch.dtype) -> float:
+    """:data:`ZERO_LOSS_TOLERANCE` of ``dtype``. Why a loss that small is a step that adds nothing: a
+    cross-entropy ℓ = −log p_y makes the logits' gradient softmax − one-hot of norm at most √2 (1 − p_y) ≤ √2 ℓ,
+    against about 1 for a first step at chance on an untrained model; so the step's weight change is at that
+    relative precision of a first step's (the chain rule through the model aside). At η = 0.1 one step on
+    lenet-zhu took CIFAR-10 train image 0's loss from 11.34 to 4.6e-10 in float64 and kept it there (issue 34:
+    "steps 2–5 add nothing")."""
+    if dtype not in ZERO_LOSS_TOLERANCE:
+        raise CopaError(f"dtype {dtype} has no zero-loss tolerance: accepted are float32, float64")
+    return ZERO_LOSS_TOLERANCE[dtype]
+
+
+def client_training_entry(losses: Iterable[float], dtype: torch.dtype) -> dict[str, Any]:
+    """The record's ``client_training``: the client's loss at each local step (on that step's images, before the
+    step; one entry for FedSGD), the steps (from 1) whose loss was zero (≤ :func:`zero_loss_tolerance`), and
+    ``update_equals_fewer_steps``: some step had zero loss, so the update equals that of fewer steps (issue 34:
+    at η = 0.1 one step drove lenet-zhu's loss from 11.3 to 0 and steps 2–5 added nothing)."""
+    losses = [float(loss) for loss in losses]
+    tolerance = zero_loss_tolerance(dtype)
+    zero = [step for step, loss in enumerate(losses, start=1) if loss <= tolerance]
+    return {"losses_per_step": losses, "zero_loss_tolerance": tolerance, "zero_loss_steps": zero,
+            "update_equals_fewer_steps": bool(zero)}
+
+
 def new_record(*, attack, seed: int, scenario: dict[str, Any] | None, observation=None,
-               source: dict[str, Any] | None = None, update_distortion: float | None = None) -> dict[str, Any]:
+               source: dict[str, Any] | None = None, update_distortion: float | None = None,
+               truth=None) -> dict[str, Any]:
     """A record of status ok for one run of ``attack`` (its hyperparameters ``attack.hp``), before its
     outcome (``observation`` None: the client's step could not be computed). ``update_distortion``: what
-    the client's defences cost, ‖g̃ − g‖/‖g‖ (from the ground truth; 0 undefended)."""
+    the client's defences cost, ‖g̃ − g‖/‖g‖ (from the ground truth; 0 undefended). ``truth``: the
+    :class:`~copa.threat.GroundTruth`, whose distortion and local losses (``client_training``,
+    :func:`client_training_entry`) the record keeps; the attack never sees them."""
+    if truth is not None:
+        update_distortion = truth.update_distortion
     hp = dict(attack.hp)
     record: dict[str, Any] = {"record_version": RECORD_VERSION, "status": "ok", "reason": None, "scenario": scenario}
     if source is not None:
@@ -116,6 +158,8 @@ def new_record(*, attack, seed: int, scenario: dict[str, Any] | None, observatio
         record["model"] = model_description(observation)
     if update_distortion is not None:
         record["update_distortion"] = update_distortion
+    if truth is not None and truth.local_losses is not None:
+        record["client_training"] = client_training_entry(truth.local_losses, truth.images01.dtype)
     return record
 
 
@@ -265,6 +309,7 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "status": status, "reason": record.get("reason"),
         **{name: as_number(value) for name, value in mean.items()},
         "defence": setting_label(record), "update_distortion": update_distortion(record),
+        **setting_values(record),
         "label_accuracy": as_number((record.get("metrics") or {}).get("label_accuracy")),
         "seconds": as_number(record.get("seconds")), "forward_evals": as_number(evals.get("forward")),
         "gradient_evals": as_number(evals.get("gradient")), "device": record.get("device"),
@@ -292,6 +337,20 @@ def setting_label(record: dict[str, Any]) -> str:
     (:func:`defence_label`), then ``; local_steps=K`` … for each axis of the setting that differs from the paper's
     one step on one image (``none; local_steps=2``); the workflow's :attr:`Setting.label`."""
     return defence_label(record) + setting_suffix(Setting.from_scenario(record.get("scenario") or {}))
+
+
+def setting_values(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's :data:`SETTING_COLUMNS`: its client setting's axes (``local_batch`` as images per local
+    step), its losses per local step as a JSON list and the first zero-loss step (both empty for a record that
+    does not keep them, e.g. one made before they were recorded)."""
+    setting = Setting.from_scenario(record.get("scenario") or {})
+    training = record.get("client_training") or {}
+    losses = training.get("losses_per_step")
+    return {"local_steps": setting.local_steps, "local_lr": setting.local_lr,
+            "local_batch": setting.client_batch if setting.local_batch is None else setting.local_batch,
+            "client_batch": setting.client_batch,
+            "local_losses": None if losses is None else json.dumps(losses),
+            "zero_loss_step": min(training.get("zero_loss_steps") or [np.nan])}
 
 
 def defence_label(record: dict[str, Any]) -> str:

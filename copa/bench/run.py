@@ -178,7 +178,7 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
     for observation, truth, seed, scenario, source in zip(observations, truths, seeds, scenarios, sources, strict=True):
         devices.append(torch.device(device) if device is not None else observation.device)
         records.append(new_record(attack=attack, seed=seed, scenario=scenario, observation=observation, source=source,
-                                  update_distortion=None if truth is None else truth.update_distortion))
+                                  truth=truth))
 
     pending, settled = triage(attack, observations, stop_on_error=not record_failures)
     outcome: dict[int, Any] = {b: o.result for b, o in settled.items()}  # a Reconstruction, or the exception

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,10 +178,15 @@ def defence_tag(chain: tuple[str, ...]) -> str:
     return "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-") for spec in chain)
 
 
-def setting_axis(config: dict[str, Any]) -> dict[str, Setting]:
+def setting_axis(config: dict[str, Any], *, note: Callable[[str], Any] | None = None) -> dict[str, Setting]:
     """Every client setting of the config, tag → :class:`Setting`: the product of the ``defences`` axis and every
     axis of :data:`AXES`, in config order; a ``client_batch`` larger than the ``indices`` list is refused by name,
-    and so are two entries that are the same setting."""
+    and so are two entries that are the same setting.
+
+    A ``local_batch`` must divide the client's batch (the K steps cycle through its mini-batches:
+    :class:`copa.threat.LocalTraining`): the product leaves out each (``local_batch``, ``client_batch``) pair where
+    it does not (or is larger) and says so in one line to ``note``; a ``local_batch`` that fits no configured
+    ``client_batch`` is refused by name."""
     defences: dict[str, tuple[str, ...]] = {}
     for alternative in config.get("defences") or [NO_DEFENCE]:
         chain = defence_chain(alternative)
@@ -194,13 +200,35 @@ def setting_axis(config: dict[str, Any]) -> dict[str, Setting]:
         if b > count:
             raise InvalidSpecError(f"client_batch: {b} is larger than the {count} configured indices: accepted are "
                                    f"1 to {count}")
-    settings = [Setting(chain, _effective(dict(zip(AXIS_NAMES, values, strict=True))))
-                for chain in defences.values() for values in itertools.product(*per_axis)]
+    settings, skipped, fits = [], {}, set()
+    for chain in defences.values():
+        for values in itertools.product(*per_axis):
+            axes = _effective(dict(zip(AXIS_NAMES, values, strict=True)))
+            local, client = dict(axes)["local_batch"], dict(axes)["client_batch"]
+            if local is not None and client % local:
+                skipped.setdefault(local, set()).add(client)
+            else:
+                settings.append(Setting(chain, axes))
+                fits.add(values[AXIS_NAMES.index("local_batch")])
+    for local in skipped:
+        if local not in fits:
+            batches = per_axis[AXIS_NAMES.index("client_batch")]
+            raise InvalidSpecError(f"local_batch: {local} divides no configured client_batch ({batches}): accepted "
+                                   f"are divisors of one of them, or null (all the client's images every step)")
+    if skipped and note is not None:
+        note("local_batch: skipped " + "; ".join(f"{local} with client_batch {', '.join(map(str, sorted(clients)))}"
+                                                 for local, clients in skipped.items())
+             + " (a local batch must divide the client's batch)")
     return {s.tag: s for s in settings}  # settings made equal by _effective are one
 
 
 def _effective(values: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The axes' values in :data:`AXES` order, each axis whose ``needs`` is at its paper value set to its own."""
+    """The axes' values in :data:`AXES` order, each axis whose ``needs`` is at its paper value set to its own, and
+    a ``local_batch`` equal to the ``client_batch`` set to null (all images every step: the same client step, as
+    :class:`copa.threat.Scenario` describes it), so that settings computing the same update are one."""
     paper = {a.name: a.paper for a in AXES}
-    return tuple((a.name, paper[a.name] if a.needs and values[a.needs] == paper[a.needs] else values[a.name])
-                 for a in AXES)
+    effective = {a.name: paper[a.name] if a.needs and values[a.needs] == paper[a.needs] else values[a.name]
+                 for a in AXES}
+    if effective["local_batch"] == effective["client_batch"]:
+        effective["local_batch"] = None
+    return tuple(effective.items())

@@ -126,13 +126,16 @@ class Observation:
 class GroundTruth:
     """The client's private batch, for scoring only: images in [0, 1] at the model's input shape, and what
     the defences cost: ``update_distortion`` = ‖g̃ − g‖ / ‖g‖ over all parameters (defended vs true update;
-    0 for an undefended one, None when the true update is unknown)."""
+    0 for an undefended one, None when the true update is unknown). ``local_losses``: the client's training
+    loss (:func:`client_loss`) at each of its local steps, on that step's images before the step is taken (one
+    entry for FedSGD; None when unknown) — the client's own, never shared: the attacker sees the update only."""
 
     images01: torch.Tensor
     labels: torch.Tensor
     indices: tuple[int, ...]
     preprocess: data_mod.Preprocess
     update_distortion: float | None = None
+    local_losses: tuple[float, ...] | None = None
 
 
 def as_observation_list(observations) -> list:

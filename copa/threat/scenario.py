@@ -335,9 +335,10 @@ class Scenario:
         local = self.local_training
         try:
             if local is None:  # FedSGD: one step's gradient
-                grads = torch.autograd.grad(client_loss(client_model(inputs), labels), params)
+                loss = client_loss(client_model(inputs), labels)
+                grads, losses = torch.autograd.grad(loss, params), (float(loss.detach()),)
             else:  # FedAvg: K plain SGD steps (torch.optim.SGD), the weight delta θ_K − θ_0 is shared
-                grads = _local_training_delta(client_model, params, inputs, labels, local)
+                grads, losses = _local_training_delta(client_model, params, inputs, labels, local)
         except ValueError as exc:  # e.g. BatchNorm in training mode with one value per channel
             raise InvalidSpecError(f"model {self.model!r} cannot take a training step on a batch of "
                                    f"{self.batch_size if local is None or local.batch is None else local.batch} at "
@@ -367,7 +368,7 @@ class Scenario:
             local=local,
         )
         truth = GroundTruth(images01=images01.detach().clone(), labels=labels.clone(), indices=self.indices,
-                            preprocess=preprocess, update_distortion=distortion)
+                            preprocess=preprocess, update_distortion=distortion, local_losses=losses)
         return observation, truth
 
 
@@ -379,18 +380,23 @@ def _divisors(n: int) -> list[int]:
 
 
 def _local_training_delta(model: nn.Module, params, inputs: torch.Tensor, labels: torch.Tensor,
-                          local: LocalTraining) -> tuple[torch.Tensor, ...]:
+                          local: LocalTraining) -> tuple[tuple[torch.Tensor, ...], tuple[float, ...]]:
     """The client's FedAvg update: ``local.steps`` steps of ``torch.optim.SGD(lr=local.lr)`` (no momentum, no
-    weight decay) on the model, step k on the images ``local.chunk(k, B)``; returns θ_K − θ_0 per parameter.
-    The attacks simulate the same steps differentiably (:class:`copa.attacks.GradientModel`)."""
+    weight decay) on the model, step k on the images ``local.chunk(k, B)`` (its mini-batches in order, cycling:
+    local epochs when K · local batch > B); returns θ_K − θ_0 per parameter and the loss of each step (on its
+    images, before the step). The attacks simulate the same steps differentiably
+    (:class:`copa.attacks.GradientModel`)."""
     start = [p.detach().clone() for p in params]
     optimizer = torch.optim.SGD(params, lr=local.lr)
+    losses = []
     for step in range(local.steps):
         chunk = local.chunk(step, inputs.shape[0])
         optimizer.zero_grad(set_to_none=True)
-        client_loss(model(inputs[chunk]), labels[chunk]).backward()
+        loss = client_loss(model(inputs[chunk]), labels[chunk])
+        loss.backward()
+        losses.append(float(loss.detach()))
         optimizer.step()
-    return tuple(p.detach() - p0 for p, p0 in zip(params, start))
+    return tuple(p.detach() - p0 for p, p0 in zip(params, start)), tuple(losses)
 
 
 def _per_example_gradients(model: nn.Module, params, inputs: torch.Tensor, labels: torch.Tensor):

@@ -3,8 +3,9 @@ from copa.bench.pipeline import (RUN_KEYS, checkpoint_file, client_batches, inst
                                  setting_axis, workflow_scenario_keys)
 
 # The client settings: tag (path-safe, the wildcard "defence") -> Setting (defence chain and every federated axis
-# of copa.bench.setting.AXES): the product of the config's defences and those axes.
-SETTING_AXIS = setting_axis(config)
+# of copa.bench.setting.AXES): the product of the config's defences and those axes; a local_batch that does not
+# divide a client_batch is left out of that pair, with one line saying so.
+SETTING_AXIS = setting_axis(config, note=lambda line: print(f"note: {line}", file=sys.stderr))
 # Each setting's instances (directory names under a cell: an image index, or a client batch's indices).
 INSTANCES = {tag: [instance_key(b) for b in client_batches(config, s.client_batch)] for tag, s in SETTING_AXIS.items()}
 
