@@ -138,6 +138,12 @@ def test_grey_guess_goes_from_plugin_to_a_verified_entry_by_the_documented_comma
     verify = next(r for c, r in done.items() if c.startswith("copa verify "))
     assert f"{SMOKE}: verified (2 of grey-guess's records rerun)" in verify.stdout
 
+    site = clone / "site-preview"  # the entry on the site: its own page and badge, in the submitted entries' table
+    page = (site / "entries" / f"submissions-{SMOKE}.html").read_text()
+    assert "<h3>Verification: verified</h3>" in page and 'class="badge badge-verified"' in page
+    index = (site / "index.html").read_text()
+    assert f'<tr data-study="submissions/{SMOKE}"' in index and '<tr data-study="results"' in index
+
 
 def _copy_entry(documented, tmp_path) -> Path:
     clone, _ = documented
