@@ -279,7 +279,7 @@ def cmd_submit(args) -> int:
     standard = "the standard benchmark" if not differences else \
         f"not the standard benchmark ({len(differences)} differences, listed in {SUBMISSION_FILE})"
     print(f"wrote {folder}: {args.attack}'s records {counts}; {standard}; plug-in sha256 {entry['plugin_sha256']}")
-    print(f"maintainers verify it with: copa verify {folder} --sample 10 --record-verdict")
+    print(f"maintainers verify it with: copa verify {folder} --sample 8 --seed SEED --record-verdict")
     return 0
 
 
