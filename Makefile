@@ -1,6 +1,8 @@
 # Two commands on a fresh machine (Python >= 3.11, package registry access):
 #   make run    -- create .venv, install copa-bench, run the workflow (snakemake --cores 8)
-#   make test   -- create .venv, install copa-bench with test extras, run the tests
+#   make test   -- create .venv, install copa-bench with test extras, run the tests' fast tier (pytest: not slow)
+#   make test-all -- both tiers: the fast one and the integration tier (workflow runs, sandbox red team, SLURM,
+#                    browser, README blocks; marked slow) -- what CI runs
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= 8
@@ -8,7 +10,7 @@ BIN := $(VENV)/bin
 # the extras make test installs; .ci/run adds slurm (snakemake-executor-plugin-slurm) for tests/test_slurm.py
 PIP_EXTRAS ?= test
 
-.PHONY: run test install clean sandbox
+.PHONY: run test test-all install clean sandbox
 
 install: $(VENV)/.installed sandbox
 
@@ -32,6 +34,10 @@ run: install
 
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+# -m overrides pyproject's addopts (-m "not slow"): every test, both tiers
+test-all: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "slow or not slow"
 
 clean:
 	rm -rf runs .snakemake

@@ -159,6 +159,7 @@ def test_baselines_are_registered_as_entry_points_not_a_top_level_baselines_pack
     assert installed >= set(points.values()), "reinstall copa-bench (pip install -e .) to register the entry points"
 
 
+@pytest.mark.slow
 def test_a_source_checkout_without_the_installed_package_still_has_the_baselines():
     """Under ``snakemake --use-conda`` the jobs import copa from the checkout and copa-bench is not
     installed (no entry points): the baselines then come from baselines/ as copa_baselines."""

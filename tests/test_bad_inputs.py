@@ -567,6 +567,7 @@ def test_bad_input_fails_with_its_documented_message_and_writes_nothing(case, do
     assert row["message"] == placeholders(message, tmp)
 
 
+@pytest.mark.slow
 def test_the_real_command_line_prints_the_same_line_and_exits_2(tmp_path):
     """`python -m copa` in a subprocess: status 2, the documented line on stderr, nothing on stdout."""
     case = next(case for case in CASES if case.id == "unknown attack")

@@ -198,6 +198,7 @@ def test_batched_attacks_equal_sequential_runs(attack, dtype, overrides, atol, l
     assert not torch.equal(batched[0].images, batched[1].images)
 
 
+@pytest.mark.slow
 def test_batched_ig_on_a_batchnorm_model_equals_sequential_runs(cifar_npz):
     # float64: in float32 rounding flips a near-zero signed-gradient entry within 20 iterations here
     observations = _observations(cifar_npz, [4, 5, 6], model="convnet", input_shape=(3, 16, 16), dtype="float64")

@@ -45,6 +45,7 @@ def readme_grey_guess_source() -> str:
     return block
 
 
+@pytest.mark.slow
 def test_the_readme_grey_guess_example_meets_the_contract(tmp_path, monkeypatch):
     path = tmp_path / "my_attack.py"
     path.write_text(readme_grey_guess_source())
@@ -59,6 +60,7 @@ def test_the_readme_grey_guess_example_meets_the_contract(tmp_path, monkeypatch)
         ATTACKS._entries.update(saved)
 
 
+@pytest.mark.slow
 def test_copa_check_runs_from_the_command_line(tmp_path, capsys):
     from copa.cli import main
 

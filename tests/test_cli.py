@@ -15,6 +15,7 @@ def copa(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "copa", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_attack_on_cifar10_train_index_3_matches_an_independent_psnr(cifar_npz, tmp_path):
     out = tmp_path / "x"
     result = copa("attack", "--attack", "mean-image", "--model", "cnn2_c1", "--dataset", f"npz:{cifar_npz}",
@@ -95,6 +96,7 @@ def test_list_shows_every_registered_name(capsys):
     assert "ssim" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_readme_plugin_example_runs_as_written(tmp_path):
     import re
     from pathlib import Path

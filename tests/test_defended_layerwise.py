@@ -47,6 +47,7 @@ def _check_layers(record):
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("defence", DEFENCES)
+@pytest.mark.slow
 def test_layerwise_attack_on_a_defended_update_finishes_and_records_its_residual(model, attack, defence):
     record, reconstruction, _ = _attack(model, attack, (defence,))
     assert record["status"] == "ok", record.get("reason")
@@ -68,6 +69,7 @@ def test_undefended_full_rank_layer_has_zero_relative_residual(attack):
     assert all(layer["residual_relative"] < 1e-10 for layer in layers)
 
 
+@pytest.mark.slow
 def test_relative_residual_grows_with_the_noise_scale():
     residuals = [_attack("cnn2_c1", "rgap", (f"noise:scale={s}",))[0]["attack_info"]["layers"][0]["residual_relative"]
                  for s in (1e-4, 1e-2, 1.0)]
@@ -79,6 +81,7 @@ def reports():
     return security_report("cnn2_c2", condition=True), security_report("cnn2_c2", condition=False)
 
 
+@pytest.mark.slow
 def test_security_report_noise_amplification_is_the_condition_number(reports):
     conditioned, _ = reports
     conv = [layer for layer in conditioned.layers if layer.kind == "conv"]

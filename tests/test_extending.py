@@ -108,6 +108,7 @@ def config_with(plugin_files, tmp_path) -> dict:
             "retry_failed": True, "out": str(tmp_path / "out")}
 
 
+@pytest.mark.slow
 def test_a_defence_a_metric_and_an_attack_are_each_one_file_and_a_config_line(plugin_files, tmp_path):
     config = config_with(plugin_files, tmp_path)
     check_config(config)  # loads the plug-ins: every name is known
@@ -153,6 +154,7 @@ def test_a_defence_a_metric_and_an_attack_are_each_one_file_and_a_config_line(pl
     assert check_in_sandbox(ATTACKS.get("constant-image"), {}, "cnn2_c1", (3, 16, 16)) == list(CHECKS)
 
 
+@pytest.mark.slow
 def test_a_stored_record_is_recomputed_only_for_a_newly_configured_metric(plugin_files, tmp_path):
     config = config_with(plugin_files, tmp_path)
     config.update(defences=["none"], metrics=["psnr", "ssim"])
@@ -169,6 +171,7 @@ def test_a_stored_record_is_recomputed_only_for_a_newly_configured_metric(plugin
     assert all(e["reused"] for e in run(["psnr", "mae"])["records"])
 
 
+@pytest.mark.slow
 def test_a_bad_metric_name_is_refused_by_name(plugin_files, tmp_path):
     from copa.errors import CopaError
 

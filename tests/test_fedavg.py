@@ -114,6 +114,7 @@ def test_a_not_applicable_layerwise_attack_is_recorded_with_its_reason():
                                                "local_batch": None}
 
 
+@pytest.mark.slow
 def test_ig_on_a_two_step_update_of_lenet_zhu_beats_the_mean_image_floor(cifar_npz):
     """SSIM is the test's yardstick: IG's PSNR on lenet-zhu (sigmoid) stays near the floor's even on a gradient
     (results/leaderboard.md: 15.35 vs 12.11 dB after 4800 iterations, SSIM 0.50 vs 0.09). At 1200 iterations on
@@ -164,6 +165,7 @@ def test_bad_update_entries_in_an_observation_file_are_refused_by_name(update, m
         validate_payload(payload, "f.pt")
 
 
+@pytest.mark.slow
 def test_dlg_moves_on_a_small_learning_rate_delta_and_beats_the_floor(cifar_npz):
     """DLG's squared distance is taken in gradient units (−Δ / (K η)): matched as raw deltas of η = 1e-4 it was
     1e-8 of a gradient's, below L-BFGS's tolerance_grad, and DLG stopped at its random start after one evaluation

@@ -286,6 +286,7 @@ def test_the_fedavg_section_only_with_a_fedavg_setting():
     assert "- ig on lenet-zhu" not in floor and "- dlg on lenet-zhu" in floor and "| ig " in floor
 
 
+@pytest.mark.slow
 def test_a_workflow_sweep_keeps_the_losses_in_records_csv_and_leaderboard_md(tmp_path):
     config = _config(tmp_path, local_steps=[1, 2], local_lr=[0.01, 0.1], local_batch=[1], client_batch=[1, 2])
     cells = []

@@ -94,6 +94,7 @@ def captured(tmp_path_factory):
     return out, initial
 
 
+@pytest.mark.slow
 def test_every_round_of_every_client_is_captured_as_an_observation_file(captured):
     out, _ = captured
     files = sorted(p.name for p in out.glob("*.pt"))

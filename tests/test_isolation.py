@@ -26,6 +26,9 @@ from copa.cli import main
 from copa.sandbox import sandbox_tool
 from copa.threat import Scenario
 
+# the integration tier (`make test-all`, CI): this file starts the bwrap sandbox's worker for each hostile plug-in
+pytestmark = pytest.mark.slow
+
 needs_sandbox = pytest.mark.skipif(sandbox_tool()[0] is None, reason=f"no sandbox here: {sandbox_tool()[1]}")
 
 SNOOPER = '''

@@ -149,6 +149,7 @@ def test_input_gradient_and_propagate_delta_match_autograd():
     torch.testing.assert_close(input_gradient(layers[1].delta, layers[1].weight, g), expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_dense_and_matrix_free_solves_agree_on_cnn2_c1():
     obs, truth = Scenario(model="cnn2_c1", dtype="float64").build()
     analysis = analyse_chain(obs.model, obs.preprocess.apply(truth.images01), truth.labels)

@@ -438,6 +438,7 @@ print(json.dumps(results))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmSize from /proc (Linux)")
+@pytest.mark.slow
 def test_small_files_declaring_huge_sizes_are_refused_before_allocating(tmp_path):
     paths = {}
     for name, (payload, _) in BOMBS.items():

@@ -92,6 +92,7 @@ def _check_run(out: Path, level: float):
     assert np.allclose(np.load(out / "images.npz")["reconstruction"], level)
 
 
+@pytest.mark.slow
 def test_plugin_file_via_the_plugin_option(attack_file, tmp_path):
     listed = copa("list", "attacks", "--plugin", attack_file)
     assert listed.returncode == 0, listed.stderr
@@ -108,6 +109,7 @@ def test_plugin_file_via_the_plugin_option(attack_file, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_plugin_file_via_the_environment(attack_file, tmp_path):
     env = {"COPA_PLUGINS": str(attack_file)}  # a module name works too: see the README test below
     listed = copa("list", "attacks", env_extra=env)
@@ -131,6 +133,7 @@ def test_a_missing_plugin_is_a_clear_error(tmp_path, monkeypatch, capsys):
         assert "no_such_copa_plugin_module" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plugin_in_process_leaves_the_registry_as_it_was(attack_file):
     load_plugins()
     before = set(ATTACKS.names())
@@ -145,6 +148,7 @@ def test_plugin_in_process_leaves_the_registry_as_it_was(attack_file):
     assert str(attack_file.resolve()) not in attacks_mod._described
 
 
+@pytest.mark.slow
 def test_the_readme_example_loads_from_copa_plugins(tmp_path):
     """README's "Add your attack" example, as written, loaded by module name through COPA_PLUGINS."""
     readme = (ROOT / "README.md").read_text()

@@ -112,6 +112,7 @@ def _dataset(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_an_isolated_plugins_progress_is_forwarded_from_its_worker(reporting_plugin, tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("COPA_SANDBOX", "off")
     monkeypatch.setenv("COPA_ALLOW_UNSANDBOXED", "1")
@@ -129,6 +130,7 @@ def test_an_isolated_plugins_progress_is_forwarded_from_its_worker(reporting_plu
     assert len(forwarded) == 5  # once each: the worker's tail, printed after it ends, leaves them out
 
 
+@pytest.mark.slow
 def test_copa_attack_reports_progress_unless_quiet(reporting_plugin, tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("COPA_SANDBOX", "off")
     monkeypatch.setenv("COPA_ALLOW_UNSANDBOXED", "1")

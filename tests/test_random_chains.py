@@ -69,6 +69,7 @@ def test_same_seed_same_weights_different_seeds_differ():
     assert create_model("random-chain:8").copa_info.spec != a.copa_info.spec
 
 
+@pytest.mark.slow
 def test_different_seeds_give_different_chains(specs):
     assert len(set(specs.values())) >= 0.95 * len(specs)
     assert all(specs[s] != specs[s + 1] for s in range(len(specs) - 1))

@@ -83,6 +83,7 @@ def test_condition_number_matches_the_svd_of_u():
         assert layer.condition_number == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_runs_on_every_chain_in_the_zoo():
     chains = [entry.name for entry in MODELS if entry.meta.get("is_chain")]
     assert {"cnn2_c1", "cnn4_c2", "cnn6", "cnn6-d"} <= set(chains)

@@ -38,6 +38,7 @@ PROVENANCE = {"seconds", "seconds_total", "finished_at", "record", "images"}
 
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.slow,  # the integration tier (`make test-all`, CI): a real SLURM cluster
     pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake not installed"),
     pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
                        reason="snakemake-executor-plugin-slurm not installed (pip install -e '.[slurm]')"),

@@ -155,6 +155,7 @@ def test_cli_out_not_writable(tmp_path, capsys):
     assert blocker.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_cli_trains_and_attack_loads_checkpoint(tmp_path, capsys):
     out = tmp_path / "ck"
     assert main(["train", "--model", "cnn2_c1", "--dataset", "sample", "--epochs", "1", "--checkpoint-epochs", "0,1",

@@ -45,6 +45,7 @@ def published(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 def test_a_published_leaderboard_reruns_identically(published):
     results = verify_results(published, sample=8, seed=0, log=lambda _: None)
     assert len(results) == 8  # every record: 2 defences × 2 attacks × 2 images
@@ -168,6 +169,7 @@ def test_a_malformed_leaderboard_is_one_line_before_any_rerun(tmp_path, capsys, 
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "records.csv"]
 
 
+@pytest.mark.slow
 def test_a_record_not_reproduced_here_is_rerun_under_the_other_kernel_sets(published, tmp_path, monkeypatch, capsys):
     """Issue "The leaderboard, published": records made on AVX2 differed in the last bits on an AVX-512 machine.
     A record this process does not reproduce is rerun under the record's kernel set (older records: each narrower
@@ -200,6 +202,7 @@ def test_a_record_not_reproduced_here_is_rerun_under_the_other_kernel_sets(publi
 
 @pytest.mark.skipif("AVX2" not in __import__("copa.provenance").provenance.capabilities_here()[1:],
                     reason="this CPU runs a single x86 kernel set")
+@pytest.mark.slow
 def test_records_made_under_avx2_verify_identical_on_a_wider_cpu(tmp_path):
     """The real thing: a leaderboard computed in a process under ATEN_CPU_CAPABILITY=avx2 verifies identical here
     (directly, or through the rerun under its recorded kernel set)."""

@@ -116,6 +116,7 @@ def snapshot(paths):
 
 
 @needs_snakemake
+@pytest.mark.slow
 def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_report(tmp_path):
     """config/smoke.yaml, plus a model with NaN gradients and an attack that raises (INJECT): the failures
     are records with status failed and their reasons, counted per cell in the leaderboard; every other
@@ -207,6 +208,7 @@ def test_smoke_run_end_to_end_with_injected_failures_then_nothing_to_do_and_repo
 
 
 @needs_snakemake
+@pytest.mark.slow
 def test_plugin_attack_failed_record_and_resume_after_kill(tmp_path, monkeypatch):
     """A new attack is a file + its name in the config; a failing image is a failed record; a run killed
     midway (SIGKILL to snakemake and its jobs) resumes without recomputing its finished records: every
@@ -600,6 +602,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 @needs_snakemake
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the jobs")
+@pytest.mark.slow
 def test_ctrl_c_stops_every_job_and_its_attack_worker(tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group) stops snakemake, the running cell and the plug-in's attack
     worker: no process of the run is left, the interrupted image has no record (none half-written), the finished

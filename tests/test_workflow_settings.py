@@ -133,6 +133,7 @@ def test_a_trained_checkpoint_at_epoch_0_is_the_untrained_model_and_tables_name_
     assert cells["cnn2_c1@epoch0"]["checkpoint"].endswith("epoch0.pt")
 
 
+@pytest.mark.slow
 def test_training_twice_gives_bit_identical_checkpoints_with_a_stated_accuracy(tmp_path, cifar_npz):
     config = _config(tmp_path, dataset=f"npz:{cifar_npz}", training={"max_images": 256, "batch_size": 32})
     for run in ("a", "b"):
@@ -169,6 +170,7 @@ def test_the_workflow_plans_a_cell_per_setting_and_trains_named_epochs(tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_copa_verify_reruns_client_batches_fedavg_and_trained_models_identically(tmp_path):
     """A leaderboard of the new settings stays verifiable: each record's setting and model come back from
     config.yaml (the checkpoint from where rule train wrote it), and the rerun equals the record."""
