@@ -25,13 +25,13 @@ README = ROOT / "README.md"
 NOT_RUN = {
     "make run": "creates .venv and runs the default workflow (minutes; README's measured time): its rules run in "
                 "test_workflow.py's smoke run, and `snakemake --cores 8` is dry-run below",
-    "make test": "the whole test suite, this file included",
+    "make test": "the fast tier of the test suite (this file's fast tests included)",
     "source .venv/bin/activate": "shell set-up: these tests run with their own environment's copa, snakemake and "
                                  "pytest on PATH",
     "copa attack --attack ig --model lenet-zhu --dataset npz:../shared/data/cifar10_subset.npz --index 0,1,2,3 "
     "--local-steps 2 --local-lr 0.1 --label unknown --out runs/fedavg-ig":
         "hours (IG's 4,800 iterations; README gives the estimate): the same command with --set iterations=10 runs",
-    "COPA_FLOWER_CAPTURES=captured pytest tests/test_flower.py":
+    "COPA_FLOWER_CAPTURES=captured pytest -m \"slow or not slow\" tests/test_flower.py":
         "tests/test_flower.py is part of the suite (a real Flower simulation with Ray, ≈ 50 s); the fixture's "
         "COPA_FLOWER_CAPTURES folder is the only difference",
     'copa attack --attack rgap --observation "$(ls captured/round-0001-node-*.pt | head -n 1)" --out runs/flower-rgap':
@@ -50,8 +50,8 @@ NOT_RUN = {
     "copa site results results/defences results/metric-validity results/realistic/batches results/realistic/fedavg "
     "results/realistic/trained --out site": "would write into the checkout's site/: tests/test_site.py builds the same "
                                             "folders' pages and compares them with the committed site/ byte by byte",
-    "COPA_SITE_SCREENSHOT=docs/site-index.png pytest tests/test_site.py -k chromium":
-        "rewrites docs/site-index.png: tests/test_site.py's browser tests run in the suite (without the variable)",
+    "COPA_SITE_SCREENSHOT=docs/site-index.png pytest -m slow tests/test_site.py -k chromium":
+        "rewrites docs/site-index.png: tests/test_site.py's browser tests run in the integration tier (without the variable)",
 }
 """Commands of the README's bash blocks that are not run, with the reason."""
 
