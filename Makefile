@@ -35,9 +35,10 @@ run: install
 test: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
-# -m overrides pyproject's addopts (-m "not slow"): every test, both tiers
+# both tiers, one after the other (each prints its own time); -m overrides pyproject's addopts (-m "not slow")
 test-all: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "slow or not slow"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m slow
 
 clean:
 	rm -rf runs .snakemake
