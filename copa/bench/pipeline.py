@@ -134,6 +134,20 @@ def configured_metrics(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def headline_metric(config: dict[str, Any]) -> str:
+    """The config's ``headline_metric`` (default :data:`copa.metrics.DEFAULT_HEADLINE_METRIC`, PSNR): the tables'
+    overview and Spearman table, the plots' axes and the validity study's best attack. :class:`CopaError` when it
+    is not one of the configured ``metrics`` (the records would not hold it)."""
+    from ..metrics import DEFAULT_HEADLINE_METRIC
+
+    name = config.get("headline_metric") or DEFAULT_HEADLINE_METRIC
+    metrics = configured_metrics(config)
+    if name not in metrics:
+        raise InvalidSpecError(f"headline_metric {name!r} is not among the configured metrics: accepted are "
+                               f"{', '.join(metrics)} (or add it to metrics)")
+    return name
+
+
 _SCHEMA_TYPES = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
                  "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
                  "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
@@ -205,6 +219,7 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
         check_metric_input(metrics, shape)  # e.g. SSIM's 11×11 window
     except CopaError as exc:
         raise type(exc)(f"input_shape: {exc}") from None
+    headline_metric(config)
     classes = config.get("num_classes") or 10
     for name in config["models"]:
         try:
@@ -255,14 +270,16 @@ def check_attacks(config: dict[str, Any]) -> None:
 
 def check_validity(config: dict[str, Any]) -> None:
     """The ``validity`` section's names (none: no study): every predictor a key of
-    :data:`copa.bench.validity.PREDICTORS`, every outcome ``best_psnr``, ``best_ssim`` or ``psnr:ATTACK`` /
-    ``ssim:ATTACK`` of a configured attack; :class:`CopaError` naming the bad one, with close matches."""
+    :data:`copa.bench.validity.PREDICTORS`, every outcome ``best_METRIC`` or ``METRIC:ATTACK`` of a configured
+    metric (``best_psnr``, ``ssim:rgap``) and attack; :class:`CopaError` naming the bad one, with close matches."""
     study = config.get("validity")
     if not study:
         return
-    from .validity import PREDICTORS
+    from ..metrics import metric_order
+    from .validity import PREDICTORS, best_outcome
 
-    outcomes = ["best_psnr", "best_ssim", *(f"{m}:{a}" for m in ("psnr", "ssim") for a in config["attacks"])]
+    metrics = metric_order(configured_metrics(config))
+    outcomes = [*map(best_outcome, metrics), *(f"{m}:{a}" for m in metrics for a in config["attacks"])]
     for key, kind, known in (("predictors", "predictor", PREDICTORS), ("outcomes", "outcome", outcomes)):
         for name in study.get(key) or ():
             if name not in known:

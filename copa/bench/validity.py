@@ -10,7 +10,10 @@ the security report predicts how much the best attack recovers.
   (``SecurityReport.to_dict()``); :data:`PREDICTORS` lists them.
 * :func:`architecture_table` — one row per architecture: its predictors, the mean PSNR and SSIM of every
   attack (``psnr:ATTACK``, ``ssim:ATTACK``) and the best attack (``best_psnr`` = the largest mean PSNR
-  over the attacks, ``best_ssim`` = that attack's mean SSIM, ``best_attack``).
+  over the attacks, ``best_ssim`` = that attack's mean SSIM, ``best_attack``). PSNR stands for the headline
+  metric (:data:`copa.metrics.DEFAULT_HEADLINE_METRIC`, or the config's ``headline_metric``; the best is the
+  smallest for a metric where lower is better), SSIM for the other metrics the study's outcomes name
+  (:func:`study_metrics`); the metric registry gives their labels, units and directions.
 * :func:`correlation` / :func:`correlation_table` / :func:`validity_tables` — Spearman ρ and Kendall τ-b
   with bootstrap confidence intervals over architectures and Holm-adjusted p-values, for all
   architectures and for the rank-deficient ones alone.
@@ -64,14 +67,17 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InvalidSpecError
+from ..metrics import DEFAULT_HEADLINE_METRIC, metric_info, metric_order
 from ..models import RANDOM_CHAIN_PREFIX
+from .leaderboard import board_metrics
 
 __all__ = ["EXPECTED_SIGN", "HELD_OUT_CANDIDATES", "PARTIAL", "PREDICTORS", "STATISTICS", "TRIVIAL_PREDICTORS",
            "VERDICT_RULES", "CorrelationResult", "FittedRule", "HeldOutSplit", "architecture_table",
            "choose_predictor", "correlation", "correlation_table", "fit_threshold", "held_out_evaluation",
            "held_out_split", "holm", "kendall_tau_b", "partial_correlation", "partial_spearman_rho",
-           "predictors_from_security", "published_run_facts", "rebuild_study", "spearman_rho", "study_markdown", "study_table",
-           "tie_exact_recoveries", "validity_tables", "verdict", "write_study"]
+           "predictors_from_security", "published_run_facts", "rebuild_study", "spearman_rho", "study_markdown",
+           "study_metrics", "study_table", "tie_exact_recoveries", "validity_tables", "verdict", "verdict_rules",
+           "write_study"]
 
 PREDICTORS: dict[str, str] = {
     "copa_index": "COPA index (≤ 0; 0 = every layer uniquely solvable, the leakiest)",
@@ -163,35 +169,60 @@ def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> di
 
 
 def architecture_table(board: pd.DataFrame, predictors: pd.DataFrame | Mapping[str, Mapping[str, Any]], *,
-                       psnr: str = "psnr_mean", ssim: str = "ssim_mean") -> pd.DataFrame:
-    """One row per architecture: ``model``, its predictors, ``psnr:ATTACK`` / ``ssim:ATTACK`` per attack,
-    ``best_psnr`` (max mean PSNR over the attacks), ``best_ssim`` (that attack's mean SSIM), ``best_attack``.
+                       metrics: Sequence[str] = (), headline: str = DEFAULT_HEADLINE_METRIC) -> pd.DataFrame:
+    """One row per architecture: ``model``, its predictors, ``METRIC:ATTACK`` per metric and attack,
+    ``best_HEADLINE`` (the best mean of the ``headline`` metric over the attacks: the largest, or the smallest
+    where lower is better), ``best_METRIC`` for the others (that attack's mean), ``best_attack``.
 
-    ``board``: one row per (model, attack) cell with the mean PSNR and SSIM in the columns ``psnr`` and
-    ``ssim`` (the leaderboard's ``psnr_mean``, ``ssim_mean``). ``predictors``: a frame with a ``model``
-    column, or ``{model: predictors_from_security(...)}``. Models in only one of the two are kept (NaN
-    where missing); a model whose attacks all lack a PSNR has ``best_*`` NaN and ``best_attack`` missing.
+    ``board``: one row per (model, attack) cell with each metric's mean in the column ``METRIC_mean`` (the
+    leaderboard's). ``metrics``: the headline metric's and the others' columns to take, headline first (default:
+    every metric of the board). ``predictors``: a frame with a ``model`` column, or
+    ``{model: predictors_from_security(...)}``. Models in only one of the two are kept (NaN where missing); a
+    model whose attacks all lack the headline metric has ``best_*`` NaN and ``best_attack`` missing.
     """
-    missing = {"model", "attack", psnr, ssim} - set(board.columns)
+    metrics = list(dict.fromkeys([headline, *(metrics or board_metrics(board))]))
+    columns = {metric: f"{metric}_mean" for metric in metrics}
+    missing = {"model", "attack", *columns.values()} - set(board.columns)
     if missing:
-        raise InvalidSpecError(f"board lacks the columns {sorted(missing)} (expected model, attack, {psnr}, {ssim})")
+        raise InvalidSpecError(f"board lacks the columns {sorted(missing)} (expected model, attack, "
+                               f"{', '.join(columns.values())})")
     pred = (predictors.copy() if isinstance(predictors, pd.DataFrame)
             else pd.DataFrame([{"model": name, **values} for name, values in predictors.items()]))
     if "model" not in pred.columns:
         raise InvalidSpecError("predictors lack a 'model' column")
     attacks = list(dict.fromkeys(board["attack"]))
-    wide = board.pivot_table(index="model", columns="attack", values=[psnr, ssim], aggfunc="first", dropna=False)
+    wide = board.pivot_table(index="model", columns="attack", values=list(columns.values()), aggfunc="first",
+                             dropna=False)
     out = pd.DataFrame(index=pd.Index(list(dict.fromkeys([*pred["model"], *board["model"]])), name="model"))
-    for metric, column in (("psnr", psnr), ("ssim", ssim)):
+    for metric, column in columns.items():
         for attack in attacks:
             out[f"{metric}:{attack}"] = wide[column][attack].reindex(out.index).astype(float)
-    psnrs = out[[f"psnr:{a}" for a in attacks]].to_numpy(float)
-    has = ~np.all(np.isnan(psnrs), axis=1)
-    best = np.where(has, np.argmax(np.where(np.isnan(psnrs), -np.inf, psnrs), axis=1), -1)
+    values = out[[f"{headline}:{a}" for a in attacks]].to_numpy(float)
+    has = ~np.all(np.isnan(values), axis=1)
+    ranked = metric_info(headline).sign * values  # the best attack has the largest
+    best = np.where(has, np.argmax(np.where(np.isnan(values), -np.inf, ranked), axis=1), -1)
     out["best_attack"] = [attacks[i] if i >= 0 else None for i in best]
-    out["best_psnr"] = [psnrs[r, i] if i >= 0 else np.nan for r, i in enumerate(best)]
-    out["best_ssim"] = [out[f"ssim:{attacks[i]}"].iloc[r] if i >= 0 else np.nan for r, i in enumerate(best)]
+    out[best_outcome(headline)] = [values[r, i] if i >= 0 else np.nan for r, i in enumerate(best)]
+    for metric in metrics[1:]:
+        out[best_outcome(metric)] = [out[f"{metric}:{attacks[i]}"].iloc[r] if i >= 0 else np.nan
+                                     for r, i in enumerate(best)]
     return pred.merge(out.reset_index(), on="model", how="outer", sort=False)
+
+
+def best_outcome(metric: str) -> str:
+    """``best_METRIC``: the column of the best attack's mean ``metric`` (:func:`architecture_table`)."""
+    return f"best_{metric}"
+
+
+def outcome_metric(outcome: str) -> str:
+    """The metric an outcome names: ``best_psnr`` → psnr, ``ssim:rgap`` → ssim."""
+    return outcome.split(":", 1)[0] if ":" in outcome else outcome.removeprefix("best_")
+
+
+def study_metrics(outcomes: Iterable[str], headline: str = DEFAULT_HEADLINE_METRIC) -> list[str]:
+    """The metrics of the study's tables: the ``headline`` metric, then those the ``outcomes`` name in the
+    tables' column order (:func:`copa.metrics.metric_order`) — psnr, ssim for the published study."""
+    return list(dict.fromkeys([headline, *metric_order(outcome_metric(o) for o in outcomes)]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,31 +551,39 @@ def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(rates)) if rates else math.nan
 
 
+def _leaks(value: np.ndarray, leak_threshold: float, leak_sign: int) -> np.ndarray:
+    """"Leaks": ``value ≥ leak_threshold`` (``leak_sign`` +1: higher is more recovered, PSNR), or ``≤`` (−1:
+    lower is, e.g. MSE)."""
+    return leak_sign * value >= leak_sign * leak_threshold
+
+
 def fit_threshold(train: pd.DataFrame, rule: FittedRule | str, outcome: str = "best_psnr", *,
-                  leak_threshold: float) -> FittedRule:
-    """Fit the binary rule "leaks" (``outcome ≥ leak_threshold``) on ``train``: the threshold (a midpoint
-    between consecutive distinct scores, or ±inf) and, if ``rule`` is a column name, the direction that
-    maximise the balanced accuracy (ties: the first in the order sign +1 then −1, thresholds ascending). A
-    :class:`FittedRule` keeps its score and sign and gets the threshold."""
+                  leak_threshold: float, leak_sign: int = 1) -> FittedRule:
+    """Fit the binary rule "leaks" (``outcome ≥ leak_threshold``; ``≤`` with ``leak_sign`` −1, for an outcome
+    where lower is better) on ``train``: the threshold (a midpoint between consecutive distinct scores, or ±inf)
+    and, if ``rule`` is a column name, the direction that maximise the balanced accuracy (ties: the first in the
+    order sign +1 then −1, thresholds ascending). A :class:`FittedRule` keeps its score and sign and gets the
+    threshold."""
     base = FittedRule({rule: 1.0}) if isinstance(rule, str) else rule
     signs = (1, -1) if isinstance(rule, str) else (base.sign,)
     score, value = base.score(train), train[outcome].to_numpy(float)
     keep = ~(np.isnan(score) | np.isnan(value))
-    score, leaks = score[keep], value[keep] >= leak_threshold
+    score, leaks = score[keep], _leaks(value[keep], leak_threshold, leak_sign)
     levels = np.unique(score)
     candidates = np.concatenate([[-np.inf], (levels[:-1] + levels[1:]) / 2, [np.inf]])
     best = max(((_balanced_accuracy(leaks, sign * score >= sign * t), sign, t) for sign in signs for t in candidates),
                key=lambda item: item[0])
     return FittedRule(base.weights, sign=best[1], threshold=float(best[2]),
                       description=f"{base.description or next(iter(base.weights))}: leaks when "
-                                  f"{'≥' if best[1] > 0 else '≤'} {best[2]:.6g} ({outcome} ≥ {leak_threshold:g} = leaks)",
+                                  f"{'≥' if best[1] > 0 else '≤'} {best[2]:.6g} ({outcome} "
+                                  f"{'≥' if leak_sign > 0 else '≤'} {leak_threshold:g} = leaks)",
                       fit={**base.fit, "balanced_accuracy": best[0], "leak_threshold": leak_threshold,
                            "n_threshold": int(keep.sum())})
 
 
 def held_out_evaluation(table: pd.DataFrame, split: HeldOutSplit, fit: Callable[[pd.DataFrame], FittedRule], *,
-                        outcome: str = "best_psnr", leak_threshold: float | None = None, n_resamples: int = 9999,
-                        confidence_level: float = 0.95, method: str = "BCa",
+                        outcome: str = "best_psnr", leak_threshold: float | None = None, leak_sign: int = 1,
+                        n_resamples: int = 9999, confidence_level: float = 0.95, method: str = "BCa",
                         random_state: int = 0) -> tuple[FittedRule, pd.DataFrame]:
     """Fit ``fit(table restricted to split.a)`` on half A only; report the rule on A, B and the paper chains.
 
@@ -553,7 +592,8 @@ def held_out_evaluation(table: pd.DataFrame, split: HeldOutSplit, fit: Callable[
     ``lambda t: fit_threshold(t, choose_predictor(t, preds), leak_threshold=20)``. One row per subset:
     ``subset``, ``models``, ``n``, ρ and τ of the rule's score with ``outcome`` (estimate, CI, p, CI
     method) and, with ``leak_threshold`` and a rule that has a threshold, ``accuracy`` and
-    ``balanced_accuracy`` of "leaks" (``outcome ≥ leak_threshold``) and ``leaks`` (how many do).
+    ``balanced_accuracy`` of "leaks" (``outcome ≥ leak_threshold``; ``≤`` with ``leak_sign`` −1) and ``leaks``
+    (how many do).
     """
     by_model = table.set_index("model", drop=False)
     unknown = [m for names in split.subsets().values() for m in names if m not in by_model.index]
@@ -570,7 +610,7 @@ def held_out_evaluation(table: pd.DataFrame, split: HeldOutSplit, fit: Callable[
         if leak_threshold is not None and rule.threshold is not None:
             value, predicted = part[outcome].to_numpy(float), rule.predict_leaks(part)
             keep = ~(np.isnan(value) | np.isnan(rule.score(part)))
-            truth = value[keep] >= leak_threshold
+            truth = _leaks(value[keep], leak_threshold, leak_sign)
             row.update({"leaks": int(truth.sum()),
                         "accuracy": float(np.mean(predicted[keep] == truth)) if keep.any() else math.nan,
                         "balanced_accuracy": _balanced_accuracy(truth, predicted[keep])})
@@ -587,17 +627,43 @@ HELD_OUT_CANDIDATES = ("copa_index", "normalised_score", "propagated_image_fract
 its predictors if none is): the security metric's two numbers and the metric we propose from first principles
 (how much of the image the layer-wise systems leave undetermined after propagation). Each is also fitted and
 reported alone (held_out.csv, column ``chosen``), so the losers are reported too."""
-HELD_OUT_OUTCOME = "best_psnr"
-"""The outcome of the held-out rule and of ``leak_threshold`` (dB)."""
 EXPECTED_SIGN: dict[str, int] = {"copa_index": 1, "normalised_score": -1, "any_deficient": -1,
                                  "image_layer_deficiency": -1, "total_deficiency": -1,
                                  "max_layer_deficiency_fraction": -1, "log10_condition_max": -1,
                                  "log10_condition_image": -1, "propagated_image_fraction": -1}
-"""The sign of ρ with a leakage outcome (PSNR, SSIM: higher = more recovered) if the metric is right: a
-COPA index nearer 0, a lower score, fewer undetermined dimensions, a better conditioning leak more.
-``depth`` and ``parameters`` have no stated direction."""
-OUTCOME_WORDS = {"best_psnr": "best_psnr, the mean PSNR of the best attack per architecture",
-                 "best_ssim": "best_ssim, the mean SSIM of the attack with the best mean PSNR"}
+"""The sign of ρ with a leakage outcome where higher is better (PSNR, SSIM: higher = more recovered) if the metric
+is right: a COPA index nearer 0, a lower score, fewer undetermined dimensions, a better conditioning leak more;
+reversed for an outcome where lower is better (:func:`expected_sign`). ``depth`` and ``parameters`` have no stated
+direction."""
+
+
+def expected_sign(predictor: str, outcome: str) -> int | None:
+    """:data:`EXPECTED_SIGN` of ``predictor`` with ``outcome``, reversed when the outcome's metric is better
+    lower (MSE, LPIPS); None for a predictor without a stated direction."""
+    sign = EXPECTED_SIGN.get(predictor)
+    return None if sign is None else sign * metric_info(outcome_metric(outcome)).sign
+
+
+def outcome_words(outcome: str, headline: str = DEFAULT_HEADLINE_METRIC) -> str:
+    """The verdict's words for ``outcome``: ``best_psnr, the mean PSNR of the best attack per architecture``."""
+    metric, label = outcome_metric(outcome), metric_info(outcome_metric(outcome)).label
+    if outcome != best_outcome(metric):
+        return outcome
+    if metric == headline:
+        return f"{outcome}, the mean {label} of the best attack per architecture"
+    return f"{outcome}, the mean {label} of the attack with the best mean {metric_info(headline).label}"
+
+
+def _threshold_text(metric: str, value: float) -> str:
+    """``20 dB``: a value of ``metric`` with its unit."""
+    unit = metric_info(metric).unit
+    return f"{value:g} {unit}" if unit else f"{value:g}"
+
+
+def _leak_text(headline: str, leak_threshold: float) -> str:
+    """``best_psnr ≥ 20 dB``: what "leaks" means."""
+    return (f"{best_outcome(headline)} {'≥' if metric_info(headline).sign > 0 else '≤'} "
+            f"{_threshold_text(headline, leak_threshold)}")
 ALPHA = 0.05
 """The level of the verdict's Holm-adjusted p-values (with 95 % intervals)."""
 STUDY_TABLES = ("architectures.csv", "predictors.csv", "held_out.csv", "validity.md")
@@ -605,33 +671,41 @@ STUDY_TABLES = ("architectures.csv", "predictors.csv", "held_out.csv", "validity
 
 def candidate_scatters(predictors: Sequence[str], metric: str) -> list[str]:
     """The held-out candidates (:data:`HELD_OUT_CANDIDATES`) among ``predictors`` other than ``metric`` (the
-    plots' x axis): each gets its own scatter of the best attack's PSNR, ``scatter_best_by_PREDICTOR.png``, so
+    plots' x axis): each gets its own scatter of the best attack's headline metric, ``scatter_best_by_PREDICTOR.png``, so
     the metrics the held-out half compares are seen side by side. One owner for the write_study files and the
     workflow rule's outputs."""
     return [p for p in HELD_OUT_CANDIDATES if p in predictors and p != metric]
 
 
-VERDICT_RULES = (
-    "The verdict is generated from the tables by fixed rules. It judges one predictor, the workflow's "
-    "security metric (config `plots.security_metric`; if it is not among the predictors, the first of "
-    "copa_index / normalised_score that is, else the first predictor), against one outcome, `best_psnr` "
-    "(else the first outcome), on each subset (all architectures; the rank-deficient ones), from the Spearman row of "
-    "predictors.csv: **predicts / ranks** when the 95 % BCa interval of ρ excludes 0 on the side the "
-    "metric claims (EXPECTED_SIGN: ρ < 0 for the normalised score, > 0 for the COPA index) and the "
-    f"Holm-adjusted p < {ALPHA:g}; **in the wrong direction** when the interval excludes 0 on the other "
-    f"side and Holm p < {ALPHA:g}; **weak evidence** when the interval excludes 0 but Holm p ≥ {ALPHA:g}; "
-    "**does not predict / rank** when the interval includes 0; **cannot be judged** when ρ is undefined "
-    "(fewer than 3 architectures or a constant column). The two clauses are joined by *and* when both "
-    "are positive or both are not, else by *but*. The held-out sentence reports the rule fitted on half "
-    "A only (held_out.csv) on half B and on the paper chains, as measured; the candidates' sentence each "
-    "candidate's |ρ| on half A (which chose) and its ρ on half B, winner and losers alike. **Beside the trivial "
-    "predictors** (TRIVIAL_PREDICTORS: any_deficient, the full-rank split; total_deficiency, the plain count of "
-    "undetermined dimensions): their ρ over all architectures stands beside the metric's; then, for `best_psnr` and "
-    "each attack's mean PSNR, the metric's Spearman partial ρ given the full-rank split, judged by the same rule "
-    "on its 95 % BCa interval and Holm p (Holm over the table's pairs): **adds** (beyond the full-rank split), "
-    "**adds in the wrong direction**, **weak evidence** or **adds nothing**; total_deficiency's partial ρ follows "
-    "for comparison. Last, every rule of held_out.csv — the candidates and the trivial baselines, each fitted on "
-    "half A alone — with its balanced accuracy on half B and on the paper chains.")
+def verdict_rules(headline: str = DEFAULT_HEADLINE_METRIC) -> str:
+    """How the verdict is decided (validity.md's section), for the study's ``headline`` metric."""
+    best, info = best_outcome(headline), metric_info(headline)
+    reversed_note = f", reversed for {info.label}, where lower is better" if info.sign < 0 else ""
+    return (
+        "The verdict is generated from the tables by fixed rules. It judges one predictor, the workflow's "
+        "security metric (config `plots.security_metric`; if it is not among the predictors, the first of "
+        f"copa_index / normalised_score that is, else the first predictor), against one outcome, `{best}` "
+        "(else the first outcome), on each subset (all architectures; the rank-deficient ones), from the Spearman row of "
+        "predictors.csv: **predicts / ranks** when the 95 % BCa interval of ρ excludes 0 on the side the "
+        f"metric claims (EXPECTED_SIGN: ρ < 0 for the normalised score, > 0 for the COPA index{reversed_note}) and the "
+        f"Holm-adjusted p < {ALPHA:g}; **in the wrong direction** when the interval excludes 0 on the other "
+        f"side and Holm p < {ALPHA:g}; **weak evidence** when the interval excludes 0 but Holm p ≥ {ALPHA:g}; "
+        "**does not predict / rank** when the interval includes 0; **cannot be judged** when ρ is undefined "
+        "(fewer than 3 architectures or a constant column). The two clauses are joined by *and* when both "
+        "are positive or both are not, else by *but*. The held-out sentence reports the rule fitted on half "
+        "A only (held_out.csv) on half B and on the paper chains, as measured; the candidates' sentence each "
+        "candidate's |ρ| on half A (which chose) and its ρ on half B, winner and losers alike. **Beside the trivial "
+        "predictors** (TRIVIAL_PREDICTORS: any_deficient, the full-rank split; total_deficiency, the plain count of "
+        f"undetermined dimensions): their ρ over all architectures stands beside the metric's; then, for `{best}` and "
+        f"each attack's mean {info.label}, the metric's Spearman partial ρ given the full-rank split, judged by the same rule "
+        "on its 95 % BCa interval and Holm p (Holm over the table's pairs): **adds** (beyond the full-rank split), "
+        "**adds in the wrong direction**, **weak evidence** or **adds nothing**; total_deficiency's partial ρ follows "
+        "for comparison. Last, every rule of held_out.csv — the candidates and the trivial baselines, each fitted on "
+        "half A alone — with its balanced accuracy on half B and on the paper chains.")
+
+
+VERDICT_RULES = verdict_rules()
+"""How the verdict is decided, for the default headline metric (:func:`verdict_rules`)."""
 
 
 def _judgement(row: Mapping[str, Any] | None, expected: int | None, prefix: str = "spearman") -> str:
@@ -699,13 +773,12 @@ def _beside_trivial(correlations: pd.DataFrame, predictor: str, outcome: str, pe
     if metric is None or f"{PARTIAL}_rho" not in metric:
         return text
     given = metric.get(f"{PARTIAL}_given", "the full-rank split")
-    expected = EXPECTED_SIGN.get(predictor)
     clauses = []
     for what in outcomes:
         found = row(predictor, what)
         if found is not None:
             clauses.append(f"with {what} {_interval(found, PARTIAL)}, "
-                           f"{BEYOND_WORDS[_judgement(found, expected, PARTIAL)]}")
+                           f"{BEYOND_WORDS[_judgement(found, expected_sign(predictor, what), PARTIAL)]}")
     text += (f" What {predictor} adds beyond the full-rank split (Spearman partial ρ given {given}, 95 % CI, "
              f"Holm-adjusted): " + "; ".join(clauses) + ".")
     for baseline in baselines:
@@ -744,14 +817,16 @@ def _classification_beside_trivial(candidates: pd.DataFrame) -> str:
 
 def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedRule | None, *, predictor: str,
             outcome: str, leak_threshold: float, candidates: pd.DataFrame | None = None,
-            per_attack: Sequence[str] = (), baselines: Sequence[str] = ()) -> str:
+            per_attack: Sequence[str] = (), baselines: Sequence[str] = (),
+            headline: str = DEFAULT_HEADLINE_METRIC) -> str:
     """The verdict paragraph from the study's numbers (:data:`VERDICT_RULES`): ``correlations`` is
     :func:`validity_tables`' frame, ``held`` and ``rule`` :func:`held_out_evaluation`'s (None: not evaluated),
     ``candidates`` held_out.csv's rows of every candidate and baseline (``predictor``, ``subset``, ``role``,
     ``spearman_*``; None or one candidate: no candidates' sentence). ``baselines``: the trivial predictors
     (:data:`TRIVIAL_PREDICTORS`) to state the metric beside; ``per_attack``: the outcomes (e.g. ``psnr:ATTACK``)
-    on which the partial correlation given the full-rank split is reported besides ``outcome``."""
-    expected = EXPECTED_SIGN.get(predictor)
+    on which the partial correlation given the full-rank split is reported besides ``outcome``; ``headline``: the
+    study's headline metric (the held-out rule's outcome is its ``best_*``)."""
+    expected = expected_sign(predictor, outcome)
     rows = {subset: correlations[(correlations["subset"] == subset) & (correlations["predictor"] == predictor)
                                  & (correlations["outcome"] == outcome)] for subset in ("all", "deficient")}
     found = {s: (r.iloc[0].to_dict() if len(r) else None) for s, r in rows.items()}
@@ -775,7 +850,7 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
     joint = " and " if positive[0] == positive[1] else " but "
     label = {"copa_index": "The COPA index", "normalised_score": "The normalised security score"}.get(
         predictor, f"The predictor {predictor}")
-    text = f"{label} {clauses[0]}{joint}{clauses[1]}. Leakage: {OUTCOME_WORDS.get(outcome, outcome)}."
+    text = f"{label} {clauses[0]}{joint}{clauses[1]}. Leakage: {outcome_words(outcome, headline)}."
     if rule is not None and held is not None and len(held):
         by = held.set_index("subset")
 
@@ -787,7 +862,7 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
 
         b = by.loc["B (held out)"] if "B (held out)" in by.index else None
         text += (f" Fitted on half A of the random chains only, the rule “{rule.description}” classifies "
-                 f"leaking ({HELD_OUT_OUTCOME} ≥ {leak_threshold:g} dB) with balanced accuracy "
+                 f"leaking ({_leak_text(headline, leak_threshold)}) with balanced accuracy "
                  f"{accuracy('B (held out)')} on the held-out half B and {accuracy('paper')} on the paper chains")
         text += (f"; its score's ρ on B is {format_number(b['spearman_rho'])} (95 % CI [{format_number(b['spearman_ci_low'])}, "
                  f"{format_number(b['spearman_ci_high'])}])." if b is not None else ".")
@@ -812,7 +887,7 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
             return (f"{format_number(row['spearman_rho'])} [{format_number(row['spearman_ci_low'])}, "
                     f"{format_number(row['spearman_ci_high'])}]")
 
-        text += (f" Candidates compared on half A by |ρ| with {HELD_OUT_OUTCOME}: "
+        text += (f" Candidates compared on half A by |ρ| with {best_outcome(headline)}: "
                  + ", ".join(f"{n} {rho(n, 'A (fit)', False)}" for n in names) + f" — half A chose {chosen}; on the "
                  "held-out half B their ρ (95 % CI) are " + ", ".join(f"{n} {rho(n, 'B (held out)', True)}"
                                                                      for n in names) + ".")
@@ -821,8 +896,10 @@ def verdict(correlations: pd.DataFrame, held: pd.DataFrame | None, rule: FittedR
     return text
 
 
-def tie_exact_recoveries(table: pd.DataFrame, exact_psnr: float | None) -> pd.DataFrame:
-    """``table`` with every PSNR outcome (``best_psnr``, ``psnr:ATTACK``) above ``exact_psnr`` set to it.
+def tie_exact_recoveries(table: pd.DataFrame, exact_psnr: float | None,
+                         headline: str = DEFAULT_HEADLINE_METRIC) -> pd.DataFrame:
+    """``table`` with every outcome of the ``headline`` metric (``best_psnr``, ``psnr:ATTACK``) better than
+    ``exact_psnr`` set to it (above it; below it for a metric where lower is better).
 
     A layer-wise attack on a full-rank chain recovers the image exactly; its PSNR (120–290 dB in float64,
     or +inf) then measures rounding, not leakage, and would order the exact recoveries at random in every
@@ -830,8 +907,9 @@ def tie_exact_recoveries(table: pd.DataFrame, exact_psnr: float | None) -> pd.Da
     out = table.copy()
     if exact_psnr is None:
         return out
-    for column in [c for c in out.columns if c == "best_psnr" or str(c).startswith("psnr:")]:
-        out[column] = out[column].astype(float).clip(upper=float(exact_psnr))
+    bound = {"upper" if metric_info(headline).sign > 0 else "lower": float(exact_psnr)}
+    for column in [c for c in out.columns if c == best_outcome(headline) or str(c).startswith(f"{headline}:")]:
+        out[column] = out[column].astype(float).clip(**bound)
     return out
 
 
@@ -847,14 +925,15 @@ def _undefended(board: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def study_table(entries: Sequence[Mapping[str, Any]], board: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
-    """:func:`architecture_table` of the security entries' predictors and ``board``, with ``status`` (ok or
-    excluded) and ``reason``; and the excluded architectures → reason: not applicable (the entry's
-    reason), no security entry, or no ok run of any attack (``best_psnr`` NaN)."""
+def study_table(entries: Sequence[Mapping[str, Any]], board: pd.DataFrame, *, metrics: Sequence[str] = (),
+                headline: str = DEFAULT_HEADLINE_METRIC) -> tuple[pd.DataFrame, dict[str, str]]:
+    """:func:`architecture_table` of the security entries' predictors and ``board`` (``metrics``, ``headline``:
+    its), with ``status`` (ok or excluded) and ``reason``; and the excluded architectures → reason: not
+    applicable (the entry's reason), no security entry, or no ok run of any attack (``best_psnr`` NaN)."""
     ok = {e["model"]: predictors_from_security(e["report"]) for e in entries if e["status"] == "ok"}
     excluded = {e["model"]: e.get("reason") or "not applicable" for e in entries if e["status"] != "ok"}
-    table = architecture_table(board, ok)
-    for model, best in zip(table["model"], table["best_psnr"]):
+    table = architecture_table(board, ok, metrics=metrics, headline=headline)
+    for model, best in zip(table["model"], table[best_outcome(headline)]):
         if model not in ok and model not in excluded:
             excluded[model] = "no security entry"
         elif model in ok and math.isnan(float(best)):
@@ -913,21 +992,26 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
                    correlations: pd.DataFrame, held: pd.DataFrame, rule: FittedRule | None, *,
                    excluded: Mapping[str, str], attacks: Sequence[str], settings: Mapping[str, Any],
                    held_out_note: str | None = None, metric: str = "normalised_score",
-                   baselines: Sequence[str] = ()) -> str:
+                   baselines: Sequence[str] = (), metrics: Sequence[str] = (),
+                   headline: str = DEFAULT_HEADLINE_METRIC) -> str:
     """validity.md: the verdict paragraph first, the run's facts, the rules, then every table; ``metric``: the
-    plots' x axis; ``baselines``: the trivial predictors every candidate is shown beside."""
+    plots' x axis; ``baselines``: the trivial predictors every candidate is shown beside; ``metrics``: the
+    study's (:func:`study_metrics`), ``headline`` first."""
+    metrics = list(dict.fromkeys([headline, *metrics]))
+    info = metric_info(headline)
     from tabulate import tabulate
 
     from .leaderboard import markdown_header
 
     lines = markdown_header(title, dict(meta))
     lines[2:2] = [text, ""]
-    lines += ["", "## How the verdict is decided", "", VERDICT_RULES, "",
+    lines += ["", "## How the verdict is decided", "", verdict_rules(headline), "",
               ("Statistics (copa.bench.validity): Spearman ρ and Kendall τ-b over architectures, paired "
                f"bootstrap BCa 95 % intervals ({settings['n_resamples']} resamples, seed {settings['seed']}), "
                "two-sided p-values Holm-adjusted over the predictor × outcome pairs of each subset. Outcomes are "
                "means over each cell's ok runs of the undefended leaderboard; the best attack is the one with "
-               "the largest mean PSNR per architecture. Partial ρ: Spearman partial correlation given the "
+               f"the {'largest' if info.sign > 0 else 'smallest'} mean {info.label} per architecture. Partial ρ: "
+               "Spearman partial correlation given the "
                "full-rank split (any_deficient), the Pearson correlation of the ranks' residuals after a line on "
                "the split — within-group ordering, pooled (copa.bench.validity.partial_spearman_rho) — with the same "
                "bootstrap and a t test on n − 3 degrees of freedom, Holm-adjusted over the table's pairs."), ""]
@@ -944,8 +1028,8 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
                                     "Holm p (partial)", "ρ, deficient [95 % CI]", "n deficient"],
                            tablefmt="github", disable_numparse=True), ""]
     shown = ["model", "held_out", *[c for c in ("copa_index", "normalised_score", "any_deficient", "depth")
-                                    if c in architectures], "best_attack", "best_psnr", "best_ssim",
-             *[f"psnr:{a}" for a in attacks if f"psnr:{a}" in architectures]]
+                                    if c in architectures], "best_attack", *map(best_outcome, metrics),
+             *[f"{headline}:{a}" for a in attacks if f"{headline}:{a}" in architectures]]
     included = architectures[architectures["status"] == "ok"]
     lines += [f"## Architectures ({len(included)} in the study)", "",
               tabulate([[_cell(column, value) for column, value in zip(shown, row)]
@@ -993,7 +1077,7 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
 def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out_dir: str | Path,
                 settings: Mapping[str, Any], *, meta: Mapping[str, str] | None = None,
                 attacks: Sequence[str] | None = None, metric: str = "normalised_score", psnr_cap: float = 100.0,
-                title: str = "The security metric on trial") -> dict[str, Path]:
+                title: str = "The security metric on trial", headline: str = DEFAULT_HEADLINE_METRIC) -> dict[str, Path]:
     """Run the study and write its files into ``out_dir``, each atomically; return them by name.
 
     ``security_paths``: the security entries (:func:`copa.bench.pipeline.security_entry`); not-applicable
@@ -1008,7 +1092,9 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     half A and a threshold for ``best_psnr ≥ leak_threshold``; one block of rows per candidate and per
     :data:`TRIVIAL_PREDICTORS` baseline, each fitted on A alone, ``role`` saying which, ``chosen`` marking the
     winner), validity.md (:func:`verdict` first), scatter_ATTACK.png, scatter_best.png and
-    scatter_best_by_PREDICTOR.png for the other candidates (:func:`candidate_scatters`).
+    scatter_best_by_PREDICTOR.png for the other candidates (:func:`candidate_scatters`). ``headline``: the
+    config's headline metric (PSNR above; ``best_psnr`` is ``best_HEADLINE``); the tables hold it and the other
+    metrics the outcomes name (:func:`study_metrics`).
     """
     from .leaderboard import read_security_entries
     from .record import versions_text
@@ -1016,30 +1102,31 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     entries = read_security_entries(security_paths)
     board = _undefended(pd.read_csv(board_csv))
     attacks = list(attacks or dict.fromkeys(board["attack"]))
-    table, excluded = study_table(entries, board[board["attack"].isin(attacks)])
+    metrics = study_metrics(settings["outcomes"], headline)
+    table, excluded = study_table(entries, board[board["attack"].isin(attacks)], metrics=metrics, headline=headline)
     provenance = pd.DataFrame([{"git_commit": e.get("git_commit"), "device": e.get("device"),
                                 "versions": versions_text(e.get("versions")), "dataset": e.get("dataset"),
                                 "split": e.get("split", "–")} for e in entries],
                               columns=["git_commit", "device", "versions", "dataset", "split"])
     return _write_study_files(table, excluded, provenance, out_dir, settings, meta=meta, attacks=attacks,
-                              metric=metric, psnr_cap=psnr_cap, title=title)
+                              metric=metric, psnr_cap=psnr_cap, title=title, headline=headline)
 
 
-STUDY_INPUT_COLUMNS = ("model", "best_attack", "best_psnr", "best_ssim", "status", "reason")
-"""The columns of a published architectures.csv that :func:`rebuild_study` reads besides the predictors and the
-attacks' ``psnr:ATTACK`` / ``ssim:ATTACK``; the others (``held_out``, ``leaks``, ``predicted_leaks``) are
-recomputed."""
+STUDY_INPUT_COLUMNS = ("model", "best_attack", "status", "reason")
+"""The columns of a published architectures.csv that :func:`rebuild_study` reads besides the predictors and, for
+each of the study's metrics (:func:`study_metrics`), ``best_METRIC`` and the attacks' ``METRIC:ATTACK``; the
+others (``held_out``, ``leaks``, ``predicted_leaks``) are recomputed."""
 
 
 def rebuild_study(architectures_csv: str | Path, out_dir: str | Path, settings: Mapping[str, Any], *,
                   meta: Mapping[str, str] | None = None, attacks: Sequence[str] | None = None,
                   metric: str = "normalised_score", psnr_cap: float = 100.0,
-                  title: str = "The security metric on trial") -> dict[str, Path]:
+                  title: str = "The security metric on trial", headline: str = DEFAULT_HEADLINE_METRIC) -> dict[str, Path]:
     """:func:`write_study`'s files again from a published ``architectures.csv`` alone, without the security
     entries or the leaderboard (runs/ is not published): its rows are :func:`study_table`'s — every predictor
     computed from the security reports, each attack's mean PSNR and SSIM of the undefended leaderboard, the best
     attack, the status and the reason of an exclusion — so every statistic, the held-out rule and the verdict are
-    recomputed from the numbers the run measured. ``attacks``: default, every ``psnr:ATTACK`` column. A predictor
+    recomputed from the numbers the run measured. ``attacks``: default, every ``HEADLINE:ATTACK`` column. A predictor
     of ``settings`` the file lacks is an error (a new predictor needs the security reports: :func:`write_study`).
     ``meta``: the header's facts (the rebuild's command, the run's commit ...); the header's commit, device and
     versions are the rebuild's own."""
@@ -1047,8 +1134,10 @@ def rebuild_study(architectures_csv: str | Path, out_dir: str | Path, settings: 
     from .record import versions_text
 
     published = pd.read_csv(architectures_csv)
-    attacks = list(attacks or [c.split(":", 1)[1] for c in published.columns if c.startswith("psnr:")])
-    needed = [*STUDY_INPUT_COLUMNS, *settings["predictors"], *(f"{m}:{a}" for m in ("psnr", "ssim") for a in attacks)]
+    attacks = list(attacks or [c.split(":", 1)[1] for c in published.columns if c.startswith(f"{headline}:")])
+    metrics = study_metrics(settings["outcomes"], headline)
+    needed = [*STUDY_INPUT_COLUMNS[:2], *map(best_outcome, metrics), *STUDY_INPUT_COLUMNS[2:], *settings["predictors"],
+              *(f"{m}:{a}" for m in metrics for a in attacks)]
     if "any_deficient" not in needed:
         needed.append("any_deficient")
     missing = [c for c in needed if c not in published.columns]
@@ -1064,12 +1153,13 @@ def rebuild_study(architectures_csv: str | Path, out_dir: str | Path, settings: 
     provenance = pd.DataFrame([{"git_commit": git_commit(), "device": "cpu (statistics only: no model, no attack)",
                                 "versions": versions_text(package_versions()), "dataset": "–", "split": "–"}])
     return _write_study_files(table, excluded, provenance, out_dir, settings, meta=meta, attacks=attacks,
-                              metric=metric, psnr_cap=psnr_cap, title=title)
+                              metric=metric, psnr_cap=psnr_cap, title=title, headline=headline)
 
 
 def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provenance: pd.DataFrame,
                        out_dir: str | Path, settings: Mapping[str, Any], *, meta: Mapping[str, str] | None,
-                       attacks: Sequence[str], metric: str, psnr_cap: float, title: str) -> dict[str, Path]:
+                       attacks: Sequence[str], metric: str, psnr_cap: float, title: str,
+                       headline: str) -> dict[str, Path]:
     """The study's statistics on :func:`study_table`'s ``table`` and its files (:func:`write_study`); the one
     writer of :func:`write_study` and :func:`rebuild_study`."""
     from ..errors import CopaError
@@ -1081,7 +1171,8 @@ def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provena
     seed, n_resamples = int(settings.get("seed", 0)), int(settings.get("n_resamples", 9999))
     leak_threshold = float(settings.get("leak_threshold", 20.0))
     exact_psnr = settings.get("exact_psnr")
-    study = tie_exact_recoveries(table[table["status"] == "ok"].reset_index(drop=True), exact_psnr)
+    info, outcome, metrics = metric_info(headline), best_outcome(headline), study_metrics(outcomes, headline)
+    study = tie_exact_recoveries(table[table["status"] == "ok"].reset_index(drop=True), exact_psnr, headline)
     options = {"n_resamples": n_resamples, "random_state": seed}
     correlations = validity_tables(study, predictors, outcomes, **options)
     split = held_out_split(study["model"], seed=seed)
@@ -1089,21 +1180,21 @@ def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provena
     baselines = [p for p in TRIVIAL_PREDICTORS if p in predictors and p not in candidates]
 
     def fitter(names: Sequence[str]) -> Callable[[pd.DataFrame], FittedRule]:
-        return lambda t: fit_threshold(t, choose_predictor(t, names, HELD_OUT_OUTCOME), HELD_OUT_OUTCOME,
-                                       leak_threshold=leak_threshold)
+        return lambda t: fit_threshold(t, choose_predictor(t, names, outcome), outcome,
+                                       leak_threshold=leak_threshold, leak_sign=info.sign)
 
     rule, held, note = None, pd.DataFrame({"note": []}), None
     try:
-        rule, _ = held_out_evaluation(study, split, fitter(candidates), outcome=HELD_OUT_OUTCOME,
-                                      leak_threshold=leak_threshold, **options)
+        rule, _ = held_out_evaluation(study, split, fitter(candidates), outcome=outcome,
+                                      leak_threshold=leak_threshold, leak_sign=info.sign, **options)
         chosen = next(iter(rule.weights))
         parts = []
         # each candidate and each trivial baseline fitted on half A alone: the winner, the losers and the rules
         # they must beat, reported alike
         for name, role in [*((c, "candidate") for c in candidates), *((b, "trivial baseline") for b in baselines)]:
             try:
-                alone, part = held_out_evaluation(study, split, fitter([name]), outcome=HELD_OUT_OUTCOME,
-                                                  leak_threshold=leak_threshold, **options)
+                alone, part = held_out_evaluation(study, split, fitter([name]), outcome=outcome,
+                                                  leak_threshold=leak_threshold, leak_sign=info.sign, **options)
             except CopaError:
                 continue
             parts.append(part.assign(predictor=name, role=role, chosen=name == chosen, rule=alone.description,
@@ -1117,21 +1208,24 @@ def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provena
     halves = {m: subset for subset, names in split.subsets().items() for m in names}
     table = table.copy()
     table.insert(1, "held_out", [halves.get(m, "–") for m in table["model"]])
-    table["leaks"] = [bool(v >= leak_threshold) if not math.isnan(v) else None for v in table[HELD_OUT_OUTCOME]]
+    table["leaks"] = [bool(_leaks(v, leak_threshold, info.sign)) if not math.isnan(v) else None
+                      for v in table[outcome]]
     if rule is not None:
         scores = rule.score(table)
         table["predicted_leaks"] = [None if math.isnan(s) else bool(rule.sign * s >= rule.sign * rule.threshold)
                                     for s in scores]
     verdict_predictor = metric if metric in predictors else candidates[0]
-    verdict_outcome = HELD_OUT_OUTCOME if HELD_OUT_OUTCOME in outcomes else outcomes[0]
+    verdict_outcome = outcome if outcome in outcomes else outcomes[0]
     text = verdict(correlations, chosen_rows, rule, predictor=verdict_predictor, outcome=verdict_outcome,
                    leak_threshold=leak_threshold, candidates=held if rule is not None else None,
-                   per_attack=[o for o in outcomes if o.startswith("psnr:")], baselines=baselines)
+                   per_attack=[o for o in outcomes if o.startswith(f"{headline}:")], baselines=baselines,
+                   headline=headline)
+    exact = None if exact_psnr is None else _threshold_text(headline, float(exact_psnr))
     header = run_metadata(provenance, extra={**(meta or {}), "design": (
         f"{len(study)} architectures ({int(study['any_deficient'].sum())} rank-deficient), attacks "
         f"{', '.join(attacks)}; predictors {', '.join(predictors)}; outcomes {', '.join(outcomes)}; leaks: "
-        f"{HELD_OUT_OUTCOME} ≥ {leak_threshold:g} dB" + ("" if exact_psnr is None else (
-            f"; exact recoveries: a mean PSNR ≥ {float(exact_psnr):g} dB counts as {float(exact_psnr):g} dB "
+        f"{_leak_text(headline, leak_threshold)}" + ("" if exact is None else (
+            f"; exact recoveries: a mean {info.label} {'≥' if info.sign > 0 else '≤'} {exact} counts as {exact} "
             "(tied) in every statistic; the tables show the measured means")))})
     out = Path(out_dir)
     paths = {name: out / name for name in STUDY_TABLES}
@@ -1141,7 +1235,7 @@ def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provena
     atomic_write_text(paths["validity.md"], study_markdown(
         title, header, text, table, correlations, held, rule, excluded=excluded, attacks=attacks,
         settings={"seed": seed, "n_resamples": n_resamples}, held_out_note=note, metric=metric,
-        baselines=baselines))
+        baselines=baselines, metrics=metrics, headline=headline))
     by = correlations.set_index(["subset", "predictor", "outcome"])
 
     def rhos(outcome: str, predictor: str) -> str:
@@ -1154,16 +1248,15 @@ def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provena
                              f"{format_number(row['spearman_ci_high'])}]")
         return "; ".join(parts)
 
-    for name, column, what, x in [("best", HELD_OUT_OUTCOME, "best attack", metric),
-                                  *((a, f"psnr:{a}", a, metric) for a in attacks),
-                                  *((f"best_by_{p}", HELD_OUT_OUTCOME, "best attack", p)
+    cap = psnr_cap if exact_psnr is None or info.sign < 0 else min(psnr_cap, float(exact_psnr))
+    for name, column, what, x in [("best", outcome, "best attack", metric),
+                                  *((a, f"{headline}:{a}", a, metric) for a in attacks),
+                                  *((f"best_by_{p}", outcome, "best attack", p)
                                     for p in candidate_scatters(predictors, metric))]:
         paths[f"scatter_{name}.png"] = plots.validity_scatter(
-            study, out / f"scatter_{name}.png", x=x, y=column,
-            psnr_cap=psnr_cap if exact_psnr is None else min(psnr_cap, float(exact_psnr)),
-            y_label=f"mean {{label}} of {what}",
-            title=f"{what}: mean {plots._label()} vs {x} over {len(study)} architectures"
-                  + (f" — Spearman {rhos(column, x)}" if rhos(column, x) else ""))
+            study, out / f"scatter_{name}.png", x=x, y=column, psnr_cap=cap, y_label=f"mean {{label}} of {what}",
+            title=f"{what}: mean {info.label} vs {x} over {len(study)} architectures"
+                  + (f" — Spearman {rhos(column, x)}" if rhos(column, x) else ""), headline=headline)
     return paths
 
 
@@ -1194,7 +1287,7 @@ date, are the rebuild's, and the run's appear as ``run's KEY``)."""
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m copa.bench.validity ARCHITECTURES_CSV --config RUN_CONFIG --out DIR``: :func:`rebuild_study` with
-    the run's validated config (its ``validity``, ``attacks``, ``plots`` and ``title``) and the facts of the
+    the run's validated config (its ``validity``, ``attacks``, ``plots``, ``headline_metric`` and ``title``) and the facts of the
     validity.md beside the input (:func:`published_run_facts`) carried into the header as ``run's KEY``."""
     import argparse
     import shlex
@@ -1213,15 +1306,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     beside = args.architectures.parent / "validity.md"
     run = published_run_facts(beside) if beside.is_file() else {}
     command = shlex.join(["python", "-m", "copa.bench.validity", *(sys.argv[1:] if argv is None else argv)])
+    headline = config.get("headline_metric") or DEFAULT_HEADLINE_METRIC
+    labels = " / ".join(metric_info(m).label for m in study_metrics(config["validity"]["outcomes"], headline))
     meta = {"command": command, **{key: run[key] for key in RUN_FACTS_KEPT if key in run},
-            "input": f"{args.architectures} (the run's predictors and mean PSNR / SSIM per attack; statistics "
+            "input": f"{args.architectures} (the run's predictors and mean {labels} per attack; statistics "
                      "recomputed, no attack or security report rerun)",
             **{f"run's {key}": value for key, value in run.items() if key not in RUN_FACTS_KEPT}}
     plots_section = config.get("plots") or {}
     written = rebuild_study(args.architectures, args.out, config["validity"], meta=meta, attacks=config["attacks"],
                             metric=plots_section.get("security_metric", "normalised_score"),
                             psnr_cap=float(plots_section.get("psnr_cap", 100.0)),
-                            title=config["title"] + " — validity of the security metric")
+                            title=config["title"] + " — validity of the security metric", headline=headline)
     print("wrote", *written.values(), sep="\n")
     return 0
 
