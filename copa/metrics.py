@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
@@ -141,6 +142,7 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
 
     Images smaller than 11×11 raise :class:`~copa.errors.InvalidSpecError`.
     """
+    # deferred (also LPIPS's below): torchmetrics takes ≈ 3 s to import
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     x, y = _prepare(x, y, "ssim")
@@ -191,9 +193,7 @@ def lpips_weights_path(net: str = "alex") -> Path:
     ``~/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth`` (moved by ``$TORCH_HOME``).
     """
     _check_lpips_net(net)
-    from urllib.parse import urlparse
-
-    import torchvision
+    import torchvision  # deferred: only LPIPS needs torchvision's models
 
     weights = getattr(torchvision.models, _LPIPS_BACKBONES[net]).DEFAULT
     filename = Path(urlparse(weights.url).path).name
@@ -202,7 +202,7 @@ def lpips_weights_path(net: str = "alex") -> Path:
 
 def _lpips_linear_weights_path(net: str) -> Path:
     """The LPIPS linear-layer weights (Zhang et al. 2018, v0.1) that torchmetrics ships in its wheel."""
-    from torchmetrics.functional.image import lpips as tm_lpips
+    from torchmetrics.functional.image import lpips as tm_lpips  # deferred: torchmetrics
 
     return Path(tm_lpips.__file__).resolve().parent / "lpips_models" / f"{net}.pth"
 
@@ -215,7 +215,7 @@ def lpips_available(net: str = "alex") -> tuple[bool, str]:
     success the second item names the backbone weights file.
     """
     _check_lpips_net(net)
-    try:
+    try:  # deferred: whether LPIPS's backends import at all (torchmetrics[image], torchvision)
         import torchvision  # noqa: F401
         from torchmetrics.functional.image import lpips as _  # noqa: F401
     except ImportError as e:
@@ -246,7 +246,7 @@ def _lpips_network(net: str, backbone_file: str):
     Called only after :func:`lpips_available` saw the weights file, so torchvision loads it from
     the cache and never downloads (it verifies the hash only when downloading).
     """
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # deferred: torchmetrics
 
     return LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="none", normalize=True)
 
@@ -344,7 +344,7 @@ def match_pairs(reconstruction: Tensor, target: Tensor) -> Tensor:
     n = target.shape[0]
     if n == 1:
         return torch.zeros(1, dtype=torch.long)
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # deferred: scipy.optimize takes ≈ 1 s to import
 
     cost = _mse_matrix(reconstruction, target).cpu().numpy()
     rows, cols = linear_sum_assignment(cost)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tabulate import tabulate
 
 from ..errors import CopaError
 from ..io import atomic_write, atomic_write_text
@@ -277,8 +278,6 @@ def absent_metrics(board: pd.DataFrame) -> list[str]:
 
 def board_table(board: pd.DataFrame, model: str, metrics: Sequence[str] | None = None) -> str:
     """The per-model table: one row per attack; ``metrics``: the columns (default :func:`shown_metrics`)."""
-    from tabulate import tabulate
-
     metrics = shown_metrics(board) if metrics is None else list(metrics)
     rows = []
     for row in board[board["model"] == model].to_dict("records"):
@@ -301,8 +300,6 @@ def overview_table(board: pd.DataFrame, distortion: bool = False, tablefmt: str 
     """Models × attacks: the headline metric's mean (PSNR, dB) over the ok runs, with the model's security
     metric (and with ``distortion`` its mean update distortion). ``board``: one defence's rows; ``tablefmt``:
     tabulate's format (``rst`` for the workflow's HTML report)."""
-    from tabulate import tabulate
-
     headline = board_headline(board)
     digits = metric_info(headline).digits
     attacks = list(dict.fromkeys(board["attack"]))
@@ -348,8 +345,6 @@ def report_overview(results_dir: str | Path) -> str:
 
 def problems_table(records: pd.DataFrame, width: int = 160) -> str | None:
     """Every failed or not-applicable run with its reason (None when there is none)."""
-    from tabulate import tabulate
-
     bad = records[records["status"] != "ok"]
     if bad.empty:
         return None
@@ -404,8 +399,6 @@ def markdown_header(title: str, meta: dict[str, str]) -> list[str]:
 
 
 def correlation_table(board: pd.DataFrame, metric: str) -> str:
-    from tabulate import tabulate
-
     rho = spearman_by_attack(board, metric)
     rows = [[r.attack, r.models, format_number(r.spearman_rho, 3), format_number(r.p_value, 3)] for r in rho.itertuples(index=False)]
     headline = metric_info(board_headline(board)).label
@@ -482,8 +475,6 @@ def metric_legend(board: pd.DataFrame) -> str:
 
 def security_markdown(security: pd.DataFrame, meta: dict[str, str] | None = None, *,
                       title: str = "COPA security metric per architecture") -> str:
-    from tabulate import tabulate
-
     rows = []
     for row in security.itertuples(index=False):
         rows.append([row.model, row.status, _fmt_int(row.copa_index), format_number(row.normalised_score, 4),
@@ -542,7 +533,7 @@ def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") ->
     Uses the models whose security metric is available and whose cell has ok runs; ρ is NaN with
     fewer than 3 such models or when either side is constant.
     """
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # deferred: scipy.stats takes ≈ 2 s to import
 
     if metric not in ("normalised_score", "copa_index"):
         raise CopaError(f"security metric {metric!r} is invalid: accepted are normalised_score, copa_index")

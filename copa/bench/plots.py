@@ -29,6 +29,7 @@ import pandas as pd
 from ..errors import CopaError
 from ..io import atomic_write
 from ..metrics import DEFAULT_HEADLINE_METRIC, metric_info, metric_order
+from ..models import RANDOM_CHAIN_PREFIX
 from ..threat.defences import DEFENCES, NoDefence, create_defence
 from .leaderboard import board_headline, spearman_by_attack
 from .record import as_number, metric_columns, read_record
@@ -41,6 +42,7 @@ CURVE_ROWS = 2
 
 
 def _figure(width: float, height: float):
+    # deferred (also below): matplotlib takes ≈ 1 s to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -54,7 +56,7 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def _colours(names: Sequence[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # deferred: matplotlib
 
     cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
@@ -447,7 +449,7 @@ def privacy_curves(records: pd.DataFrame, path: str | Path, *, models: Sequence[
 def _curve_legend(fig, colours: dict[str, tuple], style: dict[str, tuple], kinds: dict[str, str],
                   floor: str | None) -> None:
     """Colours: attacks; markers and line styles: defence kinds (x: their strength parameter)."""
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # deferred: matplotlib
 
     handles = [Line2D([], [], color=colour, lw=1.5, label=attack) for attack, colour in colours.items()]
     handles += [Line2D([], [], color="k", marker=style[kind][0], ls=style[kind][1], ms=4,
@@ -533,15 +535,11 @@ def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
 
 def short_model_name(model: str) -> str:
     """A scatter label: ``random-chain:17`` → ``rc17``; other names unchanged."""
-    from ..models import RANDOM_CHAIN_PREFIX
-
     return "rc" + model[len(RANDOM_CHAIN_PREFIX):] if model.startswith(RANDOM_CHAIN_PREFIX) else model
 
 
 def _group_label(models: Sequence[str], per_line: int = 5) -> str:
     """The label of architectures drawn at one place: paper chains first, then random chains by seed."""
-    from ..models import RANDOM_CHAIN_PREFIX
-
     def key(model: str) -> tuple:
         seed = model[len(RANDOM_CHAIN_PREFIX):]
         return (1, int(seed), "") if model.startswith(RANDOM_CHAIN_PREFIX) and seed.isdigit() else (0, 0, model)
@@ -558,9 +556,7 @@ def validity_scatter(table: pd.DataFrame, path: str | Path, *, x: str = "normali
     full-rank, marker: random chain or paper chain; every point labelled (:func:`place_labels`, ``rcN`` =
     ``random-chain:N``; architectures at the same place share one label). Values above ``psnr_cap`` are drawn
     at the cap; ``y_label``'s ``{label}`` is the headline metric's."""
-    from matplotlib.lines import Line2D
-
-    from ..models import RANDOM_CHAIN_PREFIX
+    from matplotlib.lines import Line2D  # deferred: matplotlib
 
     rows = table[table[x].notna() & table[y].notna()]
     xs, ys = rows[x].to_numpy(float), _capped(rows[y].to_numpy(float), psnr_cap)

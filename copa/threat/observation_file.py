@@ -37,10 +37,12 @@ import torch
 
 from .. import data as data_mod
 from ..errors import CopaError, DataUnavailableError, InvalidSpecError, UnknownNameError
+from ..hyperparameters import STEP_CEILING
 from ..io import atomic_write
+from ..models import create_model
 from ..provenance import git_commit, package_versions
-from .observation import UPDATE_KINDS, LocalTraining, Observation
 from .limits import DEFAULT_LIMITS, LIMIT_FLAGS, MIB, Limits, over_limit  # noqa: F401  (public here too)
+from .observation import UPDATE_KINDS, LocalTraining, Observation
 from .scenario import DTYPES
 from .targets import load_targets  # noqa: F401  (public here too: copa attack --targets)
 
@@ -410,8 +412,6 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>", *,
 def local_training(payload: Mapping[str, Any], source: str = "<payload>") -> LocalTraining | None:
     """The file's ``update`` key as :class:`~copa.threat.LocalTraining` (None: a gradient); one line naming the
     bad entry otherwise."""
-    from ..hyperparameters import STEP_CEILING
-
     update = payload.get("update")
     if update is None:
         return None
@@ -443,8 +443,6 @@ def local_training(payload: Mapping[str, Any], source: str = "<payload>") -> Loc
 
 def _create(payload: Mapping[str, Any], build_name: str, source: str, *, meta: bool):
     """``create_model`` for the file's model; on PyTorch's meta device (shapes, no storage) when ``meta``."""
-    from ..models import create_model
-
     try:
         with torch.device("meta") if meta else contextlib.nullcontext():
             return create_model(build_name, num_classes=payload["num_classes"],
