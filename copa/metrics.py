@@ -228,7 +228,7 @@ def lpips_available(net: str = "alex") -> tuple[bool, str]:
         )
     backbone = lpips_weights_path(net)
     if not backbone.is_file():
-        import torchvision
+        import torchvision  # deferred: only LPIPS needs torchvision's models
 
         url = getattr(torchvision.models, _LPIPS_BACKBONES[net]).DEFAULT.url
         return False, (

@@ -52,7 +52,7 @@ STATISTICS = {"spearman": "rho", "kendall": "tau"}
 def _scipy_stats():
     """``scipy.stats``, imported on first use: it takes ≈ 2 s to import, and this package is imported by every
     workflow run (workflow/rules/validity.smk) that may compute no statistic at all."""
-    import scipy.stats
+    import scipy.stats  # deferred: see above
 
     return scipy.stats
 
