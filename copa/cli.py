@@ -18,13 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import CopaError
 from .hyperparameters import check_seed, check_threads
-from .io import check_writable
+from .io import atomic_write_json, check_writable
 from .sandbox import ALLOW_UNSANDBOXED
+
+# Each command imports the wings it runs (and with them torch, ≈ 5 s) inside its function, so that `copa --help`
+# and a bad flag answer at once.
 
 EXIT_BAD_INPUT = 2
 
@@ -113,8 +119,6 @@ def _add_plugin_options(p: argparse.ArgumentParser) -> None:
 
 def _allow_unsandboxed(args) -> None:
     """``--allow-unsandboxed`` as the environment variable the sandbox reads (COPA_SANDBOX=required still wins)."""
-    import os
-
     if getattr(args, "allow_unsandboxed", False):
         os.environ[ALLOW_UNSANDBOXED] = "1"
 
@@ -293,8 +297,6 @@ def cmd_site(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from pathlib import Path
-
     from .bench.verify import DEFAULT_RTOL, VERDICTS, kernel_set_summary, verify_results, write_verification
 
     check_seed(args.seed, "--seed")
@@ -332,8 +334,6 @@ def cmd_verify(args) -> int:
     results = verify_results(args.results_dir, sample=args.sample, seed=args.seed, rtol=rtol, device=args.device,
                              threads=args.threads, positions=positions)
     if args.report is not None:
-        from .io import atomic_write_json
-
         atomic_write_json(args.report, [{"position": p, "verdict": r.verdict, "detail": r.detail}
                                         for p, r in zip(positions or [], results, strict=True)])
         return 0
@@ -386,8 +386,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_attack(args) -> int:
-    from pathlib import Path
-
     from .attacks import create_attack, parse_overrides, progress
     from .bench import summary_line, write_outputs
 
@@ -445,8 +443,6 @@ def _run_attack_command(args, attack, out, limits, isolation):
 
 
 def cmd_observe(args) -> int:
-    from pathlib import Path
-
     from .plugins import import_trusted
     from .threat.observation_file import describe_payload, observe_meta, read_payload, save_observation
     from .threat import resolve_device
@@ -482,7 +478,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_security(args) -> int:
-    from .io import atomic_write_json
     from .layerwise import security_reports
     from .threat import parse_input_shape
 

@@ -7,6 +7,7 @@ default's type, or raises an error naming the value and the expected type.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -102,8 +103,6 @@ class Hyperparameter:
 
 def close_hint(name: str, known) -> str:
     """`` (did you mean 'x'?)`` for a misspelt name, else an empty string."""
-    import difflib
-
     close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 

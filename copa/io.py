@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import CopaError
+
 
 def current_umask() -> int:
     """The process's file-creation mask (read by setting it and restoring it at once)."""
@@ -52,8 +54,6 @@ def check_writable(path: str | os.PathLike, *, what: str, directory: bool) -> No
     be written — checked before any work, by creating and removing a temporary file in its nearest
     existing folder, so that nothing is left behind either way (no folder is created). ``what`` names the
     option (``--out``). An empty ``path`` is refused: ``Path("")`` is the current folder."""
-    from .errors import CopaError
-
     if not str(path):  # Path("") is "." : an empty option would write into the current folder
         raise CopaError(f"{what} '' is an empty path: expected the name of a "
                         f"{'directory to write into' if directory else 'file to write'}")

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor
@@ -37,6 +38,7 @@ from .registry import Registry
 __all__ = [
     "METRICS",
     "DEFAULT_METRICS",
+    "DEFAULT_HEADLINE_METRIC",
     "MetricInfo",
     "register_metric",
     "metric_info",
@@ -61,6 +63,11 @@ METRICS: Registry[Any] = Registry("metric")
 
 DEFAULT_METRICS = ("mse", "psnr", "ssim", "lpips")
 """The metrics a run is scored with unless told otherwise (the workflow's ``metrics`` default)."""
+
+DEFAULT_HEADLINE_METRIC = "psnr"
+"""The headline metric unless the workflow's ``headline_metric`` names another: the leaderboard's overview and
+Spearman table (its statistics also ± std and median), the plots' axes, the validity study's best attack.
+PSNR is what the COPA paper (Chen & Campbell, arXiv 2111.10178) and its baselines report first."""
 
 
 class LPIPSUnavailable(CopaError):
@@ -135,6 +142,7 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
 
     Images smaller than 11×11 raise :class:`~copa.errors.InvalidSpecError`.
     """
+    # deferred (also LPIPS's below): torchmetrics takes ≈ 3 s to import
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     x, y = _prepare(x, y, "ssim")
@@ -185,9 +193,7 @@ def lpips_weights_path(net: str = "alex") -> Path:
     ``~/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth`` (moved by ``$TORCH_HOME``).
     """
     _check_lpips_net(net)
-    from urllib.parse import urlparse
-
-    import torchvision
+    import torchvision  # deferred: only LPIPS needs torchvision's models
 
     weights = getattr(torchvision.models, _LPIPS_BACKBONES[net]).DEFAULT
     filename = Path(urlparse(weights.url).path).name
@@ -196,7 +202,7 @@ def lpips_weights_path(net: str = "alex") -> Path:
 
 def _lpips_linear_weights_path(net: str) -> Path:
     """The LPIPS linear-layer weights (Zhang et al. 2018, v0.1) that torchmetrics ships in its wheel."""
-    from torchmetrics.functional.image import lpips as tm_lpips
+    from torchmetrics.functional.image import lpips as tm_lpips  # deferred: torchmetrics
 
     return Path(tm_lpips.__file__).resolve().parent / "lpips_models" / f"{net}.pth"
 
@@ -209,7 +215,7 @@ def lpips_available(net: str = "alex") -> tuple[bool, str]:
     success the second item names the backbone weights file.
     """
     _check_lpips_net(net)
-    try:
+    try:  # deferred: whether LPIPS's backends import at all (torchmetrics[image], torchvision)
         import torchvision  # noqa: F401
         from torchmetrics.functional.image import lpips as _  # noqa: F401
     except ImportError as e:
@@ -222,7 +228,7 @@ def lpips_available(net: str = "alex") -> tuple[bool, str]:
         )
     backbone = lpips_weights_path(net)
     if not backbone.is_file():
-        import torchvision
+        import torchvision  # deferred: only LPIPS needs torchvision's models
 
         url = getattr(torchvision.models, _LPIPS_BACKBONES[net]).DEFAULT.url
         return False, (
@@ -240,7 +246,7 @@ def _lpips_network(net: str, backbone_file: str):
     Called only after :func:`lpips_available` saw the weights file, so torchvision loads it from
     the cache and never downloads (it verifies the hash only when downloading).
     """
-    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # deferred: torchmetrics
 
     return LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="none", normalize=True)
 
@@ -338,7 +344,7 @@ def match_pairs(reconstruction: Tensor, target: Tensor) -> Tensor:
     n = target.shape[0]
     if n == 1:
         return torch.zeros(1, dtype=torch.long)
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # deferred: scipy.optimize takes ≈ 1 s to import
 
     cost = _mse_matrix(reconstruction, target).cpu().numpy()
     rows, cols = linear_sum_assignment(cost)
@@ -356,7 +362,9 @@ _METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 @dataclass(frozen=True)
 class MetricInfo:
     """How tables show a metric (declared by :func:`register_metric`): its label, unit, direction and
-    decimals. ``higher_is_better`` is None for a metric not registered in this process."""
+    decimals. ``higher_is_better`` is None for a metric not registered in this process. ``legend``: what a
+    special value means, for the tables' legend (PSNR: ``inf``); ``needs``: what it needs that may be missing,
+    a plural noun phrase (LPIPS: its AlexNet weights), for the tables' note on n/a cells."""
 
     name: str
     label: str
@@ -364,11 +372,19 @@ class MetricInfo:
     higher_is_better: bool | None = None
     digits: int = 4
     description: str = ""
+    legend: str = ""
+    needs: str = ""
 
     @property
     def arrow(self) -> str:
         """↑ when higher is better, ↓ when lower is, '' when unknown."""
         return {True: "↑", False: "↓", None: ""}[self.higher_is_better]
+
+    @property
+    def sign(self) -> int:
+        """+1 when higher is better (or unknown), −1 when lower is: ``sign · value`` grows with the quality of
+        a reconstruction, so the best of several values is the largest ``sign · value``."""
+        return -1 if self.higher_is_better is False else 1
 
     @property
     def heading(self) -> str:
@@ -382,7 +398,8 @@ def register_metric(name: str, fn: Callable[[Tensor, Tensor], Tensor] | None = N
     """Register the image metric ``fn(reconstruction, target)`` (N×C×H×W images in [0, 1] → per-image
     tensor of shape N) under ``name`` with what tables need: ``label`` (e.g. "PSNR"), ``unit`` (e.g. "dB"),
     ``higher_is_better`` (shown as ↑ / ↓) and ``digits`` (decimals). Without ``fn``, a decorator.
-    Extra keywords (``source``, ...) are kept as metadata, as by :meth:`copa.registry.Registry.register`."""
+    Extra keywords (``source``, ``legend``, ``needs``: :class:`MetricInfo`, ...) are kept as metadata, as by
+    :meth:`copa.registry.Registry.register`."""
     settings = dict(label=label, higher_is_better=higher_is_better, digits=digits, description=description,
                     unit=unit, **meta)
     if fn is None:
@@ -416,7 +433,7 @@ def metric_info(name: str) -> MetricInfo:
         return MetricInfo(name, label=str(name))
     meta = METRICS.entry(name).meta
     return MetricInfo(name, meta["label"], meta["unit"], meta["higher_is_better"], meta["digits"],
-                      meta["description"])
+                      meta["description"], meta.get("legend", ""), meta.get("needs", ""))
 
 
 def metric_order(names: Iterable[str]) -> list[str]:
@@ -431,6 +448,7 @@ register_metric(
     "psnr", psnr, label="PSNR", unit="dB", higher_is_better=True, digits=2,
     description="peak signal-to-noise ratio in dB, peak 1 (+inf for identical images)",
     source="standard; per-image average as in Geiping et al. 2020 (arXiv 2003.14053)",
+    legend="`inf` is an exact recovery (its std is then undefined, –)",
 )
 register_metric(
     "ssim", ssim, label="SSIM", higher_is_better=True, digits=4,
@@ -441,6 +459,7 @@ register_metric(
     "lpips", lpips, label="LPIPS", higher_is_better=False, digits=4,
     description="learned perceptual image patch similarity, AlexNet backbone",
     source="Zhang et al. 2018 (arXiv 1801.03924), v0.1 weights via torchmetrics",
+    needs="AlexNet weights",
 )
 register_metric(
     "mse", mse, label="MSE", higher_is_better=False, digits=4,

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_info
 
 from .errors import CopaError, InvalidSpecError
 
@@ -84,8 +85,6 @@ def compute_environment() -> dict:
     OpenMP libraries in use (threadpoolctl: their API, version and the kernel architecture they chose) and the
     kernel-choosing environment variables (:data:`KERNEL_SETTINGS`). Recorded in every record; ``copa verify``
     reruns under the record's kernel set."""
-    from threadpoolctl import threadpool_info
-
     libraries = [{key: info.get(key) for key in ("internal_api", "version", "architecture", "threading_layer")
                   if info.get(key) is not None} for info in threadpool_info()]
     return {"cpu_model": cpu_model(), "cpu_capability": cpu_capability(),

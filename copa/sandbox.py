@@ -21,9 +21,11 @@ runs in the process that decides.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from functools import lru_cache
@@ -31,6 +33,8 @@ from pathlib import Path
 
 from .errors import CopaError, InvalidSpecError
 
+COPA_PACKAGE = Path(__file__).resolve().parent
+"""copa's own folder (this module's package): what a worker needs of copa-bench's code, with baselines/ beside it."""
 SANDBOX_MODES = ("auto", "required", "off")
 """``COPA_SANDBOX``: ``auto`` (default) uses bwrap where it works; ``required`` refuses to run untrusted code
 without it, whatever else is set; ``off`` does not use it (untrusted code then needs the explicit allowance)."""
@@ -133,9 +137,7 @@ def _root_arguments(readable: list[Path]) -> list[str]:
 def installation_paths() -> list[Path]:
     """What a worker must read to start: the Python installation, the virtual environment, copa-bench's code
     (``copa/`` and, in a source checkout, ``baselines/`` beside it) — never the folder around them."""
-    import copa
-
-    package = Path(copa.__file__).resolve().parent
+    package = COPA_PACKAGE
     paths = [Path(sys.base_prefix), Path(sys.base_exec_prefix), Path(sys.prefix), Path(sys.exec_prefix), package]
     if (package.parent / "baselines" / "__init__.py").is_file():
         paths.append(package.parent / "baselines")
@@ -174,11 +176,9 @@ def worker_command(work: Path, *, tool: str | None, readable=(), python_path=(),
     """``(argv, env)`` of ``python -m copa.bench.worker WORK``: inside bwrap (``tool``) with a root holding only
     :func:`installation_paths`, ``readable`` and ``work`` (writable); without ``tool`` a plain process with the
     same environment. ``hidden`` paths that lie inside a readable one are covered by empty mounts."""
-    import copa
-
     python = [sys.executable, "-s", "-m", "copa.bench.worker", str(work)]
     # copa's own folder first (a source checkout not installed: in the sandbox only copa/ and baselines/ are there)
-    paths = [Path(copa.__file__).resolve().parent.parent, *(Path(p).resolve() for p in python_path)]
+    paths = [COPA_PACKAGE.parent, *(Path(p).resolve() for p in python_path)]
     env = worker_environment(work, list(dict.fromkeys(paths)))
     if tool is None:
         return python, env
@@ -257,8 +257,6 @@ def run_worker(command: list[str], env: dict[str, str], work: Path, *, forward_p
 def _kill_group(process: subprocess.Popen) -> None:
     """End the worker and whatever it started in its session (a plain worker's children; in bwrap the PID
     namespace ends with it anyway)."""
-    import signal
-
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -279,8 +277,6 @@ def last_line(text: str) -> str:
 
 def read_bounded_json(path: Path, limit: int, what: str):
     """A JSON file a worker wrote, at most ``limit`` bytes, or :class:`CopaError` naming ``what``."""
-    import json
-
     if not path.is_file():
         raise CopaError(f"{what} wrote no answer")
     if path.stat().st_size > limit:

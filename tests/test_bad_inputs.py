@@ -584,7 +584,7 @@ def test_a_failed_download_names_the_files_and_leaves_no_empty_folders(tmp_path)
     """--download offline: the error says where to put the files, and the folders torchvision made are gone."""
     from dataclasses import replace
 
-    from copa import data
+    from copa.data import torchvision_datasets
     from copa.errors import DataUnavailableError
 
     class Offline:
@@ -595,7 +595,8 @@ def test_a_failed_download_names_the_files_and_leaves_no_empty_folders(tmp_path)
     (tmp_path / "kept").mkdir()
     root = tmp_path / "kept" / "new" / "data"
     with pytest.raises(DataUnavailableError) as err:
-        data._download(replace(data._TORCHVISION_DATASETS["cifar10"], dataset_class=Offline), root, "train")
+        torchvision_datasets._download(replace(torchvision_datasets._TORCHVISION_DATASETS["cifar10"],
+                                               dataset_class=Offline), root, "train")
     assert str(err.value).startswith("CIFAR-10 could not be downloaded (OSError: <urlopen error")
     assert f"expected {root}/cifar-10-batches-py/" in str(err.value)
     assert not (tmp_path / "kept" / "new").exists() and (tmp_path / "kept").is_dir()

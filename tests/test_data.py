@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from copa import data
+from copa.data import locations, sample, torchvision_datasets
 from copa.data import DATASETS, ImageSet, Preprocess, fit_to_input, load_images
 from copa.errors import DataUnavailableError, InvalidSpecError, UnknownNameError
 
@@ -91,7 +92,7 @@ def test_num_classes_of_torchvision_datasets_needs_no_files(tmp_path):
 
 def test_default_data_root_reads_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("COPA_DATA_ROOT", str(tmp_path))
-    spec = importlib.util.spec_from_file_location("copa._data_env_check", data.__file__)
+    spec = importlib.util.spec_from_file_location("copa.data._locations_env_check", locations.__file__)
     fresh = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, fresh)  # dataclasses look their module up there
     spec.loader.exec_module(fresh)
@@ -102,7 +103,7 @@ def test_default_data_root_reads_environment(monkeypatch, tmp_path):
 
 
 def test_root_none_uses_default_root(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DEFAULT_DATA_ROOT", tmp_path / "elsewhere")
+    monkeypatch.setattr(locations, "DEFAULT_DATA_ROOT", tmp_path / "elsewhere")
     with pytest.raises(DataUnavailableError, match=str(tmp_path / "elsewhere" / "cifar-10-batches-py")):
         load_images("cifar10", "train", [0])
 
@@ -132,7 +133,7 @@ def test_sample_is_deterministic_offline_and_same_for_both_splits(monkeypatch):
         raise OSError("network disabled by the test")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    data._sample_images.cache_clear()
+    sample._sample_images.cache_clear()
     rebuilt = load_images("sample", "train", [0, 9]).images
     assert torch.equal(first, rebuilt)
     assert torch.equal(load_images("sample", "test", [0, 9]).images, first)
@@ -188,7 +189,7 @@ def test_cifar_npz_sizes_indices_and_stats(cifar_arrays):
     test_set = load_images(spec, "test", [0])  # statistics come from the train split
     assert np.allclose(test_set.mean, expected_mean, atol=1e-12)
     assert np.allclose(test_set.std, train.transpose(1, 0, 2, 3).reshape(3, -1).std(axis=1, ddof=1), atol=1e-9)
-    assert np.allclose(test_set.mean, data._TORCHVISION_DATASETS["cifar10"].mean, atol=0.005)  # a fair sample
+    assert np.allclose(test_set.mean, torchvision_datasets._TORCHVISION_DATASETS["cifar10"].mean, atol=0.005)  # a fair sample
 
 
 def test_cifar_npz_missing_index_summarises_ranges():
@@ -373,7 +374,7 @@ def test_cifar10_reads_torchvision_layout_channels_first(tmp_path, monkeypatch):
     picked = load_images("cifar10", "train", [5, 0], root=tmp_path)
     assert torch.equal(picked.images, torch.from_numpy(train[[5, 0]]).float() / 255)
     assert picked.labels.tolist() == [1 + 1, 0]  # index 5 = second batch, row 1
-    assert picked.classes[0] == "airplane" and picked.mean == data._TORCHVISION_DATASETS["cifar10"].mean
+    assert picked.classes[0] == "airplane" and picked.mean == torchvision_datasets._TORCHVISION_DATASETS["cifar10"].mean
     assert data.dataset_size("cifar10", "train", root=tmp_path) == 20
     assert np.array_equal(data.available_indices("cifar10", "test", root=tmp_path), np.arange(4))
 

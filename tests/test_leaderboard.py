@@ -335,3 +335,81 @@ def test_model_ticks_share_close_names_and_never_overlap():
     assert np.all(np.diff(positions) >= 0.025) and len(labels) == len(positions) <= 41
     named = sum(2 + int(label.rsplit("+", 1)[1]) if "+" in label else label.count(",") + 1 for label in labels)
     assert named == 200  # every model is counted in some tick
+
+
+@pytest.fixture
+def mae_metric():
+    """A metric registered by the test, lower is better (as an extension would register it); removed after."""
+    from copa import metrics
+
+    saved = dict(metrics.METRICS._entries)
+    metrics.register_metric("test_mae", lambda x, y: (x - y).abs().flatten(1).mean(1).double(), label="MAE",
+                            higher_is_better=False, digits=3, description="test", unit="px")
+    yield "test_mae"
+    metrics.METRICS._entries.clear()
+    metrics.METRICS._entries.update(saved)
+
+
+def test_a_registered_metric_reaches_the_tables_and_plots_and_can_be_the_headline(tmp_path, mae_metric, monkeypatch):
+    """Nothing in the tables or plots names PSNR: a metric registered in the test is a column of every table, and
+    as the headline metric (lower is better) it has the std and median, the overview, the Spearman table and the
+    plots' axes."""
+    cells, security = [], []
+    for model, index, score, mae in [("c0", 0, 0.0, 0.05), ("c1", -100, 0.2, 0.10), ("c2", -500, 0.6, 0.20)]:
+        security.append(write_security(tmp_path, model, index=index, score=score))
+        records = [make_record(model, "good", i, psnr=30.0 - 100 * mae + i) for i in (0, 1)]
+        for i, record in enumerate(records):
+            record["metrics"]["mean"][mae_metric] = mae + 0.01 * i
+        cells.append(write_cell(tmp_path, model, "good", records))
+    frame = lb.records_from_cells(cells, headline=mae_metric)
+    board = lb.leaderboard(frame, lb.load_security(security), headline=mae_metric)
+    assert lb.board_headline(board) == mae_metric and "test_mae_median" in board and "psnr_median" not in board
+    assert board.set_index("model").loc["c1", "test_mae_mean"] == pytest.approx(0.105)
+    md = lb.leaderboard_markdown(board, frame, {"command": "test"})
+    assert "## Overview: mean MAE (px)" in md and "## MAE vs security metric across architectures" in md
+    assert "| MAE px ↓ (mean ± std)   |" in md and "| 0.055 ± 0.007" in md and "| PSNR dB ↑   |" in md
+    assert "Spearman ρ (mean MAE vs normalised_score)" in md
+    rho = lb.spearman_by_attack(board).set_index("attack").loc["good", "spearman_rho"]
+    assert rho == pytest.approx(1.0)  # more secure, larger error
+    # the default headline keeps PSNR's statistics; the extra metric is a plain column after the registered ones
+    default = lb.leaderboard(lb.records_from_cells(cells), lb.load_security(security))
+    assert lb.board_headline(default) == "psnr" and lb.board_metrics(default)[-1] == mae_metric
+    assert "| MAE px ↓   |" in lb.board_table(default, "c0")
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.psnr_vs_security(board, tmp_path / "s.png")
+    plots.psnr_distribution(frame, tmp_path / "d.png", headline=mae_metric)
+    plots.time_vs_psnr(frame, tmp_path / "t.png", headline=mae_metric)
+    assert [fig.axes[0].get_ylabel() for fig in figures] == ["mean MAE (px)", "MAE per image (px)", "MAE (px)"]
+    assert figures[0].axes[0].get_title().startswith("MAE vs security")
+
+
+def test_privacy_curves_take_their_rows_from_the_headline_and_the_table_order(defended, mae_metric):
+    root, cells = defended
+    records = lb.records_from_cells(cells)
+    assert plots.curve_metrics(records) == ["psnr", "ssim"]  # LPIPS is n/a in every record: no row
+    assert plots.curve_metrics(records, headline="mse") == ["mse", "psnr"]
+    assert plots.curve_metrics(records.drop(columns="ssim")) == ["psnr", "mse"]
+
+
+def test_the_metric_legend_comes_from_the_registry(run, mae_metric):
+    _, cells, security = run
+    board = lb.leaderboard(lb.records_from_cells(cells), lb.load_security(security))
+    legend = lb.metric_legend(board)
+    assert legend.startswith("Statistics are over each cell's `ok` runs; ↑ / ↓: higher / lower is better; PSNR "
+                             "`inf` is an exact recovery (its std is then undefined, –); n/a: the cell's ok runs lack "
+                             "the metric (LPIPS: the AlexNet weights were not available); n.a. = not applicable.")
+    assert legend.endswith("Left out of the tables, n/a in every cell: LPIPS (its AlexNet weights were not "
+                           "available).")  # the records have no LPIPS
+    without = board.drop(columns=["lpips_mean"])
+    assert lb.metric_legend(without).endswith("lack the metric; n.a. = not applicable.")
+
+
+def test_the_headline_metric_must_be_scored():
+    from copa.bench.pipeline import headline_metric
+
+    assert headline_metric({}) == "psnr" and headline_metric({"metrics": ["ssim"], "headline_metric": "ssim"}) == "ssim"
+    with pytest.raises(CopaError, match="headline_metric 'ssim' is not among the configured metrics: accepted are "
+                                        "mse, psnr"):
+        headline_metric({"metrics": ["mse", "psnr"], "headline_metric": "ssim"})

@@ -500,6 +500,7 @@ def test_file_and_unpacked_sizes_are_bounded_before_torch_load(tmp_path):
 def test_a_model_that_cannot_be_built_on_the_meta_device_is_built_for_real(observed, monkeypatch):
     """A plug-in's factory may need real tensors: the shapes are then checked on the real model."""
     import copa.models
+    import copa.threat.observation_file
 
     create_model = copa.models.create_model
 
@@ -508,7 +509,7 @@ def test_a_model_that_cannot_be_built_on_the_meta_device_is_built_for_real(obser
             raise RuntimeError("Tensor.item() cannot be called on meta tensors")
         return create_model(*args, **kwargs)
 
-    monkeypatch.setattr(copa.models, "create_model", needs_real_tensors)
+    monkeypatch.setattr(copa.threat.observation_file, "create_model", needs_real_tensors)  # the name it calls
     loaded, _ = load_observation(observed / "obs.pt")
     assert loaded.model.weight_layers[0].weight.device.type == "cpu"
     with pytest.raises(CopaError, match="has 54172 parameters, above the limit of 54171"):

@@ -170,8 +170,22 @@ def test_architecture_table_picks_the_best_attack():
     assert table.loc["m2", "best_attack"] == "rgap" and table.loc["m2", "best_psnr"] == np.inf
     assert pd.isna(table.loc["m3", "best_attack"]) and math.isnan(table.loc["m3", "best_psnr"])
     assert math.isnan(table.loc["m4", "best_psnr"]) and math.isnan(table.loc["m3", "copa_index"])
-    with pytest.raises(InvalidSpecError):
-        architecture_table(board.drop(columns="ssim_mean"), predictors)
+    with pytest.raises(InvalidSpecError, match="board lacks the columns"):
+        architecture_table(board.drop(columns="ssim_mean"), predictors, metrics=["psnr", "ssim"])
+
+
+def test_architecture_table_takes_the_best_by_the_headline_metrics_direction():
+    """The best attack is the one with the best mean headline metric: the smallest for a metric where lower is
+    better (MSE); the other metrics are that attack's."""
+    board = pd.DataFrame({"model": ["m1", "m1", "m2", "m2"], "attack": ["rgap", "copa", "rgap", "copa"],
+                          "psnr_mean": [12.0, 15.0, 30.0, 20.0], "mse_mean": [0.06, 0.03, 0.001, 0.01]})
+    table = architecture_table(board, {"m1": {"copa_index": -5}, "m2": {"copa_index": 0}},
+                               metrics=["psnr"], headline="mse").set_index("model")
+    assert list(table.columns[-4:]) == ["psnr:copa", "best_attack", "best_mse", "best_psnr"]
+    assert table.loc["m1", ["best_attack", "best_mse", "best_psnr"]].tolist() == ["copa", 0.03, 15.0]
+    assert table.loc["m2", ["best_attack", "best_mse", "best_psnr"]].tolist() == ["rgap", 0.001, 30.0]
+    by_psnr = architecture_table(board, {"m1": {}}, metrics=["mse"]).set_index("model")
+    assert by_psnr.loc["m1", ["best_attack", "best_psnr", "best_mse"]].tolist() == ["copa", 15.0, 0.03]
 
 
 def _synthetic_table(n: int = 80, seed: int = 5) -> pd.DataFrame:

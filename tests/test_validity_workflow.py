@@ -351,3 +351,24 @@ def test_exact_recoveries_tie_at_exact_psnr_in_every_statistic(study_inputs, tmp
     key = (tied["subset"] == "all") & (tied["predictor"] == "copa_index") & (tied["outcome"] == "psnr:copa")
     assert float(tied.loc[key, "spearman_rho"].iloc[0]) > float(raw.loc[key, "spearman_rho"].iloc[0])
     assert "a mean PSNR ≥ 60 dB counts as 60 dB" in (tmp_path / "tied" / "validity.md").read_text()
+
+
+def test_a_headline_metric_where_lower_is_better_ranks_and_leaks_that_way(study_inputs, tmp_path):
+    """headline="mse" (lower is better): the best attack is the one of least MSE, "leaks" is MSE ≤ the threshold,
+    and the normalised score is expected to rise with the outcome (a more secure model, a larger error)."""
+    security, board_csv = study_inputs
+    board = pd.read_csv(board_csv)
+    board["mse_mean"] = 10.0 ** (-board["psnr_mean"] / 10)  # PSNR = −10·log10(MSE): the same order, reversed
+    board.to_csv(board_csv, index=False)
+    settings = {**SETTINGS, "outcomes": ["best_mse", "best_psnr", "mse:rgap", "mse:copa"], "leak_threshold": 0.01}
+    write_study(security, board_csv, tmp_path / "mse", settings, attacks=ATTACKS, headline="mse")
+    arch = pd.read_csv(tmp_path / "mse" / "architectures.csv")
+    assert {"mse:rgap", "best_mse", "best_psnr"} <= set(arch.columns) and "ssim:rgap" not in arch.columns
+    study = arch[arch["status"] == "ok"].set_index("model")
+    by_psnr = study[["psnr:rgap", "psnr:copa"]].to_numpy().argmax(axis=1)
+    assert study["best_attack"].tolist() == [ATTACKS[i] for i in by_psnr]  # least MSE = largest PSNR
+    assert (study["leaks"] == (study["best_psnr"] >= 20.0)).all() and study["leaks"].any() and not study["leaks"].all()
+    text = (tmp_path / "mse" / "validity.md").read_text()
+    assert "the best attack is the one with the smallest mean MSE per architecture" in text
+    assert "leaks: best_mse ≤ 0.01" in text and "reversed for MSE, where lower is better" in text
+    assert "The normalised security score predicts leakage over all architectures (ρ = 1.00" in text  # not "wrong"

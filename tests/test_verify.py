@@ -191,7 +191,7 @@ def test_a_record_not_reproduced_here_is_rerun_under_the_other_kernel_sets(publi
         return [(p, "identical", "psnr, ssim equal to the last bit") for p in positions]
 
     monkeypatch.setattr(verify_mod, "_verify_in_child", child)
-    monkeypatch.setattr("copa.provenance.capabilities_here", lambda: ["AVX512", "AVX2", "DEFAULT"])
+    monkeypatch.setattr(verify_mod, "capabilities_here", lambda: ["AVX512", "AVX2", "DEFAULT"])
     results = verify_results(shifted, sample=8, log=lambda _: None)
     retried = [r for r in results if "under ATEN_CPU_CAPABILITY" in r.detail]
     assert [r.verdict for r in retried] == ["identical"] and asked[0][0] == "AVX2" and len(asked) == 1

@@ -473,6 +473,7 @@ def test_run_cell_loads_the_plugins_once_and_builds_the_attack_once(tmp_path, fo
 
     import copa.attacks
     import copa.attacks.sandboxed
+    import copa.bench.pipeline
     from copa.attacks import Attack, Reconstruction, register_attack
     from copa.bench.pipeline import attack_identity, run_cell
 
@@ -500,7 +501,8 @@ def test_run_cell_loads_the_plugins_once_and_builds_the_attack_once(tmp_path, fo
         real(modules, extensions)
 
     monkeypatch.setattr(copa.attacks, "load_plugins", counted)
-    monkeypatch.setattr(copa.attacks.sandboxed, "load_plugins", counted)
+    monkeypatch.setattr(copa.attacks.sandboxed, "load_plugins", counted)  # create_attack's
+    monkeypatch.setattr(copa.bench.pipeline, "load_plugins", counted)  # the workflow's (load_config_plugins)
     config = _config(tmp_path, attacks=["test-counted-grey"])
     expected = attack_identity(config, "test-counted-grey")  # as the Snakefile computes its rule param
     loads.clear()

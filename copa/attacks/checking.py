@@ -40,6 +40,7 @@ import torch
 
 from ..errors import CopaError
 from ..hyperparameters import Hyperparameter
+from ..threat import UPDATE_KINDS, Scenario
 from .base import ATTACKS, Attack, Reconstruction, why_not_applicable
 
 CHECKS = ("declaration", "bad input", "applicability", "output", "observation untouched", "determinism", "batch")
@@ -55,8 +56,6 @@ def _fail(attack_name: str, check: str, what: str) -> AttackContractError:
 
 def _observations(model: str, input_shape: Sequence[int], indices: Sequence[int], label_known: bool, dtype: str,
                   local_steps: int = 1):
-    from ..threat import Scenario
-
     return [Scenario(model=model, dataset="sample", indices=(int(i),), input_shape=tuple(input_shape),
                      label_known=label_known, dtype=dtype, local_steps=local_steps).build("cpu")[0] for i in indices]
 
@@ -88,8 +87,6 @@ def check_attack(attack: str | type[Attack], *, overrides: dict[str, Any] | None
         raise _fail(name, "declaration", f"name {cls.name!r} must be a non-empty string without spaces")
     if not isinstance(cls.paper, str) or not cls.paper:
         raise _fail(name, "declaration", "paper must name the method's source (a non-empty string)")
-    from ..threat import UPDATE_KINDS
-
     kinds = cls.update_kinds
     if not isinstance(kinds, tuple) or not kinds or any(k not in UPDATE_KINDS for k in kinds):
         raise _fail(name, "declaration", f"update_kinds {kinds!r} must be a non-empty tuple of "

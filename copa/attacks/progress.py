@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
+from tqdm import tqdm
+
 MODES = ("bar", "log", "quiet")
 """Accepted reporter modes."""
 
@@ -153,8 +155,6 @@ class BarReporter(Reporter):
         self._shown = 0.0
 
     def on_start(self, stage: Stage) -> None:
-        from tqdm import tqdm
-
         self._bars[id(stage)] = tqdm(total=stage.total, desc=f"{self.attack}: {stage.name}", leave=False,
                                      file=self.stream if self.stream is not None else sys.stderr,
                                      dynamic_ncols=True, mininterval=0.5)

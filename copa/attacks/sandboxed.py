@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..data import DATASETS
 from ..errors import CopaError
 from ..hyperparameters import Hyperparameter
+from ..metrics import METRICS
+from ..models import MODELS
 from ..plugins import import_trusted, imported_extensions, plugin_file, plugin_source, plugin_targets
 from ..registry import registering_for
+from ..sandbox import last_line, read_bounded_json, run_worker, untrusted_sandbox, worker_command
+from ..threat import DEFENCES, UPDATE_KINDS
 from .base import ATTACKS, Attack
 
 DESCRIPTION_BYTES = 1 << 20
@@ -113,10 +119,6 @@ def check_in_sandbox(attack: type[SandboxedAttack], overrides: dict[str, Any], m
 def ask_worker(request: dict[str, Any], targets: list[str], answer_file: str, limit: int) -> Any:
     """Run one request of the sandboxed worker (:mod:`copa.bench.worker`) that imports the plug-ins ``targets``;
     return its JSON answer (at most ``limit`` bytes). The worker's one-line refusal (exit 2) is raised as it is."""
-    import tempfile
-
-    from ..sandbox import last_line, read_bounded_json, run_worker, untrusted_sandbox, worker_command
-
     what = "plug-in " + ", ".join(repr(t) for t in targets)
     tool, _ = untrusted_sandbox(what)
     readable, roots = worker_sources(targets)
@@ -172,8 +174,6 @@ def _number(value: Any, what: str, bad) -> float | int | None:
 
 
 def _checked_attack(target: str, entry: Any, bad) -> dict[str, Any]:
-    from ..threat import UPDATE_KINDS
-
     if not isinstance(entry, dict):
         raise bad("an attack's description is not a mapping")
     name = _text(entry.get("name"), "an attack's name", bad)
@@ -217,11 +217,6 @@ def _sandboxed_class(entry: dict[str, Any], target: str, source: Path) -> type[S
 def describe_registered(target: str) -> dict[str, Any]:
     """In the worker, after :func:`copa.plugins.import_in_worker`: what ``target`` registered, as the data
     :func:`describe_plugins` checks (the attacks' declarations; every other registry's names)."""
-    from ..data import DATASETS
-    from ..metrics import METRICS
-    from ..models import MODELS
-    from ..threat import DEFENCES
-
     attacks = []
     for entry in ATTACKS:
         if entry.plugin != target:

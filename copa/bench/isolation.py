@@ -29,6 +29,8 @@ from ..errors import CopaError, RunFailure
 from ..plugins import imported_extensions
 from ..sandbox import (SANDBOX_MODES, last_line, run_worker, sandbox_mode, sandbox_tool, trusted_sandbox,  # noqa: F401
                        untrusted_sandbox, worker_command)
+from ..threat.observation_file import save_observation
+from .record import jsonable
 
 ISOLATION_MODES = ("auto", "always")
 """``auto``: plug-in attacks in a worker, the others in the runner's process; ``always``: every attack in a
@@ -91,9 +93,6 @@ def run_in_worker(attack, observations: list, seeds: list[int], *, batch: bool, 
     Returns one :class:`WorkerOutcome` per observation and the record's ``isolation`` entry. The worker's
     result is read with ``torch.load(weights_only=True)`` and its shapes checked: a hostile worker can
     return wrong images, not run code in the runner."""
-    from ..threat.observation_file import save_observation
-    from .record import jsonable
-
     reporter = progress.current()
     plugin = attack_plugin(attack)
     tool, tool_description = untrusted_sandbox(f"plug-in {plugin!r}") if plugin else trusted_sandbox()

@@ -3,7 +3,8 @@
 * :func:`load_records` — one row per record (a run of one attack on one image), every status kept;
 * :func:`load_security` — one row per model: COPA index and normalised score, or not-applicable;
 * :func:`leaderboard` — one row per (defence, model, attack) cell: the mean of every metric the records
-  hold (the headline metric, PSNR, also ± std and median), the mean update distortion, label accuracy,
+  hold (the headline metric, PSNR unless the config's ``headline_metric`` names another, also ± std and median:
+  :func:`board_headline` reads it back from a board), the mean update distortion, label accuracy,
   seconds, evaluations (over the cell's ``ok`` runs) and the counts of ok / failed / not-applicable runs,
   with the model's security metric; a cell with no ``ok`` run is still a row;
 * :func:`leaderboard_markdown` / :func:`security_markdown` — GitHub-flavoured tables with a header
@@ -14,9 +15,9 @@
 
 The metric columns come from the metric registry (:func:`copa.metrics.register_metric`): the metrics
 present in the records, in registration order, each with its label, unit, direction (↑ higher is better,
-↓ lower) and decimals. Aggregates are over ``ok`` runs only; a PSNR of ``+inf`` (an exact recovery) makes
-the mean ``inf`` and the standard deviation undefined ("–"). A metric is "n/a" when no ok run of the cell
-has it (LPIPS: the AlexNet weights were not available).
+↓ lower), decimals and the legend's notes (``legend``, ``needs``). Aggregates are over ``ok`` runs only; a PSNR
+of ``+inf`` (an exact recovery) makes the mean ``inf`` and the standard deviation undefined ("–"). A metric is
+"n/a" when no ok run of the cell has it (LPIPS: the AlexNet weights were not available).
 """
 
 from __future__ import annotations
@@ -30,34 +31,40 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tabulate import tabulate
 
 from ..errors import CopaError
-from ..metrics import DEFAULT_METRICS, metric_info, metric_order
+from ..io import atomic_write, atomic_write_text
+from ..metrics import DEFAULT_HEADLINE_METRIC, DEFAULT_METRICS, metric_info, metric_order
 from ..threat.defences import NoDefence, canonical_defences
 from .fedavg import fedavg_section
 from .record import as_number, metric_columns, read_json, record_columns, record_metrics, record_row
 
-HEADLINE_METRIC = "psnr"
-"""The metric of the overview, the Spearman table and the plots; the board also has its std and median."""
 SECURITY_COLUMNS = ["model", "status", "reason", "copa_index", "normalised_score", "seconds"]
 COUNT_COLUMNS = ["defence", "model", "attack", "runs", "ok", "failed", "not_applicable"]
 COST_COLUMNS = ["update_distortion_mean", "label_accuracy", "seconds_mean", "forward_evals_mean",
                 "gradient_evals_mean", "copa_index", "normalised_score", "security_status"]
 
 
-def board_columns(metrics: Sequence[str] = DEFAULT_METRICS) -> list[str]:
+def board_columns(metrics: Sequence[str] = DEFAULT_METRICS, headline: str = DEFAULT_HEADLINE_METRIC) -> list[str]:
     """The leaderboard's columns: counts, each metric's statistics (registry order), costs, security."""
-    stats = [f"{name}_{stat}" for name in metric_order(metrics) for stat in _statistics(name)]
+    stats = [f"{name}_{stat}" for name in metric_order(metrics) for stat in _statistics(name, headline)]
     return [*COUNT_COLUMNS, *stats, *COST_COLUMNS]
 
 
-def _statistics(metric: str) -> tuple[str, ...]:
-    return ("mean", "std", "median") if metric == HEADLINE_METRIC else ("mean",)
+def _statistics(metric: str, headline: str) -> tuple[str, ...]:
+    return ("mean", "std", "median") if metric == headline else ("mean",)
 
 
 def board_metrics(board: pd.DataFrame) -> list[str]:
     """The metrics of a leaderboard frame (also one read back from leaderboard.csv)."""
     return [c.removesuffix("_mean") for c in board.columns if c.endswith("_mean") and c not in COST_COLUMNS]
+
+
+def board_headline(board: pd.DataFrame) -> str:
+    """The headline metric of a leaderboard frame (also one read back from leaderboard.csv): the one with a
+    median column."""
+    return next((m for m in board_metrics(board) if f"{m}_median" in board.columns), DEFAULT_HEADLINE_METRIC)
 
 
 BOARD_COLUMNS = board_columns()
@@ -68,21 +75,21 @@ BOARD_COLUMNS = board_columns()
 # Loading
 
 
-def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
+def load_records(paths: Iterable[str | Path], headline: str = DEFAULT_HEADLINE_METRIC) -> pd.DataFrame:
     """One row per record file (see :func:`record_row`); a column per metric that any record holds, and
-    the headline metric's always."""
+    the ``headline`` metric's always."""
     records = [(read_json(p), p) for p in paths]
-    metrics = [HEADLINE_METRIC, *(name for record, _ in records for name in record_metrics(record))]
+    metrics = [headline, *(name for record, _ in records for name in record_metrics(record))]
     return pd.DataFrame([record_row(record, p) for record, p in records], columns=record_columns(metrics))
 
 
-def records_from_cells(cell_paths: Iterable[str | Path]) -> pd.DataFrame:
+def records_from_cells(cell_paths: Iterable[str | Path], headline: str = DEFAULT_HEADLINE_METRIC) -> pd.DataFrame:
     """The records listed by the workflow's cell summaries (``OUT/TAG/cells/DEFENCE/MODEL/ATTACK.json``)."""
     paths = []
     for cell_path in cell_paths:
         cell = read_json(cell_path)
         paths.extend(entry["record"] for entry in cell.get("records", []))
-    return load_records(paths)
+    return load_records(paths, headline)
 
 
 def read_security_entries(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -134,8 +141,9 @@ def defence_order(frame: pd.DataFrame, defences: Sequence[str] | None = None) ->
 
 def leaderboard(records: pd.DataFrame, security: pd.DataFrame | None = None, *,
                 models: Sequence[str] | None = None, attacks: Sequence[str] | None = None,
-                defences: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per (defence, model, attack): statistics over its ``ok`` runs and the counts of every status.
+                defences: Sequence[str] | None = None, headline: str = DEFAULT_HEADLINE_METRIC) -> pd.DataFrame:
+    """One row per (defence, model, attack): statistics over its ``ok`` runs and the counts of every status;
+    the ``headline`` metric's also ± std and median.
 
     Every triple of ``defences`` × ``models`` × ``attacks`` (default: those in ``records``) is a row,
     also when it has no record at all (``runs`` 0) — nothing is silently dropped. The update distortion
@@ -143,7 +151,7 @@ def leaderboard(records: pd.DataFrame, security: pd.DataFrame | None = None, *,
     """
     models = _order(records["model"], models)
     attacks = _order(records["attack"], attacks)
-    metrics = metric_order([HEADLINE_METRIC, *metric_columns(records.columns)])
+    metrics = metric_order([headline, *metric_columns(records.columns)])
     sec = {} if security is None else {row.model: row for row in security.itertuples(index=False)}
     rows = []
     defences = defence_order(records, defences) or [NoDefence.name]
@@ -155,7 +163,7 @@ def leaderboard(records: pd.DataFrame, security: pd.DataFrame | None = None, *,
             "defence": defence, "model": model, "attack": attack, "runs": len(cell), "ok": len(ok),
             "failed": int((cell["status"] == "failed").sum()),
             "not_applicable": int((cell["status"] == "not-applicable").sum()),
-            **{key: value for name in metrics for key, value in _metric_statistics(ok, name).items()},
+            **{key: value for name in metrics for key, value in _metric_statistics(ok, name, headline).items()},
             "update_distortion_mean": _mean(cell["update_distortion"]), "label_accuracy": _mean(ok["label_accuracy"]),
             "seconds_mean": _mean(ok["seconds"]),
             "forward_evals_mean": _mean(ok["forward_evals"]), "gradient_evals_mean": _mean(ok["gradient_evals"]),
@@ -163,14 +171,14 @@ def leaderboard(records: pd.DataFrame, security: pd.DataFrame | None = None, *,
             "normalised_score": np.nan if s is None else s.normalised_score,
             "security_status": "missing" if s is None else s.status,
         })
-    return pd.DataFrame(rows, columns=board_columns(metrics))
+    return pd.DataFrame(rows, columns=board_columns(metrics, headline))
 
 
-def _metric_statistics(ok: pd.DataFrame, metric: str) -> dict[str, float]:
+def _metric_statistics(ok: pd.DataFrame, metric: str, headline: str) -> dict[str, float]:
     """``{metric}_mean`` (and for the headline metric ``_std`` and ``_median``) over a cell's ok runs."""
     values = ok[metric].astype(float) if metric in ok else pd.Series(dtype=float)
     compute = {"mean": _mean, "std": _std, "median": lambda v: float(v.median()) if len(v.dropna()) else np.nan}
-    return {f"{metric}_{stat}": compute[stat](values) for stat in _statistics(metric)}
+    return {f"{metric}_{stat}": compute[stat](values) for stat in _statistics(metric, headline)}
 
 
 def _mean(series: pd.Series) -> float:
@@ -229,10 +237,10 @@ def _runs(row: dict[str, Any]) -> str:
     return f"{row['ok']} / {row['failed']} / {row['not_applicable']}"
 
 
-def _metric_heading(metric: str) -> str:
+def _metric_heading(metric: str, headline: str) -> str:
     """``PSNR dB ↑ (mean ± std)`` for the headline metric, ``SSIM ↑`` for the others."""
     heading = metric_info(metric).heading
-    return f"{heading} (mean ± std)" if metric == HEADLINE_METRIC else heading
+    return f"{heading} (mean ± std)" if metric == headline else heading
 
 
 def _metric_cell(row: dict[str, Any], metric: str) -> str:
@@ -259,8 +267,9 @@ def shown_metrics(board: pd.DataFrame) -> list[str]:
     weights — is left out of the Markdown tables; leaderboard.csv keeps its column). The headline metric is
     always shown, and every metric while no cell has an ok run."""
     ok = board[board["ok"] > 0]
+    headline = board_headline(board)
     return [m for m in board_metrics(board)
-            if m == HEADLINE_METRIC or ok.empty or ok[f"{m}_mean"].notna().any()]
+            if m == headline or ok.empty or ok[f"{m}_mean"].notna().any()]
 
 
 def absent_metrics(board: pd.DataFrame) -> list[str]:
@@ -270,22 +279,21 @@ def absent_metrics(board: pd.DataFrame) -> list[str]:
 
 def board_table(board: pd.DataFrame, model: str, metrics: Sequence[str] | None = None) -> str:
     """The per-model table: one row per attack; ``metrics``: the columns (default :func:`shown_metrics`)."""
-    from tabulate import tabulate
-
     metrics = shown_metrics(board) if metrics is None else list(metrics)
     rows = []
     for row in board[board["model"] == model].to_dict("records"):
         evals = f"{_fmt_int(row['forward_evals_mean'])} / {_fmt_int(row['gradient_evals_mean'])}" if row["ok"] else "–"
         rows.append([row["attack"], _runs(row), *(_metric_cell(row, m) for m in metrics),
                      format_number(row["label_accuracy"]), format_number(row["seconds_mean"], 1), evals])
-    headers = ["attack", "runs ok / failed / n.a.", *map(_metric_heading, metrics), "label acc.", "seconds",
-               "evaluations fwd / grad"]
+    headline = board_headline(board)
+    headers = ["attack", "runs ok / failed / n.a.", *(_metric_heading(m, headline) for m in metrics), "label acc.",
+               "seconds", "evaluations fwd / grad"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def _headline_title() -> str:
+def _headline_title(headline: str) -> str:
     """``mean PSNR (dB)``: the headline metric's label and unit."""
-    info = metric_info(HEADLINE_METRIC)
+    info = metric_info(headline)
     return f"mean {info.label} ({info.unit})" if info.unit else f"mean {info.label}"
 
 
@@ -293,9 +301,8 @@ def overview_table(board: pd.DataFrame, distortion: bool = False, tablefmt: str 
     """Models × attacks: the headline metric's mean (PSNR, dB) over the ok runs, with the model's security
     metric (and with ``distortion`` its mean update distortion). ``board``: one defence's rows; ``tablefmt``:
     tabulate's format (``rst`` for the workflow's HTML report)."""
-    from tabulate import tabulate
-
-    digits = metric_info(HEADLINE_METRIC).digits
+    headline = board_headline(board)
+    digits = metric_info(headline).digits
     attacks = list(dict.fromkeys(board["attack"]))
     rows = []
     for model in dict.fromkeys(board["model"]):
@@ -305,7 +312,7 @@ def overview_table(board: pd.DataFrame, distortion: bool = False, tablefmt: str 
         for attack in attacks:
             r = sub.loc[attack]
             if r.ok:
-                cells.append(format_number(r[f"{HEADLINE_METRIC}_mean"], digits))
+                cells.append(format_number(r[f"{headline}_mean"], digits))
             elif r.not_applicable and not r.failed:
                 cells.append("n.a.")
             elif r.failed:
@@ -330,7 +337,7 @@ def report_overview(results_dir: str | Path) -> str:
     board = pd.read_csv(path)
     order = defence_order(board)
     shown = NoDefence.name if NoDefence.name in order else order[0]
-    title = f"{_headline_title()} per model and attack"
+    title = f"{_headline_title(board_headline(board))} per model and attack"
     if len(order) > 1 or shown != NoDefence.name:
         title += f" — {_defence_heading(shown)}"
     return "\n".join([f"**{title}** (n.a. = not applicable; the full tables: leaderboard.md)", "",
@@ -339,8 +346,6 @@ def report_overview(results_dir: str | Path) -> str:
 
 def problems_table(records: pd.DataFrame, width: int = 160) -> str | None:
     """Every failed or not-applicable run with its reason (None when there is none)."""
-    from tabulate import tabulate
-
     bad = records[records["status"] != "ok"]
     if bad.empty:
         return None
@@ -395,11 +400,9 @@ def markdown_header(title: str, meta: dict[str, str]) -> list[str]:
 
 
 def correlation_table(board: pd.DataFrame, metric: str) -> str:
-    from tabulate import tabulate
-
     rho = spearman_by_attack(board, metric)
     rows = [[r.attack, r.models, format_number(r.spearman_rho, 3), format_number(r.p_value, 3)] for r in rho.itertuples(index=False)]
-    headline = metric_info(HEADLINE_METRIC).label
+    headline = metric_info(board_headline(board)).label
     return tabulate(rows, headers=["attack", "models", f"Spearman ρ (mean {headline} vs {metric})", "p"],
                     tablefmt="github", disable_numparse=True)
 
@@ -418,8 +421,9 @@ def defence_section(board: pd.DataFrame, metric: str = "normalised_score", *, le
     headings at ``level``; with ``distortion`` the overview has the models' update distortion; ``metrics``:
     the per-model tables' metric columns (default :func:`shown_metrics` of ``board``)."""
     h = "#" * level
-    lines = [f"{h} Overview: {_headline_title()}", "", overview_table(board, distortion), "",
-             f"{h} {metric_info(HEADLINE_METRIC).label} vs security metric across architectures", "",
+    headline = board_headline(board)
+    lines = [f"{h} Overview: {_headline_title(headline)}", "", overview_table(board, distortion), "",
+             f"{h} {metric_info(headline).label} vs security metric across architectures", "",
              "Spearman's ρ over the models with a security metric and ok runs (– with fewer than 3 models or a "
              "constant side). A higher normalised score (a more negative COPA index) means a more secure model.",
              "", correlation_table(board, metric), ""]
@@ -435,12 +439,7 @@ def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[
     """The leaderboard page: header, then :func:`defence_section` — once, or with records of several
     defences once per defence (``defences``: their order, e.g. the config's; default: as in ``board``)."""
     lines = markdown_header(title, meta)
-    absent = absent_metrics(board)
-    left_out = (f" Left out of the tables, n/a in every cell: {', '.join(metric_info(m).label for m in absent)}"
-                f"{' (its AlexNet weights were not available)' if 'lpips' in absent else ''}." if absent else "")
-    lines += ["", "Statistics are over each cell's `ok` runs; ↑ / ↓: higher / lower is better; PSNR `inf` is an "
-              "exact recovery (its std is then undefined, –); n/a: the cell's ok runs lack the metric (LPIPS: the "
-              "AlexNet weights were not available); n.a. = not applicable." + left_out, ""]
+    lines += ["", metric_legend(board), ""]
     order = defence_order(board, defences)
     if len(order) > 1:
         lines += [f"One section per defence setting of the client: {', '.join(map(_defence_heading, order))}. "
@@ -461,10 +460,23 @@ def leaderboard_markdown(board: pd.DataFrame, records: pd.DataFrame, meta: dict[
     return "\n".join(lines)
 
 
+def metric_legend(board: pd.DataFrame) -> str:
+    """The sentence under the header: how to read the metric columns, from the metric registry — each metric's
+    ``legend`` (PSNR's ``inf``), what n/a means and what a metric ``needs`` (LPIPS: AlexNet weights), and the
+    metrics left out of the tables because no cell has them (:func:`absent_metrics`)."""
+    infos = [metric_info(m) for m in board_metrics(board)]
+    legends = "".join(f"{info.label} {info.legend}; " for info in infos if info.legend)
+    needs = "; ".join(f"{info.label}: the {info.needs} were not available" for info in infos if info.needs)
+    absent = [metric_info(m) for m in absent_metrics(board)]
+    reasons = [f"its {info.needs} were not available" for info in absent if info.needs]
+    left_out = (f" Left out of the tables, n/a in every cell: {', '.join(info.label for info in absent)}"
+                + (f" ({'; '.join(reasons)})" if reasons else "") + "." if absent else "")
+    return (f"Statistics are over each cell's `ok` runs; ↑ / ↓: higher / lower is better; {legends}n/a: the cell's "
+            f"ok runs lack the metric{f' ({needs})' if needs else ''}; n.a. = not applicable." + left_out)
+
+
 def security_markdown(security: pd.DataFrame, meta: dict[str, str] | None = None, *,
                       title: str = "COPA security metric per architecture") -> str:
-    from tabulate import tabulate
-
     rows = []
     for row in security.itertuples(index=False):
         rows.append([row.model, row.status, _fmt_int(row.copa_index), format_number(row.normalised_score, 4),
@@ -487,15 +499,14 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
                  attacks: Sequence[str] | None = None, command: str | None = None,
                  images_per_cell: int | str | None = None, title: str = "copa-bench leaderboard",
                  extra: dict[str, str] | None = None, metric: str = "normalised_score",
-                 config_hash: str | None = None, defences: Sequence[str] | None = None) -> pd.DataFrame:
+                 config_hash: str | None = None, defences: Sequence[str] | None = None,
+                 headline: str = DEFAULT_HEADLINE_METRIC) -> pd.DataFrame:
     """Write ``outputs`` (keys: records_csv, leaderboard_csv, leaderboard_md, security_csv, security_md),
     each atomically; return the leaderboard frame. ``defences``: the ``defences`` axis's entries, in the
-    order of the board's rows and of leaderboard.md's sections."""
-    from ..io import atomic_write, atomic_write_text
-
-    records = records_from_cells(cell_paths)
+    order of the board's rows and of leaderboard.md's sections; ``headline``: the config's headline metric."""
+    records = records_from_cells(cell_paths, headline)
     security = load_security(security_paths)
-    board = leaderboard(records, security, models=models, attacks=attacks, defences=defences)
+    board = leaderboard(records, security, models=models, attacks=attacks, defences=defences, headline=headline)
     meta = run_metadata(records, command=command, images_per_cell=images_per_cell, extra=extra,
                         config_hash=config_hash)
     writers = {
@@ -518,21 +529,22 @@ def write_tables(cell_paths: Iterable[str | Path], security_paths: Iterable[str 
 
 
 def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") -> pd.DataFrame:
-    """Spearman ρ between the security ``metric`` and the mean of the headline metric (PSNR) across models,
-    per (defence, attack).
+    """Spearman ρ between the security ``metric`` and the mean of the board's headline metric (PSNR,
+    :func:`board_headline`) across models, per (defence, attack).
 
     Uses the models whose security metric is available and whose cell has ok runs; ρ is NaN with
     fewer than 3 such models or when either side is constant.
     """
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # deferred: scipy.stats takes ≈ 2 s to import
 
     if metric not in ("normalised_score", "copa_index"):
         raise CopaError(f"security metric {metric!r} is invalid: accepted are normalised_score, copa_index")
+    headline = board_headline(board)
     rows = []
     for defence, attack in dict.fromkeys(zip(board["defence"], board["attack"])):
         sub = board[(board["defence"] == defence) & (board["attack"] == attack) & (board["ok"] > 0)
                     & board[metric].notna()]
-        x, y = sub[metric].to_numpy(float), sub[f"{HEADLINE_METRIC}_mean"].to_numpy(float)
+        x, y = sub[metric].to_numpy(float), sub[f"{headline}_mean"].to_numpy(float)
         rho = p = np.nan
         if len(sub) >= 3 and np.unique(x).size > 1 and np.unique(y).size > 1:
             result = spearmanr(x, y)
@@ -545,15 +557,14 @@ def spearman_by_attack(board: pd.DataFrame, metric: str = "normalised_score") ->
 def write_partial(records_root: str | Path, security_root: str | Path, *, outputs: dict[str, str | Path],
                   models: Sequence[str], attacks: Sequence[str], defences: dict[str, str], indices: Sequence[int],
                   title: str = "copa-bench leaderboard", metric: str = "normalised_score",
-                  command: str | None = None, instances: dict[str, Sequence[str]] | None = None) -> dict[str, int]:
+                  command: str | None = None, instances: dict[str, Sequence[str]] | None = None,
+                  headline: str = DEFAULT_HEADLINE_METRIC) -> dict[str, int]:
     """The leaderboard of the records that exist so far, for a stopped or still-running workflow (rule
     ``partial``): ``records_root/DEFENCE_TAG/MODEL/ATTACK/INDEX/record.json`` for the configured axes
     (``defences``: tag → the config's entry, or the setting's label). ``instances``: tag → its instances'
     directory names (client batches, :func:`copa.bench.pipeline.instance_key`; default ``indices``). The
     page's title and header say it is partial: complete cells of all, records of all. ``outputs`` keys:
-    records_csv, leaderboard_md. Returns the counts."""
-    from ..io import atomic_write, atomic_write_text
-
+    records_csv, leaderboard_md. Returns the counts. ``headline``: the config's headline metric."""
     records_root, security_root = Path(records_root), Path(security_root)
     paths, complete, expected = [], 0, 0
     for tag in defences:
@@ -569,9 +580,10 @@ def write_partial(records_root: str | Path, security_root: str | Path, *, output
     counts = {"cells_complete": complete, "cells": cells, "records": len(paths), "records_expected": expected}
     if not paths:
         raise CopaError(f"no records yet under {records_root}: nothing to tabulate (0 of {cells} cells)")
-    records = load_records(paths)
+    records = load_records(paths, headline)
     security = load_security([p for p in (security_root / f"{m}.json" for m in models) if p.is_file()])
-    board = leaderboard(records, security, models=models, attacks=attacks, defences=list(defences.values()))
+    board = leaderboard(records, security, models=models, attacks=attacks, defences=list(defences.values()),
+                        headline=headline)
     state = (f"PARTIAL: {complete} of {cells} cells complete, {len(paths)} of {counts['records_expected']} "
              f"records")
     meta = run_metadata(records, command=command, images_per_cell=len(indices), extra={"state": state})

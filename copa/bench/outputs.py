@@ -6,14 +6,16 @@ a complete directory."""
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torchvision.utils import save_image
 
-from ..errors import CopaError
 from ..attacks import Reconstruction
+from ..errors import CopaError
 from ..io import atomic_write, atomic_write_json
 from ..threat import GroundTruth
 
@@ -54,8 +56,6 @@ def write_outputs(out_dir: str | Path, record: dict[str, Any], reconstruction: R
 def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` with fixed zip timestamps, so that the same arrays give the same bytes (np.savez
     stamps each member with the current time); ``np.load`` reads it as usual."""
-    import zipfile
-
     with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, value in arrays.items():
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -65,8 +65,6 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 
 def save_grid(path: Path, target01: torch.Tensor | None, recon01: torch.Tensor) -> None:
     """Targets on the top row (when given), paired reconstructions below (torchvision.utils.save_image)."""
-    from torchvision.utils import save_image
-
     grid = recon01 if target01 is None else torch.cat([target01, recon01])
     buffer = io.BytesIO()
     save_image(grid, buffer, format="png", nrow=len(recon01), padding=2, pad_value=1.0)

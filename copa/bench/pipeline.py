@@ -19,6 +19,8 @@ scenario, attack, hyperparameters, seed and attack source file and holds every c
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 import re
 import time
@@ -26,11 +28,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+import yaml
+
+from ..attacks import ATTACKS, SandboxedAttack, create_attack, load_plugins
+from ..data import available_indices, summarise_ranges
 from ..errors import CopaError, InvalidSpecError, NotApplicableError, unknown_name
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_writable
+from ..layerwise import security_report
+from ..metrics import (DEFAULT_HEADLINE_METRIC, DEFAULT_METRICS, METRICS, check_metric_input, check_metric_names,
+                       metric_order)
+from ..models import create_model
+from ..plugins import import_trusted
+from ..provenance import device_description, git_commit, package_versions
+from ..threat import Scenario, parse_input_shape, resolve_device
+from ..training import DEFAULTS, train
+from .outputs import write_outputs
+from .record import (STATUSES, canonical_json, clear_record, jsonable, read_record, record_columns, record_matches,
+                     summary_line, workflow_section)
+from .run import run_attacks, set_threads
 from .setting import AXES, NO_DEFENCE, PAPER_SETTING, Setting, defence_chain, setting_axis  # noqa: F401  (workflow)
-from .record import (STATUSES, canonical_json, clear_record, jsonable, read_record, record_matches,
-                     workflow_section)
+from .validity import PREDICTORS, best_outcome
 
 if TYPE_CHECKING:
     from ..attacks import Attack
@@ -55,8 +74,6 @@ def dataset_tag(dataset: str, split: str) -> str:
 def resolve_device_name(device: str) -> str:
     """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; other names unchanged."""
     if device == "auto":
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -75,8 +92,6 @@ def attack_overrides(config: dict[str, Any], attack: str) -> dict[str, Any]:
 
 def build_attack(config: dict[str, Any], attack: str) -> Attack:
     """The attack ``attack`` with the config's overrides, after loading the config's plug-ins."""
-    from ..attacks import ATTACKS
-
     load_config_plugins(config)
     return ATTACKS.get(attack)(**attack_overrides(config, attack))
 
@@ -84,8 +99,6 @@ def build_attack(config: dict[str, Any], attack: str) -> Attack:
 def load_config_plugins(config: dict[str, Any]) -> None:
     """The config's trusted ``extensions`` imported, its untrusted ``plugins`` described by their sandboxed
     worker (:func:`copa.attacks.load_plugins`)."""
-    from ..attacks import load_plugins
-
     load_plugins(tuple(config.get("plugins") or ()), tuple(config.get("extensions") or ()))
 
 
@@ -96,11 +109,6 @@ def attack_identity(config: dict[str, Any], attack: str, built: Attack | None = 
     (Changes in shared library modules are not tracked: rerun with ``--forcerun cell``.)
     ``built``: the attack already built from ``config`` (:func:`build_attack`; :func:`run_cell` passes its
     own), else it is built here."""
-    import hashlib
-    import inspect
-
-    from ..attacks import SandboxedAttack
-
     built = build_attack(config, attack) if built is None else built
     cls = type(built)
     if issubclass(cls, SandboxedAttack):  # the plug-in's file as copa reads it now, not as the plug-in describes it
@@ -120,9 +128,6 @@ def attack_identity(config: dict[str, Any], attack: str, built: Attack | None = 
 def configured_metrics(config: dict[str, Any]) -> tuple[str, ...]:
     """The config's ``metrics`` (default :data:`copa.metrics.DEFAULT_METRICS`), checked after the plug-ins
     are loaded: :class:`CopaError` naming an unknown metric (with close matches) or an empty list."""
-    from ..metrics import DEFAULT_METRICS, METRICS, check_metric_names
-    from .record import record_columns
-
     given = config.get("metrics")
     try:
         names = check_metric_names(DEFAULT_METRICS if given is None else given)
@@ -132,6 +137,18 @@ def configured_metrics(config: dict[str, Any]) -> tuple[str, ...]:
     except CopaError as exc:
         raise type(exc)(f"metrics: {exc}") from None
     return tuple(names)
+
+
+def headline_metric(config: dict[str, Any]) -> str:
+    """The config's ``headline_metric`` (default :data:`copa.metrics.DEFAULT_HEADLINE_METRIC`, PSNR): the tables'
+    overview and Spearman table, the plots' axes and the validity study's best attack. :class:`CopaError` when it
+    is not one of the configured ``metrics`` (the records would not hold it)."""
+    name = config.get("headline_metric") or DEFAULT_HEADLINE_METRIC
+    metrics = configured_metrics(config)
+    if name not in metrics:
+        raise InvalidSpecError(f"headline_metric {name!r} is not among the configured metrics: accepted are "
+                               f"{', '.join(metrics)} (or add it to metrics)")
+    return name
 
 
 _SCHEMA_TYPES = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -145,8 +162,6 @@ def coerce_to_schema(value: Any, schema: dict[str, Any]) -> Any:
     ``retry_failed=false`` makes ``'false'``) read as YAML where the JSON schema asks for a number, a
     boolean, null, a list or a mapping; lists and mappings are walked. Values of the right type, and
     strings where a string is accepted, are returned unchanged; the schema check then judges the result."""
-    import yaml
-
     for alternative in schema.get("oneOf") or schema.get("anyOf") or ():  # the first alternative that fits
         coerced = coerce_to_schema(value, alternative)
         kinds = alternative.get("type", [])
@@ -184,10 +199,6 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     first cell's scenario (defences, seeds, ...), every model name by building the model, and
     (``check_data``) that the dataset has the configured indices.
     """
-    from ..io import check_writable
-    from ..models import create_model
-    from ..threat import parse_input_shape
-
     for key in ("out", "results_dir"):  # before any job: a folder that cannot be made fails only at the end
         if config.get(key) is not None:
             check_writable(config[key], what=key, directory=True)
@@ -198,13 +209,12 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
     training_settings(config)
     check_attacks(config)
     shape = parse_input_shape(config.get("input_shape", "3x32x32"))
-    from ..metrics import check_metric_input
-
     metrics = configured_metrics(config)
     try:
         check_metric_input(metrics, shape)  # e.g. SSIM's 11×11 window
     except CopaError as exc:
         raise type(exc)(f"input_shape: {exc}") from None
+    headline_metric(config)
     classes = config.get("num_classes") or 10
     for name in config["models"]:
         try:
@@ -215,8 +225,6 @@ def check_config(config: dict[str, Any], *, check_data: bool = True) -> None:
         raise InvalidSpecError(f"indices {config['indices']} repeat an index: give each image once")
     device = config.get("device", "auto")
     if resolve_device_name(device).startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise CopaError(f"device: {device!r} requested but CUDA is not available here "
                             f"(torch.cuda.is_available() is False): use device: cpu or auto")
@@ -230,8 +238,6 @@ def check_attacks(config: dict[str, Any]) -> None:
     config's plug-ins), and every hyperparameter override by instantiating the attack; :class:`CopaError` naming
     the bad one (close matches for a name). Part of :func:`check_config`; ``copa verify`` runs it on a published
     config.yaml before any rerun."""
-    from ..attacks import ATTACKS, create_attack
-
     load_config_plugins(config)
     attacks = config.get("attacks")
     if not isinstance(attacks, list) or not attacks:
@@ -255,14 +261,13 @@ def check_attacks(config: dict[str, Any]) -> None:
 
 def check_validity(config: dict[str, Any]) -> None:
     """The ``validity`` section's names (none: no study): every predictor a key of
-    :data:`copa.bench.validity.PREDICTORS`, every outcome ``best_psnr``, ``best_ssim`` or ``psnr:ATTACK`` /
-    ``ssim:ATTACK`` of a configured attack; :class:`CopaError` naming the bad one, with close matches."""
+    :data:`copa.bench.validity.PREDICTORS`, every outcome ``best_METRIC`` or ``METRIC:ATTACK`` of a configured
+    metric (``best_psnr``, ``ssim:rgap``) and attack; :class:`CopaError` naming the bad one, with close matches."""
     study = config.get("validity")
     if not study:
         return
-    from .validity import PREDICTORS
-
-    outcomes = ["best_psnr", "best_ssim", *(f"{m}:{a}" for m in ("psnr", "ssim") for a in config["attacks"])]
+    metrics = metric_order(configured_metrics(config))
+    outcomes = [*map(best_outcome, metrics), *(f"{m}:{a}" for m in metrics for a in config["attacks"])]
     for key, kind, known in (("predictors", "predictor", PREDICTORS), ("outcomes", "outcome", outcomes)):
         for name in study.get(key) or ():
             if name not in known:
@@ -272,10 +277,6 @@ def check_validity(config: dict[str, Any]) -> None:
 
 def check_indices(config: dict[str, Any]) -> None:
     """Raise if the dataset split lacks one of the configured indices (names the missing ones)."""
-    import numpy as np
-
-    from ..data import summarise_ranges, available_indices
-
     present = available_indices(config["dataset"], config.get("split", "train"), root=config.get("data_root"))
     missing = sorted(set(config["indices"]) - set(np.asarray(present).tolist()))
     if missing:
@@ -304,8 +305,6 @@ _TRAINED = re.compile(r"^(?P<arch>.+)@epoch(?P<epoch>[0-9]+)$")
 
 def workflow_scenario_keys() -> list[str]:
     """The config keys of the scenario (:meth:`copa.threat.Scenario.options`) that a workflow config sets."""
-    from ..threat import Scenario
-
     return [o.name for o in Scenario.options() if o.field not in SCENARIO_AXES and o.field not in NOT_IN_WORKFLOW]
 
 
@@ -351,8 +350,6 @@ the untrained model the other cells attack."""
 
 def training_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The config's ``training`` section with :data:`copa.training.DEFAULTS` for what it leaves out."""
-    from ..training import DEFAULTS
-
     given = dict(config.get("training") or {})
     unknown = sorted(set(given) - set(TRAINING_KEYS))
     if unknown:
@@ -365,9 +362,6 @@ def train_checkpoint(config: dict[str, Any], architecture: str, epoch: int, *, o
     """Rule ``train``: ``architecture`` trained from its seeded initialisation for ``epoch`` epochs of SGD on
     the config's dataset's train split (:func:`training_settings`); writes ``epochE.pt`` and
     ``epochE.json`` (hyperparameters, test accuracy) into ``out_dir``."""
-    from ..threat import parse_input_shape
-    from ..training import train
-
     settings = training_settings(config)
     return train(architecture, config["dataset"], epochs=epoch, checkpoint_epochs=[epoch],
                  preprocess=config.get("preprocess", "center"),
@@ -381,8 +375,6 @@ def scenario_for(config: dict[str, Any], model: str, index: int | tuple[int, ...
     batch of indices: the config's scenario keys (:meth:`copa.threat.Scenario.options`), with this model
     (``ARCH@epochE``: the architecture, with ``checkpoint``), indices and client setting (defences, local steps,
     local learning rate, local batch: :class:`~copa.bench.setting.Setting`)."""
-    from ..threat import Scenario
-
     indices = tuple(int(i) for i in index) if isinstance(index, (tuple, list)) else (int(index),)
     architecture, epoch = parse_model_entry(model)
     if epoch is not None and checkpoint is None:
@@ -394,16 +386,12 @@ def scenario_for(config: dict[str, Any], model: str, index: int | tuple[int, ...
 def run_config_hash(config: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON (sorted keys) of a validated run config, without its private
     ``_``-prefixed keys (e.g. the command line): the same settings give the same hash."""
-    import hashlib
-
     public = {key: value for key, value in config.items() if not str(key).startswith("_")}
     return hashlib.sha256(canonical_json(jsonable(public)).encode()).hexdigest()
 
 
 def batch_description(config: dict[str, Any], attacks: list[str]) -> str:
     """The leaderboard header's batch size: ``batch_size`` and which of ``attacks`` batch a cell's images."""
-    from ..attacks import ATTACKS
-
     load_config_plugins(config)
     batched = [name for name in attacks if ATTACKS.get(name).batched]
     size = config.get("batch_size")
@@ -442,10 +430,6 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
     instance runs, and an image that cannot be loaded raises it without a record (the records written so
     far stay valid).
     """
-
-    from .outputs import write_outputs
-    from .record import summary_line
-    from .run import run_attacks, set_threads
 
     set_threads(threads)
     threads = int(threads)
@@ -524,11 +508,6 @@ def run_cell(config: dict[str, Any], model: str, attack: str, *, records_dir: st
 
 def security_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
     """The model's COPA security report as a dict with ``status`` ok, or not-applicable and the reason."""
-    from ..plugins import import_trusted
-    from ..provenance import device_description, git_commit, package_versions
-    from ..layerwise import security_report
-    from ..threat import parse_input_shape, resolve_device
-
     import_trusted(tuple(config.get("extensions") or ()))  # trusted extensions may register models
     sec = config.get("security") or {}
     index = sec.get("index")

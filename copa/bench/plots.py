@@ -11,8 +11,9 @@
 With records of several defence settings (the workflow's ``defences`` axis) the first four show one of
 them — the undefended update when present, else the first — and say which; :func:`privacy_curves` shows
 them all. PSNR values above ``psnr_cap`` (exact recoveries reach 140 dB in float64, or +inf) are drawn at the
-cap, marked by a dashed line. PSNR is the leaderboard's headline metric
-(:data:`copa.bench.leaderboard.HEADLINE_METRIC`); the axes take its label and unit from the metric registry.
+cap, marked by a dashed line. PSNR stands for the headline metric (``headline``, default
+:data:`copa.metrics.DEFAULT_HEADLINE_METRIC`; from a leaderboard frame :func:`copa.bench.leaderboard.board_headline`):
+the axes take its label and unit from the metric registry, and the cap applies to it.
 """
 
 from __future__ import annotations
@@ -27,18 +28,21 @@ import pandas as pd
 
 from ..errors import CopaError
 from ..io import atomic_write
-from ..metrics import metric_info
+from ..metrics import DEFAULT_HEADLINE_METRIC, metric_info, metric_order
+from ..models import RANDOM_CHAIN_PREFIX
 from ..threat.defences import DEFENCES, NoDefence, create_defence
-from .leaderboard import HEADLINE_METRIC
-from .record import as_number, read_record
+from .leaderboard import board_headline, spearman_by_attack
+from .record import as_number, metric_columns, read_record
 
 MARKERS = "osD^vP*Xph<>"
 LINESTYLES = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1))]
-SECOND_METRIC = "ssim"
-"""The privacy curves' second row, below the headline metric's."""
+CURVE_ROWS = 2
+"""The privacy curves' rows by default: the headline metric, then the next metric of the tables' column order
+(the registry's) that the records hold — SSIM below PSNR."""
 
 
 def _figure(width: float, height: float):
+    # deferred (also below): matplotlib takes ≈ 1 s to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -52,26 +56,18 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def _colours(names: Sequence[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # deferred: matplotlib
 
     cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
-def _label() -> str:
-    """The headline metric's label (PSNR), from the metric registry."""
-    return metric_info(HEADLINE_METRIC).label
-
-
-def _unit() -> str:
-    """The headline metric's unit (dB), from the metric registry."""
-    return metric_info(HEADLINE_METRIC).unit
-
-
-def _axis(what: str = "{label}") -> str:
-    """An axis label: ``what`` with the headline metric's label, then its unit: ``mean {label}`` → ``mean PSNR (dB)``."""
-    text = what.format(label=_label())
-    return f"{text} ({_unit()})" if _unit() else text
+def _axis(metric: str, what: str = "{label}") -> str:
+    """An axis label: ``what`` with ``metric``'s label, then its unit, from the metric registry:
+    ``mean {label}`` → ``mean PSNR (dB)``."""
+    info = metric_info(metric)
+    text = what.format(label=info.label)
+    return f"{text} ({info.unit})" if info.unit else text
 
 
 def _capped(values: np.ndarray, cap: float) -> np.ndarray:
@@ -115,10 +111,13 @@ def _to_hwc(image: np.ndarray) -> np.ndarray:
 
 
 def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
-                        attacks: Sequence[str] | None = None, max_images: int = 8, defence: str | None = None) -> Path:
-    """Targets (top row) vs every attack's reconstruction for ``model``, one column per image (one defence
-    setting, :func:`_reference`)."""
+                        attacks: Sequence[str] | None = None, max_images: int = 8, defence: str | None = None,
+                        headline: str = DEFAULT_HEADLINE_METRIC) -> Path:
+    """Targets (top row) vs every attack's reconstruction for ``model``, one column per image, each titled with
+    its ``headline`` metric (one defence setting, :func:`_reference`)."""
     records, suffix = _reference(records, defence)
+    info = metric_info(headline)
+    digits = max(info.digits - 1, 0)  # one decimal fewer than the tables' (PSNR: 1), to fit a cell's title
     sub = records[records["model"] == model]
     if sub.empty:
         raise CopaError(f"no records for model {model!r}: models with records are {sorted(set(records['model']))}")
@@ -137,9 +136,9 @@ def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
                 target, recon = _load_pair(rec["images"])
                 targets.setdefault(index, target)
                 ax.imshow(_to_hwc(recon), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                value = rec[HEADLINE_METRIC]
-                shown = "inf" if math.isinf(value) else f"{value:.1f}"
-                ax.set_title(f"{shown} {_unit()}".strip(), fontsize=7, pad=2)
+                value = rec[headline]
+                shown = "inf" if math.isinf(value) else f"{value:.{digits}f}"
+                ax.set_title(f"{shown} {info.unit}".strip(), fontsize=7, pad=2)
             else:
                 empty.append((ax, "no record" if rec is None else
                               ("n.a." if rec["status"] == "not-applicable" else rec["status"])))
@@ -162,22 +161,21 @@ def reconstruction_grid(records: pd.DataFrame, model: str, path: str | Path, *,
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{model}: targets vs reconstructions ({_label()} per image){suffix}", fontsize=9)
+    fig.suptitle(f"{model}: targets vs reconstructions ({info.label} per image){suffix}", fontsize=9)
     return _save(fig, path)
 
 
 def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "normalised_score",
                      psnr_cap: float = 100.0, defence: str | None = None) -> Path:
-    """Mean PSNR of each (model, attack) against the model's security metric; Spearman ρ per attack (one
-    defence setting, :func:`_reference`)."""
-    from .leaderboard import spearman_by_attack
-
+    """Mean PSNR (the board's headline metric) of each (model, attack) against the model's security metric;
+    Spearman ρ per attack (one defence setting, :func:`_reference`)."""
+    headline = board_headline(board)
     board, suffix = _reference(board, defence)
     rho = spearman_by_attack(board, metric).set_index("attack")
     usable = board[(board["ok"] > 0) & board[metric].notna()]
     attacks = list(dict.fromkeys(board["attack"]))
     colours = _colours(attacks)
-    same = coinciding_attacks(usable, f"{HEADLINE_METRIC}_mean")
+    same = coinciding_attacks(usable, f"{headline}_mean")
     span = float(np.ptp(usable[metric].to_numpy(float))) if len(usable) else 0.0
     dodge = DODGE * (span or 1.0)
     fig = _figure(7.5, 4.8)
@@ -189,21 +187,22 @@ def psnr_vs_security(board: pd.DataFrame, path: str | Path, *, metric: str = "no
         if attack in same:
             label += f" (= {same[attack]} on every model)"
         offset = (i - (len(attacks) - 1) / 2) * dodge  # side by side: equal values stay visible
-        ax.scatter(sub[metric] + offset, _capped(sub[f"{HEADLINE_METRIC}_mean"], psnr_cap), label=label,
+        ax.scatter(sub[metric] + offset, _capped(sub[f"{headline}_mean"], psnr_cap), label=label,
                    facecolors="none" if i % 2 else colours[attack], edgecolors=colours[attack], linewidths=1.2,
                    marker=MARKERS[i % len(MARKERS)], s=36, alpha=0.9)
     models = usable.drop_duplicates("model")
     top = ax.secondary_xaxis("top")  # the models' names at their security metric, close ones as one tick
     positions, names = model_ticks(models[metric].to_numpy(float), models["model"].tolist(), ax.get_xlim())
     top.set_xticks(positions, names, rotation=60, fontsize=6, ha="left")
-    _cap_line(ax, psnr_cap, usable[f"{HEADLINE_METRIC}_mean"])
+    _cap_line(ax, psnr_cap, usable[f"{headline}_mean"])
     excluded = sorted(set(board["model"]) - set(usable["model"]))
     ax.set_xlabel({"normalised_score": "normalised security score (higher = more secure)",
                    "copa_index": "COPA index (more negative = more secure)"}[metric])
-    ax.set_ylabel(_axis("mean {label}"))
+    ax.set_ylabel(_axis(headline, "mean {label}"))
     finite = rho["spearman_rho"].dropna()
     summary = ", ".join(f"{a} {v:.2f}" for a, v in finite.items()) or "undefined (fewer than 3 models)"
-    ax.set_title(f"{_label()} vs security across architectures{suffix} — Spearman ρ: {summary}", fontsize=8)
+    ax.set_title(f"{metric_info(headline).label} vs security across architectures{suffix} — Spearman ρ: {summary}",
+                 fontsize=8)
     if excluded:
         ax.text(0.99, 0.01, "no security metric: " + ", ".join(excluded), transform=ax.transAxes, fontsize=6,
                 ha="right", va="bottom", color="0.4")
@@ -263,15 +262,16 @@ def model_ticks(xs: Sequence[float], models: Sequence[str], xlim: tuple[float, f
 
 
 def psnr_distribution(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[str] | None = None,
-                      psnr_cap: float = 100.0, defence: str | None = None) -> Path:
-    """Per-image PSNR of the ok runs, one box per attack, with the individual images as points (one defence
-    setting, :func:`_reference`)."""
+                      psnr_cap: float = 100.0, defence: str | None = None,
+                      headline: str = DEFAULT_HEADLINE_METRIC) -> Path:
+    """Per-image PSNR (the ``headline`` metric) of the ok runs, one box per attack, with the individual images
+    as points (one defence setting, :func:`_reference`)."""
     records, suffix = _reference(records, defence)
     ok = records[records["status"] == "ok"]
     attacks = list(dict.fromkeys([*(attacks or []), *records["attack"]]))
     fig = _figure(max(4.0, 0.9 * len(attacks) + 1.5), 4.2)
     ax = fig.subplots()
-    data = [_capped(ok[ok["attack"] == a][HEADLINE_METRIC].dropna(), psnr_cap) for a in attacks]
+    data = [_capped(ok[ok["attack"] == a][headline].dropna(), psnr_cap) for a in attacks]
     positions = np.arange(1, len(attacks) + 1)
     present = [i for i, d in enumerate(data) if len(d)]
     if present:
@@ -283,17 +283,17 @@ def psnr_distribution(records: pd.DataFrame, path: str | Path, *, attacks: Seque
             ax.text(positions[i], 0.5, "no ok run", rotation=90, ha="center", va="center", fontsize=7,
                     transform=ax.get_xaxis_transform())
     ax.set_xticks(positions, attacks, rotation=30, ha="right", fontsize=8)
-    _cap_line(ax, psnr_cap, ok[HEADLINE_METRIC])
-    ax.set_ylabel(_axis("{label} per image"))
-    ax.set_title(f"{_label()} distribution per attack (all models){suffix}", fontsize=9)
+    _cap_line(ax, psnr_cap, ok[headline])
+    ax.set_ylabel(_axis(headline, "{label} per image"))
+    ax.set_title(f"{metric_info(headline).label} distribution per attack (all models){suffix}", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
 
 def time_vs_psnr(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[str] | None = None,
-                 psnr_cap: float = 100.0, defence: str | None = None) -> Path:
-    """Seconds per image (log scale) against PSNR, one colour per attack (one defence setting,
-    :func:`_reference`)."""
+                 psnr_cap: float = 100.0, defence: str | None = None, headline: str = DEFAULT_HEADLINE_METRIC) -> Path:
+    """Seconds per image (log scale) against PSNR (the ``headline`` metric), one colour per attack (one defence
+    setting, :func:`_reference`)."""
     records, suffix = _reference(records, defence)
     ok = records[(records["status"] == "ok") & records["seconds"].notna()]
     attacks = list(dict.fromkeys([*(attacks or []), *records["attack"]]))
@@ -302,14 +302,14 @@ def time_vs_psnr(records: pd.DataFrame, path: str | Path, *, attacks: Sequence[s
     ax = fig.subplots()
     for i, attack in enumerate(attacks):
         sub = ok[ok["attack"] == attack]
-        ax.scatter(np.maximum(sub["seconds"].to_numpy(float), 1e-4), _capped(sub[HEADLINE_METRIC], psnr_cap),
+        ax.scatter(np.maximum(sub["seconds"].to_numpy(float), 1e-4), _capped(sub[headline], psnr_cap),
                    label=f"{attack} ({len(sub)})", color=colours[attack], marker=MARKERS[i % len(MARKERS)], s=22,
                    alpha=0.8)
     ax.set_xscale("log")
-    _cap_line(ax, psnr_cap, ok[HEADLINE_METRIC])
+    _cap_line(ax, psnr_cap, ok[headline])
     ax.set_xlabel("seconds per image (log scale; floor 1e-4)")
-    ax.set_ylabel(_axis())
-    ax.set_title(f"Time vs {_label()} (ok runs){suffix}", fontsize=9)
+    ax.set_ylabel(_axis(headline))
+    ax.set_title(f"Time vs {metric_info(headline).label} (ok runs){suffix}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -368,20 +368,26 @@ def _note_figure(path: str | Path, title: str, note: str) -> Path:
     return _save(fig, path)
 
 
-def _metric_axis(metric: str) -> str:
-    info = metric_info(metric)
-    return f"mean {info.label} ({info.unit})" if info.unit else f"mean {info.label}"
+def curve_metrics(records: pd.DataFrame, headline: str = DEFAULT_HEADLINE_METRIC) -> list[str]:
+    """The privacy curves' default rows: of the headline metric and the metrics after it in the tables' column
+    order (:func:`copa.metrics.metric_order`), the first :data:`CURVE_ROWS` that some ok run holds (PSNR, SSIM);
+    the headline metric alone when none does."""
+    ok = records[records["status"] == "ok"]
+    order = [headline, *(m for m in metric_order(metric_columns(records.columns)) if m != headline)]
+    return [m for m in order if m in ok and ok[m].notna().any()][:CURVE_ROWS] or [headline]
 
 
 def privacy_curves(records: pd.DataFrame, path: str | Path, *, models: Sequence[str] | None = None,
-                   attacks: Sequence[str] | None = None, psnr_cap: float = 100.0, floor: str = "mean-image") -> Path:
+                   attacks: Sequence[str] | None = None, psnr_cap: float = 100.0, floor: str = "mean-image",
+                   headline: str = DEFAULT_HEADLINE_METRIC, metrics: Sequence[str] | None = None) -> Path:
     """Mean PSNR (top row) and SSIM (bottom row) over the ok runs against each defence's strength — x: the
     value of its :attr:`~copa.threat.Defence.strength` parameter, log scale when every value is positive —
-    one panel per model, one line per (attack, defence kind). The undefended value is a dotted line in the
-    attack's colour, the ``floor`` attack a dashed grey line; chains of several defences are named below the
-    panels, not drawn. Without any setting to draw, the figure says so."""
+    one panel per model, one line per (attack, defence kind). The rows: ``metrics``, default
+    :func:`curve_metrics` (the ``headline`` metric first; the cap applies to it). The undefended value is a
+    dotted line in the attack's colour, the ``floor`` attack a dashed grey line; chains of several defences are
+    named below the panels, not drawn. Without any setting to draw, the figure says so."""
     ok = records[records["status"] == "ok"]
-    metrics = [m for m in (HEADLINE_METRIC, SECOND_METRIC) if m in ok and ok[m].notna().any()] or [HEADLINE_METRIC]
+    metrics = list(metrics) if metrics else curve_metrics(records, headline)
     title = f"Privacy curves: {' and '.join(metric_info(m).label for m in metrics)} against defence strength"
     curves, skipped = defence_settings(records)
     if not curves:
@@ -399,7 +405,7 @@ def privacy_curves(records: pd.DataFrame, path: str | Path, *, models: Sequence[
     axes = fig.subplots(len(metrics), len(models), squeeze=False)
     for (r, metric), (c, model) in itertools.product(enumerate(metrics), enumerate(models)):
         ax = axes[r][c]
-        cap = psnr_cap if metric == HEADLINE_METRIC else math.inf
+        cap = psnr_cap if metric == headline else math.inf
         mean = means[metric].to_dict()
         drawn = []
         for attack, kind in itertools.product(attacks, kinds):
@@ -418,7 +424,7 @@ def privacy_curves(records: pd.DataFrame, path: str | Path, *, models: Sequence[
         base = ok[(ok["model"] == model) & (ok["attack"] == floor)][metric].astype(float).mean()
         if not math.isnan(base):
             ax.axhline(min(base, cap), color="0.35", ls="--", lw=1.2)
-        if metric == HEADLINE_METRIC:
+        if metric == headline:
             _cap_line(ax, psnr_cap, np.asarray(drawn))
         if log_x:
             ax.set_xscale("log")
@@ -429,7 +435,7 @@ def privacy_curves(records: pd.DataFrame, path: str | Path, *, models: Sequence[
         if r == 0:
             ax.set_title(model, fontsize=8)
         if c == 0:
-            ax.set_ylabel(_metric_axis(metric), fontsize=8)
+            ax.set_ylabel(_axis(metric, "mean {label}"), fontsize=8)
         if r == len(metrics) - 1:
             ax.set_xlabel("defence strength" + (" (log scale)" if log_x else ""), fontsize=8)
     _curve_legend(fig, colours, style, kinds, floor if (ok["attack"] == floor).any() else None)
@@ -443,7 +449,7 @@ def privacy_curves(records: pd.DataFrame, path: str | Path, *, models: Sequence[
 def _curve_legend(fig, colours: dict[str, tuple], style: dict[str, tuple], kinds: dict[str, str],
                   floor: str | None) -> None:
     """Colours: attacks; markers and line styles: defence kinds (x: their strength parameter)."""
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # deferred: matplotlib
 
     handles = [Line2D([], [], color=colour, lw=1.5, label=attack) for attack, colour in colours.items()]
     handles += [Line2D([], [], color="k", marker=style[kind][0], ls=style[kind][1], ms=4,
@@ -529,15 +535,11 @@ def place_labels(ax, xs: Sequence[float], ys: Sequence[float], labels: Sequence[
 
 def short_model_name(model: str) -> str:
     """A scatter label: ``random-chain:17`` → ``rc17``; other names unchanged."""
-    from ..models import RANDOM_CHAIN_PREFIX
-
     return "rc" + model[len(RANDOM_CHAIN_PREFIX):] if model.startswith(RANDOM_CHAIN_PREFIX) else model
 
 
 def _group_label(models: Sequence[str], per_line: int = 5) -> str:
     """The label of architectures drawn at one place: paper chains first, then random chains by seed."""
-    from ..models import RANDOM_CHAIN_PREFIX
-
     def key(model: str) -> tuple:
         seed = model[len(RANDOM_CHAIN_PREFIX):]
         return (1, int(seed), "") if model.startswith(RANDOM_CHAIN_PREFIX) and seed.isdigit() else (0, 0, model)
@@ -547,14 +549,14 @@ def _group_label(models: Sequence[str], per_line: int = 5) -> str:
 
 
 def validity_scatter(table: pd.DataFrame, path: str | Path, *, x: str = "normalised_score", y: str = "best_psnr",
-                     psnr_cap: float = 100.0, title: str = "", y_label: str = "mean {label}") -> Path:
-    """One architecture per point: predictor ``x`` against the mean PSNR column ``y`` of ``table`` (the study's
-    architecture table: ``model``, ``any_deficient``); colour: rank-deficient or full-rank, marker: random
-    chain or paper chain; every point labelled (:func:`place_labels`, ``rcN`` = ``random-chain:N``;
-    architectures at the same place share one label). PSNR above ``psnr_cap`` is drawn at the cap."""
-    from matplotlib.lines import Line2D
-
-    from ..models import RANDOM_CHAIN_PREFIX
+                     psnr_cap: float = 100.0, title: str = "", y_label: str = "mean {label}",
+                     headline: str = DEFAULT_HEADLINE_METRIC) -> Path:
+    """One architecture per point: predictor ``x`` against the mean ``headline`` metric (PSNR) column ``y`` of
+    ``table`` (the study's architecture table: ``model``, ``any_deficient``); colour: rank-deficient or
+    full-rank, marker: random chain or paper chain; every point labelled (:func:`place_labels`, ``rcN`` =
+    ``random-chain:N``; architectures at the same place share one label). Values above ``psnr_cap`` are drawn
+    at the cap; ``y_label``'s ``{label}`` is the headline metric's."""
+    from matplotlib.lines import Line2D  # deferred: matplotlib
 
     rows = table[table[x].notna() & table[y].notna()]
     xs, ys = rows[x].to_numpy(float), _capped(rows[y].to_numpy(float), psnr_cap)
@@ -578,7 +580,7 @@ def validity_scatter(table: pd.DataFrame, path: str | Path, *, x: str = "normali
                    "copa_index": "COPA index (more negative = more secure)",
                    "propagated_image_fraction": "fraction of the image undetermined after propagation "
                                                 "(higher = more secure)"}.get(x, x))
-    ax.set_ylabel(_axis(y_label))
+    ax.set_ylabel(_axis(headline, y_label))
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     ax.margins(0.08)

@@ -10,14 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from .. import metrics as metrics_mod
-from ..hyperparameters import check_threads
 from ..attacks import Attack, Reconstruction, create_attack
+from ..data import dataset_location
 from ..errors import CopaError, InvalidSpecError, NotApplicableError, RunFailure
-from .executor import check_observed_gradients, execute, triage  # noqa: F401  (check_observed_gradients: public)
-from .record import add_outcome, mark_failed, mark_not_applicable, new_record, provenance
+from ..hyperparameters import check_threads
 from ..threat import GroundTruth, Observation, Scenario, resolve_device
+from .executor import check_observed_gradients, execute, triage  # noqa: F401  (check_observed_gradients: public)
+from .isolation import ISOLATION_MODES, attack_plugin, run_in_worker
+from .record import add_outcome, mark_failed, mark_not_applicable, new_record, provenance
 
 
 
@@ -50,8 +53,6 @@ def set_threads(threads: int, what: str = "threads") -> None:
     jobs at once an unpinned pool oversubscribes the cores (one attack ran 10× slower on 2 cores).
     A count outside 1 … :data:`~copa.hyperparameters.MAX_THREADS` raises one line naming ``what`` (e.g.
     ``--threads``)."""
-    from threadpoolctl import threadpool_limits
-
     threads = check_threads(threads, what)
     torch.set_num_threads(int(threads))
     threadpool_limits(limits=int(threads))
@@ -100,8 +101,6 @@ def run_attacks(scenarios: list[Scenario], attack: str | Attack, *, overrides: d
 
 
 def _dataset_locations(scenarios: list[Scenario]) -> list[str]:
-    from ..data import dataset_location
-
     found = (dataset_location(s.dataset, s.data_root) for s in scenarios)
     return sorted({str(path) for path in found if path is not None})
 
@@ -164,8 +163,6 @@ def attack_observations(observations: list[Observation], attack: Attack, *, trut
     ``always`` runs every attack there. ``hide``: paths the sandbox makes empty (the dataset, the run's
     outputs).
     """
-    from .isolation import ISOLATION_MODES, attack_plugin
-
     if isolation not in ISOLATION_MODES:
         raise InvalidSpecError(f"isolation {isolation!r} is invalid: accepted are {', '.join(ISOLATION_MODES)}")
     count = len(observations)
@@ -203,8 +200,6 @@ def _attack_in_worker(observations, pending, attack, seeds, batch, devices, reco
     """Run the pending instances in an isolated worker; fill ``outcome`` (a Reconstruction, or the exception
     the record will carry) and each record's ``seconds`` and ``isolation``; return the forward calls the
     worker counted per instance."""
-    from .isolation import run_in_worker
-
     try:
         results, isolation = run_in_worker(attack, [observations[b] for b in pending], [seeds[b] for b in pending],
                                            batch=batch, device=devices[pending[0]], hidden=hide,

@@ -31,13 +31,31 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
+import torch
+import yaml
 
+from ..attacks import ATTACKS
 from ..errors import CopaError, InvalidSpecError, unknown_name
+from ..hyperparameters import check_threads
+from ..io import atomic_write_text
+from ..metrics import score_images
+from ..provenance import capabilities_here, cpu_capability, cpu_model, package_versions
+from ..threat import resolve_device
+from .pipeline import (attack_identity, build_attack, cell_batch_size, check_attacks, chunks, client_batches,
+                       configured_metrics, scenario_for)
+from .record import config_hash, jsonable, read_record, versions_text
+from .run import run_attacks, set_threads
+from .setting import setting_axis
 
 VERDICTS = ("identical", "within tolerance", "different", "tampered", "cannot verify")
 DEFAULT_RTOL = 1e-6
@@ -70,11 +88,6 @@ def _read(results_dir: Path):
     mapping whose attacks are registered (:func:`copa.bench.pipeline.check_attacks`), a CSV with the
     :data:`REQUIRED_COLUMNS`, every ``index`` an image index or a batch's indices and every ``hyperparameters``
     JSON. Each problem is one line naming the file."""
-    import pandas as pd
-    import yaml
-
-    from .pipeline import check_attacks
-
     config_path, records_path = results_dir / "config.yaml", results_dir / "records.csv"
     for path in (config_path, records_path):
         if not path.is_file():
@@ -120,8 +133,6 @@ def _read(results_dir: Path):
                 raise InvalidSpecError(f"{records_path} row {number} (line {number + 1}): hyperparameters "
                                        f"{hp!r:.200} are not JSON: accepted is the attack's hyperparameters as a "
                                        f"JSON object, or empty") from None
-    from ..attacks import ATTACKS
-
     for attack in dict.fromkeys(str(a) for a in rows["attack"]):
         if attack not in ATTACKS:  # the config's plug-ins are loaded (check_attacks)
             raise type(err := unknown_name("attack", attack, ATTACKS.names()))(f"{records_path}: {err}")
@@ -153,16 +164,12 @@ def _cell(value: Any) -> str:
 def _settings(config: dict[str, Any]):
     """records.csv's ``defence`` (the client setting's label, :func:`copa.bench.record.setting_label`) → the
     workflow's :class:`~copa.bench.setting.Setting`."""
-    from .setting import setting_axis
-
     return {setting.label: setting for setting in setting_axis(config).values()}
 
 
 def _chunk(config: dict[str, Any], attack_obj, setting, index: int, stored: dict[str, Any] | None) -> list[int]:
     """The images the record's run solved together: the stored record's batch members when present, else the
     cell's images in the chunks :func:`copa.bench.pipeline.run_cell` makes on a run from scratch."""
-    from .pipeline import cell_batch_size, chunks, client_batches
-
     members = ((stored or {}).get("batch") or {}).get("members")
     if members and all(isinstance(m, list) and len(m) == 1 for m in members):
         return [int(m[0]) for m in members]
@@ -186,11 +193,6 @@ def rescoring_disagrees(row, scenario, folder: Path, metrics: tuple[str, ...], d
     """Why the record in ``folder`` is tampered — its stored reconstruction, scored with copa's own scorer against
     the ground truth ``scenario`` rebuilds, does not give the row's published metrics — or None. LPIPS (weights
     may be absent) and metrics the row does not publish are not compared."""
-    import torch
-
-    from ..metrics import score_images
-    from ..threat import resolve_device
-
     path = folder / "images.npz"
     if not path.is_file():
         return "the record is ok but its images.npz is missing: its metrics cannot be rescored"
@@ -273,9 +275,6 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     this CPU runs) and its verdict says which reproduced it (:func:`_retry_under_other_kernel_sets`).
     ``positions``: rerun exactly these rows of records.csv instead of a sample, in this process only (the child
     processes of that retry). ``attacks``: draw the sample from these attacks' records only (a submission's)."""
-    from ..hyperparameters import check_threads
-    from ..provenance import resolve_device
-
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise InvalidSpecError(f"--sample {sample!r} is invalid: expected a positive integer")
     check_threads(threads, "--threads")
@@ -309,8 +308,6 @@ def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], o
     record's own (records.csv ``cpu_capability``) when this CPU runs it, else (older records, which do not say)
     each narrower one in turn — in a child ``copa verify --rows`` with ``ATEN_CPU_CAPABILITY`` set (torch reads it
     once, at import). A verdict that becomes ``identical`` says under which kernel set."""
-    from ..provenance import capabilities_here
-
     here = capabilities_here()
     pending = {position: k for k, position in enumerate(picked) if out[k].verdict in RETRIED}
     for capability in here[1:]:
@@ -341,11 +338,6 @@ def _verify_in_child(results_dir: Path, positions: list[int], capability: str, *
                      threads: int) -> list[tuple[int, str, str]]:
     """``copa verify RESULTS_DIR --rows ...`` in a fresh interpreter under ``ATEN_CPU_CAPABILITY=capability``;
     its verdicts as ``(position, verdict, detail)``. A child that fails gives no verdicts (the first ones stand)."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="copa-verify-") as folder:
         report = Path(folder) / "verdicts.json"
         command = [sys.executable, "-m", "copa", "verify", str(results_dir), "--rows", ",".join(map(str, positions)),
@@ -364,11 +356,6 @@ def _verify_in_child(results_dir: Path, positions: list[int], capability: str, *
 def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: list[int], *, rtol: float,
                       device: str, threads: int, log: Callable[[str], None]) -> list[Verification]:
     """Rerun the rows ``picked`` of records.csv in this process; one :class:`Verification` each, in order."""
-    from ..provenance import package_versions
-    from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
-    from .record import config_hash, jsonable, read_record, versions_text
-    from .run import run_attacks, set_threads
-
     set_threads(threads, "--threads")
     settings = _settings(config)
     metrics = configured_metrics(config)
@@ -449,8 +436,6 @@ def record_folder(results_dir: Path, record: Any) -> Path | None:
 def kernel_set_summary(results: list[Verification]) -> str:
     """One line: the kernel set this process ran (torch's CPU capability, the CPU model) and how many records were
     reproduced only under another (``ATEN_CPU_CAPABILITY``)."""
-    from ..provenance import cpu_capability, cpu_model
-
     other: dict[str, int] = {}
     for result in results:
         if ", under ATEN_CPU_CAPABILITY=" in result.detail:
@@ -466,8 +451,6 @@ def write_verification(results: list[Verification], path: str | Path, *, command
                        results_dir: str | Path | None = None) -> Path:
     """A Markdown table of the verdicts, with the command and a count per verdict; the title names
     ``results_dir`` (default: the folder the table is written to)."""
-    from ..io import atomic_write_text
-
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
     lines = [f"# Verification of {results_dir if results_dir is not None else Path(path).parent}", "", f"Command: `{command}`", "",
              ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(results)} sampled records", "",

@@ -25,11 +25,17 @@ from pathlib import Path
 
 import torch
 
+from ..attacks import ATTACKS, Reconstruction, check_attack, progress
+from ..attacks.sandboxed import describe_registered
+from ..errors import CopaError, NotApplicableError
+from ..plugins import import_in_worker, import_trusted
+from ..threat.observation_file import Limits, load_observation
+from .executor import execute, triage
+from .record import canonical_json, failure_reason
+from .run import set_threads
+
 
 def _instance_failure(exc: BaseException, seconds: float = 0.0) -> dict:
-    from ..errors import NotApplicableError
-    from .record import failure_reason
-
     if isinstance(exc, NotApplicableError):
         return {"status": "not-applicable", "reason": str(exc), "seconds": seconds}
     return {"status": "failed", "reason": " ".join(failure_reason(exc).split()), "seconds": seconds,
@@ -37,9 +43,6 @@ def _instance_failure(exc: BaseException, seconds: float = 0.0) -> dict:
 
 
 def _instance_result(reconstruction, seconds: float, forward_calls: int) -> dict:
-    from ..attacks import Reconstruction
-    from .record import canonical_json
-
     if not isinstance(reconstruction, Reconstruction) or not isinstance(reconstruction.images, torch.Tensor):
         return {"status": "failed", "reason": f"failed: the attack returned {type(reconstruction).__name__}, not a "
                                               f"Reconstruction with an images tensor", "seconds": seconds}
@@ -56,10 +59,6 @@ def serve(folder: Path) -> dict:
     """Carry out the request in ``folder`` (module docstring); return what was written. An attack's progress
     (request ``progress``: ``log`` or ``quiet``, every ``progress_interval`` seconds) goes to standard error as
     ``[progress]`` lines, which the runner forwards while the worker runs."""
-    from ..attacks import ATTACKS
-    from ..plugins import import_in_worker, import_trusted
-    from .run import set_threads
-
     request = json.loads((folder / "request.json").read_text())
     if request.get("threads"):
         set_threads(int(request["threads"]))
@@ -68,15 +67,11 @@ def serve(folder: Path) -> dict:
         import_in_worker(target)
     kind = request.get("kind")
     if kind == "describe":
-        from ..attacks.sandboxed import describe_registered
-
         answer = {target: describe_registered(target) for target in request["plugins"]}
         (folder / "description.json").write_text(json.dumps(answer))
         return answer
     attack_class = ATTACKS.get(request["attack"])
     if kind == "check":
-        from ..attacks import check_attack
-
         passed = check_attack(attack_class, overrides=request["overrides"], model=request["model"],
                               input_shape=tuple(request["input_shape"]))
         (folder / "check.json").write_text(json.dumps({"passed": list(passed)}))
@@ -87,10 +82,6 @@ def serve(folder: Path) -> dict:
 def _serve_attack(folder: Path, request: dict, attack) -> dict:
     """Rebuild the observations, run the attack through the one executor (:mod:`copa.bench.executor`) as the
     runner would, write ``result.pt``."""
-    from ..attacks import progress
-    from ..threat.observation_file import Limits, load_observation
-    from .executor import execute, triage
-
     device = torch.device(request["device"])
     observations = [load_observation(folder / name, device=device, limits=Limits(max_parameters=2**62,
                     max_input_pixels=2**62, max_batch_size=2**62, max_num_classes=2**62))[0]
@@ -115,8 +106,6 @@ def _serve_attack(folder: Path, request: dict, attack) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import CopaError
-
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m copa.bench.worker DIR", file=sys.stderr)

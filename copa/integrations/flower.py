@@ -38,6 +38,7 @@ import torch
 
 from ..data import Preprocess
 from ..errors import InvalidSpecError
+from ..models import create_model
 from ..threat.observation_file import DTYPES, FORMAT, FORMAT_VERSION, LOSS, observation_from_payload, write_payload
 
 #: Flower's conventions (flwr.serverapp.strategy.FedAvg): the weights travel in the ArrayRecord "arrays",
@@ -93,8 +94,6 @@ def update_payload(sent: Mapping[str, torch.Tensor], returned: Mapping[str, torc
             raise InvalidSpecError(f"{source}: the client returned {k!r} of shape {tuple(returned[k].shape)}, the "
                                    f"server sent {tuple(value.shape)}")
     # the parameter names and order come from the declared architecture (checked in full below)
-    from ..models import create_model
-
     with torch.device("meta"):
         try:
             declared = create_model(model, num_classes=num_classes, in_shape=tuple(input_shape))
@@ -141,7 +140,7 @@ def capture_mod(directory: str | Path, *, model: str, lr: float | None = None, l
     and ``local_batch``: its local SGD steps and the images per step (None: all); ``batch_size``: its images
     (None: the reply's ``num-examples``); ``dtype``: refuse weights of another dtype (None: any of
     float32/float64). Messages other than train messages pass untouched."""
-    from flwr.app import MessageType
+    from flwr.app import MessageType  # deferred: flwr is the optional extra [flower]
 
     directory = Path(directory)
     if dtype is not None and dtype not in DTYPES:

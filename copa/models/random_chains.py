@@ -7,6 +7,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 
 from ..errors import InvalidSpecError
 from .chains import DEFAULT_IN_SHAPE, LayerSpec, _as_layers, _check_shape, chain_layer_shapes, format_chain_spec
@@ -179,8 +180,6 @@ def random_chain_spec(seed: int, *, in_shape: Sequence[int] = DEFAULT_IN_SHAPE, 
 
 @functools.lru_cache(maxsize=1024)
 def _random_chain_spec(seed: int, in_shape: tuple[int, int, int], want_deficient: bool) -> str:
-    import numpy as np
-
     rng = np.random.Generator(np.random.PCG64(seed))
     depth = _draw(rng, RANDOM_CHAIN_DEPTHS)
     for _ in range(RANDOM_CHAIN_ATTEMPTS):

@@ -63,7 +63,7 @@ class InvertingGradientsConvNet(nn.Module):
 
 
 def _resnet18(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
-    import torchvision
+    import torchvision  # deferred: only ResNet-18 needs torchvision's models (≈ 1 s to import)
 
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if in_shape[0] != 3:  # same first conv for other channel counts, with torchvision's init

@@ -16,8 +16,9 @@ The loss is cross-entropy with PyTorch's default mean reduction over the batch.
 
 Modules: :mod:`.scenario` (:class:`Scenario`, the one declaration of its fields), :mod:`.observation`
 (:class:`Observation`, :class:`GroundTruth`), :mod:`.defences` (the defence registry; defences run inside
-``Scenario.build``, before the observation exists) and :mod:`.observation_file` (observations saved by a
-client, loaded ``weights_only``).
+``Scenario.build``, before the observation exists), :mod:`.observation_file` (observations saved by a
+client, loaded ``weights_only``) and :mod:`.targets` (the ground truth that scores an observation file's
+reconstruction).
 """
 
 from __future__ import annotations

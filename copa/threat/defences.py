@@ -239,7 +239,7 @@ class DPGaussian(Defence):
             epsilon = math.inf
             if p["sigma"] > 0:
                 try:
-                    from opacus.accountants import RDPAccountant
+                    from opacus.accountants import RDPAccountant  # deferred: opacus takes ≈ 3 s to import
                 except ImportError as exc:  # a dependency of copa-bench: an incomplete install, not a run failure
                     raise CopaError(f"defence 'dp-gaussian' states its privacy with Opacus' accountant, which "
                                     f"cannot be imported here ({exc}): pip install 'opacus>=1.4'") from None

@@ -37,10 +37,14 @@ import torch
 
 from .. import data as data_mod
 from ..errors import CopaError, DataUnavailableError, InvalidSpecError, UnknownNameError
+from ..hyperparameters import STEP_CEILING
 from ..io import atomic_write
-from .observation import UPDATE_KINDS, LocalTraining, Observation
+from ..models import create_model
+from ..provenance import git_commit, package_versions
 from .limits import DEFAULT_LIMITS, LIMIT_FLAGS, MIB, Limits, over_limit  # noqa: F401  (public here too)
+from .observation import UPDATE_KINDS, LocalTraining, Observation
 from .scenario import DTYPES
+from .targets import load_targets  # noqa: F401  (public here too: copa attack --targets)
 
 FORMAT = "copa-observation"
 FORMAT_VERSION = 1
@@ -408,8 +412,6 @@ def validate_payload(payload: Mapping[str, Any], source: str = "<payload>", *,
 def local_training(payload: Mapping[str, Any], source: str = "<payload>") -> LocalTraining | None:
     """The file's ``update`` key as :class:`~copa.threat.LocalTraining` (None: a gradient); one line naming the
     bad entry otherwise."""
-    from ..hyperparameters import STEP_CEILING
-
     update = payload.get("update")
     if update is None:
         return None
@@ -441,8 +443,6 @@ def local_training(payload: Mapping[str, Any], source: str = "<payload>") -> Loc
 
 def _create(payload: Mapping[str, Any], build_name: str, source: str, *, meta: bool):
     """``create_model`` for the file's model; on PyTorch's meta device (shapes, no storage) when ``meta``."""
-    from ..models import create_model
-
     try:
         with torch.device("meta") if meta else contextlib.nullcontext():
             return create_model(build_name, num_classes=payload["num_classes"],
@@ -548,61 +548,6 @@ def load_observation(path: str | Path, *, device: torch.device | str = "cpu",
     return observation, info
 
 
-def load_targets(path: str | Path, observation: Observation):
-    """The :class:`~copa.threat.GroundTruth` in an npz (``images`` N×C×H×W in [0, 1], optional ``labels``)
-    to score an observation's reconstruction; shapes must match the observation. The ``images.npz`` that
-    ``copa attack`` writes is accepted as it is: its ``target`` is the images (its ``reconstruction`` and
-    ``indices`` are ignored)."""
-    import numpy as np
-
-    from .observation import GroundTruth
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataUnavailableError(f"targets file {str(path)!r} does not exist (or is not a file)")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as err:
-        raise InvalidSpecError(f"targets file {str(path)!r} cannot be read as an npz of arrays "
-                               f"({type(err).__name__}: {err})") from None
-    if "images" not in arrays and "target" in arrays:  # copa attack's own images.npz
-        arrays = {"images": arrays["target"], **({"labels": arrays["labels"]} if "labels" in arrays else {})}
-    if "images" not in arrays:
-        raise InvalidSpecError(f"targets file {str(path)!r} has no array 'images' (found {sorted(arrays)}): expected "
-                               f"'images' N×C×H×W in [0, 1] and optional 'labels', or the 'target' of an images.npz "
-                               f"that copa attack wrote")
-    unknown = sorted(set(arrays) - {"images", "labels"})
-    if unknown:
-        raise InvalidSpecError(f"targets file {str(path)!r} has unknown arrays {unknown}: accepted are images, labels "
-                               f"(or an images.npz of copa attack: target, reconstruction, indices)")
-    images = arrays["images"]
-    expected = (observation.batch_size, *observation.input_shape)
-    if images.dtype.kind != "f" or tuple(images.shape) != expected:
-        raise InvalidSpecError(f"targets file {str(path)!r}: 'images' is {images.dtype} of shape {tuple(images.shape)}:"
-                               f" expected float of shape {expected} (the observation's batch and input shape)")
-    if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-        raise InvalidSpecError(f"targets file {str(path)!r}: 'images' must be finite and in [0, 1] "
-                               f"(found range [{np.nanmin(images):.4g}, {np.nanmax(images):.4g}])")
-    labels = arrays.get("labels")
-    if labels is None:
-        if observation.labels is None:
-            raise InvalidSpecError(f"targets file {str(path)!r} has no 'labels' and the observation has none: add "
-                                   f"'labels' (int, shape ({observation.batch_size},))")
-        labels_t = observation.labels.detach().cpu()
-    else:
-        if labels.dtype.kind not in "iu" or tuple(labels.shape) != (observation.batch_size,):
-            raise InvalidSpecError(f"targets file {str(path)!r}: 'labels' is {labels.dtype} of shape "
-                                   f"{tuple(labels.shape)}: expected integers of shape ({observation.batch_size},)")
-        if labels.min() < 0 or labels.max() >= observation.num_classes:
-            raise InvalidSpecError(f"targets file {str(path)!r}: 'labels' {labels.tolist()} are not class indices in "
-                                   f"[0, {observation.num_classes})")
-        labels_t = torch.as_tensor(labels, dtype=torch.int64)
-    images01 = torch.as_tensor(images).to(device=observation.device, dtype=observation.dtype)
-    return GroundTruth(images01=images01, labels=labels_t.to(observation.device),
-                       indices=tuple(range(observation.batch_size)), preprocess=observation.preprocess)
-
-
 def describe_payload(payload: Mapping[str, Any]) -> str:
     """One line about an observation file's content (for ``copa observe``)."""
     entries = sum(g.numel() for g in payload["gradients"].values())
@@ -613,8 +558,6 @@ def describe_payload(payload: Mapping[str, Any]) -> str:
 
 def observe_meta(scenario_dict: dict[str, Any]) -> dict[str, Any]:
     """Provenance stored in a file written by ``copa observe``: where it came from, minus the images' indices."""
-    from ..provenance import git_commit, package_versions
-
     return {"created_by": "copa observe", "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "dataset": scenario_dict.get("dataset"), "split": scenario_dict.get("split"),
             "git_commit": git_commit(), "versions": package_versions()}

@@ -13,10 +13,10 @@ from torch import nn
 
 from .. import data as data_mod
 from ..errors import CopaError, InvalidSpecError
-from ..hyperparameters import check_seed
+from ..hyperparameters import STEP_CEILING, check_seed
 from ..models import create_model
 from ..provenance import resolve_device
-from .defences import ClientUpdate, apply_defences
+from .defences import ClientUpdate, apply_defences, canonical_defences, create_defence
 from .limits import DEFAULT_LIMITS, over_limit
 from .observation import GroundTruth, LocalTraining, Observation, client_loss
 
@@ -142,8 +142,6 @@ class Scenario:
         "ignored when local_steps is 1", kind=int, omitted_at_default=True))
 
     def __post_init__(self):
-        from .defences import canonical_defences
-
         object.__setattr__(self, "indices", tuple(int(i) for i in data_mod.validate_indices(self.indices)))
         check_seed(self.model_seed, "model_seed")
         check_seed(self.defence_seed, "defence_seed")
@@ -164,8 +162,6 @@ class Scenario:
     def _check_local_training(self) -> None:
         """Validate the FedAvg fields; with one local step (FedSGD) reset ``local_lr``/``local_batch`` to their
         defaults, which then mean nothing, so that one experiment has one description."""
-        from ..hyperparameters import STEP_CEILING
-
         steps = self.local_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= STEP_CEILING:
             raise InvalidSpecError(f"local_steps {steps!r} is invalid: accepted are integers from 1 (FedSGD) to "
@@ -189,8 +185,6 @@ class Scenario:
                                        f"or none (all images every step)")
             if batch == self.batch_size:
                 object.__setattr__(self, "local_batch", None)  # the same client step: one description
-        from .defences import create_defence
-
         for spec in self.defences:
             if create_defence(spec).needs_true_update:
                 raise InvalidSpecError(f"defence {spec!r} clips per-example gradients of one step (DP-SGD) and cannot "

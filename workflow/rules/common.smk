@@ -1,6 +1,9 @@
 # Paths and per-rule parameters shared by the rules (all values come from the validated config).
-from copa.bench.pipeline import (RUN_KEYS, checkpoint_file, client_batches, instance_key, parse_model_entry,
-                                 setting_axis, workflow_scenario_keys)
+from copa.bench.pipeline import (RUN_KEYS, checkpoint_file, client_batches, headline_metric, instance_key,
+                                 parse_model_entry, setting_axis, workflow_scenario_keys)
+
+# The headline metric of the tables, plots and validity study (config headline_metric, default PSNR).
+HEADLINE = headline_metric(config)
 
 # The client settings: tag (path-safe, the wildcard "defence") -> Setting (defence chain and every federated axis
 # of copa.bench.setting.AXES): the product of the config's defences and those axes; a local_batch that does not

@@ -22,6 +22,7 @@ rule leaderboard:
         images_per_cell=instances_per_cell(),
         title=config["title"],
         metric=config["plots"]["security_metric"],
+        headline=HEADLINE,
     log:
         f"{OUT}/logs/leaderboard.log",
     conda:

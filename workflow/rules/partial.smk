@@ -14,6 +14,7 @@ rule partial:
         indices=config["indices"],
         title=config["title"],
         metric=config["plots"]["security_metric"],
+        headline=HEADLINE,
     log:
         f"{OUT}/logs/partial.log",
     conda:

@@ -28,6 +28,7 @@ rule plots:
         attacks=ATTACKS,
         metric=config["plots"]["security_metric"],
         psnr_cap=config["plots"]["psnr_cap"],
+        headline=HEADLINE,
     log:
         f"{OUT}/logs/plots.log",
     conda:

@@ -30,6 +30,7 @@ rule validity:
         attacks=ATTACKS,
         metric=config["plots"]["security_metric"],
         psnr_cap=config["plots"]["psnr_cap"],
+        headline=HEADLINE,
         title=config["title"],
     log:
         f"{OUT}/logs/validity.log",

@@ -24,7 +24,8 @@ with logged(sm.log[0]) as log:
     board = write_tables(sm.input.cells, sm.input.security, outputs=tables,
                          models=sm.params.models, attacks=sm.params.attacks, command=sm.config.get("_command"),
                          images_per_cell=sm.params.images_per_cell, title=sm.params.title, metric=sm.params.metric,
-                         config_hash=run_config_hash(sm.config), extra=extra, defences=sm.params.defences)
+                         config_hash=run_config_hash(sm.config), extra=extra, defences=sm.params.defences,
+                         headline=sm.params.headline)
     effective = {key: value for key, value in sm.config.items() if not key.startswith("_")}
     atomic_write_text(sm.output.run_config, "# the validated config of this run (defaults filled in)\n"
                       + yaml.safe_dump(effective, sort_keys=False, allow_unicode=True))

@@ -14,6 +14,6 @@ with logged(sm.log[0]) as log:
                            models=sm.params.models, attacks=sm.params.attacks, defences=dict(sm.params.defences),
                            indices=[int(i) for i in sm.params.indices], title=sm.params.title,
                            metric=sm.params.metric, command=sm.config.get("_command"),
-                           instances=dict(sm.params.instances))
+                           instances=dict(sm.params.instances), headline=sm.params.headline)
     print(f"{counts['cells_complete']} of {counts['cells']} cells complete, {counts['records']} of "
           f"{counts['records_expected']} records", file=log)

@@ -14,12 +14,13 @@ with logged(sm.log[0]) as log:
 
     records = pd.read_csv(sm.input.records)
     board = pd.read_csv(sm.input.board)
-    cap = float(sm.params.psnr_cap)
+    cap, headline = float(sm.params.psnr_cap), sm.params.headline
     for model, path in zip(sm.params.models, sm.output.grids):
-        plots.reconstruction_grid(records, model, path, attacks=sm.params.attacks)
+        plots.reconstruction_grid(records, model, path, attacks=sm.params.attacks, headline=headline)
     plots.psnr_vs_security(board, sm.output.security, metric=sm.params.metric, psnr_cap=cap)
-    plots.psnr_distribution(records, sm.output.distribution, attacks=sm.params.attacks, psnr_cap=cap)
-    plots.time_vs_psnr(records, sm.output.time, attacks=sm.params.attacks, psnr_cap=cap)
+    plots.psnr_distribution(records, sm.output.distribution, attacks=sm.params.attacks, psnr_cap=cap, headline=headline)
+    plots.time_vs_psnr(records, sm.output.time, attacks=sm.params.attacks, psnr_cap=cap, headline=headline)
     for path in sm.output.privacy:  # declared only when the config has defences
-        plots.privacy_curves(records, path, models=sm.params.models, attacks=sm.params.attacks, psnr_cap=cap)
+        plots.privacy_curves(records, path, models=sm.params.models, attacks=sm.params.attacks, psnr_cap=cap,
+                             headline=headline)
     print("wrote", *sm.output, sep="\n", file=log)

@@ -16,7 +16,8 @@ with logged(sm.log[0]) as log:
             "dataset": f"{config['dataset']} ({config['split']})", "images per cell": str(len(config["indices"]))}
     written = write_study(sm.input.security, sm.input.board, Path(sm.output.report).parent, sm.params.settings,
                           meta=meta, attacks=sm.params.attacks, metric=sm.params.metric,
-                          psnr_cap=float(sm.params.psnr_cap), title=sm.params.title + " — validity of the security metric")
+                          psnr_cap=float(sm.params.psnr_cap), title=sm.params.title + " — validity of the security metric",
+                          headline=sm.params.headline)
     missing = sorted(set(map(str, sm.output)) - set(map(str, written.values())))
     if missing:  # the rule's outputs and the writer's files must agree
         raise RuntimeError(f"write_study did not write {missing}")
