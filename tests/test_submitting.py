@@ -176,10 +176,13 @@ def test_tampered_records_fail_the_entry(documented, tmp_path, capsys):
     finally:
         _forget(entry)
     printed = capsys.readouterr().out
-    assert code == 1 and f"{SMOKE}: failed (2 of grey-guess's records rerun)" in printed
-    assert "tampered (published psnr 38.5, copa's scorer gives" in printed
+    # found on every row before any rerun (copa.bench.consistency): the entry fails with nothing rerun
+    assert code == 1 and f"{SMOKE}: failed (0 of grey-guess's records rerun; records.csv has 2 inconsistent row(s) " \
+                         f"and 0 missing, nothing rerun; first: row " in printed
+    assert "grey-guess/0: tampered (published psnr 38.5, copa's scorer gives" in printed
     verification = json.loads((entry / VERIFICATION_FILE).read_text())
-    assert verification["verdict"] == "failed" and verification["counts"]["tampered"] == 2
+    assert verification["verdict"] == "failed" and verification["consistency"]["tampered"] == 2
+    assert verification["sample"] == 0
 
 
 @pytest.mark.slow

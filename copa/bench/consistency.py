@@ -86,7 +86,7 @@ class Consistency:
         return counts
 
     def summary(self) -> str:
-        """One line: ``48 rows: 48 consistent; 44 ok rows rescored``, with each kind of finding counted."""
+        """One line: ``48 rows: 48 consistent; 44 ok rows rescored (1.9 s)``, with each kind of finding counted."""
         counts = self.counts()
         parts = [f"{counts['consistent']} consistent"]
         parts += [f"{counts[key]} {kind}" for kind, key in COUNT_KEYS.items() if counts[key] and kind != "missing"]
@@ -96,7 +96,7 @@ class Consistency:
         line += f"; {self.rescored} ok rows rescored"
         if self.not_rescored:
             line += f", {self.not_rescored} not (their full records are not at hand)"
-        return line
+        return line + f" ({self.seconds:.1f} s)"
 
 
 def row_members(index: Any) -> tuple[int, ...] | None:

@@ -230,10 +230,7 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     config, rows = _read(results_dir)
     consistency = None
     if positions is None:
-        from .submission import is_submission
-
-        consistency = check_consistency(results_dir, config, rows, submission=is_submission(results_dir),
-                                        device=device, log=log)
+        consistency = _check_rows(results_dir, config, rows, device=device, log=log)
         if stop_when_inconsistent and not consistency.consistent():
             return Verifications([], consistency)
     if positions is None and attacks is not None:
@@ -263,6 +260,21 @@ class Verifications(list):
     def __init__(self, verdicts: list[Verification], consistency: Consistency | None):
         super().__init__(verdicts)
         self.consistency = consistency
+
+
+def check_folder(results_dir: str | Path, *, device: str = "cpu", log: Callable[[str], None] = print) -> Consistency:
+    """The whole-folder check of ``copa verify`` alone (:func:`copa.bench.consistency.check_consistency`), after the
+    same reading of config.yaml and records.csv; no record is rerun."""
+    results_dir = Path(results_dir)
+    config, rows = _read(results_dir)
+    return _check_rows(results_dir, config, rows, device=device, log=log)
+
+
+def _check_rows(results_dir: Path, config: dict[str, Any], rows, *, device: str,
+                log: Callable[[str], None]) -> Consistency:
+    from .submission import is_submission
+
+    return check_consistency(results_dir, config, rows, submission=is_submission(results_dir), device=device, log=log)
 
 
 RETRIED = ("different", "within tolerance")
