@@ -74,6 +74,11 @@ def test_tampered_numbers_changed_defaults_and_scenarios_are_named(published, tm
     table = out.read_text()
     assert table.startswith(f"# Verification of {tampered}\n")  # the results folder, not the table's own
     assert "| none | cnn2_c1 | mean-image | 0 | different | psnr" in table
+    # the whole-folder check: both rows whose hash no longer follows from config.yaml, on the summary's line
+    assert "5 identical, 1 different, 2 cannot verify of 8 sampled records; every row of records.csv: 8 rows: " \
+           "6 consistent, 2 hash mismatch; " in table
+    assert "none/cnn2_c1/mean-image/1: hash mismatch (its hyperparameters column says {'level': 0.4}" in table
+    assert "noise:scale=0.01/cnn2_c1/rgap/1: hash mismatch (its config_hash is not that of" in table
     assert "| none | cnn2_c1 | mean-image | 1 | cannot verify | the attack's hyperparameters are now" in table
     assert "| noise:scale=0.01 | cnn2_c1 | rgap | 1 | cannot verify | the scenario rebuilt" in table
 

@@ -436,18 +436,20 @@ def kernel_set_summary(results: list[Verification]) -> str:
 
 def write_verification(results: list[Verification], path: str | Path, *, command: str,
                        results_dir: str | Path | None = None) -> Path:
-    """A Markdown table of the verdicts, with the command and a count per verdict, after the whole-folder check's
-    summary and findings when ``results`` carries them (:class:`Verifications`); the title names ``results_dir``
-    (default: the folder the table is written to)."""
+    """A Markdown table of the verdicts, with the command and a count per verdict, the whole-folder check's summary
+    and findings when ``results`` carries them (:class:`Verifications`); the title names ``results_dir`` (default:
+    the folder the table is written to)."""
     from ..io import atomic_write_text
 
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
-    lines = [f"# Verification of {results_dir if results_dir is not None else Path(path).parent}", "", f"Command: `{command}`", ""]
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(results)} sampled records"
     consistency = getattr(results, "consistency", None)
-    if consistency is not None:
-        lines += [f"Every row: {consistency.summary()}", ""]
-        lines += [f"- {finding.line()}" for finding in consistency.findings] + ([""] if consistency.findings else [])
-    lines += [", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(results)} sampled records", "",
-              "| defence | model | attack | index | verdict | detail |", "|---|---|---|---|---|---|"]
+    if consistency is not None:  # on the summary's line: the site shows the first lines (copa.bench.site)
+        summary += f"; every row of records.csv: {consistency.summary()}"
+    lines = [f"# Verification of {results_dir if results_dir is not None else Path(path).parent}", "",
+             f"Command: `{command}`", "", summary, ""]
+    if consistency is not None and consistency.findings:
+        lines += [f"- {finding.line()}" for finding in consistency.findings] + [""]
+    lines += ["| defence | model | attack | index | verdict | detail |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.defence} | {r.model} | {r.attack} | {r.index} | {r.verdict} | {r.detail} |" for r in results]
     return atomic_write_text(path, "\n".join(lines) + "\n")
