@@ -224,8 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--data-root", default=None, help="dataset root folder")
     p_train.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
 
-    p_ver = sub.add_parser("verify", help="rerun a random sample of a published leaderboard's records and compare "
-                                          "(identical / within tolerance / different / cannot verify)")
+    p_ver = sub.add_parser("verify", help="check every row of a published leaderboard against its config.yaml and "
+                                          "stored reconstructions, then rerun a random sample of its records and "
+                                          "compare (identical / within tolerance / different / tampered / cannot "
+                                          "verify)")
     p_ver.add_argument("results_dir", metavar="RESULTS_DIR", help="a workflow's results_dir (config.yaml, records.csv)")
     p_ver.add_argument("--sample", type=int, default=10, help="records to rerun (default 10)")
     p_ver.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
@@ -342,7 +344,8 @@ def cmd_verify(args) -> int:
     print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if args.out is not None:
         write_verification(results, args.out, command=args.command_line, results_dir=args.results_dir)
-    return 0 if counts["different"] == counts["tampered"] == 0 else 1
+    consistent = results.consistency is None or results.consistency.consistent()
+    return 0 if counts["different"] == counts["tampered"] == 0 and consistent else 1
 
 
 def cmd_list(args) -> int:

@@ -176,10 +176,13 @@ def test_tampered_records_fail_the_entry(documented, tmp_path, capsys):
     finally:
         _forget(entry)
     printed = capsys.readouterr().out
-    assert code == 1 and f"{SMOKE}: failed (2 of grey-guess's records rerun)" in printed
-    assert "tampered (published psnr 38.5, copa's scorer gives" in printed
+    # found on every row before any rerun (copa.bench.consistency): the entry fails with nothing rerun
+    assert code == 1 and f"{SMOKE}: failed (0 of grey-guess's records rerun; records.csv has 2 inconsistent row(s) " \
+                         f"and 0 missing, nothing rerun; first: row " in printed
+    assert "grey-guess/0: tampered (published psnr 38.5, copa's scorer gives" in printed
     verification = json.loads((entry / VERIFICATION_FILE).read_text())
-    assert verification["verdict"] == "failed" and verification["counts"]["tampered"] == 2
+    assert verification["verdict"] == "failed" and verification["consistency"]["tampered"] == 2
+    assert verification["sample"] == 0
 
 
 @pytest.mark.slow
@@ -338,3 +341,57 @@ def test_the_documented_data_snippet_writes_the_standards_images(tmp_path, monke
     theirs = load_images(f"npz:{cifar_npz}", "train", list(range(8)))
     assert np.array_equal(ours.images.numpy(), theirs.images.numpy())
     assert np.array_equal(np.asarray(ours.labels), np.asarray(theirs.labels))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("copa.sandbox").sandbox.sandbox_tool()[0] is None, reason="no sandbox here")
+def test_rows_the_sample_would_not_rerun_fail_the_entry(tmp_path, monkeypatch, capsys, cifar_npz):
+    """Issue "copa verify checks every row": on a copy of the example entry, a row added, one dropped, one with
+    another row's config_hash and one whose images.npz holds the ground truth — none of them the submitted attack's
+    sampled records — are each reported, the entry fails before any rerun and verification.json counts them."""
+    import numpy as np
+
+    monkeypatch.chdir(ROOT)  # the entry's config names its data as ../shared/data/..., from the checkout
+    entry = tmp_path / "submissions" / "grey-guess"
+    shutil.copytree(EXAMPLE, entry)
+    (entry / VERIFICATION_FILE).unlink()
+    rows = rows_of(entry)
+
+    def position(attack, model, index):
+        return next(k for k, r in enumerate(rows) if (r["attack"], r["model"], r["index"]) == (attack, model, index))
+
+    swapped = position("mean-image", "cnn3_c1", "2")
+    npz = entry / Path(rows[swapped]["record"]).parent / "images.npz"
+    with np.load(npz) as arrays:
+        arrays = dict(arrays)
+    np.savez(npz, **{**arrays, "reconstruction": arrays["target"]})  # the ground truth in place of the floor's image
+    rehashed = position("rgap", "cnn2_c2", "5")
+    rows[rehashed]["config_hash"] = rows[position("rgap", "cnn2_c2", "4")]["config_hash"]
+    dropped = rows.pop(position("grey-guess", "cnn4_c1", "6"))
+    rows.append({**rows[0], "index": "9"})  # an image the standard does not have
+    with (entry / "records.csv").open("w", newline="") as sink:
+        writer = csv.DictWriter(sink, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        code = main(["verify", str(entry), "--sample", "8", "--record-verdict"])
+    finally:
+        _forget(entry)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert code == 1
+    assert any(line.startswith(f"row {swapped + 1} none/cnn3_c1/mean-image/2: tampered (published ") for line in printed)
+    assert f"row {rehashed + 1} none/cnn2_c2/rgap/5: hash mismatch (its config_hash is not that of config.yaml's " \
+           f"scenario, attack, hyperparameters and seed for this row)" in printed
+    assert f"row {len(rows)} none/cnn2_c1/mean-image/9: extra (instance 9 is not in config.yaml's design)" in printed
+    assert f"none/{dropped['model']}/grey-guess/6: missing (config.yaml's design has it, records.csv has no row)" in printed
+    assert printed[-1].startswith("grey-guess: failed (0 of grey-guess's records rerun; records.csv has 3 "
+                                  "inconsistent row(s) and 1 missing, nothing rerun; first: row ")
+    verification = json.loads((entry / VERIFICATION_FILE).read_text())
+    assert CONTRACT_VERIFICATION <= set(verification) and verification["verdict"] == "failed"
+    assert verification["sample"] == 0 and sum(verification["counts"].values()) == 0
+    consistency = verification["consistency"]
+    assert {key: consistency[key] for key in ("rows", "consistent", "hash_mismatch", "extra", "duplicate", "missing",
+                                              "tampered", "stale")} == {
+        "rows": 144, "consistent": 141, "hash_mismatch": 1, "extra": 1, "duplicate": 0, "missing": 1, "tampered": 1,
+        "stale": 0}
+    assert consistency["rescored"] == 134  # 136 ok rows less the dropped and the rehashed; the added one is no design row

@@ -5,6 +5,8 @@ no longer matches are each reported as such. And the partial leaderboard of a ru
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -73,6 +75,11 @@ def test_tampered_numbers_changed_defaults_and_scenarios_are_named(published, tm
     table = out.read_text()
     assert table.startswith(f"# Verification of {tampered}\n")  # the results folder, not the table's own
     assert "| none | cnn2_c1 | mean-image | 0 | different | psnr" in table
+    # the whole-folder check: both rows whose hash no longer follows from config.yaml, on the summary's line
+    assert "5 identical, 1 different, 2 cannot verify of 8 sampled records; every row of records.csv: 8 rows: " \
+           "6 consistent, 2 hash mismatch; " in table
+    assert "none/cnn2_c1/mean-image/1: hash mismatch (its hyperparameters column says {'level': 0.4}" in table
+    assert "noise:scale=0.01/cnn2_c1/rgap/1: hash mismatch (its config_hash is not that of" in table
     assert "| none | cnn2_c1 | mean-image | 1 | cannot verify | the attack's hyperparameters are now" in table
     assert "| noise:scale=0.01 | cnn2_c1 | rgap | 1 | cannot verify | the scenario rebuilt" in table
 
@@ -241,3 +248,98 @@ def test_exact_recoveries_that_differ_in_rounding_are_within_tolerance(published
     results = verify_results(rounded, sample=8, log=lambda _: None)
     verdict = next(r for r in results if r.attack == "rgap" and r.defence == "none" and r.index == 0)
     assert verdict.verdict == "within tolerance" and "both exact recoveries" in verdict.detail
+
+
+def _copy_folder(published, tmp_path, name):
+    """A copy of the published folder's config.yaml with its records.csv as a DataFrame, to change and write."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.yaml").write_text((published / "config.yaml").read_text())
+    return folder, pd.read_csv(published / "records.csv")
+
+
+def test_every_row_of_a_published_leaderboard_is_consistent(published):
+    """Issue "copa verify checks every row": before the sample is rerun, each of the 8 rows' config_hash is rebuilt
+    from config.yaml, the rows are config.yaml's design and every ok row's stored reconstruction is rescored."""
+    rows = pd.read_csv(published / "records.csv")
+    ok = int((rows["status"] == "ok").sum())
+    lines = []
+    results = verify_results(published, sample=1, log=lines.append)
+    counts = results.consistency.counts()
+    assert {k: v for k, v in counts.items() if k != "seconds"} == {
+        "rows": 8, "consistent": 8, "hash_mismatch": 0, "extra": 0, "duplicate": 0, "missing": 0,
+        "record_mismatch": 0, "tampered": 0, "stale": 0, "rescored": ok, "not_rescored": 0}
+    assert re.fullmatch(rf"8 rows: 8 consistent; {ok} ok rows rescored \(\d+\.\d s\)", lines[0]) and len(results) == 1
+
+
+def test_added_dropped_rehashed_and_swapped_rows_are_each_reported(published, tmp_path, capsys):
+    """What a folder's author could do to the rows that are not sampled — add a row, repeat one, drop one, give one
+    another row's config_hash, put the ground-truth images into a record's images.npz — is each found on every
+    row, and `copa verify` exits 1 though the one sampled record reruns identical."""
+    import numpy as np
+
+    from copa.bench.consistency import record_folder
+
+    folder, rows = _copy_folder(published, tmp_path, "edited")
+
+    def where(attack, defence, index):
+        return rows.index[(rows["attack"] == attack) & (rows["defence"] == defence) & (rows["index"] == index)][0]
+
+    swapped = where("mean-image", "none", 1)
+    record = record_folder(published, rows.loc[swapped, "record"])
+    copy = tmp_path / "record-copy"
+    shutil.copytree(record, copy)
+    with np.load(copy / "images.npz") as arrays:
+        arrays = dict(arrays)
+    arrays["reconstruction"] = arrays["target"]  # the ground truth where the attack's reconstruction was
+    np.savez(copy / "images.npz", **arrays)
+    rows.loc[swapped, "record"] = str(copy / "record.json")
+    rehashed = where("rgap", "noise:scale=0.01", 0)
+    rows.loc[rehashed, "config_hash"] = rows.loc[where("rgap", "none", 0), "config_hash"]
+    added = rows.loc[[where("mean-image", "none", 0)]].assign(index=5)  # an image config.yaml does not have
+    repeated = rows.loc[[where("rgap", "none", 0)]]
+    dropped = where("rgap", "none", 1)
+    edited = pd.concat([rows.drop(index=dropped), added, repeated], ignore_index=True)
+    edited.to_csv(folder / "records.csv", index=False)
+    number = {name: int(k) + 1 for name, k in (("swapped", swapped), ("rehashed", rehashed))}
+    number = {name: n - (n > dropped + 1) for name, n in number.items()}  # the rows after the dropped one move up
+    seed = next(s for s in range(100)  # copa verify's draw: a seed whose sampled record is none of the edited ones
+                if int(np.random.default_rng(s).choice(len(edited), size=1, replace=False)[0]) + 1
+                not in (*number.values(), 8, 9))
+
+    code = main(["verify", str(folder), "--sample", "1", "--seed", str(seed)])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert code == 1 and printed[-1] == "1 records: 1 identical"
+    assert f"row {number['swapped']} none/cnn2_c1/mean-image/1: tampered (published mse " in "\n".join(printed)
+    assert f"row {number['rehashed']} noise:scale=0.01/cnn2_c1/rgap/0: hash mismatch (its config_hash is not that of " \
+           f"config.yaml's scenario" in "\n".join(printed)
+    assert "row 8 none/cnn2_c1/mean-image/5: extra (instance 5 is not in config.yaml's design)" in printed
+    assert "row 9 none/cnn2_c1/rgap/0: duplicate (repeats row 3)" in printed
+    assert "none/cnn2_c1/rgap/1: missing (config.yaml's design has it, records.csv has no row)" in printed
+    summary = next(line for line in printed if line.startswith("9 rows: "))
+    assert summary.startswith("9 rows: 5 consistent, 1 hash mismatch, 1 extra, 1 duplicate, 1 tampered; 1 of "
+                              "config.yaml's design without a row;"), summary
+
+
+def test_a_consistent_fake_is_caught_only_when_sampled(published, tmp_path):
+    """The limit of the whole-folder check, as docs/trust.md states it: ground-truth images in images.npz with the
+    metrics they earn in records.csv agree with copa's scorer; only the record's rerun (when sampled) finds them."""
+    import numpy as np
+
+    from copa.bench.consistency import check_consistency, record_folder
+    from copa.bench.verify import _read
+
+    folder, rows = _copy_folder(published, tmp_path, "faked")
+    faked = rows.index[(rows["attack"] == "mean-image") & (rows["defence"] == "none") & (rows["index"] == 0)][0]
+    copy = tmp_path / "record-copy"
+    shutil.copytree(record_folder(published, rows.loc[faked, "record"]), copy)
+    with np.load(copy / "images.npz") as arrays:
+        arrays = dict(arrays)
+    arrays["reconstruction"] = arrays["target"]
+    np.savez(copy / "images.npz", **arrays)
+    rows.loc[faked, ["record", "psnr", "ssim", "mse"]] = [str(copy / "record.json"), float("inf"), 1.0, 0.0]
+    rows.to_csv(folder / "records.csv", index=False)
+    config, read = _read(folder)
+    assert check_consistency(folder, config, read, log=lambda _: None).consistent()
+    rerun = verify_results(folder, sample=1, positions=[int(faked)], log=lambda _: None)
+    assert rerun[0].verdict == "different"

@@ -198,4 +198,7 @@ def test_copa_verify_reruns_client_batches_fedavg_and_trained_models_identically
     (results / "config.yaml").write_text(yaml.safe_dump(config))
     verdicts = verify_results(results, sample=len(records), seed=0, log=lambda _: None)
     assert {v.verdict for v in verdicts} == {"identical"}, [(v.defence, v.attack, v.detail) for v in verdicts]
+    consistency = verdicts.consistency.counts()  # every row in the design, its hash rebuilt, every ok row rescored
+    assert consistency["consistent"] == consistency["rows"] == len(records)
+    assert consistency["rescored"] == (records["status"] == "ok").sum()
     assert {v.index for v in verdicts} == {0, "0,1"}

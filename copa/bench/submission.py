@@ -16,10 +16,14 @@ records.csv's ``record`` and ``images`` columns are relative to the folder, so t
 other people live in ``submissions/``, apart from the project's own results in ``results/``.
 
 ``copa verify`` on a submission folder (:func:`verify_submission`) checks the plug-in copy's SHA-256 against
-submission.json's (a mismatch: verdict ``failed``), reruns a seeded sample of the submitted attack's records in
-the sandbox with that copy (:func:`copa.bench.verify.verify_results`, which never imports it) and gives the entry
-its verdict: ``verified`` when every sampled record is identical or within tolerance, ``failed`` when one is
-different or tampered, ``unverified`` otherwise (a record that cannot be verified, e.g. other package versions).
+submission.json's (a mismatch: verdict ``failed``), checks every row of records.csv — every attack's, not only the
+submitted one's — against config.yaml and rescores every ok row's stored reconstruction
+(:mod:`copa.bench.consistency`; an inconsistent row: verdict ``failed``, nothing rerun), reruns a seeded sample of
+the submitted attack's records in the sandbox with that copy (:func:`copa.bench.verify.verify_results`, which never
+imports it) and gives the entry its verdict: ``verified`` when every row is consistent and every sampled record is
+identical or within tolerance, ``failed`` when a row is inconsistent or a sampled record different or tampered,
+``unverified`` otherwise (a record that cannot be verified, e.g. other package versions, or a stale row: made with
+hyperparameters an attack no longer has).
 """
 
 from __future__ import annotations
@@ -415,11 +419,13 @@ def verify_submission(folder: str | os.PathLike, *, sample: int, seed: int, rtol
                       command: str, record: bool = False,
                       log: Callable[[str], None] = print) -> tuple[dict[str, Any], list]:
     """``copa verify`` on a submission: the plug-in copy's SHA-256 against submission.json's (different: verdict
-    ``failed``, nothing rerun), then ``sample`` of the submitted attack's records drawn with ``seed`` and rerun in
-    the sandbox (:func:`copa.bench.verify.verify_results`), and the entry's verdict. ``record``: write it to the
+    ``failed``, nothing rerun), then every row's consistency (an inconsistent one: ``failed``, nothing rerun;
+    verification.json's ``consistency`` has the counts), then ``sample`` of the submitted attack's records drawn
+    with ``seed`` and rerun in the sandbox (:func:`copa.bench.verify.verify_results`), and the entry's verdict. ``record``: write it to the
     folder's verification.json (atomically). Returns ``(verification, per-record results)``."""
     from ..io import atomic_write_json
     from ..provenance import git_commit, package_versions
+    from .consistency import PROBLEMS
     from .verify import kernel_set_summary, verify_results
 
     folder = Path(folder)
@@ -439,18 +445,25 @@ def verify_submission(folder: str | os.PathLike, *, sample: int, seed: int, rtol
         log(f"failed: {reason}")
     else:
         results = verify_results(folder, sample=sample, seed=seed, rtol=rtol, device=device, threads=threads,
-                                 attacks=[submission["attack"]], log=log)
+                                 attacks=[submission["attack"]], log=log, stop_when_inconsistent=True)
         for result in results:
             verification["counts"][COUNT_KEYS[result.verdict]] += 1
-        counts = verification["counts"]
+        counts, consistency = verification["counts"], results.consistency
         verification["sample"] = len(results)
-        if counts["different"] or counts["tampered"]:
+        if not consistency.consistent():
             verdict = "failed"
-        elif counts["identical"] + counts["within"] == len(results) > 0:
+            problems = [f for f in consistency.findings if f.kind in PROBLEMS]
+            inconsistent = len({f.row for f in problems if f.row is not None})
+            verification["reason"] = (f"records.csv has {inconsistent} inconsistent row(s) and "
+                                      f"{consistency.counts()['missing']} missing, nothing rerun; first: "
+                                      f"{problems[0].line()}")
+        elif counts["different"] or counts["tampered"]:
+            verdict = "failed"
+        elif counts["identical"] + counts["within"] == len(results) > 0 and not consistency.counts()["stale"]:
             verdict = "verified"
         else:
             verdict = "unverified"
-        verification.update(verdict=verdict, kernel_set=kernel_set_summary(results),
+        verification.update(verdict=verdict, consistency=consistency.counts(), kernel_set=kernel_set_summary(results),
                             records=[result.row() for result in results])
     config_path = folder / "config.yaml"
     if config_path.is_file() and (package_root() / "config" / "submission.yaml").is_file():

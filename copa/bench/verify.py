@@ -1,5 +1,9 @@
 """Verify a published leaderboard by rerunning a random sample of its records (``copa verify RESULTS_DIR``).
 
+First, every row of records.csv is checked without running any attack (:mod:`copa.bench.consistency`): its
+``config_hash`` against config.yaml, the rows against config.yaml's design, and each ok row's stored reconstruction
+rescored where the full records are at hand. Then a sample is rerun:
+
 What a leaderboard folder holds is enough to rerun any of its records: ``config.yaml`` (the validated config
 of the run) gives the scenario of every (defence, model, index) and the attack's settings, ``records.csv``
 one row per run with its metrics, hyperparameters, ``config_hash`` (SHA-256 of scenario, attack,
@@ -12,8 +16,8 @@ threads — and compared:
 * ``within tolerance``: metrics equal within ``rtol`` (GPU kernels and other library builds round differently);
 * ``different``: anything else — the published number cannot be reproduced from what is published;
 * ``tampered``: the record's stored reconstruction (``images.npz``), rescored by copa's own scorer against the
-  ground truth rebuilt from the config, does not give the metrics it publishes — checked before the rerun,
-  wherever the full records are present (:func:`rescoring_disagrees`);
+  ground truth rebuilt from the config, does not give the metrics it publishes — checked for every ok row before
+  any rerun, wherever the full records are present (:func:`~copa.bench.consistency.rescoring_disagrees`);
 * ``cannot verify``: the rerun would not be the same run — the scenario rebuilt from the config does not
   give the record's ``config_hash``, or the attack's hyperparameters now differ (e.g. a changed default).
 
@@ -31,31 +35,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
-import torch
-import yaml
 
-from ..attacks import ATTACKS
 from ..errors import CopaError, InvalidSpecError, unknown_name
-from ..hyperparameters import check_threads
-from ..io import atomic_write_text
-from ..metrics import score_images
-from ..provenance import capabilities_here, cpu_capability, cpu_model, package_versions
-from ..threat import resolve_device
-from .pipeline import (attack_identity, build_attack, cell_batch_size, check_attacks, chunks, client_batches,
-                       configured_metrics, scenario_for)
-from .record import config_hash, jsonable, read_record, versions_text
-from .run import run_attacks, set_threads
-from .setting import setting_axis
+from .consistency import (EXACT_PSNR, Consistency, check_consistency, record_folder, rescoring_disagrees, row_members,
+                          settings_by_label)
 
 VERDICTS = ("identical", "within tolerance", "different", "tampered", "cannot verify")
 DEFAULT_RTOL = 1e-6
@@ -88,6 +76,11 @@ def _read(results_dir: Path):
     mapping whose attacks are registered (:func:`copa.bench.pipeline.check_attacks`), a CSV with the
     :data:`REQUIRED_COLUMNS`, every ``index`` an image index or a batch's indices and every ``hyperparameters``
     JSON. Each problem is one line naming the file."""
+    import pandas as pd
+    import yaml
+
+    from .pipeline import check_attacks
+
     config_path, records_path = results_dir / "config.yaml", results_dir / "records.csv"
     for path in (config_path, records_path):
         if not path.is_file():
@@ -122,7 +115,7 @@ def _read(results_dir: Path):
     if rows.empty:
         raise CopaError(f"{records_path} has no records to verify")
     for number, (index, hp) in enumerate(zip(rows["index"], rows["hyperparameters"]), 1):
-        if _members(index) is None:
+        if row_members(index) is None:
             raise InvalidSpecError(f"{records_path} row {number} (line {number + 1}): index {_cell(index)} is "
                                    f"invalid: accepted are an image index (an integer ≥ 0) or a client batch's "
                                    f"indices joined by commas, e.g. 0,1,2,3")
@@ -133,6 +126,8 @@ def _read(results_dir: Path):
                 raise InvalidSpecError(f"{records_path} row {number} (line {number + 1}): hyperparameters "
                                        f"{hp!r:.200} are not JSON: accepted is the attack's hyperparameters as a "
                                        f"JSON object, or empty") from None
+    from ..attacks import ATTACKS
+
     for attack in dict.fromkeys(str(a) for a in rows["attack"]):
         if attack not in ATTACKS:  # the config's plug-ins are loaded (check_attacks)
             raise type(err := unknown_name("attack", attack, ATTACKS.names()))(f"{records_path}: {err}")
@@ -146,30 +141,15 @@ def _yaml_problem(exc: Exception) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
 
-def _members(index: Any) -> tuple[int, ...] | None:
-    """A records.csv ``index`` cell as the image indices it names (one, or a client batch's joined by commas),
-    or None when it is not that."""
-    if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
-        return (int(index),) if index >= 0 else None
-    parts = str(index).split(",")
-    if not all(part.strip().isascii() and part.strip().isdigit() for part in parts):
-        return None
-    return tuple(int(part) for part in parts)
-
-
 def _cell(value: Any) -> str:
     return repr(value) if isinstance(value, str) else repr(str(value))
-
-
-def _settings(config: dict[str, Any]):
-    """records.csv's ``defence`` (the client setting's label, :func:`copa.bench.record.setting_label`) → the
-    workflow's :class:`~copa.bench.setting.Setting`."""
-    return {setting.label: setting for setting in setting_axis(config).values()}
 
 
 def _chunk(config: dict[str, Any], attack_obj, setting, index: int, stored: dict[str, Any] | None) -> list[int]:
     """The images the record's run solved together: the stored record's batch members when present, else the
     cell's images in the chunks :func:`copa.bench.pipeline.run_cell` makes on a run from scratch."""
+    from .pipeline import cell_batch_size, chunks, client_batches
+
     members = ((stored or {}).get("batch") or {}).get("members")
     if members and all(isinstance(m, list) and len(m) == 1 for m in members):
         return [int(m[0]) for m in members]
@@ -178,45 +158,6 @@ def _chunk(config: dict[str, Any], attack_obj, setting, index: int, stored: dict
         if index in chunk:
             return chunk
     return [index]
-
-
-RESCORE_RTOL = 1e-3
-"""Relative difference between a published metric and copa's rescoring of the stored reconstruction above which
-a record is ``tampered``: the npz keeps the reconstruction in float32, which moves PSNR by ~1e-6 relative; a
-faked score moves it by orders of magnitude more."""
-EXACT_PSNR = 100.0
-"""PSNR (dB) above which float32 storage cannot tell recoveries apart (its rounding alone gives ≈ 130–150 dB):
-two PSNRs both above it agree."""
-
-
-def rescoring_disagrees(row, scenario, folder: Path, metrics: tuple[str, ...], device: str) -> str | None:
-    """Why the record in ``folder`` is tampered — its stored reconstruction, scored with copa's own scorer against
-    the ground truth ``scenario`` rebuilds, does not give the row's published metrics — or None. LPIPS (weights
-    may be absent) and metrics the row does not publish are not compared."""
-    path = folder / "images.npz"
-    if not path.is_file():
-        return "the record is ok but its images.npz is missing: its metrics cannot be rescored"
-    try:
-        with np.load(path) as arrays:
-            reconstruction = torch.from_numpy(np.asarray(arrays["reconstruction"], dtype=np.float64))
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the record's fault
-        return f"its images.npz cannot be read ({type(exc).__name__})"
-    _, truth = scenario.build(resolve_device(device))
-    target = truth.images01.detach().to(torch.float64).cpu()
-    if tuple(reconstruction.shape) != tuple(target.shape):
-        return f"its images.npz holds images of shape {tuple(reconstruction.shape)}, the scenario's are {tuple(target.shape)}"
-    names = [m for m in metrics if m != "lpips" and m in row.index]
-    rescored = score_images(reconstruction, target, metrics=names)["mean"]
-    for name in names:
-        published, now = row[name], rescored.get(name)
-        if published is None or now is None or (isinstance(published, float) and math.isnan(published)):
-            continue
-        published, now = float(published), float(now)
-        if name == "psnr" and published >= EXACT_PSNR and now >= EXACT_PSNR:
-            continue
-        if not abs(published - now) <= RESCORE_RTOL * abs(now) + 1e-12:
-            return f"published {name} {published:.6g}, copa's scorer gives {now:.6g} on the stored reconstruction"
-    return None
 
 
 def _compare(row, record: dict[str, Any], metrics: tuple[str, ...], rtol: float) -> tuple[str, str]:
@@ -267,20 +208,31 @@ def _exact_recovery(psnr) -> bool:
 
 def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, rtol: float = DEFAULT_RTOL,
                    device: str = "cpu", threads: int = 1, log: Callable[[str], None] = print,
-                   positions: list[int] | None = None, attacks: list[str] | None = None) -> list[Verification]:
-    """Rerun ``sample`` records of the leaderboard in ``results_dir`` drawn with ``seed`` (without replacement,
-    every status) and compare them with what is published (module docstring). Records that ran together are
+                   positions: list[int] | None = None, attacks: list[str] | None = None,
+                   stop_when_inconsistent: bool = False) -> Verifications:
+    """Check every row of the leaderboard in ``results_dir`` (:func:`copa.bench.consistency.check_consistency`;
+    the result is the returned list's ``consistency``), then rerun ``sample`` records drawn with ``seed`` (without
+    replacement, every status) and compare them with what is published (module docstring). Records that ran together are
     rerun together once. On the CPU, a record that this process's kernel set does not reproduce is rerun in a
     fresh process under the record's own kernel set (``ATEN_CPU_CAPABILITY``; records without one: every other set
     this CPU runs) and its verdict says which reproduced it (:func:`_retry_under_other_kernel_sets`).
     ``positions``: rerun exactly these rows of records.csv instead of a sample, in this process only (the child
-    processes of that retry). ``attacks``: draw the sample from these attacks' records only (a submission's)."""
+    processes of that retry; no whole-folder check). ``attacks``: draw the sample from these attacks' records only (a
+    submission's). ``stop_when_inconsistent``: rerun nothing when the whole-folder check finds a problem."""
+    from ..hyperparameters import check_threads
+    from ..provenance import resolve_device
+
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise InvalidSpecError(f"--sample {sample!r} is invalid: expected a positive integer")
     check_threads(threads, "--threads")
     resolve_device(device)  # an unknown or unavailable device: one line before any rerun
     results_dir = Path(results_dir)
     config, rows = _read(results_dir)
+    consistency = None
+    if positions is None:
+        consistency = _check_rows(results_dir, config, rows, device=device, log=log)
+        if stop_when_inconsistent and not consistency.consistent():
+            return Verifications([], consistency)
     if positions is None and attacks is not None:
         population = [k for k, name in enumerate(rows["attack"]) if str(name) in attacks]
         if not population:
@@ -292,10 +244,37 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
                                                                           replace=False))]
     else:
         picked = [int(p) for p in positions]
-    out = _verify_positions(results_dir, config, rows, picked, rtol=rtol, device=device, threads=threads, log=log)
+    tampered = None if consistency is None else \
+        {f.row - 1: f.detail for f in consistency.findings if f.kind == "tampered" and f.row is not None}
+    out = _verify_positions(results_dir, config, rows, picked, rtol=rtol, device=device, threads=threads, log=log,
+                            tampered=tampered)
     if positions is None and resolve_device(device).type == "cpu":
         _retry_under_other_kernel_sets(results_dir, rows, picked, out, rtol=rtol, threads=threads, log=log)
-    return out
+    return Verifications(out, consistency)
+
+
+class Verifications(list):
+    """:func:`verify_results`'s verdicts of the sampled records, in order, and ``consistency``: the whole-folder
+    check that ran first (:class:`~copa.bench.consistency.Consistency`; None for the ``--rows`` child process)."""
+
+    def __init__(self, verdicts: list[Verification], consistency: Consistency | None):
+        super().__init__(verdicts)
+        self.consistency = consistency
+
+
+def check_folder(results_dir: str | Path, *, device: str = "cpu", log: Callable[[str], None] = print) -> Consistency:
+    """The whole-folder check of ``copa verify`` alone (:func:`copa.bench.consistency.check_consistency`), after the
+    same reading of config.yaml and records.csv; no record is rerun."""
+    results_dir = Path(results_dir)
+    config, rows = _read(results_dir)
+    return _check_rows(results_dir, config, rows, device=device, log=log)
+
+
+def _check_rows(results_dir: Path, config: dict[str, Any], rows, *, device: str,
+                log: Callable[[str], None]) -> Consistency:
+    from .submission import is_submission
+
+    return check_consistency(results_dir, config, rows, submission=is_submission(results_dir), device=device, log=log)
 
 
 RETRIED = ("different", "within tolerance")
@@ -308,6 +287,8 @@ def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], o
     record's own (records.csv ``cpu_capability``) when this CPU runs it, else (older records, which do not say)
     each narrower one in turn — in a child ``copa verify --rows`` with ``ATEN_CPU_CAPABILITY`` set (torch reads it
     once, at import). A verdict that becomes ``identical`` says under which kernel set."""
+    from ..provenance import capabilities_here
+
     here = capabilities_here()
     pending = {position: k for k, position in enumerate(picked) if out[k].verdict in RETRIED}
     for capability in here[1:]:
@@ -338,6 +319,11 @@ def _verify_in_child(results_dir: Path, positions: list[int], capability: str, *
                      threads: int) -> list[tuple[int, str, str]]:
     """``copa verify RESULTS_DIR --rows ...`` in a fresh interpreter under ``ATEN_CPU_CAPABILITY=capability``;
     its verdicts as ``(position, verdict, detail)``. A child that fails gives no verdicts (the first ones stand)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="copa-verify-") as folder:
         report = Path(folder) / "verdicts.json"
         command = [sys.executable, "-m", "copa", "verify", str(results_dir), "--rows", ",".join(map(str, positions)),
@@ -354,10 +340,18 @@ def _verify_in_child(results_dir: Path, positions: list[int], capability: str, *
 
 
 def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: list[int], *, rtol: float,
-                      device: str, threads: int, log: Callable[[str], None]) -> list[Verification]:
-    """Rerun the rows ``picked`` of records.csv in this process; one :class:`Verification` each, in order."""
+                      device: str, threads: int, log: Callable[[str], None],
+                      tampered: dict[int, str] | None = None) -> list[Verification]:
+    """Rerun the rows ``picked`` of records.csv in this process; one :class:`Verification` each, in order.
+    ``tampered``: the rows the whole-folder check rescored, position → why those that were tampered (the others are
+    not rescored again); None: rescore the picked rows here."""
+    from ..provenance import package_versions
+    from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
+    from .record import config_hash, jsonable, read_record, versions_text
+    from .run import run_attacks, set_threads
+
     set_threads(threads, "--threads")
-    settings = _settings(config)
+    settings = settings_by_label(config)
     metrics = configured_metrics(config)
     versions = versions_text(package_versions())
     reruns: dict[tuple, dict[int, dict[str, Any]]] = {}
@@ -365,7 +359,7 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
     for position in picked:
         row = rows.iloc[int(position)]
         model, attack = str(row["model"]), str(row["attack"])
-        members = _members(row["index"])
+        members = row_members(row["index"])
         index = members[0] if len(members) == 1 else ",".join(map(str, members))
         defence = str(row.get("defence", "none") or "none")
 
@@ -395,7 +389,10 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
             continue
         folder = record_folder(results_dir, row.get("record"))
         stored = read_record(folder) if folder is not None else None
-        if stored is not None and str(row["status"]) == "ok":
+        if tampered is not None and int(position) in tampered:
+            verdict("tampered", tampered[int(position)])
+            continue
+        if tampered is None and stored is not None and str(row["status"]) == "ok":
             why = rescoring_disagrees(row, scenario, folder, metrics, device)
             if why is not None:
                 verdict("tampered", why)
@@ -421,21 +418,11 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
     return out
 
 
-def record_folder(results_dir: Path, record: Any) -> Path | None:
-    """The folder of a records.csv row's full record (its ``record`` column): a relative path inside
-    ``results_dir`` when it is there (a submission's, :mod:`copa.bench.submission`), else as written (relative to
-    the current folder: the workflow's ``out``); None without one."""
-    if not isinstance(record, str) or not record:
-        return None
-    path = Path(record)
-    if not path.is_absolute() and (results_dir / path).is_file():
-        return (results_dir / path).parent
-    return path.parent
-
-
 def kernel_set_summary(results: list[Verification]) -> str:
     """One line: the kernel set this process ran (torch's CPU capability, the CPU model) and how many records were
     reproduced only under another (``ATEN_CPU_CAPABILITY``)."""
+    from ..provenance import cpu_capability, cpu_model
+
     other: dict[str, int] = {}
     for result in results:
         if ", under ATEN_CPU_CAPABILITY=" in result.detail:
@@ -449,11 +436,20 @@ def kernel_set_summary(results: list[Verification]) -> str:
 
 def write_verification(results: list[Verification], path: str | Path, *, command: str,
                        results_dir: str | Path | None = None) -> Path:
-    """A Markdown table of the verdicts, with the command and a count per verdict; the title names
-    ``results_dir`` (default: the folder the table is written to)."""
+    """A Markdown table of the verdicts, with the command and a count per verdict, the whole-folder check's summary
+    and findings when ``results`` carries them (:class:`Verifications`); the title names ``results_dir`` (default:
+    the folder the table is written to)."""
+    from ..io import atomic_write_text
+
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
-    lines = [f"# Verification of {results_dir if results_dir is not None else Path(path).parent}", "", f"Command: `{command}`", "",
-             ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(results)} sampled records", "",
-             "| defence | model | attack | index | verdict | detail |", "|---|---|---|---|---|---|"]
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(results)} sampled records"
+    consistency = getattr(results, "consistency", None)
+    if consistency is not None:  # on the summary's line: the site shows the first lines (copa.bench.site)
+        summary += f"; every row of records.csv: {consistency.summary()}"
+    lines = [f"# Verification of {results_dir if results_dir is not None else Path(path).parent}", "",
+             f"Command: `{command}`", "", summary, ""]
+    if consistency is not None and consistency.findings:
+        lines += [f"- {finding.line()}" for finding in consistency.findings] + [""]
+    lines += ["| defence | model | attack | index | verdict | detail |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.defence} | {r.model} | {r.attack} | {r.index} | {r.verdict} | {r.detail} |" for r in results]
     return atomic_write_text(path, "\n".join(lines) + "\n")
