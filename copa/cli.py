@@ -536,8 +536,6 @@ def cmd_train(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import shlex
-
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = "copa " + shlex.join(sys.argv[1:] if argv is None else list(argv))

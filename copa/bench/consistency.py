@@ -33,6 +33,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from .setting import setting_axis
+import torch
+from ..metrics import score_images
+from .pipeline import build_attack, client_batches, configured_metrics, scenario_for
+from .record import config_hash, jsonable, read_record
 
 PROBLEMS = ("hash mismatch", "extra", "duplicate", "missing", "record mismatch", "tampered")
 """Findings that make a folder inconsistent (a submission with one fails)."""
@@ -113,7 +118,6 @@ def row_members(index: Any) -> tuple[int, ...] | None:
 def settings_by_label(config: dict[str, Any]):
     """records.csv's ``defence`` (the client setting's label, :func:`copa.bench.record.setting_label`) → the
     workflow's :class:`~copa.bench.setting.Setting`."""
-    from .setting import setting_axis
 
     return {setting.label: setting for setting in setting_axis(config).values()}
 
@@ -145,9 +149,7 @@ def rescoring_disagrees(row, scenario, folder: Path, metrics: tuple[str, ...], d
     the client's images ``scenario`` loads (:meth:`~copa.threat.Scenario.load_batch`, the ground truth
     :meth:`~copa.threat.Scenario.build` gives the scorer), does not give the row's published metrics — or None.
     LPIPS (weights may be absent) and metrics the row does not publish are not compared."""
-    import torch
 
-    from ..metrics import score_images
 
     path = folder / "images.npz"
     if not path.is_file():
@@ -179,8 +181,6 @@ def check_consistency(results_dir: Path, config: dict[str, Any], rows, *, submis
     """Every row of ``rows`` (records.csv, read by :func:`copa.bench.verify._read`) against ``config``
     (config.yaml, its plug-ins loaded) and its stored reconstruction (module docstring); each finding logged as one
     line, then the summary. ``submission``: the full records must be inside ``results_dir``."""
-    from .pipeline import build_attack, client_batches, configured_metrics, scenario_for
-    from .record import config_hash, jsonable, read_record
 
     start = time.perf_counter()
     settings = settings_by_label(config)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..threat.defences import NoDefence
+from tabulate import tabulate
 
 PROTECTION_THRESHOLD_DB = 20.0
 """Mean PSNR (dB) below which a setting counts as protecting (issue 34's yardstick; the mean-image floor is
@@ -119,7 +120,6 @@ def sweep_table(records: pd.DataFrame, model: str, attacks: list[str] | None = N
     mean local loss per step over its clients, the clients whose loss reached zero (then the update equals fewer
     steps: marked ``n/N from step k``), and each attack's mean PSNR over its ok runs, **bold** below
     ``threshold`` dB."""
-    from tabulate import tabulate
 
     cells = setting_cells(records)
     cells = cells[cells["model"] == model]

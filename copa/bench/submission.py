@@ -43,6 +43,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CopaError, InvalidSpecError
+import copa
+import yaml
+from ..io import check_writable
+from ..hyperparameters import check_threads
+from ..attacks import ATTACKS, SandboxedAttack, load_plugins
+from ..io import atomic_write_json
+from ..io import atomic_write
+import platform
+from ..provenance import compute_environment, git_commit, package_versions
+from ..sandbox import sandbox_tool
+from .consistency import PROBLEMS
+from .verify import kernel_set_summary, verify_results
 
 SUBMISSION_FILE = "submission.json"
 VERIFICATION_FILE = "verification.json"
@@ -76,7 +88,6 @@ def checkout_root() -> Path:
 
 def package_root() -> Path:
     """The folder around the ``copa`` package (a checkout's root, or site-packages for an installed copa)."""
-    import copa
 
     return Path(copa.__file__).resolve().parent.parent
 
@@ -92,8 +103,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 def validated_config(config: dict[str, Any]) -> dict[str, Any]:
     """A workflow config checked against the workflow's JSON schema with its defaults filled in, as the Snakefile
     does (``snakemake.utils.validate``); one line naming the bad key."""
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
+    from snakemake.exceptions import WorkflowError  # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
+    from snakemake.utils import validate  # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
 
     config = json.loads(json.dumps(config))
     try:
@@ -107,7 +118,6 @@ def validated_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def read_config_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """A YAML workflow config file as a mapping; one line naming ``what`` when it is missing or not one."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -157,7 +167,6 @@ def check_submit_inputs(*, plugin: str, attack: str, name: str, contact: str, ou
                         config_file: str | None, cores: int | None) -> tuple[Path, Path, Path, dict[str, Any]]:
     """Every input of ``copa submit`` that can be checked without running anything: one line naming the bad one.
     Returns ``(plug-in file, entry folder, config file, config)``."""
-    from ..io import check_writable
 
     plugin_path = Path(plugin)
     if not plugin.endswith(".py") or not plugin_path.is_file():
@@ -171,7 +180,6 @@ def check_submit_inputs(*, plugin: str, attack: str, name: str, contact: str, ou
         raise InvalidSpecError("--attack '' is empty: expected the name your plug-in registers (copa list attacks "
                                "--plugin FILE.py)")
     if cores is not None:
-        from ..hyperparameters import check_threads
 
         check_threads(cores, "--cores")
     folder = Path(out) if out is not None else Path(SUBMISSIONS) / name
@@ -203,7 +211,6 @@ def check_submit_inputs(*, plugin: str, attack: str, name: str, contact: str, ou
 def check_plugin_attack(plugin: Path, attack: str) -> None:
     """``attack`` is registered by ``plugin`` (described by its sandboxed worker, never imported here): one line
     naming what the plug-in registers otherwise, or that the name is the project's own."""
-    from ..attacks import ATTACKS, SandboxedAttack, load_plugins
 
     target = str(plugin.resolve())
     load_plugins([target])
@@ -223,7 +230,6 @@ def submit(*, plugin: str, attack: str, name: str, contact: str, out: str | None
     """``copa submit``: check the inputs and the plug-in's attack, copy the plug-in into the entry's folder, run the
     workflow on the config with the attack added (:func:`run_workflow`), make records.csv's paths relative to the
     folder and write submission.json last. Any failure removes the folder: nothing partial is left."""
-    import yaml
 
     start = time.perf_counter()
     plugin_path, folder, config_path, config = check_submit_inputs(
@@ -257,7 +263,6 @@ def submit(*, plugin: str, attack: str, name: str, contact: str, out: str | None
             "paths": "records.csv's record and images columns are relative to this folder",
             "date": _now(), "seconds": round(time.perf_counter() - start, 1),
         }
-        from ..io import atomic_write_json
 
         atomic_write_json(folder / SUBMISSION_FILE, submission)
     except BaseException:
@@ -318,7 +323,6 @@ def run_workflow(configfiles: list[Path], *, cores: int, log: Callable[[str], No
 def relocate_record_paths(folder: Path) -> None:
     """records.csv's ``record`` and ``images`` columns made relative to ``folder`` (the workflow writes them as its
     ``out`` was given); every other cell's text is kept as it is."""
-    from ..io import atomic_write
 
     path = folder / "records.csv"
     with path.open(newline="") as source:
@@ -351,10 +355,7 @@ def record_counts(folder: Path, attack: str) -> dict[str, int]:
 def environment(cores: int) -> dict[str, Any]:
     """Where the entry was computed: Python, the packages, copa-bench's commit, the CPU and its kernel set, the
     BLAS libraries, the sandbox, the cores given to the workflow."""
-    import platform
 
-    from ..provenance import compute_environment, git_commit, package_versions
-    from ..sandbox import sandbox_tool
 
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": package_versions(),
             "copa_bench_commit": git_commit(), "compute": compute_environment(), "sandbox": sandbox_tool()[1],
@@ -423,10 +424,6 @@ def verify_submission(folder: str | os.PathLike, *, sample: int, seed: int, rtol
     verification.json's ``consistency`` has the counts), then ``sample`` of the submitted attack's records drawn
     with ``seed`` and rerun in the sandbox (:func:`copa.bench.verify.verify_results`), and the entry's verdict. ``record``: write it to the
     folder's verification.json (atomically). Returns ``(verification, per-record results)``."""
-    from ..io import atomic_write_json
-    from ..provenance import git_commit, package_versions
-    from .consistency import PROBLEMS
-    from .verify import kernel_set_summary, verify_results
 
     folder = Path(folder)
     submission = read_submission(folder)

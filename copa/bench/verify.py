@@ -44,6 +44,24 @@ import numpy as np
 from ..errors import CopaError, InvalidSpecError, unknown_name
 from .consistency import (EXACT_PSNR, Consistency, check_consistency, record_folder, rescoring_disagrees, row_members,
                           settings_by_label)
+import pandas as pd
+import yaml
+from .pipeline import check_attacks
+from ..attacks import ATTACKS
+from .pipeline import cell_batch_size, chunks, client_batches
+from ..hyperparameters import check_threads
+from ..provenance import resolve_device
+from ..provenance import capabilities_here
+import os
+import subprocess
+import sys
+import tempfile
+from ..provenance import package_versions
+from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
+from .record import config_hash, jsonable, read_record, versions_text
+from .run import run_attacks, set_threads
+from ..provenance import cpu_capability, cpu_model
+from ..io import atomic_write_text
 
 VERDICTS = ("identical", "within tolerance", "different", "tampered", "cannot verify")
 DEFAULT_RTOL = 1e-6
@@ -76,10 +94,7 @@ def _read(results_dir: Path):
     mapping whose attacks are registered (:func:`copa.bench.pipeline.check_attacks`), a CSV with the
     :data:`REQUIRED_COLUMNS`, every ``index`` an image index or a batch's indices and every ``hyperparameters``
     JSON. Each problem is one line naming the file."""
-    import pandas as pd
-    import yaml
 
-    from .pipeline import check_attacks
 
     config_path, records_path = results_dir / "config.yaml", results_dir / "records.csv"
     for path in (config_path, records_path):
@@ -93,7 +108,7 @@ def _read(results_dir: Path):
                                f"a workflow run wrote (a YAML mapping)") from None
     if not isinstance(config, dict):
         raise CopaError(f"{config_path} does not hold a workflow config (a mapping)")
-    from .submission import submission_plugins
+    from .submission import submission_plugins  # deferred: copa.bench.submission imports this module (a cycle)
 
     own = submission_plugins(results_dir, config)
     if own is not None:  # a submission reruns its own plug-in copy, whatever its config.yaml names
@@ -126,7 +141,6 @@ def _read(results_dir: Path):
                 raise InvalidSpecError(f"{records_path} row {number} (line {number + 1}): hyperparameters "
                                        f"{hp!r:.200} are not JSON: accepted is the attack's hyperparameters as a "
                                        f"JSON object, or empty") from None
-    from ..attacks import ATTACKS
 
     for attack in dict.fromkeys(str(a) for a in rows["attack"]):
         if attack not in ATTACKS:  # the config's plug-ins are loaded (check_attacks)
@@ -148,7 +162,6 @@ def _cell(value: Any) -> str:
 def _chunk(config: dict[str, Any], attack_obj, setting, index: int, stored: dict[str, Any] | None) -> list[int]:
     """The images the record's run solved together: the stored record's batch members when present, else the
     cell's images in the chunks :func:`copa.bench.pipeline.run_cell` makes on a run from scratch."""
-    from .pipeline import cell_batch_size, chunks, client_batches
 
     members = ((stored or {}).get("batch") or {}).get("members")
     if members and all(isinstance(m, list) and len(m) == 1 for m in members):
@@ -219,8 +232,6 @@ def verify_results(results_dir: str | Path, *, sample: int = 10, seed: int = 0, 
     ``positions``: rerun exactly these rows of records.csv instead of a sample, in this process only (the child
     processes of that retry; no whole-folder check). ``attacks``: draw the sample from these attacks' records only (a
     submission's). ``stop_when_inconsistent``: rerun nothing when the whole-folder check finds a problem."""
-    from ..hyperparameters import check_threads
-    from ..provenance import resolve_device
 
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise InvalidSpecError(f"--sample {sample!r} is invalid: expected a positive integer")
@@ -272,7 +283,7 @@ def check_folder(results_dir: str | Path, *, device: str = "cpu", log: Callable[
 
 def _check_rows(results_dir: Path, config: dict[str, Any], rows, *, device: str,
                 log: Callable[[str], None]) -> Consistency:
-    from .submission import is_submission
+    from .submission import is_submission  # deferred: copa.bench.submission imports this module (a cycle)
 
     return check_consistency(results_dir, config, rows, submission=is_submission(results_dir), device=device, log=log)
 
@@ -287,7 +298,6 @@ def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], o
     record's own (records.csv ``cpu_capability``) when this CPU runs it, else (older records, which do not say)
     each narrower one in turn — in a child ``copa verify --rows`` with ``ATEN_CPU_CAPABILITY`` set (torch reads it
     once, at import). A verdict that becomes ``identical`` says under which kernel set."""
-    from ..provenance import capabilities_here
 
     here = capabilities_here()
     pending = {position: k for k, position in enumerate(picked) if out[k].verdict in RETRIED}
@@ -319,10 +329,6 @@ def _verify_in_child(results_dir: Path, positions: list[int], capability: str, *
                      threads: int) -> list[tuple[int, str, str]]:
     """``copa verify RESULTS_DIR --rows ...`` in a fresh interpreter under ``ATEN_CPU_CAPABILITY=capability``;
     its verdicts as ``(position, verdict, detail)``. A child that fails gives no verdicts (the first ones stand)."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="copa-verify-") as folder:
         report = Path(folder) / "verdicts.json"
@@ -345,10 +351,6 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
     """Rerun the rows ``picked`` of records.csv in this process; one :class:`Verification` each, in order.
     ``tampered``: the rows the whole-folder check rescored, position → why those that were tampered (the others are
     not rescored again); None: rescore the picked rows here."""
-    from ..provenance import package_versions
-    from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
-    from .record import config_hash, jsonable, read_record, versions_text
-    from .run import run_attacks, set_threads
 
     set_threads(threads, "--threads")
     settings = settings_by_label(config)
@@ -421,7 +423,6 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
 def kernel_set_summary(results: list[Verification]) -> str:
     """One line: the kernel set this process ran (torch's CPU capability, the CPU model) and how many records were
     reproduced only under another (``ATEN_CPU_CAPABILITY``)."""
-    from ..provenance import cpu_capability, cpu_model
 
     other: dict[str, int] = {}
     for result in results:
@@ -439,7 +440,6 @@ def write_verification(results: list[Verification], path: str | Path, *, command
     """A Markdown table of the verdicts, with the command and a count per verdict, the whole-folder check's summary
     and findings when ``results`` carries them (:class:`Verifications`); the title names ``results_dir`` (default:
     the folder the table is written to)."""
-    from ..io import atomic_write_text
 
     counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n) + f" of {len(results)} sampled records"

@@ -9,6 +9,8 @@ from ..threat import client_loss
 from ..errors import InvalidSpecError, NotApplicableError
 from .geometry import ConvGeometry, DENSE_DTYPE
 from .operators import input_gradient
+from ..models import ChainNet
+import copy
 
 
 def fc_input_from_gradients(grad_weight: Tensor, grad_bias: Tensor, *, min_bias_ratio: float = 1e-6) -> Tensor:
@@ -95,7 +97,6 @@ CHAIN_DEFINITION = "bias-free convolutions with invertible activations and a fin
 
 def chain_reason(model: nn.Module) -> str | None:
     """``None`` if ``model`` is a chain (:class:`copa.models.ChainNet` with ``is_chain``), else why not."""
-    from ..models import ChainNet
 
     if not isinstance(model, ChainNet):
         return f"a {type(model).__name__}, not a ChainNet (layer-wise inversion needs {CHAIN_DEFINITION})"
@@ -123,7 +124,6 @@ def analyse_chain(model: nn.Module, inputs: Tensor, labels: Tensor, *,
     :func:`propagate_delta` applied from the last layer down). Runs on a float64 copy of the model
     by default, on ``inputs``' device; the model itself is not modified.
     """
-    import copy
 
     check_chain(model)
     if inputs.dim() != 4 or inputs.shape[0] != 1:

@@ -14,6 +14,8 @@ from ..errors import InvalidSpecError
 from .geometry import ConvGeometry, DENSE_DTYPE, EPS64, as_map, check_weight
 from .operators import forward_entries, gradient_entries
 from .solves import rank_tolerance
+from scipy.linalg import lapack
+import scipy.sparse
 
 
 class RankInfo(NamedTuple):
@@ -130,7 +132,6 @@ def _psd_rank(gram: Tensor, rtol: float | None, scale: float = 0.0) -> tuple[int
     floor = math.sqrt(n * EPS64)
     rel = floor if rtol is None else max(floor, rtol)
     if gram.device.type == "cpu":
-        from scipy.linalg import lapack
 
         g = gram.numpy()
         diag = g.diagonal().copy()
@@ -162,7 +163,6 @@ def _largest_row_norm(weight: Tensor, geometry: ConvGeometry) -> float:
 
 def _interior_forward_gram(weight: Tensor, geometry: ConvGeometry) -> Tensor:
     """``A_intᵀ A_int`` (interior columns only), dense ``(C·H·W)²``, from a sparse product on CPU."""
-    import scipy.sparse
 
     g = geometry
     rows, cols, values = forward_entries(weight, g)

@@ -63,6 +63,12 @@ from .geometry import EPS64
 from .operators import layer_system
 from .ranks import GRAM_THRESHOLD, layer_ranks
 from .solves import gram_singular_values
+from ..models import ChainNet, create_model
+from ..threat import Scenario
+from .. import data as data_mod
+from ..threat import resolve_device
+import textwrap
+from tabulate import tabulate
 
 __all__ = ["DELTA_SOURCES", "LayerSecurity", "SecurityReport", "copa_index", "propagated_free_dimensions",
            "propagated_image_dimensions", "security_report", "security_reports"]
@@ -182,9 +188,7 @@ class SecurityReport:
         """The report as text no wider than ``width`` columns (lines of prose wrapped): each layer's kind,
         then two tables — the rank count and the numerics (condition number, rank tolerance, rank gap and,
         when conditioned, the noise amplification κ)."""
-        import textwrap
 
-        from tabulate import tabulate
 
         def fmt(value: float | None) -> str:
             if value is None:
@@ -295,7 +299,6 @@ def _layer_weight(i: int, L: int) -> float:
 
 
 def _resolve_model(model: str | nn.Module, seed: int, input_shape, num_classes: int) -> tuple[nn.Module, str]:
-    from ..models import ChainNet, create_model
 
     if isinstance(model, str):
         module = create_model(model, num_classes=num_classes, in_shape=tuple(input_shape), seed=seed)
@@ -317,7 +320,6 @@ def _reference_inputs(module: nn.Module, dataset: str, indices, delta_source: st
     batch of a :class:`copa.threat.Scenario` (float64, the COPA authors' preprocessing ``x − 0.5``,
     hybrid.py's MyTransform), or with ``delta_source="random"`` one seeded random image for every index
     (only the label differs)."""
-    from ..threat import Scenario
 
     scenario = Scenario(model="security-metric", dataset=dataset, split="train", indices=indices,
                         preprocess="center", input_shape=tuple(module.in_shape), num_classes=module.num_classes,
@@ -393,8 +395,6 @@ def security_reports(
     number. ``indices``: distinct official train indices (:func:`copa.data.load_images` checks them);
     with ``delta_source="random"`` every index gets the same seeded random image and its own label.
     """
-    from .. import data as data_mod
-    from ..threat import resolve_device
 
     if delta_source not in DELTA_SOURCES:
         raise InvalidSpecError(f"delta_source {delta_source!r} is invalid: accepted are {', '.join(DELTA_SOURCES)}")

@@ -11,6 +11,9 @@ from torch import Tensor
 from ..errors import InvalidSpecError
 from .geometry import ConvGeometry, DENSE_DTYPE, EPS64, as_map
 from .operators import LayerOperator, LayerSystem, assemble, forward_entries, gradient_entries, padding_entries
+import scipy.sparse
+import numpy as np
+from scipy.linalg import lapack, solve_triangular
 
 
 @dataclass
@@ -39,7 +42,6 @@ def rank_tolerance(singular_values: Tensor, shape: Sequence[int], rtol: float | 
 
 def _to_scipy_csr(matrix: Tensor):
     """A CPU float64 matrix (dense or sparse COO) as a ``scipy.sparse.csr_matrix``."""
-    import scipy.sparse
 
     if matrix.is_sparse:
         m = matrix.coalesce()
@@ -152,8 +154,6 @@ def _solve_gram_pivoted(gram: Tensor, rhs: Tensor, *, minimum_norm: bool) -> tup
     pivoted equations, projected onto the row space when ``minimum_norm`` (tall systems: the
     minimum-norm least-squares solution). ``rhs``: ``(N, k)``.
     """
-    import numpy as np
-    from scipy.linalg import lapack, solve_triangular
 
     k = gram.shape[0]
     factor, piv, rank, _ = lapack.dpstrf(gram.numpy(), lower=1, tol=-1.0)
@@ -351,7 +351,6 @@ class LayerSystems:
 
 
 def _scipy_vstack(blocks):
-    import scipy.sparse
 
     return scipy.sparse.vstack([blk for blk in blocks if blk.shape[0]], format="csr")
 
