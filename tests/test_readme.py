@@ -48,7 +48,7 @@ NOT_RUN = {
                                                                              "tests/test_slurm.py reads sacct",
     "sudo scripts/slurm-local-cluster.sh stop": "stops system daemons: tests/test_slurm.py stops the cluster it started",
     "copa site results results/defences results/metric-validity results/realistic/batches results/realistic/fedavg "
-    "results/realistic/trained --out site": "would write into the checkout's site/: tests/test_site.py builds the same "
+    "results/realistic/trained submissions/grey-guess --out site": "would write into the checkout's site/: tests/test_site.py builds the same "
                                             "folders' pages and compares them with the committed site/ byte by byte",
     "COPA_SITE_SCREENSHOT=docs/site-index.png pytest -m slow tests/test_site.py -k chromium":
         "rewrites docs/site-index.png: tests/test_site.py's browser tests run in the integration tier (without the variable)",
