@@ -60,14 +60,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import layerwise
-from ..errors import InvalidSpecError
+from ..errors import InvalidSpecError, NotApplicableError
 from ..hyperparameters import STEP_CEILING, Hyperparameter
 from ..layerwise import ChainContext, LayerProblem, NullProjector, solve_backwards_batch
 from . import progress
 from .base import Attack, Reconstruction, register_attack
-from .gradmatch import per_tensor_cosine_distance, total_variation
+from .gradmatch import cosine_distance, per_tensor_cosine_distance, total_variation
 
 HYBRID = "authors' hybrid.py (CangxiongChen/training-data-leakage)"
+IG_CODE = "JonasGeiping/invertinggradients"
 
 
 def _flat_sum(t: Tensor) -> Tensor:
@@ -162,8 +163,9 @@ class _GradientMatch:
     :class:`copa.attacks.GradientModel`), one instance's from plain ``torch.autograd.grad``.
     """
 
-    def __init__(self, problems: list[LayerProblem], ctxs: list[ChainContext]):
-        if any(c.labels is None for c in ctxs):
+    def __init__(self, problems: list[LayerProblem], ctxs: list[ChainContext], labels: list[Tensor] | None = None):
+        labels = [c.labels for c in ctxs] if labels is None else labels
+        if any(label is None for label in labels):
             raise ValueError("gradient matching needs the label")
         ctx, index = ctxs[0], problems[0].index
         self.layers = ctx.layers[index:]
@@ -173,7 +175,7 @@ class _GradientMatch:
         position |= {id(layer.bias): (k, 1) for k, layer in enumerate(ctx.layers) if layer.bias is not None}
         where = [position[id(p)] for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
         self.targets = [torch.stack([c.grads[k][j] for c in ctxs]) for k, j in where]
-        self.labels = torch.stack([c.labels for c in ctxs])
+        self.labels = torch.stack(list(labels))
         self.evaluations = 0  # per instance: every call evaluates every instance once
         self._per_instance = torch.func.vmap(torch.func.grad(self._loss), in_dims=(None, 0, 0))
 
@@ -211,6 +213,14 @@ class _GradientMatch:
     def __call__(self, x_i: Tensor) -> Tensor:
         return per_tensor_cosine_distance(self.gradients(x_i), self.targets, batched=True)
 
+    def subset(self, members: list[int]) -> _GradientMatch:
+        """The same matching for the instances ``members`` only (its own evaluation count)."""
+        part = copy.copy(self)
+        part.targets = [t[members] for t in self.targets]
+        part.labels = self.labels[members]
+        part.evaluations = 0
+        return part
+
 
 class _LinearResidual:
     """The layer's equations as a penalty: ``(‖A x − z‖² + ‖K(δ) x − g‖²) / (‖z‖² + ‖g‖²)`` per instance."""
@@ -228,6 +238,62 @@ class _LinearResidual:
         forward = F.conv2d(x_i, self.weight, stride=self.stride, padding=self.padding) - self.z
         gradient = layerwise.grad_apply(self.geometry.pad(x_i), self.delta, self.geometry) - self.grad
         return (_flat_sum(forward.square()) + _flat_sum(gradient.square())) / self.scale
+
+
+def _signed_gradient_matching(match: _GradientMatch, start: Tensor, lower: Tensor, upper: Tensor, steps: int,
+                               lr: float, tv: float) -> Tensor:
+    """Inverting Gradients' optimisation (Geiping et al., NeurIPS 2020; inversefed, as ``baselines/
+    inverting_gradients.py``) of B images ``(B, C, H, W)`` through the whole chain: Adam on the *sign* of the
+    gradient of ``1 − cos(∇, g)`` (concatenated gradient vector) ``+ tv·TV``, the image clamped to the pixel box
+    after every step, the step size ×0.1 at 3/8, 5/8 and 7/8 of the steps. Returns each instance's iterate of
+    lowest objective, the start included (the attack's own loss)."""
+    x = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=lr)
+    milestones = sorted({steps * 3 // 8, steps * 5 // 8, steps * 7 // 8} - {0})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+    def objective(images: Tensor) -> Tensor:
+        value = cosine_distance(match.gradients(images), match.targets, batched=True)
+        return value + tv * total_variation(images, batched=True) if tv > 0 else value
+
+    best_value = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
+    best = x.detach().clone()
+    with progress.stage(f"gradient-matching restart ({x.shape[0]})", total=steps) as bar:
+        for step in range(steps + 1):
+            optimizer.zero_grad()
+            values = objective(x)
+            current = values.detach()
+            better = torch.isfinite(current) & (current < best_value)
+            best_value = torch.where(better, current, best_value)
+            best = torch.where(better.reshape(-1, *[1] * (x.dim() - 1)), x.detach(), best)
+            if step == steps:
+                break
+            values.sum().backward()
+            x.grad.sign_()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, upper), lower))
+            bar.step(loss=current)
+    return best
+
+
+def _record_outside_fraction(problems: list[LayerProblem], ctxs: list[ChainContext], refined, bounds) -> None:
+    """The amplification diagnostic of each instance's layer (issue 34; only what the attacker has): the fraction
+    of the layer's reconstructed input that the layer below cannot produce — outside the open range of the
+    preceding activation, where its inverse clips and the next solve's right-hand side saturates (a sigmoid's
+    logit at 1e-6 is −13.8), or outside the valid pixel box at the image layer — as ``outside_fraction``."""
+    first = problems[0]
+    g, index = first.geometry, first.index
+    for b, (solution, info) in enumerate(refined):
+        x = g.unpad(solution.reshape(g.in_channels, *g.padded))
+        if index == 0:
+            lower, upper = bounds[b]
+            outside = (x < lower) | (x > upper)
+        else:
+            act = ctxs[b].activations[index - 1]
+            outside = (act(act.inverse(x)) - x).abs() > 1e-9 * (1 + x.abs())
+        info["outside_fraction"] = float(outside.to(torch.float64).mean())
 
 
 # Per-instance projector bases up to this size run their null-space stage in groups that fit it, on
@@ -303,6 +369,10 @@ class COPA(Attack):
         "pullback_weight": Hyperparameter(1.0, "ours: weight of the pull-back penalty (layers ≥ 1)", minimum=0.0),
         "box_weight": Hyperparameter(1.0, "ours: weight of the pixel-box penalty at the image layer", minimum=0.0),
         "solver": Hyperparameter("normal", "ours: 'normal' (Gram Cholesky, fast) or 'lstsq' (LAPACK gelsd)"),
+        "floor_check": Hyperparameter(True, "ours (issue 34): return the blank mid-grey image (the mean-image "
+                                            "floor's guess) instead of the layer-wise one where the blank image "
+                                            "reproduces the observed gradients better (full-network relative "
+                                            "gradient residual); false: the layer-wise image always"),
     }
 
     def validate(self):
@@ -335,7 +405,9 @@ class COPA(Attack):
         bounds = [tuple(b.to(torch.float64)[0] for b in o.bounds()) for o in observations]
         evaluations = [0] * len(observations)
         start = time.perf_counter()
-        solved = solve_backwards_batch(observations, functools.partial(self._refine, bounds=bounds,
+        labels = [self._check_label(o) for o in observations]
+        solved = solve_backwards_batch(observations, functools.partial(self._refine, bounds=bounds, labels=labels,
+                                                                       generators=generators,
                                                                        evaluations=evaluations),
                                        solver=self.hp["solver"])
         seconds = time.perf_counter() - start
@@ -345,10 +417,71 @@ class COPA(Attack):
                                info={"layers": ctx.layer_info, "seconds_total": seconds})
                 for o, (x, ctx), n in zip(observations, solved, evaluations)]
 
-    def _refine(self, problems: list[LayerProblem], ctxs: list[ChainContext], *, bounds, evaluations: list[int]):
-        """Stages 2 and 3 of the module docstring for one layer of every instance (one progress stage per layer)."""
+    def _check_label(self, observation) -> Tensor | None:
+        """The label the floor check evaluates gradients with: the observed one, else iDLG's rule
+        (:func:`copa.attacks.gradmatch.recover_labels`); None where neither is available (no floor check)."""
+        if observation.labels is not None or not self.hp["floor_check"]:
+            return observation.labels
+        from .gradmatch import recover_labels
+
+        try:
+            return recover_labels(observation)[0]
+        except NotApplicableError:
+            return None
+
+    def _refine(self, problems: list[LayerProblem], ctxs: list[ChainContext], *, bounds, labels, generators,
+                evaluations: list[int]):
+        """Stages 2 to 4 of the module docstring for one layer of every instance (one progress stage per layer)."""
         with progress.stage(f"layer {problems[0].index}"):
-            return self._refine_layer(problems, ctxs, bounds=bounds, evaluations=evaluations)
+            refined = self._refine_layer(problems, ctxs, bounds=bounds, evaluations=evaluations)
+            _record_outside_fraction(problems, ctxs, refined, bounds)
+            if problems[0].index == 0 and self.hp["floor_check"]:
+                refined = self._floor_check(problems, ctxs, refined, bounds=bounds, labels=labels,
+                                            generators=generators, evaluations=evaluations)
+            return refined
+
+    def _floor_check(self, problems: list[LayerProblem], ctxs: list[ChainContext], refined, *, bounds, labels,
+                     generators, evaluations: list[int]):
+        """Stage 4: each instance's image is the candidate — the layer-wise image, the blank mid-grey image and
+        (COPA-GM) :meth:`_fallback_candidates` — that reproduces the observed gradients best (relative residual
+        over the whole network). Instances without a label keep the layer-wise image."""
+        g = problems[0].geometry
+        members = [b for b, label in enumerate(labels) if label is not None]
+        for b in set(range(len(problems))) - set(members):
+            refined[b][1]["floor_check"] = {"chosen": "layer-wise", "reason": "skipped: no label"}
+        if not members:
+            return refined
+        chosen = [problems[b] for b in members]
+        match = _GradientMatch(chosen, [ctxs[b] for b in members], labels=[labels[b] for b in members])
+        layerwise_images = torch.stack([g.unpad(refined[b][0].reshape(g.in_channels, *g.padded)) for b in members])
+        lower = torch.stack([bounds[b][0] for b in members])
+        upper = torch.stack([bounds[b][1] for b in members])
+        blank = ((lower + upper) / 2).expand_as(layerwise_images).contiguous()
+        candidates = {"layer-wise": layerwise_images, "blank": blank}
+        residuals = {name: match.relative_residual(x) for name, x in candidates.items()}
+        worse = [k for k, b in enumerate(members) if residuals["layer-wise"][k] > residuals["blank"][k]]
+        extra = [0] * len(members)
+        restarts = self._fallback_candidates(match, candidates, worse, lower, upper,
+                                             [generators[members[k]] for k in worse])
+        for name, (images, values, counts) in restarts.items():
+            candidates[name] = images
+            residuals[name] = values
+            extra = [e + c for e, c in zip(extra, counts)]
+        for k, b in enumerate(members):
+            evaluations[b] += match.evaluations + extra[k]
+            finite = {name: values[k] for name, values in residuals.items() if math.isfinite(values[k])}
+            best = min(finite, key=finite.get) if finite else "layer-wise"
+            refined[b][1]["floor_check"] = {"chosen": best, **{f"residual_{name}": values[k]
+                                                                for name, values in residuals.items()}}
+            if best != "layer-wise":
+                refined[b] = (g.pad(candidates[best][k]).reshape(-1), refined[b][1])
+        return refined
+
+    def _fallback_candidates(self, match, candidates, worse, lower, upper, generators) -> dict[str, tuple]:
+        """More candidates for the instances ``worse`` (positions in ``match``) whose layer-wise image
+        reproduces the observation worse than the blank one, as ``name: (images, residuals, evaluations)``
+        over all of ``match``'s instances (residual inf where not run); none for COPA (see COPA-GM)."""
+        return {}
 
     def _refine_layer(self, problems: list[LayerProblem], ctxs: list[ChainContext], *, bounds,
                       evaluations: list[int]):
@@ -471,7 +604,45 @@ class COPAGradientMatching(COPA):
                                                minimum=0.0),
         "linear_weight_deeper": Hyperparameter(1.0, f"{HYBRID}: linear-constraint weight 1 at layers ≥ 2",
                                                minimum=0.0),
+        "fallback_steps": Hyperparameter(4800, f"ours (issue 34): iterations of the gradient-matching restart from "
+                                               f"the blank image where the layer-wise image is worse than it; "
+                                               f"{IG_CODE}'s DEFAULT_CONFIG max_iterations=4800; 0: none",
+                                         minimum=0, maximum=STEP_CEILING),
+        "fallback_lr": Hyperparameter(0.1, f"{IG_CODE} (Inverting Gradients): step size 0.1 of its signed Adam",
+                                      minimum=0.0),
+        "fallback_tv": Hyperparameter(1e-4, f"{IG_CODE} inversefed/options.py: --tv default 1e-4", minimum=0.0),
     }
+
+    def validate(self):
+        super().validate()
+        if not (math.isfinite(self.hp["fallback_lr"]) and self.hp["fallback_lr"] > 0):
+            raise InvalidSpecError(f"fallback_lr={self.hp['fallback_lr']!r} is invalid: expected a finite number > 0")
+
+    def _fallback_candidates(self, match, candidates, worse, lower, upper, generators) -> dict[str, tuple]:
+        """The gradient-matching restarts (stage 4 of the module docstring) of the instances ``worse``: Inverting
+        Gradients' recipe on the whole network from the two floors' images — the blank one and a uniform noise
+        image in the pixel box, drawn from the instance's generator — in one vectorised run; the other instances
+        get their layer-wise image and an infinite residual (never chosen)."""
+        steps = int(self.hp["fallback_steps"])
+        if not worse or steps == 0:
+            return {}
+        blank = candidates["blank"][worse]
+        noise = torch.stack([torch.rand(blank.shape[1:], generator=g, dtype=torch.float64) for g in generators])
+        noise = lower[worse] + (upper[worse] - lower[worse]) * noise.to(blank.device)
+        part = match.subset(worse + worse)
+        restarts = _signed_gradient_matching(part, torch.cat([blank, noise]), torch.cat([lower[worse]] * 2),
+                                             torch.cat([upper[worse]] * 2), steps, self.hp["fallback_lr"],
+                                             self.hp["fallback_tv"])
+        residuals = part.relative_residual(restarts)
+        found = {}
+        for r, name in enumerate(("gradient-matching from blank", "gradient-matching from noise")):
+            images = candidates["layer-wise"].clone()
+            values, counts = [math.inf] * images.shape[0], [0] * images.shape[0]
+            for j, k in enumerate(worse):
+                images[k] = restarts[r * len(worse) + j]
+                values[k], counts[k] = residuals[r * len(worse) + j], part.evaluations
+            found[name] = (images, values, counts)
+        return found
 
     def layer_schedule(self, index: int) -> dict[str, float]:
         key = "image" if index == 0 else "layer1" if index == 1 else "deeper"
