@@ -25,6 +25,24 @@ Both run the layer-wise recursion of :mod:`copa.layerwise`. At every convolution
    instead of 1; their TV 1 acts in the null-space stage — see ``gm_tv_image``). Where the observation is already reproduced (every
    full-rank chain, and every chain whose deficient layers sit on consistent systems, e.g. cnn2_c2)
    ``copa-gm`` returns exactly what ``copa`` returns: nothing the data determine is lost.
+4. **Floor check** (``copa`` and ``copa-gm``, image layer, ours: issue 34; ``floor_check``). On deep rank-deficient
+   chains the recursion amplifies errors: a deficient layer's minimum-norm choice leaves the next input outside
+   the preceding activation's range, its inverse clips there (a sigmoid's logit at 1e-6 is −13.8), the
+   inconsistent right-hand sides meet small singular values below, and the image comes out hundreds to
+   thousands of times too large (544×, 22165× and 2198× the true image's norm on random-chain:4, :42, :50,
+   CIFAR-10 train image 0; 94–99 % of it outside the pixel box: 5 dB, below the mean image's 12 dB).
+   Each layer records the fraction of its reconstructed input outside what the layer below can produce
+   (``outside_fraction``, ``outside_fraction_least_squares``: the detector). The decision is by the attack's own
+   loss: the relative gradient residual ``Σ_t‖∇_t − g_t‖² / Σ_t‖g_t‖²`` of the whole network, of the layer-wise
+   image and of the blank mid-grey image (the mean-image floor's guess, which knows nothing of the gradients).
+   Where the blank image reproduces the observation better — or, if the image layer's least-squares solution
+   lies outside the pixel box on more than ``amplified_fraction`` of its pixels (amplified), where it is not
+   ``amplified_margin`` times worse — the layer-wise image is judged amplified noise: ``copa`` returns the
+   blank image; ``copa-gm`` also runs two gradient-matching restarts on the whole network, from the blank image
+   and from a uniform noise image in the pixel box (the two floors; ``fallback_steps`` of Inverting Gradients'
+   recipe: signed Adam, cosine of the gradient vector + TV, box, step decay — Geiping et al., NeurIPS 2020), and
+   returns whichever of the four candidates has the lowest residual. Where the layer-wise image reproduces the
+   observation better than the blank one (every chain where the recursion works) it is returned unchanged.
 
 Per-layer objective terms (all in float64):
 
@@ -278,22 +296,28 @@ def _signed_gradient_matching(match: _GradientMatch, start: Tensor, lower: Tenso
     return best
 
 
+def _outside_fraction(x: Tensor, index: int, act, bound: tuple[Tensor, Tensor]) -> float:
+    """The fraction of a reconstructed layer input ``x`` (C×H×W) that the layer below cannot produce: outside the
+    open range of the preceding activation ``act`` (where its inverse clips), or at the image layer (``index``
+    0) outside the valid pixel box ``bound``."""
+    if index == 0:
+        outside = (x < bound[0]) | (x > bound[1])
+    else:
+        outside = (act(act.inverse(x)) - x).abs() > 1e-9 * (1 + x.abs())
+    return float(outside.to(torch.float64).mean())
+
+
 def _record_outside_fraction(problems: list[LayerProblem], ctxs: list[ChainContext], refined, bounds) -> None:
-    """The amplification diagnostic of each instance's layer (issue 34; only what the attacker has): the fraction
-    of the layer's reconstructed input that the layer below cannot produce — outside the open range of the
-    preceding activation, where its inverse clips and the next solve's right-hand side saturates (a sigmoid's
-    logit at 1e-6 is −13.8), or outside the valid pixel box at the image layer — as ``outside_fraction``."""
+    """The amplification diagnostic of each instance's layer (issue 34; only what the attacker has):
+    :func:`_outside_fraction` of the least-squares solution (``outside_fraction_least_squares``) and of the
+    refined one (``outside_fraction``). Outside the activation's range its inverse clips and the next solve's
+    right-hand side saturates (a sigmoid's logit at 1e-6 is −13.8)."""
     first = problems[0]
     g, index = first.geometry, first.index
-    for b, (solution, info) in enumerate(refined):
-        x = g.unpad(solution.reshape(g.in_channels, *g.padded))
-        if index == 0:
-            lower, upper = bounds[b]
-            outside = (x < lower) | (x > upper)
-        else:
-            act = ctxs[b].activations[index - 1]
-            outside = (act(act.inverse(x)) - x).abs() > 1e-9 * (1 + x.abs())
-        info["outside_fraction"] = float(outside.to(torch.float64).mean())
+    for b, (problem, (solution, info)) in enumerate(zip(problems, refined)):
+        act = ctxs[b].activations[index - 1] if index > 0 else None
+        for key, flat in (("outside_fraction_least_squares", problem.solution), ("outside_fraction", solution)):
+            info[key] = _outside_fraction(g.unpad(flat.reshape(g.in_channels, *g.padded)), index, act, bounds[b])
 
 
 # Per-instance projector bases up to this size run their null-space stage in groups that fit it, on
@@ -373,6 +397,15 @@ class COPA(Attack):
                                             "floor's guess) instead of the layer-wise one where the blank image "
                                             "reproduces the observed gradients better (full-network relative "
                                             "gradient residual); false: the layer-wise image always"),
+        "amplified_fraction": Hyperparameter(0.05, "ours (issue 34): the fraction of the image layer's least-squares "
+                                                   "solution outside the pixel box above which the recursion counts as "
+                                                   "amplified (rgap on 22 deficient chains of the metric-validity "
+                                                   "study: ≤ 5.7 % where it beats the mean image, but cnn4_c3's "
+                                                   "2.7–13.7 %; 16–93 % on random-chain:6, :8, :14, :56; docs/copa.md)",
+                                             minimum=0.0, maximum=1.0),
+        "amplified_margin": Hyperparameter(0.1, "ours (issue 34): an amplified layer-wise image is kept only where its "
+                                                "residual is below this fraction of the blank image's (cnn4_c3: "
+                                                "≤ 3.2e-3; random-chain:56: 0.22–3.1)", minimum=0.0),
     }
 
     def validate(self):
@@ -459,7 +492,14 @@ class COPA(Attack):
         blank = ((lower + upper) / 2).expand_as(layerwise_images).contiguous()
         candidates = {"layer-wise": layerwise_images, "blank": blank}
         residuals = {name: match.relative_residual(x) for name, x in candidates.items()}
-        worse = [k for k, b in enumerate(members) if residuals["layer-wise"][k] > residuals["blank"][k]]
+        # amplified: the image layer's least-squares solution leaves the pixel box on more than amplified_fraction
+        # of its pixels; its layer-wise image then counts only where it beats the blank one by a factor of
+        # amplified_margin (the residual ratio), else it is judged worse than the blank one
+        amplified = [refined[b][1]["outside_fraction_least_squares"] > self.hp["amplified_fraction"]
+                     for b in members]
+        margin = self.hp["amplified_margin"]
+        worse = [k for k in range(len(members))
+                 if residuals["layer-wise"][k] > residuals["blank"][k] * (margin if amplified[k] else 1.0)]
         extra = [0] * len(members)
         restarts = self._fallback_candidates(match, candidates, worse, lower, upper,
                                              [generators[members[k]] for k in worse])
@@ -470,9 +510,11 @@ class COPA(Attack):
         for k, b in enumerate(members):
             evaluations[b] += match.evaluations + extra[k]
             finite = {name: values[k] for name, values in residuals.items() if math.isfinite(values[k])}
+            if k in worse:
+                finite.pop("layer-wise", None)
             best = min(finite, key=finite.get) if finite else "layer-wise"
-            refined[b][1]["floor_check"] = {"chosen": best, **{f"residual_{name}": values[k]
-                                                                for name, values in residuals.items()}}
+            refined[b][1]["floor_check"] = {"chosen": best, "amplified": amplified[k], "worse_than_blank": k in worse,
+                                            **{f"residual_{name}": values[k] for name, values in residuals.items()}}
             if best != "layer-wise":
                 refined[b] = (g.pad(candidates[best][k]).reshape(-1), refined[b][1])
         return refined
