@@ -296,7 +296,7 @@ def _signed_gradient_matching(match: _GradientMatch, start: Tensor, lower: Tenso
     return best
 
 
-def _outside_fraction(x: Tensor, index: int, act, bound: tuple[Tensor, Tensor]) -> float:
+def outside_fraction(x: Tensor, index: int, act, bound: tuple[Tensor, Tensor]) -> float:
     """The fraction of a reconstructed layer input ``x`` (C×H×W) that the layer below cannot produce: outside the
     open range of the preceding activation ``act`` (where its inverse clips), or at the image layer (``index``
     0) outside the valid pixel box ``bound``."""
@@ -309,7 +309,7 @@ def _outside_fraction(x: Tensor, index: int, act, bound: tuple[Tensor, Tensor]) 
 
 def _record_outside_fraction(problems: list[LayerProblem], ctxs: list[ChainContext], refined, bounds) -> None:
     """The amplification diagnostic of each instance's layer (issue 34; only what the attacker has):
-    :func:`_outside_fraction` of the least-squares solution (``outside_fraction_least_squares``) and of the
+    :func:`outside_fraction` of the least-squares solution (``outside_fraction_least_squares``) and of the
     refined one (``outside_fraction``). Outside the activation's range its inverse clips and the next solve's
     right-hand side saturates (a sigmoid's logit at 1e-6 is −13.8)."""
     first = problems[0]
@@ -317,7 +317,7 @@ def _record_outside_fraction(problems: list[LayerProblem], ctxs: list[ChainConte
     for b, (problem, (solution, info)) in enumerate(zip(problems, refined)):
         act = ctxs[b].activations[index - 1] if index > 0 else None
         for key, flat in (("outside_fraction_least_squares", problem.solution), ("outside_fraction", solution)):
-            info[key] = _outside_fraction(g.unpad(flat.reshape(g.in_channels, *g.padded)), index, act, bounds[b])
+            info[key] = outside_fraction(g.unpad(flat.reshape(g.in_channels, *g.padded)), index, act, bounds[b])
 
 
 # Per-instance projector bases up to this size run their null-space stage in groups that fit it, on
@@ -393,10 +393,11 @@ class COPA(Attack):
         "pullback_weight": Hyperparameter(1.0, "ours: weight of the pull-back penalty (layers ≥ 1)", minimum=0.0),
         "box_weight": Hyperparameter(1.0, "ours: weight of the pixel-box penalty at the image layer", minimum=0.0),
         "solver": Hyperparameter("normal", "ours: 'normal' (Gram Cholesky, fast) or 'lstsq' (LAPACK gelsd)"),
-        "floor_check": Hyperparameter(True, "ours (issue 34): return the blank mid-grey image (the mean-image "
-                                            "floor's guess) instead of the layer-wise one where the blank image "
-                                            "reproduces the observed gradients better (full-network relative "
-                                            "gradient residual); false: the layer-wise image always"),
+        "floor_check": Hyperparameter(True, "ours (issue 34): stage 4, the floor check — where the layer-wise image "
+                                            "is judged worse than the blank mid-grey one (the mean-image floor's "
+                                            "guess) by the whole network's relative gradient residual, copa returns "
+                                            "the blank image and copa-gm the best of it and its gradient-matching "
+                                            "restarts; false: the layer-wise image always"),
         "amplified_fraction": Hyperparameter(0.05, "ours (issue 34): the fraction of the image layer's least-squares "
                                                    "solution outside the pixel box above which the recursion counts as "
                                                    "amplified (rgap on 22 deficient chains of the metric-validity "
@@ -646,8 +647,9 @@ class COPAGradientMatching(COPA):
                                                minimum=0.0),
         "linear_weight_deeper": Hyperparameter(1.0, f"{HYBRID}: linear-constraint weight 1 at layers ≥ 2",
                                                minimum=0.0),
-        "fallback_steps": Hyperparameter(4800, f"ours (issue 34): iterations of the gradient-matching restart from "
-                                               f"the blank image where the layer-wise image is worse than it; "
+        "fallback_steps": Hyperparameter(4800, f"ours (issue 34): iterations of the floor check's two gradient-"
+                                               f"matching restarts (from the blank and from a uniform noise image) "
+                                               f"where the layer-wise image is judged worse than the blank one; "
                                                f"{IG_CODE}'s DEFAULT_CONFIG max_iterations=4800; 0: none",
                                          minimum=0, maximum=STEP_CEILING),
         "fallback_lr": Hyperparameter(0.1, f"{IG_CODE} (Inverting Gradients): step size 0.1 of its signed Adam",
