@@ -20,7 +20,7 @@ from copa.threat import Scenario
 ATTACKS = {
     "rgap": None,
     "copa": {"steps": 20},
-    "copa-gm": {"steps": 20, "steps_image": 20, "steps_layer1": 20, "steps_deeper": 20},
+    "copa-gm": {"steps": 20, "steps_image": 20, "steps_layer1": 20, "steps_deeper": 20, "fallback_steps": 20},
 }
 DEFENCES = ("noise:scale=0.001", "noise:scale=0.1", "prune:p=0.9", "quantize:bits=4")
 MODELS = ("cnn2_c1", "cnn2_c2")
