@@ -189,8 +189,6 @@ def test_the_map_names_every_module():
 DEFERRED_BY_DESIGN = {
     "copa/cli.py": "each command imports the wings it runs (torch), so that `copa --help` answers at once: one "
                    "comment at the top says so",
-    "copa/attacks/copa.py": "an attack's file: its SHA-256 identifies its published cells (pipeline.attack_identity), so "
-                            "moving its two imports would stale them; they move with the next change to COPA",
 }
 """Files whose imports inside functions are not checked one by one by :func:`undeclared_deferred_imports`."""
 

@@ -80,10 +80,10 @@ from torch import Tensor
 from .. import layerwise
 from ..errors import InvalidSpecError, NotApplicableError
 from ..hyperparameters import STEP_CEILING, Hyperparameter
-from ..layerwise import ChainContext, LayerProblem, NullProjector, solve_backwards_batch
+from ..layerwise import ChainContext, LayerProblem, NullProjector, chain_problem, check_solver, solve_backwards_batch
 from . import progress
 from .base import Attack, Reconstruction, register_attack
-from .gradmatch import cosine_distance, per_tensor_cosine_distance, total_variation
+from .gradmatch import cosine_distance, per_tensor_cosine_distance, recover_labels, total_variation
 
 HYBRID = "authors' hybrid.py (CangxiongChen/training-data-leakage)"
 IG_CODE = "JonasGeiping/invertinggradients"
@@ -410,15 +410,11 @@ class COPA(Attack):
     }
 
     def validate(self):
-        from ..layerwise import check_solver
-
         check_solver(self.hp["solver"])
         if not self.hp["lr"] > 0:  # steps and weights: their ranges are declared above (minimum / maximum)
             raise InvalidSpecError(f"lr={self.hp['lr']!r} is invalid: expected > 0")
 
     def applicable(self, observation):
-        from ..layerwise import chain_problem
-
         return chain_problem(observation) or super().applicable(observation)
 
     # -- schedule -----------------------------------------------------------------------------------
@@ -456,8 +452,6 @@ class COPA(Attack):
         (:func:`copa.attacks.gradmatch.recover_labels`); None where neither is available (no floor check)."""
         if observation.labels is not None or not self.hp["floor_check"]:
             return observation.labels
-        from .gradmatch import recover_labels
-
         try:
             return recover_labels(observation)[0]
         except NotApplicableError:
