@@ -262,13 +262,17 @@ def check_attacks(config: dict[str, Any]) -> None:
 def check_validity(config: dict[str, Any]) -> None:
     """The ``validity`` section's names (none: no study): every predictor a key of
     :data:`copa.bench.validity.PREDICTORS`, every outcome ``best_METRIC`` or ``METRIC:ATTACK`` of a configured
-    metric (``best_psnr``, ``ssim:rgap``) and attack; :class:`CopaError` naming the bad one, with close matches."""
+    metric (``best_psnr``, ``ssim:rgap``) and attack other than a floor, every floor a configured attack;
+    :class:`CopaError` naming the bad one, with close matches."""
     study = config.get("validity")
     if not study:
         return
     metrics = metric_order(configured_metrics(config))
-    outcomes = [*map(best_outcome, metrics), *(f"{m}:{a}" for m in metrics for a in config["attacks"])]
-    for key, kind, known in (("predictors", "predictor", PREDICTORS), ("outcomes", "outcome", outcomes)):
+    floors = study.get("floors") or []
+    studied = [a for a in config["attacks"] if a not in floors]
+    outcomes = [*map(best_outcome, metrics), *(f"{m}:{a}" for m in metrics for a in studied)]
+    for key, kind, known in (("predictors", "predictor", PREDICTORS), ("outcomes", "outcome", outcomes),
+                             ("floors", "floor attack", config["attacks"])):
         for name in study.get(key) or ():
             if name not in known:
                 err = unknown_name(kind, name, known)
