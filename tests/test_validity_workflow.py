@@ -286,10 +286,12 @@ def test_the_study_design_is_declared():
     seeds = [int(m.split(":")[1]) for m in design["models"] if m.startswith("random-chain:")]
     assert sorted(seeds) == list(range(64)) and sum(s % 2 == 0 for s in seeds) == 32
     assert [m for m in design["models"] if ":" not in m] == [m for m in paper["models"] if m != "lenet-zhu"]
-    assert design["attacks"] == ["rgap", "copa", "copa-gm", "ig"] and design["security"] == {"condition": True}
+    assert design["attacks"] == ["rgap", "copa", "copa-gm", "ig", "mean-image"]
+    assert design["security"] == {"condition": True} and design["validity"]["floors"] == ["mean-image"]
     assert design["validity"]["predictors"] == list(PREDICTORS)
+    studied = [a for a in design["attacks"] if a not in design["validity"]["floors"]]
     assert design["validity"]["outcomes"] == ["best_psnr", "best_ssim", *(f"{metric}:{a}" for metric in ("psnr", "ssim")
-                                                                          for a in design["attacks"])]
+                                                                          for a in studied)]
 
 
 @needs_snakemake
@@ -299,7 +301,7 @@ def test_dry_run_schedules_the_study_and_every_security_job(tmp_path):
                         f"dataset=npz:{CIFAR_NPZ}")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = _job_counts(result.stdout)
-    assert counts.get("validity") == 1 and counts.get("security", 0) >= 81 and counts.get("cell") == 81 * 4, counts
+    assert counts.get("validity") == 1 and counts.get("security", 0) >= 81 and counts.get("cell") == 81 * 5, counts
     assert "results/metric-validity/validity/validity.md" in result.stdout
     for predictor in ("copa_index", "propagated_image_fraction"):  # the held-out candidates besides the plots' axis
         assert f"results/metric-validity/validity/scatter_best_by_{predictor}.png" in result.stdout
@@ -372,3 +374,28 @@ def test_a_headline_metric_where_lower_is_better_ranks_and_leaks_that_way(study_
     assert "the best attack is the one with the smallest mean MSE per architecture" in text
     assert "leaks: best_mse ≤ 0.01" in text and "reversed for MSE, where lower is better" in text
     assert "The normalised security score predicts leakage over all architectures (ρ = 1.00" in text  # not "wrong"
+
+
+def test_a_floor_attack_is_a_reference_not_a_studied_attack(study_inputs, tmp_path):
+    """validity.floors (issue 34): the mean-image floor's rows are kept as floor_psnr, never the best attack and in
+    no statistic; validity.md counts per attack the architectures below it and the deficient head to head; a rebuild
+    from architectures.csv gives the same files."""
+    security, board = study_inputs
+    rows = pd.read_csv(board)
+    floor_psnr = {m: (30.0 if m == "random-chain:6" else 12.0) for m in rows["model"].unique()}  # beats both on :6
+    floor = pd.DataFrame([{"defence": "none", "model": m, "attack": "mean-image", "ok": 4, "psnr_mean": v,
+                           "ssim_mean": 0.1} for m, v in floor_psnr.items()])
+    pd.concat([rows, floor]).to_csv(board, index=False)
+    settings = {**SETTINGS, "floors": ["mean-image"]}
+    write_study(security, board, tmp_path / "run", settings, attacks=[*ATTACKS, "mean-image"])
+    table = pd.read_csv(tmp_path / "run" / "architectures.csv").set_index("model")
+    assert "mean-image" not in set(table["best_attack"].dropna())
+    assert table.loc["random-chain:6", "floor_psnr"] == 30.0 and table.loc["random-chain:6", "best_psnr"] < 30.0
+    assert "mean-image" not in " ".join(pd.read_csv(tmp_path / "run" / "predictors.csv")["outcome"])
+    text = (tmp_path / "run" / "validity.md").read_text()
+    below = [line for line in text.splitlines() if line.startswith("| rgap ") or line.startswith("| copa ")][:2]
+    assert all("random-chain:6 (" in line for line in below), below
+    assert "## Against the floor, and head to head" in text and not (tmp_path / "run" / "scatter_mean-image.png").exists()
+    rebuild_study(tmp_path / "run" / "architectures.csv", tmp_path / "again", settings, attacks=[*ATTACKS, "mean-image"])
+    for name in ("architectures.csv", "predictors.csv", "held_out.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / name), pd.read_csv(tmp_path / "run" / name))

@@ -99,7 +99,8 @@ def predictors_from_security(report: Mapping[str, Any], model: Any = None) -> di
 
 
 def architecture_table(board: pd.DataFrame, predictors: pd.DataFrame | Mapping[str, Mapping[str, Any]], *,
-                       metrics: Sequence[str] = (), headline: str = DEFAULT_HEADLINE_METRIC) -> pd.DataFrame:
+                       metrics: Sequence[str] = (), headline: str = DEFAULT_HEADLINE_METRIC,
+                       floors: Sequence[str] = ()) -> pd.DataFrame:
     """One row per architecture: ``model``, its predictors, ``METRIC:ATTACK`` per metric and attack,
     ``best_HEADLINE`` (the best mean of the ``headline`` metric over the attacks: the largest, or the smallest
     where lower is better), ``best_METRIC`` for the others (that attack's mean), ``best_attack``.
@@ -109,6 +110,8 @@ def architecture_table(board: pd.DataFrame, predictors: pd.DataFrame | Mapping[s
     every metric of the board). ``predictors``: a frame with a ``model`` column, or
     ``{model: predictors_from_security(...)}``. Models in only one of the two are kept (NaN where missing); a
     model whose attacks all lack the headline metric has ``best_*`` NaN and ``best_attack`` missing.
+    ``floors``: attacks of ``board`` that ignore the gradients (mean-image): their ``METRIC:ATTACK`` columns are
+    kept, but they are never the best attack; ``floor_HEADLINE`` is the best floor's mean (:func:`floor_outcome`).
     """
     metrics = list(dict.fromkeys([headline, *(metrics or board_metrics(board))]))
     columns = {metric: f"{metric}_mean" for metric in metrics}
@@ -127,6 +130,12 @@ def architecture_table(board: pd.DataFrame, predictors: pd.DataFrame | Mapping[s
     for metric, column in columns.items():
         for attack in attacks:
             out[f"{metric}:{attack}"] = wide[column][attack].reindex(out.index).astype(float)
+    if floors:
+        floor_values = out[[f"{headline}:{a}" for a in attacks if a in floors]].to_numpy(float)
+        ranked_floors = np.where(np.isnan(floor_values), -np.inf, metric_info(headline).sign * floor_values)
+        out[floor_outcome(headline)] = [row[np.argmax(r)] if not np.all(np.isnan(row)) else np.nan
+                                        for row, r in zip(floor_values, ranked_floors)]
+    attacks = [a for a in attacks if a not in floors]
     values = out[[f"{headline}:{a}" for a in attacks]].to_numpy(float)
     has = ~np.all(np.isnan(values), axis=1)
     ranked = metric_info(headline).sign * values  # the best attack has the largest
@@ -137,6 +146,11 @@ def architecture_table(board: pd.DataFrame, predictors: pd.DataFrame | Mapping[s
         out[best_outcome(metric)] = [out[f"{metric}:{attacks[i]}"].iloc[r] if i >= 0 else np.nan
                                      for r, i in enumerate(best)]
     return pred.merge(out.reset_index(), on="model", how="outer", sort=False)
+
+
+def floor_outcome(metric: str) -> str:
+    """``floor_METRIC``: the column of the best floor attack's mean ``metric`` (:func:`architecture_table`)."""
+    return f"floor_{metric}"
 
 
 def best_outcome(metric: str) -> str:

@@ -12,7 +12,7 @@ from tabulate import tabulate
 from ...metrics import DEFAULT_HEADLINE_METRIC, metric_info
 from ..leaderboard import markdown_header
 from .held_out import HELD_OUT_CANDIDATES, FittedRule, candidate_scatters
-from .predictors import TRIVIAL_PREDICTORS, best_outcome
+from .predictors import TRIVIAL_PREDICTORS, best_outcome, floor_outcome
 from .statistics import PARTIAL, STATISTICS
 from .verdict import _fmt_p, _interval, format_number, verdict_rules
 
@@ -62,15 +62,79 @@ def _beside_trivial_rows(correlations: pd.DataFrame, predictors: Sequence[str]) 
     return rows
 
 
+def floor_rows(architectures: pd.DataFrame, attacks: Sequence[str],
+               headline: str = DEFAULT_HEADLINE_METRIC) -> list[list[str]]:
+    """Per attack: on how many architectures (all; rank-deficient) its mean ``headline`` metric is worse than the
+    floor's (``floor_HEADLINE``: the best attack that ignores the gradients), and which.
+
+    >>> table = pd.DataFrame({"model": ["a", "b"], "any_deficient": [False, True], "psnr:x": [60.0, 5.0],
+    ...                       "floor_psnr": [12.0, 12.0]})
+    >>> floor_rows(table, ["x"])
+    [['x', '1 of 2', '1 of 1', 'b (5.00)']]
+    """
+    sign = metric_info(headline).sign
+    floor = architectures[floor_outcome(headline)].astype(float)
+    deficient = architectures["any_deficient"].astype(bool)
+    rows = []
+    for attack in attacks:
+        values = architectures[f"{headline}:{attack}"].astype(float)
+        below = (sign * values < sign * floor) & values.notna() & floor.notna()
+        names = ", ".join(f"{m} ({format_number(v, 2)})" for m, v in zip(architectures["model"][below], values[below]))
+        rows.append([attack, f"{int(below.sum())} of {int((values.notna() & floor.notna()).sum())}",
+                     f"{int((below & deficient).sum())} of {int((values.notna() & floor.notna() & deficient).sum())}",
+                     names or "none"])
+    return rows
+
+
+def head_to_head_rows(architectures: pd.DataFrame, attacks: Sequence[str],
+                      headline: str = DEFAULT_HEADLINE_METRIC) -> list[list[str]]:
+    """Among the rank-deficient architectures: on how many the row's attack's mean ``headline`` metric is at least
+    the column's (ties count for both).
+
+    >>> table = pd.DataFrame({"any_deficient": [True, True, False], "psnr:x": [9.0, 20.0, 60.0],
+    ...                       "psnr:y": [10.0, 20.0, 60.0]})
+    >>> head_to_head_rows(table, ["x", "y"])
+    [['x', '–', '1 of 2'], ['y', '2 of 2', '–']]
+    """
+    sign = metric_info(headline).sign
+    part = architectures[architectures["any_deficient"].astype(bool)]
+    rows = []
+    for a in attacks:
+        row = [a]
+        for b in attacks:
+            x, y = part[f"{headline}:{a}"].astype(float), part[f"{headline}:{b}"].astype(float)
+            both = x.notna() & y.notna()
+            row.append("–" if a == b else f"{int((both & (sign * x >= sign * y)).sum())} of {int(both.sum())}")
+        rows.append(row)
+    return rows
+
+
+def _floor_section(included: pd.DataFrame, attacks: Sequence[str], floors: Sequence[str], headline: str) -> list[str]:
+    info = metric_info(headline)
+    worse = "below" if info.sign > 0 else "above"
+    return ["## Against the floor, and head to head", "",
+            (f"{floor_outcome(headline)} is the best mean {info.label} of the attacks that ignore the gradients "
+             f"({', '.join(floors)}; never the best attack, in no statistic). An attack {worse} it on an "
+             "architecture has learnt less from the gradients than a guess (issue 34: amplified errors)."), "",
+            tabulate(floor_rows(included, attacks, headline),
+                     headers=["attack", f"{worse} the floor: all", "rank-deficient", f"where (mean {info.label})"],
+                     tablefmt="github", disable_numparse=True), "",
+            (f"Head to head among the rank-deficient architectures: the row's attack's mean {info.label} "
+             f"{'≥' if info.sign > 0 else '≤'} the column's on how many (ties count for both)."), "",
+            tabulate(head_to_head_rows(included, attacks, headline), headers=["attack", *attacks],
+                     tablefmt="github", disable_numparse=True), ""]
+
+
 def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures: pd.DataFrame,
                    correlations: pd.DataFrame, held: pd.DataFrame, rule: FittedRule | None, *,
                    excluded: Mapping[str, str], attacks: Sequence[str], settings: Mapping[str, Any],
                    held_out_note: str | None = None, metric: str = "normalised_score",
                    baselines: Sequence[str] = (), metrics: Sequence[str] = (),
-                   headline: str = DEFAULT_HEADLINE_METRIC) -> str:
+                   headline: str = DEFAULT_HEADLINE_METRIC, floors: Sequence[str] = ()) -> str:
     """validity.md: the verdict paragraph first, the run's facts, the rules, then every table; ``metric``: the
     plots' x axis; ``baselines``: the trivial predictors every candidate is shown beside; ``metrics``: the
-    study's (:func:`study_metrics`), ``headline`` first."""
+    study's (:func:`study_metrics`), ``headline`` first; ``floors``: the attacks that ignore the gradients
+    (:func:`floor_rows`)."""
     metrics = list(dict.fromkeys([headline, *metrics]))
     info = metric_info(headline)
     lines = markdown_header(title, dict(meta))
@@ -99,13 +163,16 @@ def study_markdown(title: str, meta: Mapping[str, str], text: str, architectures
                            tablefmt="github", disable_numparse=True), ""]
     shown = ["model", "held_out", *[c for c in ("copa_index", "normalised_score", "any_deficient", "depth")
                                     if c in architectures], "best_attack", *map(best_outcome, metrics),
-             *[f"{headline}:{a}" for a in attacks if f"{headline}:{a}" in architectures]]
+             *[f"{headline}:{a}" for a in attacks if f"{headline}:{a}" in architectures],
+             *([floor_outcome(headline)] if floors and floor_outcome(headline) in architectures else [])]
     included = architectures[architectures["status"] == "ok"]
     lines += [f"## Architectures ({len(included)} in the study)", "",
               tabulate([[_cell(column, value) for column, value in zip(shown, row)]
                         for row in included[shown].itertuples(index=False)],
                        headers=shown, tablefmt="github", disable_numparse=True), ""]
     lines += ["Excluded: " + ("; ".join(f"{m} ({reason})" for m, reason in excluded.items()) or "none") + ".", ""]
+    if floors and floor_outcome(headline) in included:
+        lines += _floor_section(included, attacks, floors, headline)
     headers = ["predictor", "outcome", "n", "Spearman ρ [95 % CI]", "Holm p (ρ)", "Kendall τ [95 % CI]", "Holm p (τ)"]
     for subset, heading in (("all", "all architectures"), ("deficient", "rank-deficient architectures")):
         part = correlations[correlations["subset"] == subset]

@@ -22,8 +22,8 @@ from ..leaderboard import read_security_entries, run_metadata
 from ..record import versions_text
 from .held_out import (HELD_OUT_CANDIDATES, FittedRule, _leaks, candidate_scatters, choose_predictor, fit_threshold,
                        held_out_evaluation, held_out_split)
-from .predictors import PREDICTORS, TRIVIAL_PREDICTORS, architecture_table, best_outcome, predictors_from_security, \
-    study_metrics
+from .predictors import PREDICTORS, TRIVIAL_PREDICTORS, architecture_table, best_outcome, floor_outcome, \
+    predictors_from_security, study_metrics
 from .report import study_markdown
 from .statistics import validity_tables
 from .verdict import _leak_text, _threshold_text, format_number, verdict
@@ -60,13 +60,14 @@ def _undefended(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def study_table(entries: Sequence[Mapping[str, Any]], board: pd.DataFrame, *, metrics: Sequence[str] = (),
-                headline: str = DEFAULT_HEADLINE_METRIC) -> tuple[pd.DataFrame, dict[str, str]]:
-    """:func:`architecture_table` of the security entries' predictors and ``board`` (``metrics``, ``headline``:
-    its), with ``status`` (ok or excluded) and ``reason``; and the excluded architectures → reason: not
+                headline: str = DEFAULT_HEADLINE_METRIC,
+                floors: Sequence[str] = ()) -> tuple[pd.DataFrame, dict[str, str]]:
+    """:func:`architecture_table` of the security entries' predictors and ``board`` (``metrics``, ``headline``,
+    ``floors``: its), with ``status`` (ok or excluded) and ``reason``; and the excluded architectures → reason: not
     applicable (the entry's reason), no security entry, or no ok run of any attack (``best_psnr`` NaN)."""
     ok = {e["model"]: predictors_from_security(e["report"]) for e in entries if e["status"] == "ok"}
     excluded = {e["model"]: e.get("reason") or "not applicable" for e in entries if e["status"] != "ok"}
-    table = architecture_table(board, ok, metrics=metrics, headline=headline)
+    table = architecture_table(board, ok, metrics=metrics, headline=headline, floors=floors)
     for model, best in zip(table["model"], table[best_outcome(headline)]):
         if model not in ok and model not in excluded:
             excluded[model] = "no security entry"
@@ -89,7 +90,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     section (``predictors``, ``outcomes``, ``seed``, ``n_resamples``, ``leak_threshold``, ``exact_psnr``:
     :func:`tie_exact_recoveries` before every statistic; architectures.csv keeps the measured means). ``meta``: header
     facts (command, config hash, dataset, ...) over those the entries give (commits, devices, versions).
-    ``metric``: the predictor the verdict judges and the plots' x axis. Files: architectures.csv,
+    ``metric``: the predictor the verdict judges and the plots' x axis. ``settings["floors"]`` (optional): attacks
+    that ignore the gradients, kept as references outside ``attacks`` (:func:`architecture_table`). Files: architectures.csv,
     predictors.csv (:func:`validity_tables`, with the partial correlation given the full-rank split),
     held_out.csv (:func:`held_out_evaluation` with the predictor of :data:`HELD_OUT_CANDIDATES` of largest |ρ| on
     half A and a threshold for ``best_psnr ≥ leak_threshold``; one block of rows per candidate and per
@@ -101,9 +103,11 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     """
     entries = read_security_entries(security_paths)
     board = _undefended(pd.read_csv(board_csv))
-    attacks = list(attacks or dict.fromkeys(board["attack"]))
+    floors = list(settings.get("floors") or [])
+    attacks = [a for a in (attacks or dict.fromkeys(board["attack"])) if a not in floors]
     metrics = study_metrics(settings["outcomes"], headline)
-    table, excluded = study_table(entries, board[board["attack"].isin(attacks)], metrics=metrics, headline=headline)
+    table, excluded = study_table(entries, board[board["attack"].isin([*attacks, *floors])], metrics=metrics,
+                                  headline=headline, floors=floors)
     provenance = pd.DataFrame([{"git_commit": e.get("git_commit"), "device": e.get("device"),
                                 "versions": versions_text(e.get("versions")), "dataset": e.get("dataset"),
                                 "split": e.get("split", "–")} for e in entries],
@@ -131,10 +135,13 @@ def rebuild_study(architectures_csv: str | Path, out_dir: str | Path, settings: 
     ``meta``: the header's facts (the rebuild's command, the run's commit ...); the header's commit, device and
     versions are the rebuild's own."""
     published = pd.read_csv(architectures_csv)
-    attacks = list(attacks or [c.split(":", 1)[1] for c in published.columns if c.startswith(f"{headline}:")])
+    floors = list(settings.get("floors") or [])
+    attacks = [a for a in (attacks or [c.split(":", 1)[1] for c in published.columns if c.startswith(f"{headline}:")])
+               if a not in floors]
     metrics = study_metrics(settings["outcomes"], headline)
     needed = [*STUDY_INPUT_COLUMNS[:2], *map(best_outcome, metrics), *STUDY_INPUT_COLUMNS[2:], *settings["predictors"],
-              *(f"{m}:{a}" for m in metrics for a in attacks)]
+              *(f"{m}:{a}" for m in metrics for a in attacks),
+              *((floor_outcome(headline), *(f"{m}:{f}" for m in metrics for f in floors)) if floors else ())]
     if "any_deficient" not in needed:
         needed.append("any_deficient")
     missing = [c for c in needed if c not in published.columns]
@@ -227,7 +234,7 @@ def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provena
     atomic_write_text(paths["validity.md"], study_markdown(
         title, header, text, table, correlations, held, rule, excluded=excluded, attacks=attacks,
         settings={"seed": seed, "n_resamples": n_resamples}, held_out_note=note, metric=metric,
-        baselines=baselines, metrics=metrics, headline=headline))
+        baselines=baselines, metrics=metrics, headline=headline, floors=list(settings.get("floors") or [])))
     by = correlations.set_index(["subset", "predictor", "outcome"])
 
     def rhos(outcome: str, predictor: str) -> str:
