@@ -211,8 +211,9 @@ def test_a_record_not_reproduced_here_is_rerun_under_the_other_kernel_sets(publi
                     reason="this CPU runs a single x86 kernel set")
 @pytest.mark.slow
 def test_records_made_under_avx2_verify_identical_on_a_wider_cpu(tmp_path):
-    """The real thing: a leaderboard computed in a process under ATEN_CPU_CAPABILITY=avx2 verifies identical here
-    (directly, or through the rerun under its recorded kernel set)."""
+    """The real thing: a leaderboard computed in a process under ATEN_CPU_CAPABILITY=avx2 and MKL's AVX2 path (as an
+    AVX2 CPU runs it) verifies identical here (directly, or through the rerun under its recorded kernel set, which
+    narrows both: copa.bench.verify.MKL_INSTRUCTIONS)."""
     import os
     import subprocess
     import sys
@@ -227,7 +228,7 @@ def test_records_made_under_avx2_verify_identical_on_a_wider_cpu(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "config.yaml").write_text(yaml.safe_dump(config))
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "config.yaml"), str(tmp_path)], check=True,
-                   env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
+                   env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"})
     rows = pd.read_csv(tmp_path / "results" / "records.csv")
     assert list(rows["cpu_capability"]) == ["AVX2"]
     results = verify_results(tmp_path / "results", sample=1, log=lambda _: None)

@@ -325,16 +325,25 @@ def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], o
             del pending[position]
 
 
+MKL_INSTRUCTIONS = {"AVX2": "AVX2", "DEFAULT": "SSE4_2"}
+"""The MKL code path of a CPU whose widest torch kernel set is the key (``MKL_ENABLE_INSTRUCTIONS``): torch's
+matrix products go through MKL, which picks its own path by CPU (on the 2-core Intel Xeon, AVX-512, a float64
+product differs in its last bits with ``MKL_ENABLE_INSTRUCTIONS=AVX2``), so a rerun under a narrower kernel set
+narrows both, as that CPU would run them (an Intel CPU; another vendor's is not reproduced: README)."""
+
+
 def _verify_in_child(results_dir: Path, positions: list[int], capability: str, *, rtol: float,
                      threads: int) -> list[tuple[int, str, str]]:
-    """``copa verify RESULTS_DIR --rows ...`` in a fresh interpreter under ``ATEN_CPU_CAPABILITY=capability``;
+    """``copa verify RESULTS_DIR --rows ...`` in a fresh interpreter under ``ATEN_CPU_CAPABILITY=capability`` (and
+    MKL's path for it, :data:`MKL_INSTRUCTIONS`, unless the environment sets one);
     its verdicts as ``(position, verdict, detail)``. A child that fails gives no verdicts (the first ones stand)."""
 
     with tempfile.TemporaryDirectory(prefix="copa-verify-") as folder:
         report = Path(folder) / "verdicts.json"
         command = [sys.executable, "-m", "copa", "verify", str(results_dir), "--rows", ",".join(map(str, positions)),
                    "--rtol", repr(rtol), "--threads", str(threads), "--report", str(report)]
-        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability.lower()}
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability.lower(),
+               **({"MKL_ENABLE_INSTRUCTIONS": MKL_INSTRUCTIONS[capability]} if capability in MKL_INSTRUCTIONS and "MKL_ENABLE_INSTRUCTIONS" not in os.environ else {})}
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if not report.is_file():
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
