@@ -49,7 +49,7 @@ from .record import (STATUSES, canonical_json, clear_record, jsonable, read_reco
                      summary_line, workflow_section)
 from .run import run_attacks, set_threads
 from .setting import AXES, NO_DEFENCE, PAPER_SETTING, Setting, defence_chain, setting_axis  # noqa: F401  (workflow)
-from .validity import PREDICTORS, best_outcome
+from .validity import PREDICTORS, best_outcome, studied_attacks
 
 if TYPE_CHECKING:
     from ..attacks import Attack
@@ -268,8 +268,7 @@ def check_validity(config: dict[str, Any]) -> None:
     if not study:
         return
     metrics = metric_order(configured_metrics(config))
-    floors = study.get("floors") or []
-    studied = [a for a in config["attacks"] if a not in floors]
+    studied = studied_attacks(config["attacks"], study)
     outcomes = [*map(best_outcome, metrics), *(f"{m}:{a}" for m in metrics for a in studied)]
     for key, kind, known in (("predictors", "predictor", PREDICTORS), ("outcomes", "outcome", outcomes),
                              ("floors", "floor attack", config["attacks"])):

@@ -1,7 +1,7 @@
-from copa.bench.validity import candidate_scatters
+from copa.bench.validity import candidate_scatters, studied_attacks
 
 # the attacks the study orders: all but its floors (validity.floors: attacks that ignore the gradients)
-STUDIED_ATTACKS = [a for a in ATTACKS if a not in ((config.get("validity") or {}).get("floors") or [])]
+STUDIED_ATTACKS = studied_attacks(ATTACKS, config.get("validity"))
 
 
 localrules:

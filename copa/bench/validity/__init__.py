@@ -41,6 +41,8 @@ from .predictors import (
     best_outcome,
     outcome_metric,
     predictors_from_security,
+    studied_attacks,
+    study_floors,
     study_metrics,
 )
 from .statistics import (

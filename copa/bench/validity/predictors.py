@@ -135,7 +135,7 @@ def architecture_table(board: pd.DataFrame, predictors: pd.DataFrame | Mapping[s
         ranked_floors = np.where(np.isnan(floor_values), -np.inf, metric_info(headline).sign * floor_values)
         out[floor_outcome(headline)] = [row[np.argmax(r)] if not np.all(np.isnan(row)) else np.nan
                                         for row, r in zip(floor_values, ranked_floors)]
-    attacks = [a for a in attacks if a not in floors]
+    attacks = studied_attacks(attacks, {"floors": floors})
     values = out[[f"{headline}:{a}" for a in attacks]].to_numpy(float)
     has = ~np.all(np.isnan(values), axis=1)
     ranked = metric_info(headline).sign * values  # the best attack has the largest
@@ -146,6 +146,26 @@ def architecture_table(board: pd.DataFrame, predictors: pd.DataFrame | Mapping[s
         out[best_outcome(metric)] = [out[f"{metric}:{attacks[i]}"].iloc[r] if i >= 0 else np.nan
                                      for r, i in enumerate(best)]
     return pred.merge(out.reset_index(), on="model", how="outer", sort=False)
+
+
+def study_floors(settings: Mapping[str, Any] | None) -> list[str]:
+    """The ``floors`` of a study's settings (the config's ``validity:`` section): the attacks that ignore the
+    gradients (mean-image), tabulated as the floor but never ordered or the best attack; none when unset.
+
+    >>> study_floors({"floors": ["mean-image"]}), study_floors(None)
+    (['mean-image'], [])
+    """
+    return list((settings or {}).get("floors") or [])
+
+
+def studied_attacks(attacks: Iterable[str], settings: Mapping[str, Any] | None) -> list[str]:
+    """The attacks a study orders: ``attacks`` less the study's floors (:func:`study_floors`), in their order.
+
+    >>> studied_attacks(["rgap", "mean-image", "copa"], {"floors": ["mean-image"]})
+    ['rgap', 'copa']
+    """
+    floors = set(study_floors(settings))
+    return [a for a in attacks if a not in floors]
 
 
 def floor_outcome(metric: str) -> str:

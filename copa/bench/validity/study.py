@@ -23,7 +23,7 @@ from ..record import versions_text
 from .held_out import (HELD_OUT_CANDIDATES, FittedRule, _leaks, candidate_scatters, choose_predictor, fit_threshold,
                        held_out_evaluation, held_out_split)
 from .predictors import PREDICTORS, TRIVIAL_PREDICTORS, architecture_table, best_outcome, floor_outcome, \
-    predictors_from_security, study_metrics
+    predictors_from_security, studied_attacks, study_floors, study_metrics
 from .report import study_markdown
 from .statistics import validity_tables
 from .verdict import _leak_text, _threshold_text, format_number, verdict
@@ -103,8 +103,8 @@ def write_study(security_paths: Iterable[str | Path], board_csv: str | Path, out
     """
     entries = read_security_entries(security_paths)
     board = _undefended(pd.read_csv(board_csv))
-    floors = list(settings.get("floors") or [])
-    attacks = [a for a in (attacks or dict.fromkeys(board["attack"])) if a not in floors]
+    floors = study_floors(settings)
+    attacks = studied_attacks(attacks or dict.fromkeys(board["attack"]), settings)
     metrics = study_metrics(settings["outcomes"], headline)
     table, excluded = study_table(entries, board[board["attack"].isin([*attacks, *floors])], metrics=metrics,
                                   headline=headline, floors=floors)
@@ -135,9 +135,9 @@ def rebuild_study(architectures_csv: str | Path, out_dir: str | Path, settings: 
     ``meta``: the header's facts (the rebuild's command, the run's commit ...); the header's commit, device and
     versions are the rebuild's own."""
     published = pd.read_csv(architectures_csv)
-    floors = list(settings.get("floors") or [])
-    attacks = [a for a in (attacks or [c.split(":", 1)[1] for c in published.columns if c.startswith(f"{headline}:")])
-               if a not in floors]
+    floors = study_floors(settings)
+    attacks = studied_attacks(attacks or [c.split(":", 1)[1] for c in published.columns
+                                          if c.startswith(f"{headline}:")], settings)
     metrics = study_metrics(settings["outcomes"], headline)
     needed = [*STUDY_INPUT_COLUMNS[:2], *map(best_outcome, metrics), *STUDY_INPUT_COLUMNS[2:], *settings["predictors"],
               *(f"{m}:{a}" for m in metrics for a in attacks),
@@ -234,7 +234,7 @@ def _write_study_files(table: pd.DataFrame, excluded: Mapping[str, str], provena
     atomic_write_text(paths["validity.md"], study_markdown(
         title, header, text, table, correlations, held, rule, excluded=excluded, attacks=attacks,
         settings={"seed": seed, "n_resamples": n_resamples}, held_out_note=note, metric=metric,
-        baselines=baselines, metrics=metrics, headline=headline, floors=list(settings.get("floors") or [])))
+        baselines=baselines, metrics=metrics, headline=headline, floors=study_floors(settings)))
     by = correlations.set_index(["subset", "predictor", "outcome"])
 
     def rhos(outcome: str, predictor: str) -> str:
