@@ -40,8 +40,9 @@ Both run the layer-wise recursion of :mod:`copa.layerwise`. At every convolution
    ``amplified_margin`` times worse — the layer-wise image is judged amplified noise: ``copa`` returns the
    blank image; ``copa-gm`` also runs two gradient-matching restarts on the whole network, from the blank image
    and from a uniform noise image in the pixel box (the two floors; ``fallback_steps`` of Inverting Gradients'
-   recipe: signed Adam, cosine of the gradient vector + TV, box, step decay — Geiping et al., NeurIPS 2020), and
-   returns whichever of the four candidates has the lowest residual. Where the layer-wise image reproduces the
+   recipe: signed Adam, cosine of the gradient vector + TV, box, step decay — Geiping et al., NeurIPS 2020), keeps
+   the restart of lower objective (that recipe's own loss, cosine + TV, as inversefed chooses among its
+   restarts), and returns whichever of the three candidates has the lowest residual. Where the layer-wise image reproduces the
    observation better than the blank one (every chain where the recursion works) it is returned unchanged.
 
 Per-layer objective terms (all in float64):
@@ -264,7 +265,7 @@ def _signed_gradient_matching(match: _GradientMatch, start: Tensor, lower: Tenso
     inverting_gradients.py``) of B images ``(B, C, H, W)`` through the whole chain: Adam on the *sign* of the
     gradient of ``1 − cos(∇, g)`` (concatenated gradient vector) ``+ tv·TV``, the image clamped to the pixel box
     after every step, the step size ×0.1 at 3/8, 5/8 and 7/8 of the steps. Returns each instance's iterate of
-    lowest objective, the start included (the attack's own loss)."""
+    lowest objective, the start included (the attack's own loss), and that objective ``(B,)``."""
     x = start.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=lr)
     milestones = sorted({steps * 3 // 8, steps * 5 // 8, steps * 7 // 8} - {0})
@@ -293,7 +294,7 @@ def _signed_gradient_matching(match: _GradientMatch, start: Tensor, lower: Tenso
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, upper), lower))
             bar.step(loss=current)
-    return best
+    return best, best_value
 
 
 def outside_fraction(x: Tensor, index: int, act, bound: tuple[Tensor, Tensor]) -> float:
@@ -471,8 +472,9 @@ class COPA(Attack):
     def _floor_check(self, problems: list[LayerProblem], ctxs: list[ChainContext], refined, *, bounds, labels,
                      generators, evaluations: list[int]):
         """Stage 4: each instance's image is the candidate — the layer-wise image, the blank mid-grey image and
-        (COPA-GM) :meth:`_fallback_candidates` — that reproduces the observed gradients best (relative residual
-        over the whole network). Instances without a label keep the layer-wise image."""
+        (COPA-GM) the restart of lowest objective of :meth:`_fallback_candidates` — that reproduces the observed
+        gradients best (relative residual over the whole network). Instances without a label keep the layer-wise
+        image."""
         g = problems[0].geometry
         members = [b for b, label in enumerate(labels) if label is not None]
         for b in set(range(len(problems))) - set(members):
@@ -498,26 +500,34 @@ class COPA(Attack):
         extra = [0] * len(members)
         restarts = self._fallback_candidates(match, candidates, worse, lower, upper,
                                              [generators[members[k]] for k in worse])
-        for name, (images, values, counts) in restarts.items():
+        objectives = {}
+        for name, (images, values, counts, objective) in restarts.items():
             candidates[name] = images
             residuals[name] = values
+            objectives[name] = objective
             extra = [e + c for e, c in zip(extra, counts)]
         for k, b in enumerate(members):
             evaluations[b] += match.evaluations + extra[k]
             finite = {name: values[k] for name, values in residuals.items() if math.isfinite(values[k])}
             if k in worse:
                 finite.pop("layer-wise", None)
+            # of the restarts, only the one of lowest objective (their own loss) competes with the blank image
+            ran = {name: values[k] for name, values in objectives.items() if math.isfinite(values[k])}
+            for name in sorted(ran, key=ran.get)[1:]:
+                finite.pop(name, None)
             best = min(finite, key=finite.get) if finite else "layer-wise"
             refined[b][1]["floor_check"] = {"chosen": best, "amplified": amplified[k], "worse_than_blank": k in worse,
-                                            **{f"residual_{name}": values[k] for name, values in residuals.items()}}
+                                            **{f"residual_{name}": values[k] for name, values in residuals.items()},
+                                            **{f"objective_{name}": value for name, value in ran.items()}}
             if best != "layer-wise":
                 refined[b] = (g.pad(candidates[best][k]).reshape(-1), refined[b][1])
         return refined
 
     def _fallback_candidates(self, match, candidates, worse, lower, upper, generators) -> dict[str, tuple]:
         """More candidates for the instances ``worse`` (positions in ``match``) whose layer-wise image
-        reproduces the observation worse than the blank one, as ``name: (images, residuals, evaluations)``
-        over all of ``match``'s instances (residual inf where not run); none for COPA (see COPA-GM)."""
+        reproduces the observation worse than the blank one, as ``name: (images, residuals, evaluations,
+        objectives)`` over all of ``match``'s instances (residual and objective inf where not run; of the
+        candidates, only the one of lowest objective competes); none for COPA (see COPA-GM)."""
         return {}
 
     def _refine_layer(self, problems: list[LayerProblem], ctxs: list[ChainContext], *, bounds,
@@ -668,18 +678,20 @@ class COPAGradientMatching(COPA):
         noise = torch.stack([torch.rand(blank.shape[1:], generator=g, dtype=torch.float64) for g in generators])
         noise = lower[worse] + (upper[worse] - lower[worse]) * noise.to(blank.device)
         part = match.subset(worse + worse)
-        restarts = _signed_gradient_matching(part, torch.cat([blank, noise]), torch.cat([lower[worse]] * 2),
-                                             torch.cat([upper[worse]] * 2), steps, self.hp["fallback_lr"],
-                                             self.hp["fallback_tv"])
-        residuals = part.relative_residual(restarts)
+        restarts, restart_objectives = _signed_gradient_matching(
+            part, torch.cat([blank, noise]), torch.cat([lower[worse]] * 2), torch.cat([upper[worse]] * 2), steps,
+            self.hp["fallback_lr"], self.hp["fallback_tv"])
+        residuals, restart_objectives = part.relative_residual(restarts), restart_objectives.tolist()
         found = {}
         for r, name in enumerate(("gradient-matching from blank", "gradient-matching from noise")):
             images = candidates["layer-wise"].clone()
             values, counts = [math.inf] * images.shape[0], [0] * images.shape[0]
+            objectives = [math.inf] * images.shape[0]
             for j, k in enumerate(worse):
                 images[k] = restarts[r * len(worse) + j]
                 values[k], counts[k] = residuals[r * len(worse) + j], part.evaluations
-            found[name] = (images, values, counts)
+                objectives[k] = restart_objectives[r * len(worse) + j]
+            found[name] = (images, values, counts, objectives)
         return found
 
     def layer_schedule(self, index: int) -> dict[str, float]:
