@@ -74,8 +74,8 @@ def test_without_a_label_the_floor_check_uses_the_recovered_one(cifar_npz):
 
 
 def test_of_the_restarts_only_the_one_of_lowest_objective_competes(cifar_npz, monkeypatch):
-    """COPA-GM's restarts are chosen among by their own loss (Inverting Gradients' cosine + TV, as inversefed
-    chooses among restarts), not by the residual: on random-chain:28 the two restarts reproduce the gradients
+    """COPA-GM's restarts are chosen among by their own loss (Inverting Gradients' cosine + TV, which they
+    minimise), not by the residual: on random-chain:28 the two restarts reproduce the gradients
     equally well (residuals within 10 %) and the residual's pick fell below the mean image (11.84 against 11.96 dB
     at the study's budgets). Here a restart of lower residual but higher objective must lose to the blank image."""
     from copa.attacks import copa as copa_module

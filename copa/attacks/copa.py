@@ -41,8 +41,9 @@ Both run the layer-wise recursion of :mod:`copa.layerwise`. At every convolution
    blank image; ``copa-gm`` also runs two gradient-matching restarts on the whole network, from the blank image
    and from a uniform noise image in the pixel box (the two floors; ``fallback_steps`` of Inverting Gradients'
    recipe: signed Adam, cosine of the gradient vector + TV, box, step decay — Geiping et al., NeurIPS 2020), keeps
-   the restart of lower objective (that recipe's own loss, cosine + TV, as inversefed chooses among its
-   restarts), and returns whichever of the three candidates has the lowest residual. Where the layer-wise image reproduces the
+   the restart of lower objective (the loss both minimise and keep their best iterate by: cosine + TV; the
+   residual, like inversefed's restart score, the cosine alone, cannot tell them apart on random-chain:28),
+   and returns whichever of the three candidates has the lowest residual. Where the layer-wise image reproduces the
    observation better than the blank one (every chain where the recursion works) it is returned unchanged.
 
 Per-layer objective terms (all in float64):
