@@ -40,10 +40,11 @@ Both run the layer-wise recursion of :mod:`copa.layerwise`. At every convolution
    ``amplified_margin`` times worse — the layer-wise image is judged amplified noise: ``copa`` returns the
    blank image; ``copa-gm`` also runs two gradient-matching restarts on the whole network, from the blank image
    and from a uniform noise image in the pixel box (the two floors; ``fallback_steps`` of Inverting Gradients'
-   recipe: signed Adam, cosine of the gradient vector + TV, box, step decay — Geiping et al., NeurIPS 2020), keeps
-   the restart of lower objective (the loss both minimise and keep their best iterate by: cosine + TV; the
-   residual, like inversefed's restart score, the cosine alone, cannot tell them apart on random-chain:28),
-   and returns whichever of the three candidates has the lowest residual. Where the layer-wise image reproduces the
+   recipe: signed Adam, cosine of the gradient vector + TV, box, step decay — Geiping et al., NeurIPS 2020), and
+   returns the better by residual of the blank image and the two restarts' mean. The mean keeps what both
+   restarts agree on — the directions the gradients determine — and halves what each carries over from its start
+   where they do not; choosing one restart by the residual (or by their own objective, cosine + TV) fell below
+   the blank image on random-chain:28 (or :50), where the two reproduce the observation equally well. Where the layer-wise image reproduces the
    observation better than the blank one (every chain where the recursion works) it is returned unchanged.
 
 Per-layer objective terms (all in float64):
@@ -473,9 +474,9 @@ class COPA(Attack):
     def _floor_check(self, problems: list[LayerProblem], ctxs: list[ChainContext], refined, *, bounds, labels,
                      generators, evaluations: list[int]):
         """Stage 4: each instance's image is the candidate — the layer-wise image, the blank mid-grey image and
-        (COPA-GM) the restart of lowest objective of :meth:`_fallback_candidates` — that reproduces the observed
-        gradients best (relative residual over the whole network). Instances without a label keep the layer-wise
-        image."""
+        (COPA-GM) the mean of the gradient-matching restarts of :meth:`_fallback_candidates` — that reproduces the
+        observed gradients best (relative residual over the whole network). Instances without a label keep the
+        layer-wise image."""
         g = problems[0].geometry
         members = [b for b, label in enumerate(labels) if label is not None]
         for b in set(range(len(problems))) - set(members):
@@ -499,37 +500,31 @@ class COPA(Attack):
         worse = [k for k in range(len(members))
                  if residuals["layer-wise"][k] > residuals["blank"][k] * (margin if amplified[k] else 1.0)]
         extra = [0] * len(members)
-        restarts = self._fallback_candidates(match, candidates, worse, lower, upper,
-                                             [generators[members[k]] for k in worse])
-        objectives = {}
-        for name, (images, values, counts, objective) in restarts.items():
+        restarts, notes = self._fallback_candidates(match, candidates, worse, lower, upper,
+                                                    [generators[members[k]] for k in worse])
+        for name, (images, values, counts) in restarts.items():
             candidates[name] = images
             residuals[name] = values
-            objectives[name] = objective
             extra = [e + c for e, c in zip(extra, counts)]
         for k, b in enumerate(members):
             evaluations[b] += match.evaluations + extra[k]
             finite = {name: values[k] for name, values in residuals.items() if math.isfinite(values[k])}
             if k in worse:
                 finite.pop("layer-wise", None)
-            # of the restarts, only the one of lowest objective (their own loss) competes with the blank image
-            ran = {name: values[k] for name, values in objectives.items() if math.isfinite(values[k])}
-            for name in sorted(ran, key=ran.get)[1:]:
-                finite.pop(name, None)
             best = min(finite, key=finite.get) if finite else "layer-wise"
             refined[b][1]["floor_check"] = {"chosen": best, "amplified": amplified[k], "worse_than_blank": k in worse,
                                             **{f"residual_{name}": values[k] for name, values in residuals.items()},
-                                            **{f"objective_{name}": value for name, value in ran.items()}}
+                                            **notes[k]}
             if best != "layer-wise":
                 refined[b] = (g.pad(candidates[best][k]).reshape(-1), refined[b][1])
         return refined
 
-    def _fallback_candidates(self, match, candidates, worse, lower, upper, generators) -> dict[str, tuple]:
+    def _fallback_candidates(self, match, candidates, worse, lower, upper, generators) -> tuple[dict, list[dict]]:
         """More candidates for the instances ``worse`` (positions in ``match``) whose layer-wise image
-        reproduces the observation worse than the blank one, as ``name: (images, residuals, evaluations,
-        objectives)`` over all of ``match``'s instances (residual and objective inf where not run; of the
-        candidates, only the one of lowest objective competes); none for COPA (see COPA-GM)."""
-        return {}
+        reproduces the observation worse than the blank one, as ``name: (images, residuals, evaluations)``
+        over all of ``match``'s instances (residual inf where not run), and per instance the facts to record
+        (``floor_check``); none for COPA (see COPA-GM)."""
+        return {}, [{} for _ in range(len(candidates["blank"]))]
 
     def _refine_layer(self, problems: list[LayerProblem], ctxs: list[ChainContext], *, bounds,
                       evaluations: list[int]):
@@ -670,11 +665,13 @@ class COPAGradientMatching(COPA):
     def _fallback_candidates(self, match, candidates, worse, lower, upper, generators) -> dict[str, tuple]:
         """The gradient-matching restarts (stage 4 of the module docstring) of the instances ``worse``: Inverting
         Gradients' recipe on the whole network from the two floors' images — the blank one and a uniform noise
-        image in the pixel box, drawn from the instance's generator — in one vectorised run; the other instances
-        get their layer-wise image and an infinite residual (never chosen)."""
+        image in the pixel box, drawn from the instance's generator — in one vectorised run, and their mean as the
+        one candidate (module docstring, stage 4); each restart's residual and objective are recorded. The other
+        instances get their layer-wise image and an infinite residual (never chosen)."""
         steps = int(self.hp["fallback_steps"])
+        notes = [{} for _ in range(len(candidates["blank"]))]
         if not worse or steps == 0:
-            return {}
+            return {}, notes
         blank = candidates["blank"][worse]
         noise = torch.stack([torch.rand(blank.shape[1:], generator=g, dtype=torch.float64) for g in generators])
         noise = lower[worse] + (upper[worse] - lower[worse]) * noise.to(blank.device)
@@ -682,18 +679,20 @@ class COPAGradientMatching(COPA):
         restarts, restart_objectives = _signed_gradient_matching(
             part, torch.cat([blank, noise]), torch.cat([lower[worse]] * 2), torch.cat([upper[worse]] * 2), steps,
             self.hp["fallback_lr"], self.hp["fallback_tv"])
-        residuals, restart_objectives = part.relative_residual(restarts), restart_objectives.tolist()
-        found = {}
-        for r, name in enumerate(("gradient-matching from blank", "gradient-matching from noise")):
-            images = candidates["layer-wise"].clone()
-            values, counts = [math.inf] * images.shape[0], [0] * images.shape[0]
-            objectives = [math.inf] * images.shape[0]
-            for j, k in enumerate(worse):
-                images[k] = restarts[r * len(worse) + j]
-                values[k], counts[k] = residuals[r * len(worse) + j], part.evaluations
-                objectives[k] = restart_objectives[r * len(worse) + j]
-            found[name] = (images, values, counts, objectives)
-        return found
+        n = len(worse)
+        mean = (restarts[:n] + restarts[n:]) / 2
+        own = match.subset(worse)
+        residuals = own.relative_residual(mean)
+        each, restart_objectives = part.relative_residual(restarts), restart_objectives.tolist()
+        images = candidates["layer-wise"].clone()
+        values, counts = [math.inf] * images.shape[0], [0] * images.shape[0]
+        for j, k in enumerate(worse):
+            images[k] = mean[j]
+            values[k], counts[k] = residuals[j], part.evaluations + own.evaluations
+            notes[k] = {f"{what}_restart from {start}": numbers[r * n + j]
+                        for what, numbers in (("residual", each), ("objective", restart_objectives))
+                        for r, start in enumerate(("blank", "noise"))}
+        return {"mean of the gradient-matching restarts": (images, values, counts)}, notes
 
     def layer_schedule(self, index: int) -> dict[str, float]:
         key = "image" if index == 0 else "layer1" if index == 1 else "deeper"
