@@ -328,7 +328,8 @@ def cmd_verify(args) -> int:
             print(kernel_set_summary(results))
             print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
         if args.out is not None:
-            write_verification(results, args.out, command=args.command_line, results_dir=args.results_dir)
+            write_verification(results, args.out, command=args.command_line,
+                               results_dir=portable_path(args.results_dir))
         print(f"{verification['name']}: {verification['verdict']} ({verification['sample']} of {verification['attack']}'s "
               f"records rerun" + (f"; {verification['reason']}" if verification.get("reason") else "") + ")"
               + (f"; wrote {Path(args.results_dir) / VERIFICATION_FILE}" if args.record_verdict else ""))
@@ -343,7 +344,8 @@ def cmd_verify(args) -> int:
     print(kernel_set_summary(results))
     print(f"{len(results)} records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if args.out is not None:
-        write_verification(results, args.out, command=args.command_line, results_dir=args.results_dir)
+        write_verification(results, args.out, command=args.command_line,
+                           results_dir=portable_path(args.results_dir))
     consistent = results.consistency is None or results.consistency.consistent()
     return 0 if counts["different"] == counts["tampered"] == 0 and consistent else 1
 
@@ -535,10 +537,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+def portable_path(value: str | Path, cwd: str | Path | None = None) -> str:
+    """``value`` as published files write it: relative to the working directory when it is an absolute path below
+    it, else as given, so that a file made in one checkout stays the same in another (an absolute ``--out`` once
+    made the committed site stale in every fresh clone).
+
+    >>> portable_path("/repo/results/v.md", cwd="/repo"), portable_path("/elsewhere/x", cwd="/repo")
+    ('results/v.md', '/elsewhere/x')
+    """
+
+    path = Path(value)
+    if not path.is_absolute():
+        return str(value)
+    try:
+        return path.resolve().relative_to(Path(cwd if cwd is not None else Path.cwd()).resolve()).as_posix() or "."
+    except ValueError:
+        return str(value)
+
+
+def portable_command_line(argv: Sequence[str], cwd: str | Path | None = None) -> str:
+    """The command as published files record it (verification.md, submission.json): each argument, alone or as
+    ``--opt=PATH``, through :func:`portable_path`.
+
+    >>> portable_command_line(["verify", "/repo/results", "--out=/repo/results/v.md"], cwd="/repo")
+    'copa verify results --out=results/v.md'
+    """
+
+    def portable(token: str) -> str:
+        option, equals, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        return option + equals + portable_path(value, cwd)
+
+    return "copa " + shlex.join(portable(token) for token in argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.command_line = "copa " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    args.command_line = portable_command_line(sys.argv[1:] if argv is None else list(argv))
     try:
         if args.command == "list":
             return cmd_list(args)

@@ -106,7 +106,13 @@ def _prepare(x: Tensor, y: Tensor, what: str) -> tuple[Tensor, Tensor]:
 
 
 def mse(x: Tensor, y: Tensor) -> Tensor:
-    """Per-image mean squared error over all channels and pixels, in float64."""
+    """Per-image mean squared error over all channels and pixels, in float64.
+
+    >>> target = torch.zeros(2, 1, 2, 2)
+    >>> reconstruction = torch.tensor([0.5, 0.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2)
+    >>> mse(reconstruction, target)
+    tensor([0.2500, 0.0000], dtype=torch.float64)
+    """
     x, y = _prepare(x, y, "mse")
     return (x - y).pow(2).flatten(1).mean(1)
 
@@ -116,6 +122,11 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
 
     Computed per image in float64 (as in Geiping et al. 2020, "Inverting Gradients", who average
     per-image PSNR over a batch). Identical images (``mse == 0``) give ``+inf``.
+
+    >>> target = torch.zeros(2, 1, 2, 2)
+    >>> reconstruction = torch.tensor([0.1, 0.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2)
+    >>> psnr(reconstruction, target).round(decimals=2)  # MSE 0.01 → 20 dB
+    tensor([20., inf], dtype=torch.float64)
     """
     return 10.0 * torch.log10(1.0 / mse(x, y))
 
@@ -141,6 +152,10 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     values; with the crop the result matches scikit-image to float64 rounding.
 
     Images smaller than 11×11 raise :class:`~copa.errors.InvalidSpecError`.
+
+    >>> image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    >>> ssim(torch.cat([image, 1 - image, image.clamp(0.2, 0.8)]), image.expand(3, -1, -1, -1)).round(decimals=4)
+    tensor([ 1.0000, -0.9726,  0.9597], dtype=torch.float64)
     """
     # deferred (also LPIPS's below): torchmetrics takes ≈ 3 s to import
     from torchmetrics.functional.image import structural_similarity_index_measure
@@ -312,6 +327,11 @@ def label_accuracy(predicted: Any, true: Any) -> float | None:
     Returns ``None`` when ``predicted`` (or ``true``) is ``None``: an attack that does not
     estimate labels has no label accuracy, which is not the same as an accuracy of 0 (``None``
     also stays valid JSON, unlike NaN). Lengths must match.
+
+    >>> label_accuracy([3, 1, 4, 1], [3, 1, 5, 9])
+    0.5
+    >>> label_accuracy(None, [3, 1]) is None
+    True
     """
     if predicted is None or true is None:
         return None
@@ -339,6 +359,10 @@ def match_pairs(reconstruction: Tensor, target: Tensor) -> Tensor:
     assignment that minimises the total per-pair MSE (Hungarian algorithm,
     ``scipy.optimize.linear_sum_assignment``), computed on the clamped images. Returns a long
     tensor ``perm`` of shape N (on the CPU); N = 1 gives ``[0]``.
+
+    >>> target = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1, 1)
+    >>> match_pairs(target[[2, 0, 1]], target)  # the attack returned them in the order 2, 0, 1
+    tensor([1, 2, 0])
     """
     reconstruction, target = _prepare(reconstruction, target, "match_pairs")
     n = target.shape[0]

@@ -344,3 +344,19 @@ def test_a_consistent_fake_is_caught_only_when_sampled(published, tmp_path):
     assert check_consistency(folder, config, read, log=lambda _: None).consistent()
     rerun = verify_results(folder, sample=1, positions=[int(faked)], log=lambda _: None)
     assert rerun[0].verdict == "different"
+
+
+def test_the_published_table_names_paths_below_the_working_directory_relatively(published, tmp_path, monkeypatch):
+    """Session 17: `copa verify ... --out /abs/path` wrote the absolute path into a committed verification.md,
+    and the committed site (built from it) was stale in every fresh clone."""
+    folder = tmp_path / "results" / "copy"
+    folder.mkdir(parents=True)
+    for name in ("config.yaml", "records.csv"):
+        (folder / name).write_text((published / name).read_text())
+    monkeypatch.chdir(tmp_path)
+    out = folder / "verification.md"
+    assert main(["verify", str(folder), "--sample", "1", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table.startswith("# Verification of results/copy\n")
+    assert "Command: `copa verify results/copy --sample 1 --out results/copy/verification.md`" in table
+    assert str(tmp_path) not in table
