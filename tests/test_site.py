@@ -210,6 +210,28 @@ def test_the_best_attack_of_a_row_is_marked(built):
     assert [a for a, best in psnr.items() if best] == ["rgap", "copa", "copa-gm"] and "285.49" in row
 
 
+def test_a_cell_made_with_an_earlier_attack_file_is_marked_stale(tmp_path):
+    """records.csv's attack_source_sha256 against the attack's file in this checkout: a cell with a record made
+    with another version is marked ⚠ on the index and named on its study's page; the others are not."""
+    folder = tmp_path / "results"
+    shutil.copytree(RESULTS / "realistic" / "batches", folder)
+    records = pd.read_csv(folder / "records.csv")
+    assert records["attack_source_sha256"].notna().all()  # the published rows know their attack's file
+    older = (records["attack"] == "dlg") & (records["defence"] == "none; client_batch=4")
+    records.loc[older.idxmax(), "attack_source_sha256"] = "0" * 64
+    records.to_csv(folder / "records.csv", index=False)
+    out = tmp_path / "site"
+    write_site([folder], out)
+    index = (out / "index.html").read_text()
+    marked = re.findall(r'<td data-attack="([^"]+)" data-sort="[^"]*" class="num[^"]* stale">.*?</td>', index)
+    assert marked == ["dlg", "dlg"]  # its PSNR and SSIM, in the one row of B = 4
+    assert 'title="stale: 1 of 4 records made with an earlier version of the attack&#39;s source file' in index
+    study = (out / "studies" / "results.html").read_text()
+    assert "1 cell of this folder is stale" in study and ">none; client_batch=4/lenet-zhu/dlg</a>" in study
+    attack = (out / "attacks" / "dlg.html").read_text()
+    assert attack.count("⚠ stale") == 1 and "⚠ stale" not in (out / "attacks" / "ig.html").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["nope", "--out", "{tmp}/site"], "RESULTS_DIR 'nope' does not exist"),
     (["{tmp}/empty", "--out", "{tmp}/site"], "has no records.csv"),

@@ -360,3 +360,21 @@ def test_the_published_table_names_paths_below_the_working_directory_relatively(
     assert table.startswith("# Verification of results/copy\n")
     assert "Command: `copa verify results/copy --sample 1 --out results/copy/verification.md`" in table
     assert str(tmp_path) not in table
+
+
+def test_a_row_made_with_an_earlier_attack_file_is_stale_not_inconsistent(published, tmp_path, capsys):
+    """records.csv keeps the SHA-256 of the attack's file each record was made with; a row whose attack file has
+    changed since is named stale (the site marks its cell), and the folder stays consistent."""
+    rows = pd.read_csv(published / "records.csv")
+    assert rows["attack_source_sha256"].str.fullmatch("[0-9a-f]{64}").all()  # the workflow records it
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "config.yaml").write_text((published / "config.yaml").read_text())
+    rows.loc[(rows["attack"] == "rgap") & (rows["defence"] == "none"), "attack_source_sha256"] = "0" * 64
+    rows.to_csv(older / "records.csv", index=False)
+    out = tmp_path / "verification.md"
+    assert main(["verify", str(older), "--sample", "1", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "every row of records.csv: 8 rows: 6 consistent, 2 stale;" in table
+    assert "none/cnn2_c1/rgap/0: stale (made with an earlier version of the attack's source file (SHA-256 " \
+           "0000000000…; now " in table

@@ -9,7 +9,8 @@ cannot choose which records are rechecked (issue "copa verify checks every row")
   the attack's hyperparameters as config.yaml builds them, and the config's seed. The scenario is plain data
   (:meth:`copa.threat.Scenario.to_dict`): no image is loaded, no model built, no attack run. A row made with
   hyperparameters the attack no longer has (a changed default) whose hash is that of its own ``hyperparameters``
-  is ``stale`` — not checkable, not inconsistent;
+  is ``stale`` — not checkable, not inconsistent; so is a row whose ``attack_source_sha256`` (the attack's file
+  when the record was made) is not that of the attack's file now (:func:`source_staleness`);
 * **design**: the rows are exactly config.yaml's design — each (setting, model, attack, instance) of
   :func:`copa.bench.setting.setting_axis` × ``models`` × ``attacks`` × :func:`copa.bench.pipeline.client_batches`
   once (a failed or not-applicable row is present with its status): no extra row, no repeated row, none missing;
@@ -36,13 +37,14 @@ import numpy as np
 from .setting import setting_axis
 import torch
 from ..metrics import score_images
-from .pipeline import build_attack, client_batches, configured_metrics, scenario_for
+from .pipeline import attack_identity, build_attack, client_batches, configured_metrics, scenario_for
 from .record import config_hash, jsonable, read_record
 
 PROBLEMS = ("hash mismatch", "extra", "duplicate", "missing", "record mismatch", "tampered")
 """Findings that make a folder inconsistent (a submission with one fails)."""
 STALE = "stale"
-"""A row made with hyperparameters the attack no longer has: its hash cannot be rebuilt from config.yaml now."""
+"""A row made with hyperparameters the attack no longer has (its hash cannot be rebuilt from config.yaml now), or
+with an earlier version of the attack's source file (:func:`source_staleness`)."""
 COUNT_KEYS = {kind: kind.replace(" ", "_") for kind in (*PROBLEMS, STALE)}
 
 RESCORE_RTOL = 1e-3
@@ -186,7 +188,9 @@ def check_consistency(results_dir: Path, config: dict[str, Any], rows, *, submis
     settings = settings_by_label(config)
     models, attacks = [str(m) for m in config.get("models") or ()], [str(a) for a in config.get("attacks") or ()]
     instances = {label: client_batches(config, setting.client_batch) for label, setting in settings.items()}
-    hyperparameters = {attack: jsonable(build_attack(config, attack).hp) for attack in attacks}
+    built = {attack: build_attack(config, attack) for attack in attacks}
+    hyperparameters = {attack: jsonable(attack_obj.hp) for attack, attack_obj in built.items()}
+    sources = {attack: attack_identity(config, attack, attack_obj)["source_sha256"] for attack, attack_obj in built.items()}
     metrics = configured_metrics(config)
     seed = int(config.get("seed", 0))
     result = Consistency(rows=len(rows))
@@ -215,6 +219,8 @@ def check_consistency(results_dir: Path, config: dict[str, Any], rows, *, submis
         seen[identity] = number
         scenario = scenario_for(config, model, members, settings[label])
         why = _hash_problem(row, config_hash, scenario.to_dict(), attack, hyperparameters[attack], seed)
+        if why is None and (changed := source_staleness(row.get("attack_source_sha256"), sources[attack])):
+            why = STALE, changed
         if why is not None:
             found(number, key, *why)
             if why[0] != STALE:
@@ -249,6 +255,22 @@ def check_consistency(results_dir: Path, config: dict[str, Any], rows, *, submis
     result.seconds = time.perf_counter() - start
     log(result.summary())
     return result
+
+
+def source_staleness(recorded: Any, current: str | None) -> str | None:
+    """Why a row is stale because its attack's source file changed after the record was made — ``recorded``: the
+    row's ``attack_source_sha256``, ``current``: the file's SHA-256 now (:func:`copa.bench.pipeline.attack_identity`)
+    — or None: the same file, or either hash unknown (rows made before records.csv had the column).
+
+    >>> source_staleness("ab" * 32, "cd" * 32)
+    "made with an earlier version of the attack's source file (SHA-256 ababababab…; now cdcdcdcdcd…): rerun the cell"
+    >>> source_staleness("ab" * 32, "ab" * 32) is None and source_staleness(None, "cd" * 32) is None
+    True
+    """
+    if not isinstance(recorded, str) or not recorded or not current or recorded == current:
+        return None
+    return (f"made with an earlier version of the attack's source file (SHA-256 {recorded[:10]}…; now {current[:10]}…): "
+            f"rerun the cell")
 
 
 def _hash_problem(row, config_hash, scenario: dict[str, Any], attack: str, hp: dict[str, Any],

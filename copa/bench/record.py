@@ -53,7 +53,11 @@ local step, the client's batch when it takes all of them) and its training (:fun
 loss per local step (a JSON list; empty when the record does not say) and the first step whose loss was zero
 (the update then equals fewer steps; empty when none was)."""
 RUN_COLUMNS = ["label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit", "finished_at",
-               "config_hash", "run_config_hash", "versions", "hyperparameters", "sandbox", "cpu_capability", "record", "images"]
+               "config_hash", "run_config_hash", "versions", "hyperparameters", "attack_source_sha256", "sandbox",
+               "cpu_capability", "record", "images"]
+"""``attack_source_sha256``: the SHA-256 of the file that defined the attack when the record was made
+(:func:`copa.bench.pipeline.attack_identity`); a row whose attack file has changed since is stale
+(:func:`copa.bench.consistency.source_staleness`)."""
 
 
 def record_columns(metrics: Iterable[str] = DEFAULT_METRICS) -> list[str]:
@@ -317,6 +321,7 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "config_hash": record.get("config_hash"), "run_config_hash": (record.get("workflow") or {}).get("run_config_hash"),
         "versions": versions_text(record.get("versions")),
         "hyperparameters": json.dumps(record.get("hyperparameters") or {}, sort_keys=True),
+        "attack_source_sha256": (record.get("workflow") or {}).get("attack_source_sha256"),
         "sandbox": sandbox_text(record),
         "cpu_capability": (record.get("compute") or {}).get("cpu_capability"),
         "record": None if path is None else str(path), "images": images,

@@ -59,6 +59,7 @@ from ..models import chain_not_chain_reason
 from ..attacks import ATTACKS, SandboxedAttack
 from ..plugins import import_trusted
 from .pipeline import attack_identity
+from .consistency import source_staleness
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from .record import metric_columns
 from ..io import atomic_write, check_writable
@@ -83,6 +84,9 @@ class Cell:
     attack: str
     row: dict[str, Any]
     anchor: str
+    stale: str | None = None
+    """Why the cell is stale (some record made with an earlier version of the attack's source file,
+    :func:`copa.bench.consistency.source_staleness`), or None."""
 
     def value(self, metric: str) -> float:
         return _number(self.row.get(f"{metric}_mean"))
@@ -168,7 +172,8 @@ class Site:
                     while anchor in used:
                         anchor += "-"
                     used.add(anchor)
-                    cell = Cell(study, defence, model, row["attack"], row, anchor)
+                    cell = Cell(study, defence, model, row["attack"], row, anchor,
+                                self._stale(study, defence, model, row["attack"]))
                     cells[row["attack"]] = cell
                     self.cells[(study.slug, defence, model, row["attack"])] = cell
                 first = sub.iloc[0]
@@ -184,6 +189,20 @@ class Site:
                     "best": {m: self._best(cells, m) for m in self.metrics},
                 })
         return rows
+
+    def _stale(self, study: Study, defence: str, model: str, attack: str) -> str | None:
+        """Why the cell's records are stale: made with another version of the attack's source file than this
+        checkout's (records.csv ``attack_source_sha256``; a plug-in's attack is not imported here, so not checked)."""
+        if "attack_source_sha256" not in study.records.columns or study.is_submission:
+            return None
+        current = _current_source_sha256(attack)
+        records = study.records
+        cell = records[(records["defence"].astype(str) == defence) & (records["model"].astype(str) == model)
+                       & (records["attack"].astype(str) == attack)]
+        reasons = [why for why in (source_staleness(r, current) for r in cell["attack_source_sha256"]) if why]
+        if not reasons:
+            return None
+        return f"{len(reasons)} of {len(cell)} records {reasons[0]}"
 
     @staticmethod
     def _best(cells: dict[str, Cell], metric: str) -> set[str]:
@@ -278,6 +297,13 @@ def attack_declaration(name: str) -> dict[str, Any] | None:
             "source": identity["source"], "source_sha256": identity["source_sha256"]}
 
 
+@functools.lru_cache(maxsize=None)
+def _current_source_sha256(attack: str) -> str | None:
+    """The SHA-256 of a built-in or baseline attack's source file in this checkout; None for a plug-in's."""
+    declaration = attack_declaration(attack)
+    return None if declaration is None else declaration["source_sha256"]
+
+
 def _range(hp) -> str:
     if hp.minimum is None and hp.maximum is None:
         return ""
@@ -304,6 +330,7 @@ def _attack_runs(site: Site, attack: str) -> list[dict[str, Any]]:
             seconds = pd.to_numeric(group.get("seconds"), errors="coerce") if "seconds" in group else pd.Series()
             ok = group[group["status"] == "ok"]
             cells.append({"defence": defence, "model": model, "cell": cell, "runs": len(group), "ok": len(ok),
+                          "stale": cell.stale if cell is not None else None,
                           "failed": int((group["status"] == "failed").sum()),
                           "not_applicable": int((group["status"] == "not-applicable").sum()),
                           "device": "; ".join(_distinct(group, "device")) or "–",
@@ -373,6 +400,7 @@ class Renderer:
             folder = "entries" if study.is_submission else "studies"
             self.render(f"{folder}/{study.slug}.html", "study.html.j2", study=study, provenances=prov,
                         rows=site.rows[study.slug], attacks=list(dict.fromkeys(study.board["attack"])),
+                        stale=[c for r in site.rows[study.slug] for c in r["cells"].values() if c.stale],
                         title=study.title)
             self.render(f"records/{study.slug}.html", "records.html.j2", study=study, provenances=prov,
                         groups=self._record_groups(study), metrics=_record_metrics(study.records),
