@@ -4,7 +4,7 @@ Each row names the commit it was made at (``git_commit``); the SHA-256 of the at
 commit* (``git show COMMIT:PATH``) is what :func:`copa.bench.pipeline.attack_identity` recorded for the rows made
 after the column existed, so the site and ``copa verify`` can then tell a stale cell (made with an earlier version
 of the attack's file, :func:`copa.bench.consistency.source_staleness`) from a current one. A row is left empty —
-unknown, never guessed — when its commit is missing or ``-dirty`` (local changes: the file may not be the
+unknown, never guessed — when its commit is missing, ``-dirty`` or not a hexadecimal commit id (local changes: the file may not be the
 commit's), when git does not have the commit, when the attack is not a built-in or baseline (a plug-in's file is
 not in git) or when its file did not exist at that commit (it was moved).
 
@@ -21,6 +21,7 @@ import csv
 import hashlib
 import inspect
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ from copa.attacks import ATTACKS, SandboxedAttack  # noqa: E402
 from copa.io import atomic_write_text  # noqa: E402
 from copa.plugins import import_trusted  # noqa: E402
 
+COMMIT = re.compile(r"[0-9a-f]{7,40}")
+"""A commit as records name it (provenance.git_commit): anything else (``-dirty``, or text that git would read as
+an option) is left unknown and never passed to git."""
 COLUMN = "attack_source_sha256"
 AFTER = "hyperparameters"  # copa.bench.record.RUN_COLUMNS's order
 
@@ -74,7 +78,7 @@ def backfill(folder: Path, cache: dict) -> tuple[int, int]:
             continue
         commit, source = row[commit_at], source_path(row[attack_at])
         digest = None
-        if commit and not commit.endswith("-dirty") and source is not None:
+        if COMMIT.fullmatch(commit) and source is not None:
             digest = sha256_at(commit, source, cache)
         if digest is None:
             unknown += 1
