@@ -157,6 +157,7 @@ class Site:
         """The headline table's rows of ``study``: one per (setting, model), in the leaderboard's order."""
         board = study.board.copy()
         used: set[str] = set()
+        stale = self._stale_cells(study)
         rows = []
         datasets = {}
         if {"dataset", "split"} <= set(study.records.columns):
@@ -173,7 +174,7 @@ class Site:
                         anchor += "-"
                     used.add(anchor)
                     cell = Cell(study, defence, model, row["attack"], row, anchor,
-                                self._stale(study, defence, model, row["attack"]))
+                                stale.get((defence, model, row["attack"])))
                     cells[row["attack"]] = cell
                     self.cells[(study.slug, defence, model, row["attack"])] = cell
                 first = sub.iloc[0]
@@ -190,19 +191,22 @@ class Site:
                 })
         return rows
 
-    def _stale(self, study: Study, defence: str, model: str, attack: str) -> str | None:
-        """Why the cell's records are stale: made with another version of the attack's source file than this
-        checkout's (records.csv ``attack_source_sha256``; a plug-in's attack is not imported here, so not checked)."""
-        if "attack_source_sha256" not in study.records.columns or study.is_submission:
-            return None
-        current = _current_source_sha256(attack)
+    @staticmethod
+    def _stale_cells(study: Study) -> dict[tuple[str, str, str], str]:
+        """Why each stale cell of ``study`` is stale, by (setting, model, attack): some record made with another
+        version of the attack's source file than this checkout's (records.csv ``attack_source_sha256``; a
+        plug-in's attack is not imported here, so a submission is not checked)."""
         records = study.records
-        cell = records[(records["defence"].astype(str) == defence) & (records["model"].astype(str) == model)
-                       & (records["attack"].astype(str) == attack)]
-        reasons = [why for why in (source_staleness(r, current) for r in cell["attack_source_sha256"]) if why]
-        if not reasons:
-            return None
-        return f"{len(reasons)} of {len(cell)} records {reasons[0]}"
+        if "attack_source_sha256" not in records.columns or study.is_submission:
+            return {}
+        keys = [records[c].astype(str) for c in ("defence", "model", "attack")]
+        stale = {}
+        for (defence, model, attack), hashes in records["attack_source_sha256"].groupby(keys, sort=False):
+            current = _current_source_sha256(attack)
+            reasons = [why for why in (source_staleness(h, current) for h in hashes) if why]
+            if reasons:
+                stale[(defence, model, attack)] = f"{len(reasons)} of {len(hashes)} records {reasons[0]}"
+        return stale
 
     @staticmethod
     def _best(cells: dict[str, Cell], metric: str) -> set[str]:
