@@ -1,0 +1,60 @@
+"""benchmarks/run_cost.py: a finished run's cost, read from its records."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_cost():
+    spec = importlib.util.spec_from_file_location("run_cost", ROOT / "benchmarks" / "run_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_record(root: Path, model: str, attack: str, index: int, seconds: float, layers=None) -> None:
+    folder = root / model / attack / str(index)
+    folder.mkdir(parents=True)
+    record = {"status": "ok", "seconds": seconds, "workflow": {"model": model},
+              "scenario": {"model": model, "indices": [index]}, "attack": {"name": attack},
+              "metrics": {"mean": {"psnr": 20.0}}, "compute": {"cpu_model": "test CPU"},
+              "attack_info": {"layers": [{"layer": layer, "seconds": s} for layer, s in (layers or {}).items()]}}
+    (folder / "record.json").write_text(json.dumps(record))
+
+
+def test_cells_totals_layer_profile_and_outliers(tmp_path, run_cost, capsys):
+    for index, seconds in enumerate([60, 60, 60, 600]):        # the last one a 10x outlier
+        write_record(tmp_path, "cnn6", "hybrid", index, seconds, layers={0: seconds - 20, 1: 20})
+    for index in range(4):
+        write_record(tmp_path, "cnn6", "dlg", index, 30)
+    records = run_cost.load(tmp_path)
+    minutes = run_cost.cell_minutes(records)
+    assert minutes.loc["cnn6", "hybrid"] == pytest.approx(13.0)
+    assert minutes.loc["all models", "all attacks"] == pytest.approx(15.0)
+    profile = run_cost.layer_profile(records)
+    assert list(profile.columns) == ["model", "attack", "images", "median per image", "layer 0", "layer 1"]
+    assert profile.loc[0, "layer 0"] == pytest.approx(40.0)
+    slow = run_cost.outliers(records, 3.0)
+    assert list(slow["index"]) == [3]
+    assert run_cost.main([str(tmp_path), "--cores", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "0.25 CPU-hours" in out and "longest cell is cnn6/hybrid, 13.0 min" in out
+    assert "2 cores: wall >= 0.22 h" in out          # the longest cell bounds it, not total / 2 = 0.125 h
+
+
+def test_bad_inputs_one_line_exit_2(tmp_path, run_cost, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cost.main([str(tmp_path / "absent")])
+    assert exit_info.value.code == 2
+    assert "absent: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run_cost.main([str(tmp_path), "--cores", "0"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        run_cost.main([str(tmp_path)])                       # a folder without records
+    assert exit_info.value.code == 2
