@@ -570,37 +570,26 @@ def portable_command_line(argv: Sequence[str], cwd: str | Path | None = None) ->
     return "copa " + shlex.join(portable(token) for token in argv)
 
 
+# each subcommand's handler (build_parser declares its arguments)
+COMMANDS = {"list": cmd_list, "attack": cmd_attack, "observe": cmd_observe, "security": cmd_security,
+            "check": cmd_check, "train": cmd_train, "verify": cmd_verify, "submit": cmd_submit, "site": cmd_site}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = portable_command_line(sys.argv[1:] if argv is None else list(argv))
+    command = COMMANDS.get(args.command)
+    if command is None:
+        parser.error(f"unknown command {args.command!r}: accepted are {', '.join(COMMANDS)}")
     try:
-        if args.command == "list":
-            return cmd_list(args)
-        if args.command == "attack":
-            return cmd_attack(args)
-        if args.command == "observe":
-            return cmd_observe(args)
-        if args.command == "security":
-            return cmd_security(args)
-        if args.command == "check":
-            return cmd_check(args)
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "verify":
-            return cmd_verify(args)
-        if args.command == "submit":
-            return cmd_submit(args)
-        if args.command == "site":
-            return cmd_site(args)
+        return command(args)
     except CopaError as exc:
         print(f"copa: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # e.g. `copa list models | head`
         sys.stderr.close()
         return 0
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -149,3 +149,11 @@ def test_every_command_refuses_huge_thread_counts_empty_outs_and_empty_devices(c
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith(expected) and captured.err.count("\n") == 1, captured.err
     assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "results"]
+
+
+def test_every_subcommand_has_one_handler():
+    """build_parser's subcommands and copa.cli.COMMANDS name the same set: a command added to one is added to both."""
+    from copa.cli import COMMANDS, build_parser
+
+    subparsers = next(action for action in build_parser()._actions if action.dest == "command")
+    assert set(subparsers.choices) == set(COMMANDS)
