@@ -1,6 +1,6 @@
-"""Atomic file output: write to a temporary file beside the target, then rename.
-
-A run that is killed midway leaves either the old file or the new one, never a partial file.
+"""Files in and out: atomic output (write to a temporary file beside the target, then rename: a run that is
+killed midway leaves either the old file or the new one, never a partial file), and the one reader of YAML
+mappings (workflow configs), whose every failure is one line naming the file and what is accepted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import CopaError
+import yaml
+
+from .errors import CopaError, InvalidSpecError
+
+# the largest YAML file read (a workflow config is a few KiB): a larger one is refused before it is parsed
+MAX_YAML_BYTES = 1 << 20
 
 
 def current_umask() -> int:
@@ -74,3 +79,44 @@ def check_writable(path: str | os.PathLike, *, what: str, directory: bool) -> No
         raise CopaError(f"{what} {str(path)!r} cannot be written: {exc.strerror or exc} (in {str(folder)!r})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (line and column, from 1)."""
+    text = str(exc).strip()
+    problem = getattr(exc, "problem", None) or (text.splitlines()[0] if text else type(exc).__name__)
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+
+
+def read_yaml_mapping(path: str | os.PathLike, *, expected: str, what: str = "") -> dict[str, Any]:
+    r"""The YAML mapping in ``path``. Messages name the file as ``what`` (an option, e.g. ``--config``) and its
+    quoted path, or as its path alone; ``expected`` says what is accepted. Raises :class:`~copa.errors.CopaError` when the file is missing, and
+    :class:`~copa.errors.InvalidSpecError` when it is larger than :data:`MAX_YAML_BYTES`, not UTF-8, not YAML or
+    not a mapping — one line each.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> (folder / "ok.yaml").write_text("models: [cnn2_c1]\n") and None
+    >>> read_yaml_mapping(folder / "ok.yaml", what="--config", expected="a workflow config")
+    {'models': ['cnn2_c1']}
+    >>> (folder / "bad.yaml").write_text("models: [cnn2_c1\n") and None
+    >>> read_yaml_mapping(folder / "bad.yaml", what="--config", expected="a workflow config")
+    Traceback (most recent call last):
+    copa.errors.InvalidSpecError: --config '...bad.yaml' is not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1; accepted: a workflow config
+    """
+    path = Path(path)
+    shown = f"{what} {str(path)!r}" if what else str(path)
+    if not path.is_file():
+        raise CopaError(f"{shown} does not exist: expected {expected}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise InvalidSpecError(f"{shown} has {size} bytes: accepted is {expected} of at most {MAX_YAML_BYTES} bytes")
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InvalidSpecError(f"{shown} is not valid YAML: {yaml_problem(exc)}; accepted: {expected}") from None
+    if not isinstance(value, dict):
+        raise InvalidSpecError(f"{shown} does not hold a mapping (it holds {type(value).__name__}): "
+                               f"accepted: {expected}")
+    return value

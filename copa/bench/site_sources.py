@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from ..errors import CopaError
+from ..io import read_yaml_mapping
 
 TEMPLATES = Path(__file__).parent / "templates" / "site"
 """The site's Jinja2 templates and static files (package data)."""
@@ -171,11 +171,7 @@ def load_study(folder: str | os.PathLike, name: str, base: Path) -> Study:
     security = _read_csv(path / "security.csv", path) if (path / "security.csv").is_file() else None
     config = None
     if (path / "config.yaml").is_file():
-
-        try:
-            config = yaml.safe_load((path / "config.yaml").read_text())
-        except yaml.YAMLError as exc:
-            raise _bad(path, f"has an unreadable config.yaml: {' '.join(str(exc).split())}") from None
+        config = read_yaml_mapping(path / "config.yaml", expected="the config.yaml a workflow run wrote (a YAML mapping)")
     submission = verification = None
     if (path / SUBMISSION_FILE).is_file():
         submission = _read_json(path / SUBMISSION_FILE, path)

@@ -33,6 +33,7 @@ import datetime
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -42,15 +43,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import CopaError, InvalidSpecError
-import copa
 import yaml
-from ..io import check_writable
-from ..hyperparameters import check_threads
+
+import copa
+
 from ..attacks import ATTACKS, SandboxedAttack, load_plugins
-from ..io import atomic_write_json
-from ..io import atomic_write
-import platform
+from ..errors import CopaError, InvalidSpecError
+from ..hyperparameters import check_threads
+from ..io import atomic_write, atomic_write_json, check_writable, read_yaml_mapping
 from ..provenance import compute_environment, git_commit, package_versions
 from ..sandbox import sandbox_tool
 from .consistency import PROBLEMS
@@ -103,8 +103,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 def validated_config(config: dict[str, Any]) -> dict[str, Any]:
     """A workflow config checked against the workflow's JSON schema with its defaults filled in, as the Snakefile
     does (``snakemake.utils.validate``); one line naming the bad key."""
-    from snakemake.exceptions import WorkflowError  # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
-    from snakemake.utils import validate  # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
+    from snakemake.exceptions import (
+        WorkflowError,  # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
+    )
+    from snakemake.utils import (
+        validate,  # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
+    )
 
     config = json.loads(json.dumps(config))
     try:
@@ -118,19 +122,7 @@ def validated_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def read_config_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """A YAML workflow config file as a mapping; one line naming ``what`` when it is missing or not one."""
-
-    path = Path(path)
-    if not path.is_file():
-        raise CopaError(f"{what} {str(path)!r} does not exist: expected a workflow config (YAML), e.g. "
-                        f"config/submission.yaml")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidSpecError(f"{what} {str(path)!r} is not valid YAML ({first}): expected a workflow config") from None
-    if not isinstance(config, dict):
-        raise InvalidSpecError(f"{what} {str(path)!r} does not hold a mapping: expected a workflow config")
-    return config
+    return read_yaml_mapping(path, what=what, expected="a workflow config (YAML), e.g. config/submission.yaml")
 
 
 def standard_differences(config: dict[str, Any]) -> list[str]:

@@ -35,33 +35,43 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
-from ..errors import CopaError, InvalidSpecError, unknown_name
-from .consistency import (EXACT_PSNR, Consistency, check_consistency, record_folder, rescoring_disagrees, row_members,
-                          settings_by_label)
 import pandas as pd
-import yaml
-from .pipeline import check_attacks
+
 from ..attacks import ATTACKS
-from .pipeline import cell_batch_size, chunks, client_batches
+from ..errors import CopaError, InvalidSpecError, unknown_name
 from ..hyperparameters import check_threads
-from ..provenance import resolve_device
-from ..provenance import capabilities_here
-import os
-import subprocess
-import sys
-import tempfile
-from ..provenance import package_versions
-from .pipeline import attack_identity, build_attack, configured_metrics, scenario_for
+from ..io import atomic_write_text, read_yaml_mapping
+from ..provenance import capabilities_here, cpu_capability, cpu_model, package_versions, resolve_device
+from .consistency import (
+    EXACT_PSNR,
+    Consistency,
+    check_consistency,
+    record_folder,
+    rescoring_disagrees,
+    row_members,
+    settings_by_label,
+)
+from .pipeline import (
+    attack_identity,
+    build_attack,
+    cell_batch_size,
+    check_attacks,
+    chunks,
+    client_batches,
+    configured_metrics,
+    scenario_for,
+)
 from .record import config_hash, jsonable, read_record, versions_text
 from .run import run_attacks, set_threads
-from ..provenance import cpu_capability, cpu_model
-from ..io import atomic_write_text
 
 VERDICTS = ("identical", "within tolerance", "different", "tampered", "cannot verify")
 DEFAULT_RTOL = 1e-6
@@ -101,13 +111,7 @@ def _read(results_dir: Path):
         if not path.is_file():
             raise CopaError(f"{results_dir} is not a leaderboard folder: {path.name} is missing (expected the "
                             f"results_dir of a workflow run, with config.yaml and records.csv)")
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InvalidSpecError(f"{config_path} is not valid YAML: {_yaml_problem(exc)}; accepted: the config.yaml "
-                               f"a workflow run wrote (a YAML mapping)") from None
-    if not isinstance(config, dict):
-        raise CopaError(f"{config_path} does not hold a workflow config (a mapping)")
+    config = read_yaml_mapping(config_path, expected="the config.yaml a workflow run wrote (a YAML mapping)")
     from .submission import submission_plugins  # deferred: copa.bench.submission imports this module (a cycle)
 
     own = submission_plugins(results_dir, config)
@@ -146,13 +150,6 @@ def _read(results_dir: Path):
         if attack not in ATTACKS:  # the config's plug-ins are loaded (check_attacks)
             raise type(err := unknown_name("attack", attack, ATTACKS.names()))(f"{records_path}: {err}")
     return config, rows
-
-
-def _yaml_problem(exc: Exception) -> str:
-    """A YAML error in one line: what is wrong and where (line and column, from 1)."""
-    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
-    mark = getattr(exc, "problem_mark", None)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
 
 def _cell(value: Any) -> str:

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
+from ...errors import CopaError
+from ...io import read_yaml_mapping
 from ...metrics import DEFAULT_HEADLINE_METRIC, metric_info
 from .predictors import study_metrics
 from .study import rebuild_study
@@ -48,7 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="the run's validated config (RESULTS/config.yaml)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the study's files")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+    try:
+        config = read_yaml_mapping(args.config, what="--config", expected="the config.yaml of the study's run")
+    except CopaError as exc:
+        parser.error(str(exc))
+    missing = [key for key in ("validity", "attacks", "title") if key not in config]
+    if missing or not isinstance(config.get("validity"), dict) or "outcomes" not in config["validity"]:
+        parser.error(f"--config {str(args.config)!r} lacks {', '.join(missing) or 'validity.outcomes'}: accepted is the "
+                     f"validated config.yaml of a metric-validity run (results/metric-validity/config.yaml)")
+    if not args.architectures.is_file():
+        parser.error(f"{str(args.architectures)!r} does not exist: expected a published validity/architectures.csv")
     beside = args.architectures.parent / "validity.md"
     run = published_run_facts(beside) if beside.is_file() else {}
     command = shlex.join(["python", "-m", "copa.bench.validity", *(sys.argv[1:] if argv is None else argv)])
