@@ -103,12 +103,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 def validated_config(config: dict[str, Any]) -> dict[str, Any]:
     """A workflow config checked against the workflow's JSON schema with its defaults filled in, as the Snakefile
     does (``snakemake.utils.validate``); one line naming the bad key."""
-    from snakemake.exceptions import (
-        WorkflowError,  # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
-    )
-    from snakemake.utils import (
-        validate,  # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
-    )
+    # deferred: snakemake's engine loads in ≈ 1 s; only a submission's config check needs it
+    from snakemake.exceptions import WorkflowError  # deferred: see above
+    from snakemake.utils import validate  # deferred: see above
 
     config = json.loads(json.dumps(config))
     try:
