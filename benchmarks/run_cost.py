@@ -12,19 +12,27 @@ the batch's time divided by its images, so a cell's sum is its wall time either 
    image of each of the hybrid's layers (``attack_info.layers[].seconds``; layer 0 is the image stage with
    ``steps_image`` Adam steps, layer 1 ``steps_layer1``, deeper layers ``steps_deeper``) — where a cell's
    time goes;
-4. outliers: records that took more than ``--outlier`` × their cell's median per image (load on a shared
+4. with ``--logs`` (a workflow's ``logs/DATASET/cells`` folder), the stages of every layer-wise attack as
+   its progress log timed them: ``[progress] copa-gm: layer 1 null space (4 of 8): … elapsed 2:45 — done`` and
+   the layer's total, ``layer 1: elapsed 4:57 — done``, summed over the cell's chunks — COPA's and COPA-GM's
+   records keep no per-layer seconds, their logs do (a cell resumed from earlier records logs only the part
+   it ran again);
+5. outliers: records that took more than ``--outlier`` × their cell's median per image (load on a shared
    machine; their time is kept in the totals and named here).
 
 Seconds are wall time on whatever shared machine made the records (the CPU model is in each record's
 ``compute``); the per-cell minutes are upper bounds of the CPU time.
 
     python benchmarks/run_cost.py runs/paper/npz-cifar10_subset-train/records        # a workflow's records
+    python benchmarks/run_cost.py runs/paper/npz-cifar10_subset-train/records \
+        --logs runs/paper/logs/npz-cifar10_subset-train/cells                            # with the stage profile
     python benchmarks/run_cost.py results/records.csv --cores 2 8                       # a published folder
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -84,6 +92,41 @@ def layer_profile(records: pd.DataFrame) -> pd.DataFrame:
     return table[[column for column in table.columns if not column.startswith("layer ")] + layers]
 
 
+# one finished stage of a layer-wise attack in its progress log (copa.attacks.progress): the layer's total when
+# no stage is named
+STAGE_DONE = re.compile(r"^\[progress\] (?P<attack>[\w-]+): layer (?P<layer>\d+)(?: (?P<stage>[a-z][a-z ]*?))?"
+                        r"(?: \(\d+ of \d+\))?: (?:step \S+, loss \S+, )?elapsed (?P<elapsed>[\d:]+)"
+                        r"(?:, ETA \S+)? — done$")
+
+
+def elapsed_seconds(text: str) -> int:
+    """``M:SS`` or ``H:MM:SS`` in seconds."""
+    seconds = 0
+    for part in text.split(":"):
+        seconds = 60 * seconds + int(part)
+    return seconds
+
+
+def stage_profile(logs: Path) -> pd.DataFrame:
+    """Minutes per (model, attack, layer, stage) from the cells' progress logs below ``logs`` (``DEFENCE/MODEL/
+    ATTACK.log``); stage ``layer total`` is the layer's own line."""
+    rows = []
+    for path in sorted(logs.rglob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            match = STAGE_DONE.match(line.strip())
+            if match:
+                rows.append({"model": path.parent.name, "attack": match["attack"], "layer": int(match["layer"]),
+                             "stage": match["stage"] or "layer total",
+                             "minutes": elapsed_seconds(match["elapsed"]) / 60})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).pivot_table(index=["model", "attack", "layer"], columns="stage", values="minutes",
+                                           aggfunc="sum")
+    table = table.sort_index(level=["model", "attack", "layer"], ascending=[True, True, False]).reset_index()
+    table.columns.name = None
+    return table
+
+
 def outliers(records: pd.DataFrame, factor: float) -> pd.DataFrame:
     """Records that took more than ``factor`` × their cell's median seconds."""
     median = records.groupby(["model", "attack"])["seconds"].transform("median")
@@ -96,11 +139,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a workflow's records folder, or a published records.csv")
     parser.add_argument("--cores", type=int, nargs="+", default=[2, 8], help="core counts for the wall bound")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="a workflow's logs/DATASET/cells folder: the layer-wise attacks' stages from their logs")
     parser.add_argument("--outlier", type=float, default=3.0,
                         help="name records slower than this × their cell's median")
     args = parser.parse_args(argv)
     if not args.source.exists():
         parser.error(f"{args.source}: no such file or folder (give a records folder or a records.csv)")
+    if args.logs is not None and not args.logs.is_dir():
+        parser.error(f"--logs {str(args.logs)!r} is not a folder: expected a workflow's logs/DATASET/cells folder")
     if any(cores < 1 for cores in args.cores):
         parser.error(f"--cores {args.cores}: each must be >= 1")
     records = load(args.source)
@@ -121,6 +168,11 @@ def main(argv=None) -> int:
     if len(profile):
         print("\nSeconds per image by layer (median over the cell's images; layer 0 = the image stage):\n")
         print(profile.round(1).to_markdown(index=False))
+    if args.logs is not None:
+        stages = stage_profile(args.logs)
+        if len(stages):
+            print("\nMinutes per layer and stage, from the cells' progress logs (summed over a cell's chunks):\n")
+            print(stages.round(1).to_markdown(index=False))
     slow = outliers(records, args.outlier)
     if len(slow):
         print(f"\nRecords slower than {args.outlier:g} × their cell's median (kept in the totals above):\n")

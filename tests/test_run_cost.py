@@ -47,6 +47,25 @@ def test_cells_totals_layer_profile_and_outliers(tmp_path, run_cost, capsys):
     assert "2 cores: wall >= 0.22 h" in out          # the longest cell bounds it, not total / 2 = 0.125 h
 
 
+def test_stage_profile_from_progress_logs(tmp_path, run_cost):
+    log = tmp_path / "none" / "cnn4_c2" / "copa-gm.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join([
+        "[progress] copa-gm: layer 1: started",
+        "[progress] copa-gm: layer 1 null space (4 of 8): step 1000/1000, loss 0.007147, elapsed 2:45, ETA 0:00 — done",
+        "[progress] copa-gm: layer 1 null space (4 of 8): step 1000/1000, loss 0.008303, elapsed 2:03, ETA 0:00 — done",
+        "[progress] copa-gm: layer 1: elapsed 5:00 — done",
+        "[progress] copa-gm: layer 0 gradient matching (8 of 8): step 10000/10000, loss 0.0018, elapsed 1:03:00, "
+        "ETA 0:00 — done",
+        "[progress] copa-gm: layer 0: elapsed 1:03:06 — done",
+        "[0] copa-gm on cnn4_c2: PSNR 15.09 dB, 61.87 s"]))
+    table = run_cost.stage_profile(tmp_path).set_index(["model", "attack", "layer"])
+    assert table.loc[("cnn4_c2", "copa-gm", 1), "null space"] == pytest.approx(4.8)
+    assert table.loc[("cnn4_c2", "copa-gm", 1), "layer total"] == pytest.approx(5.0)
+    assert table.loc[("cnn4_c2", "copa-gm", 0), "gradient matching"] == pytest.approx(63.0)
+    assert list(table.index.get_level_values("layer")) == [1, 0]       # from the output back, as the attack runs
+
+
 def test_bad_inputs_one_line_exit_2(tmp_path, run_cost, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cost.main([str(tmp_path / "absent")])
