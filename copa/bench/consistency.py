@@ -70,6 +70,49 @@ class Finding:
         return f"{'' if self.row is None else f'row {self.row} '}{self.key}: {self.kind} ({self.detail})"
 
 
+def finding_lines(findings: list[Finding]) -> list[str]:
+    """One line per finding, except that stale rows with the same reason (a whole attack's cells after its file
+    changed: dozens of rows) share one line: the first row's, then how many more and the last.
+
+    >>> same = "made with an earlier version of the attack's source file"
+    >>> rows = [Finding(n, f"none/cnn2_c1/copa/{n - 1}", STALE, same) for n in (1, 2, 3)]
+    >>> finding_lines([*rows, Finding(4, "none/cnn2_c1/rgap/0", "duplicate", "repeats row 1")])
+    ["row 1 none/cnn2_c1/copa/0: stale (made with an earlier version of the attack's source file) and 2 more rows \
+for the same reason, the last row 3 none/cnn2_c1/copa/2", 'row 4 none/cnn2_c1/rgap/0: duplicate (repeats row 1)']
+    """
+    stale: dict[str, list[Finding]] = {}
+    lines: list[str | list[Finding]] = []
+    for finding in findings:
+        if finding.kind != STALE:
+            lines.append(finding.line())
+        elif finding.detail in stale:
+            stale[finding.detail].append(finding)
+        else:
+            lines.append(stale.setdefault(finding.detail, [finding]))
+    out = []
+    for entry in lines:
+        if isinstance(entry, str) or len(entry) == 1:
+            out.append(entry if isinstance(entry, str) else entry[0].line())
+        else:
+            last = entry[-1]
+            out.append(f"{entry[0].line()} and {len(entry) - 1} more row{'s' if len(entry) > 2 else ''} for the same "
+                       f"reason, the last row {last.row} {last.key}")
+    return out
+
+
+def hyperparameter_change(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """What differs between the hyperparameters a record was made with and the attack's now, in one short phrase.
+
+    >>> hyperparameter_change({"lr": 0.001, "steps": 300, "old": 1}, {"lr": 0.01, "steps": 300, "floor_check": True})
+    'lr 0.001 → 0.01; added floor_check=True; removed old=1'
+    """
+    changed = [f"{k} {recorded[k]!r} → {current[k]!r}" for k in recorded if k in current and recorded[k] != current[k]]
+    added = [f"{k}={current[k]!r}" for k in current if k not in recorded]
+    removed = [f"{k}={recorded[k]!r}" for k in recorded if k not in current]
+    parts = changed + ([f"added {', '.join(added)}"] if added else []) + ([f"removed {', '.join(removed)}"] if removed else [])
+    return "; ".join(parts) or "the same values"
+
+
 @dataclass
 class Consistency:
     """The whole-folder check's result: findings, and how many ok rows were rescored (``not_rescored``: ok rows
@@ -198,7 +241,8 @@ def check_consistency(results_dir: Path, config: dict[str, Any], rows, *, submis
 
     def found(number: int | None, key: str, kind: str, detail: str) -> None:
         result.findings.append(finding := Finding(number, key, kind, detail))
-        log(finding.line())
+        if kind != STALE:  # stale rows are logged together at the end (finding_lines)
+            log(finding.line())
 
     for position in range(len(rows)):
         row, number = rows.iloc[position], position + 1
@@ -253,6 +297,8 @@ def check_consistency(results_dir: Path, config: dict[str, Any], rows, *, submis
                         found(None, f"{label}/{model}/{attack}/{','.join(map(str, members))}", "missing",
                               "config.yaml's design has it, records.csv has no row")
     result.seconds = time.perf_counter() - start
+    for line in finding_lines([f for f in result.findings if f.kind == STALE]):
+        log(line)
     log(result.summary())
     return result
 
@@ -285,6 +331,6 @@ def _hash_problem(row, config_hash, scenario: dict[str, Any], attack: str, hp: d
                                      f"{hp}")
         return None
     if published is not None and published != hp and row["config_hash"] == config_hash(scenario, attack, published, seed):
-        return STALE, f"made with hyperparameters {published}; the attack's are now {hp}"
+        return STALE, f"made with hyperparameters the attack no longer has: {hyperparameter_change(published, hp)}"
     return "hash mismatch", ("its config_hash is not that of config.yaml's scenario, attack, hyperparameters and "
                              "seed for this row")

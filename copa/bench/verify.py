@@ -55,6 +55,8 @@ from .consistency import (
     EXACT_PSNR,
     Consistency,
     check_consistency,
+    finding_lines,
+    hyperparameter_change,
     record_folder,
     rescoring_disagrees,
     row_members,
@@ -388,7 +390,8 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
         hp = jsonable(attack_obj.hp)
         published_hp = json.loads(row["hyperparameters"]) if isinstance(row["hyperparameters"], str) else None
         if published_hp is not None and published_hp != hp:
-            verdict("cannot verify", f"the attack's hyperparameters are now {hp}, the record's {published_hp}")
+            verdict("cannot verify", f"the attack's hyperparameters are now not the record's: "
+                                     f"{hyperparameter_change(published_hp, hp)}")
             continue
         scenario = scenario_of(members)
         run_seed = int(config.get("seed", 0))
@@ -455,7 +458,7 @@ def write_verification(results: list[Verification], path: str | Path, *, command
     lines = [f"# Verification of {results_dir if results_dir is not None else Path(path).parent}", "",
              f"Command: `{command}`", "", summary, ""]
     if consistency is not None and consistency.findings:
-        lines += [f"- {finding.line()}" for finding in consistency.findings] + [""]
+        lines += [f"- {line}" for line in finding_lines(consistency.findings)] + [""]
     lines += ["| defence | model | attack | index | verdict | detail |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.defence} | {r.model} | {r.attack} | {r.index} | {r.verdict} | {r.detail} |" for r in results]
     return atomic_write_text(path, "\n".join(lines) + "\n")
