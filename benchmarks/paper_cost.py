@@ -10,9 +10,11 @@ the steps hide in the setup's timing noise and a third run at ``5 · f2`` replac
 Time is the process's CPU time (``time.process_time``, 1 torch thread; built-in attacks run
 in-process), so a busy machine slows the run but not the numbers much (cache sharing aside).
 
-The estimate is per image, one image after the other: the workflow batches a cell's images
-(``batch_size: null``), which is faster (README, "Batched instances"), so totals are upper bounds for
-the batched attacks. DLG and iDLG are extrapolated per gradient evaluation to L-BFGS's cap
+The estimate is per image, one image after the other by default: the workflow batches a cell's images
+(``batch_size: null``), which is faster (README, "Batched instances"), so those totals are upper bounds for
+the batched attacks. ``--batch 8`` measures as the workflow runs a cell — 8 images (``--index`` onwards), one
+client each, as one vectorised batch for the batched attacks (the hybrid takes them one after the other) —
+and reports seconds per image; the ratio of the two runs is what batching gains per attack. DLG and iDLG are extrapolated per gradient evaluation to L-BFGS's cap
 (``iterations × max_iter`` = 6000 evaluations; an L-BFGS step takes 1 to ``max_iter`` evaluations, and the
 published CPU leaderboard's full runs took 831–5141): an upper bound. The other attacks' cost per step is
 assumed constant (COPA-GM skips its gradient-matching stage on consistent systems at every fraction
@@ -21,6 +23,7 @@ a full-fidelity paper run costs", lists such checks).
 
     python benchmarks/paper_cost.py --records runs/paper_cost.jsonl            # every chain of config/paper.yaml
     python benchmarks/paper_cost.py --models cnn2_c2 cnn4_c1 --attacks copa-gm --records runs/c.jsonl
+    python benchmarks/paper_cost.py --batch 8 --records runs/paper_cost.jsonl  # as the workflow runs a cell
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _records import finished_runs
 from copa.attacks import create_attack
-from copa.bench import run_attack
+from copa.bench import run_attacks
 from copa.bench.run import set_threads
 from copa.threat import Scenario
 
@@ -67,29 +70,34 @@ def scaled_steps(attack: str, fraction: float) -> dict[str, int]:
     return {key: max(1, round(defaults[key] * fraction)) for key in STEP_KEYS.get(attack, ())}
 
 
-def measure(model: str, attack: str, overrides: dict, dataset: str, index: int, seed: int) -> dict:
-    scenario = Scenario(model=model, dataset=dataset, split="train", indices=(index,), dtype="float64")
+def measure(model: str, attack: str, overrides: dict, dataset: str, index: int, seed: int, batch: int = 1) -> dict:
+    """One run of ``attack`` on ``batch`` instances (images ``index`` … ``index + batch − 1``, one client each),
+    as the workflow runs a cell (a batched attack takes them as one vectorised batch); seconds per image."""
+    scenarios = [Scenario(model=model, dataset=dataset, split="train", indices=(index + k,), dtype="float64")
+                 for k in range(batch)]
     start = time.process_time()
     wall = time.perf_counter()
-    record, _, _ = run_attack(scenario, attack, overrides=overrides, seed=seed, threads=1, isolation="auto")
-    return {"status": record["status"], "reason": record.get("reason"),
-            "cpu_seconds": time.process_time() - start, "wall_seconds": time.perf_counter() - wall,
-            "psnr": record["metrics"]["mean"]["psnr"] if record["status"] == "ok" else None,
-            "gradient_evals": (record.get("evaluations") or {}).get("gradient")}
+    results = run_attacks(scenarios, attack, overrides=overrides, seeds=[seed] * batch, threads=1, isolation="auto")
+    records = [record for record, _, _ in results]
+    status = records[0]["status"] if len({r["status"] for r in records}) == 1 else "mixed"
+    return {"status": status, "reason": records[0].get("reason"),
+            "cpu_seconds": (time.process_time() - start) / batch, "wall_seconds": (time.perf_counter() - wall) / batch,
+            "psnr": records[0]["metrics"]["mean"]["psnr"] if records[0]["status"] == "ok" else None,
+            "gradient_evals": max((r.get("evaluations") or {}).get("gradient") or 0 for r in records)}
 
 
 def measured(model: str, attack: str, fraction: float, done: dict, path: Path, args) -> dict:
     """The run of ``attack`` on ``model`` at ``fraction`` of its steps: from ``done`` (the records file), else
     measured now and appended to it."""
-    key = (model, attack, fraction)
+    key = (model, attack, fraction, args.batch)
     if key not in done:
         overrides = scaled_steps(attack, fraction)
-        done[key] = {"model": model, "attack": attack, "fraction": fraction, "overrides": overrides,
-                     **measure(model, attack, overrides, args.dataset, args.index, args.seed)}
+        done[key] = {"model": model, "attack": attack, "fraction": fraction, "batch": args.batch, "overrides": overrides,
+                     **measure(model, attack, overrides, args.dataset, args.index, args.seed, args.batch)}
         with path.open("a") as fh:
             fh.write(json.dumps(done[key]) + "\n")
-        print(f"{model} {attack} f={fraction}: {done[key]['status']} {done[key]['cpu_seconds']:.1f} CPU-s",
-              file=sys.stderr, flush=True)
+        print(f"{model} {attack} f={fraction} B={args.batch}: {done[key]['status']} "
+              f"{done[key]['cpu_seconds']:.1f} CPU-s per image", file=sys.stderr, flush=True)
     return done[key]
 
 
@@ -102,18 +110,22 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", default="npz:../shared/data/cifar10_subset.npz")
     parser.add_argument("--index", type=int, default=0, help="CIFAR-10 training image")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=1,
+                        help="instances per run, as the workflow batches a cell (1: one image after the other)")
     parser.add_argument("--records", default="runs/paper_cost.jsonl", help="JSON lines of finished runs (resume)")
     args = parser.parse_args(argv)
     f1, f2 = args.fractions
     if not 0 < f1 < f2 <= 1:
         parser.error(f"--fractions {f1} {f2}: need 0 < F1 < F2 <= 1")
+    if not 1 <= args.batch <= 64:
+        parser.error(f"--batch {args.batch}: accepted are 1 to 64 instances")
     config = yaml.safe_load(Path(args.config).read_text())
     models = args.models or config["models"]
     attacks = args.attacks or config["attacks"]
     images = len(config["indices"])
     set_threads(1)
     path = Path(args.records)
-    done = finished_runs(path, lambda row: (row["model"], row["attack"], row["fraction"]))
+    done = finished_runs(path, lambda row: (row["model"], row["attack"], row["fraction"], row.get("batch", 1)))
     estimates = []
     for model in models:
         for attack in attacks:
@@ -156,12 +168,14 @@ def report(estimates, models, attacks, images, fractions, args) -> str:
         table.append([model, *("n/a" if c is None else f"{c:,.0f}" for c in cells),
                       f"{sum(c for c in cells if c is not None) / 60:,.1f}"])
     header = (f"# estimated CPU seconds per image at published step counts ({platform.processor() or platform.machine()},"
-              f" torch {torch.__version__}, 1 thread, float64; fractions {fractions[0]} and {fractions[1]})")
+              f" torch {torch.__version__}, 1 thread, float64; fractions {fractions[0]} and {fractions[1]}; "
+              f"{'one image after the other' if args.batch == 1 else f'batches of {args.batch} instances'})")
     total = sum(e["per_image"] for e in estimates if e["per_image"] is not None) * images
     longest = max((e for e in estimates if e["per_image"] is not None), key=lambda e: e["per_image"])
     headers = ["model", *attacks, "all attacks, minutes/image"]
     lines = [header, tabulate(table, headers=headers, tablefmt="github"), "",
-             f"total for {images} images per cell: {total / 3600:,.1f} CPU-hours (one image after the other);",
+             f"total for {images} images per cell: {total / 3600:,.1f} CPU-hours "
+             f"({'one image after the other' if args.batch == 1 else f'batches of {args.batch}'});",
              f"longest cell: {longest['model']} {longest['attack']}, "
              f"{images * longest['per_image'] / 3600:,.2f} h on one core; "
              f"wall on 8 cores >= {max(total / 8, images * longest['per_image']) / 3600:,.1f} h"]
