@@ -14,12 +14,8 @@ from copa.errors import InvalidSpecError, UnknownNameError
 from copa.threat import Scenario
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread and one BLAS thread for every test here (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _scenario(npz, index=0, model="lenet-zhu", split="test", **kw):

@@ -22,12 +22,8 @@ MODELS = ("cnn2_c1", "cnn4_c2", "lenet-zhu")
 REPEATED_FLOORS = {"cnn2_c1": (18, 0.97), "cnn4_c2": (18, 0.97), "lenet-zhu": (14, 0.95)}  # (exact batches, label acc)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread and one BLAS thread for every test here (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _spec(npz):

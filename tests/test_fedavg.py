@@ -14,12 +14,8 @@ from copa.threat.observation import client_loss
 from copa.threat.observation_file import load_observation, observation_payload, save_observation, validate_payload
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread and one BLAS thread for every test here (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _fedavg(model="lenet-zhu", indices=(0, 1, 2, 3), steps=3, lr=0.05, batch=2, **kw):

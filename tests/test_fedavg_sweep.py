@@ -27,12 +27,8 @@ from copa.threat.observation import client_loss
 from copa.threat.observation_file import observation_payload
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread and one BLAS thread for every test here (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _manual_sgd(scenario: Scenario, chunks, lr: float):

@@ -34,15 +34,7 @@ def _same_tensors(a, b):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cifar_run(tmp_path_factory, one_thread):
+def cifar_run(tmp_path_factory, single_thread):
     if not CIFAR_NPZ.is_file():
         pytest.skip(f"shared data not present: {CIFAR_NPZ}")
     spec = f"npz:{CIFAR_NPZ}"
@@ -95,7 +87,7 @@ def test_other_seed_gives_other_weights(cifar_run, tmp_path):
     assert json.loads((tmp_path / "epoch1.json").read_text())["test_accuracy"] is None
 
 
-def test_sample_dataset_cnn2_c1(tmp_path, one_thread):
+def test_sample_dataset_cnn2_c1(tmp_path, single_thread):
     summary = _train(tmp_path, "cnn2_c1", "sample", epochs=2, checkpoint_epochs="2")
     assert [m["epoch"] for m in summary["checkpoints"]] == [2]
     create_model("cnn2_c1", checkpoint=tmp_path / "epoch2.pt")
