@@ -26,7 +26,8 @@ Seconds are wall time on whatever shared machine made the records (the CPU model
     python benchmarks/run_cost.py runs/paper/npz-cifar10_subset-train/records        # a workflow's records
     python benchmarks/run_cost.py runs/paper/npz-cifar10_subset-train/records \
         --logs runs/paper/logs/npz-cifar10_subset-train/cells                            # with the stage profile
-    python benchmarks/run_cost.py results/records.csv --cores 2 8                       # a published folder
+    python benchmarks/run_cost.py results/records.csv --cores 2 8                       # a published folder (its
+                                                                                        # full records where at hand)
 """
 
 from __future__ import annotations
@@ -43,31 +44,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from copa.bench.record import read_json, record_row  # noqa: E402
 
 
-def record_paths(source: Path) -> list[Path]:
-    """The ``record.json`` files of ``source``: a records folder (searched recursively), or the files a
-    published ``records.csv`` names (its ``record`` column, relative to the folder it was made from)."""
-    if source.is_dir():
-        return sorted(source.rglob("record.json"))
-    table = pd.read_csv(source)
-    paths = []
-    for name in table["record"].dropna():
-        path = Path(name)
-        paths.append(path if path.is_file() else source.parent / path)
-    return [path for path in paths if path.is_file()]
+def _record_facts(record: dict) -> dict:
+    """What a full record adds to its records.csv row: the hybrid's per-layer seconds and the CPU model."""
+    layers = (record.get("attack_info") or {}).get("layers") or []
+    return {"layer_seconds": {int(layer["layer"]): float(layer["seconds"]) for layer in layers
+                              if isinstance(layer, dict) and "seconds" in layer and "layer" in layer},
+            "cpu_model": (record.get("compute") or {}).get("cpu_model")}
 
 
 def load(source: Path) -> pd.DataFrame:
-    """One row per record: model, attack, index, seconds, CPU model, and the hybrid's per-layer seconds."""
-    rows = []
-    for path in record_paths(source):
-        record = read_json(path)
-        row = record_row(record, path)
-        layers = (record.get("attack_info") or {}).get("layers") or []
-        row["layer_seconds"] = {int(layer["layer"]): float(layer["seconds"]) for layer in layers
-                                if isinstance(layer, dict) and "seconds" in layer and "layer" in layer}
-        row["cpu_model"] = (record.get("compute") or {}).get("cpu_model")
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """One row per record: model, attack, index, status, seconds, CPU model and the hybrid's per-layer seconds —
+    from a records folder (every ``record.json`` below it), or from a published ``records.csv`` (its rows; the
+    full records it names, relative to the checkout that ran or to the csv's folder, where they are at hand)."""
+    if source.is_dir():
+        rows = []
+        for path in sorted(source.rglob("record.json")):
+            record = read_json(path)
+            rows.append({**record_row(record, path), **_record_facts(record)})
+        return pd.DataFrame(rows)
+    table = pd.read_csv(source)
+    facts = []
+    for name in table["record"] if "record" in table.columns else [None] * len(table):
+        path = None if not isinstance(name, str) else next(
+            (p for p in (Path(name), source.parent / name) if p.is_file()), None)
+        facts.append(_record_facts(read_json(path)) if path is not None else {"layer_seconds": {}, "cpu_model": None})
+    return table.assign(**pd.DataFrame(facts, index=table.index))
 
 
 def cell_minutes(records: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
         parser.error(f"{args.source}: no finished record.json found (give a workflow's records folder or a "
                      "records.csv)")
     records = records[records["status"] == "ok"]
-    print(f"{len(records)} ok records, CPU: {', '.join(sorted(map(str, records['cpu_model'].dropna().unique())))}")
+    cpus = sorted(map(str, records["cpu_model"].dropna().unique()))
+    print(f"{len(records)} ok records, CPU: {', '.join(cpus) or 'not named (their full records are not at hand)'}")
     print("\nMinutes per cell (sum of the records' wall seconds / 60):\n")
     print(cell_minutes(records).round(1).to_markdown())
     cells = records.groupby(["model", "attack"])["seconds"].sum()

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,19 @@ def test_cells_totals_layer_profile_and_outliers(tmp_path, run_cost, capsys):
     out = capsys.readouterr().out
     assert "0.25 CPU-hours" in out and "longest cell is cnn6/hybrid, 13.0 min" in out
     assert "2 cores: wall >= 0.22 h" in out          # the longest cell bounds it, not total / 2 = 0.125 h
+
+
+def test_a_published_records_csv_is_read_with_the_full_records_it_names(tmp_path, run_cost):
+    write_record(tmp_path / "records", "cnn6", "hybrid", 0, 100, layers={0: 80, 1: 20})
+    rows = [{"model": "cnn6", "attack": "hybrid", "index": 0, "status": "ok", "seconds": 100,
+             "record": "records/cnn6/hybrid/0/record.json"},               # relative to the csv's folder
+            {"model": "cnn6", "attack": "dlg", "index": 0, "status": "ok", "seconds": 50,
+             "record": "runs/elsewhere/record.json"}]                     # not at hand: its row still counts
+    pd.DataFrame(rows).to_csv(tmp_path / "records.csv", index=False)
+    records = run_cost.load(tmp_path / "records.csv")
+    assert run_cost.cell_minutes(records).loc["all models", "all attacks"] == pytest.approx(2.5)
+    assert records.loc[0, "layer_seconds"] == {0: 80.0, 1: 20.0} and records.loc[1, "layer_seconds"] == {}
+    assert list(records["cpu_model"].fillna("-")) == ["test CPU", "-"]
 
 
 def test_stage_profile_from_progress_logs(tmp_path, run_cost):
