@@ -251,6 +251,28 @@ def test_exact_recoveries_that_differ_in_rounding_are_within_tolerance(published
     assert verdict.verdict == "within tolerance" and "both exact recoveries" in verdict.detail
 
 
+def test_a_row_not_reproduced_names_the_cpu_it_was_made_on(published, tmp_path):
+    """Records keep their CPU (records.csv cpu_model); a rerun that is not identical on another CPU says so, since
+    MKL rounds float64 matrix products by CPU vendor (docs/reproducibility.md, "Determinism")."""
+    from copa.provenance import cpu_model
+
+    rows = pd.read_csv(published / "records.csv")
+    assert set(rows["cpu_model"]) == {cpu_model()}
+    elsewhere = "Some Other CPU @ 1.00GHz"
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "config.yaml").write_text((published / "config.yaml").read_text())
+    changed = (rows["attack"] == "mean-image") & (rows["defence"] == "none") & (rows["index"] == 1)
+    rows.loc[changed, "ssim"] = rows.loc[changed, "ssim"] * (1 + 1e-15)
+    rows["cpu_model"] = elsewhere
+    rows.to_csv(folder / "records.csv", index=False)
+    results = verify_results(folder, sample=8, log=lambda _: None)
+    for result in results:
+        named = f"made on {elsewhere}, rerun on {cpu_model()}" in result.detail
+        assert named == (result.verdict != "identical"), (result.verdict, result.detail)
+    assert sum(r.verdict == "within tolerance" for r in results) == 1
+
+
 def _copy_folder(published, tmp_path, name):
     """A copy of the published folder's config.yaml with its records.csv as a DataFrame, to change and write."""
     folder = tmp_path / name

@@ -425,8 +425,26 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
         kind, detail = _compare(row, reruns[key][members], metrics, rtol)
         if row.get("versions") != versions:
             detail += f"; versions then: {row.get('versions')}; now: {versions}"
+        if kind != "identical":
+            detail += cpu_difference(row.get("cpu_model"))
         verdict(kind, detail)
     return out
+
+
+def cpu_difference(made_on: Any, here: str | None = None) -> str:
+    """The clause a verdict other than identical gets when the record was made on another CPU model (records.csv
+    ``cpu_model``; empty when it does not say or is this one): torch's float64 matrix products go through MKL,
+    whose code path depends on the CPU's vendor and model, not only on the kernel set (docs/reproducibility.md).
+
+    >>> cpu_difference("Intel(R) Xeon(R) CPU @ 2.80GHz", here="AMD EPYC")
+    '; made on Intel(R) Xeon(R) CPU @ 2.80GHz, rerun on AMD EPYC: MKL rounds matrix products differently by CPU'
+    >>> cpu_difference("AMD EPYC", here="AMD EPYC"), cpu_difference(float("nan"), here="AMD EPYC")
+    ('', '')
+    """
+    here = cpu_model() if here is None else here
+    if not isinstance(made_on, str) or not made_on or made_on == here:
+        return ""
+    return f"; made on {made_on}, rerun on {here}: MKL rounds matrix products differently by CPU"
 
 
 def kernel_set_summary(results: list[Verification]) -> str:
