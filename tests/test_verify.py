@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -400,3 +401,43 @@ def test_a_row_made_with_an_earlier_attack_file_is_stale_not_inconsistent(publis
     assert "every row of records.csv: 8 rows: 6 consistent, 2 stale;" in table
     assert "none/cnn2_c1/rgap/0: stale (made with an earlier version of the attack's source file (SHA-256 " \
            "0000000000…; now " in table
+
+
+def test_a_trained_model_is_retrained_when_its_checkpoint_is_not_at_hand(tmp_path, capsys, single_thread):
+    """A results folder publishes a trained model's checkpoints/ARCH@epochE.json, not its weights: copa verify
+    trains the checkpoint as the rule train does and reruns on it only if its losses and accuracy are the published
+    ones to the last bit; otherwise (or with nothing published to compare) the rows cannot be verified. One torch
+    thread, as the workflow's jobs and copa verify run (float32 sums depend on the thread count)."""
+    from copa.bench.pipeline import checkpoint_file, train_checkpoint
+
+    config = {**_config(tmp_path), "models": ["cnn2_c1@epoch1"], "attacks": ["mean-image"], "defences": ["none"],
+              "training": {"max_images": 16, "batch_size": 8}}
+    checkpoint = Path(checkpoint_file(config, "cnn2_c1", 1))
+    train_checkpoint(config, "cnn2_c1", 1, out_dir=checkpoint.parent, log=None)
+    run_cell(config, "cnn2_c1@epoch1", "mean-image", records_dir=tmp_path / "records", summary=tmp_path / "cell.json",
+             log=lambda _: None)
+    results = tmp_path / "results"
+    (results / "checkpoints").mkdir(parents=True)
+    records_from_cells([tmp_path / "cell.json"]).to_csv(results / "records.csv", index=False)
+    (results / "config.yaml").write_text(yaml.safe_dump(config))
+    published = results / "checkpoints" / "cnn2_c1@epoch1.json"
+    shutil.copy(checkpoint.with_suffix(".json"), published)
+    shutil.rmtree(tmp_path / "records")  # as in a fresh clone: neither the records nor the checkpoint
+    shutil.rmtree(checkpoint.parent)
+
+    verdicts = verify_results(results, sample=2, log=print)
+    assert [v.verdict for v in verdicts] == ["identical", "identical"], [v.detail for v in verdicts]
+    assert "training it as the workflow's rule train does" in capsys.readouterr().out
+    assert checkpoint.is_file()
+
+    meta = json.loads(published.read_text())
+    published.write_text(json.dumps({**meta, "test_loss": meta["test_loss"] * (1 + 1e-15)}))
+    shutil.rmtree(checkpoint.parent)
+    verdicts = verify_results(results, sample=2, log=lambda _: None)
+    assert {v.verdict for v in verdicts} == {"cannot verify"}
+    assert verdicts[0].detail.startswith("the checkpoint trained here is not the published one: test_loss")
+    assert not checkpoint.exists()  # a model that is not the published one is not left where a run would take it
+
+    published.unlink()
+    verdicts = verify_results(results, sample=1, log=lambda _: None)
+    assert verdicts[0].verdict == "cannot verify" and "is not published to check a retrained one" in verdicts[0].detail

@@ -266,9 +266,10 @@ def provenance(study: Study) -> dict[str, Any]:
     commits = _distinct(records, "git_commit") or [c.strip() for c in meta.get("commit", "").split(",")
                                                    if c.strip() and c.strip() != "–"]
     cpu = _distinct(records, "device") or [meta.get("device", "–")]
-    capability = _distinct(records, "cpu_capability")
-    cpu_text = "; ".join(cpu) + (f" (torch kernel set {', '.join(capability)})" if capability else
-                                 " (CPU model not in records.csv)")
+    capability, models = _distinct(records, "cpu_capability"), _distinct(records, "cpu_model")
+    notes = ([f"torch kernel set {', '.join(capability)}"] if capability else []) + \
+        ([] if models else ["CPU model not in records.csv"])
+    cpu_text = "; ".join(cpu) + (f" on {', '.join(models)}" if models else "") + (f" ({'; '.join(notes)})" if notes else "")
     sample = ((study.config or {}).get("verify") or {}).get("sample", 10)
     seed = ((study.config or {}).get("verify") or {}).get("seed", 0)
     if study.is_submission:

@@ -19,7 +19,8 @@ threads — and compared:
   ground truth rebuilt from the config, does not give the metrics it publishes — checked for every ok row before
   any rerun, wherever the full records are present (:func:`~copa.bench.consistency.rescoring_disagrees`);
 * ``cannot verify``: the rerun would not be the same run — the scenario rebuilt from the config does not
-  give the record's ``config_hash``, or the attack's hyperparameters now differ (e.g. a changed default).
+  give the record's ``config_hash``, the attack's hyperparameters now differ (e.g. a changed default), or a trained
+  model's checkpoint, retrained where it is not at hand, is not the published one (:func:`checkpoint_problem`).
 
 The record's stored ``versions`` are compared with this installation's and a difference is reported beside
 the verdict. When the full records are present (the workflow's ``out`` folder, as ``records.csv`` points to
@@ -67,12 +68,15 @@ from .pipeline import (
     build_attack,
     cell_batch_size,
     check_attacks,
+    checkpoint_file,
     chunks,
     client_batches,
     configured_metrics,
+    parse_model_entry,
     scenario_for,
+    train_checkpoint,
 )
-from .record import config_hash, jsonable, read_record, versions_text
+from .record import config_hash, jsonable, read_json, read_record, versions_text
 from .run import run_attacks, set_threads
 
 VERDICTS = ("identical", "within tolerance", "different", "tampered", "cannot verify")
@@ -299,7 +303,8 @@ def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], o
     once, at import). A verdict that becomes ``identical`` says under which kernel set."""
 
     here = capabilities_here()
-    pending = {position: k for k, position in enumerate(picked) if out[k].verdict in RETRIED}
+    pending = {position: k for k, position in enumerate(picked) if out[k].verdict in RETRIED
+               or out[k].detail.startswith(NOT_THE_PUBLISHED_MODEL)}
     for capability in here[1:]:
         wanted = []
         for position in pending:
@@ -365,6 +370,7 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
     metrics = configured_metrics(config)
     versions = versions_text(package_versions())
     reruns: dict[tuple, dict[int, dict[str, Any]]] = {}
+    checkpoints: dict[str, str | None] = {}
     out: list[Verification] = []
     for position in picked:
         row = rows.iloc[int(position)]
@@ -382,6 +388,11 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
                                      f"client_batch")
             continue
         setting = settings[defence]
+        if model not in checkpoints:
+            checkpoints[model] = checkpoint_problem(config, model, results_dir, log=log)
+        if checkpoints[model] is not None:
+            verdict("cannot verify", checkpoints[model])
+            continue
 
         def scenario_of(images):
             return scenario_for(config, model, images, setting)
@@ -429,6 +440,52 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
             detail += cpu_difference(row.get("cpu_model"))
         verdict(kind, detail)
     return out
+
+
+CHECKPOINT_FINGERPRINT = ("train_loss", "test_loss", "test_accuracy")
+"""What a trained checkpoint's json (the rule ``train``'s ``epochE.json``) states of its weights, compared to the
+last bit between the published one and the one at hand."""
+NOT_THE_PUBLISHED_MODEL = "the checkpoint"
+"""How a verdict on a trained model whose checkpoint is not the published one begins (a rerun under another
+kernel set may train the published one: :func:`_retry_under_other_kernel_sets`)."""
+
+
+def checkpoint_problem(config: dict[str, Any], model: str, results_dir: str | Path, *,
+                       log: Callable[[str], None] = print) -> str | None:
+    """None when ``model``'s rows can be rerun on the model they were made on, else why not (a ``cannot verify``).
+
+    A trained model (``ARCH@epochE``) is attacked from the checkpoint the workflow's rule ``train`` writes under the
+    config's ``out``; a results folder publishes only its description, ``checkpoints/ARCH@epochE.json``. Where the
+    checkpoint is not at hand it is trained as the rule trains it, where the rule writes it (a few seconds: the
+    seeded SGD of :func:`copa.bench.pipeline.train_checkpoint`); its losses and accuracy
+    (:data:`CHECKPOINT_FINGERPRINT`) must equal the published ones to the last bit, else the rerun would attack
+    another model (float32 training rounds differently on another CPU: docs/reproducibility.md) and a retrained
+    checkpoint that differs is removed again."""
+    architecture, epoch = parse_model_entry(model)
+    if epoch is None:
+        return None
+    path = Path(checkpoint_file(config, architecture, epoch))
+    published = Path(results_dir) / "checkpoints" / f"{model}.json"
+    retrained = not path.is_file()
+    if retrained:
+        if not published.is_file():
+            return (f"{NOT_THE_PUBLISHED_MODEL} {path} is not at hand, and {published} is not published to check a "
+                    f"retrained one against")
+        log(f"{model}: its checkpoint is not published; training it as the workflow's rule train does, into {path}")
+        train_checkpoint(config, architecture, epoch, out_dir=path.parent, log=None)
+    meta = path.with_suffix(".json")
+    if not published.is_file() or not meta.is_file():
+        return None  # the workflow's own checkpoint, and nothing published to compare it with
+    then, here = read_json(published), read_json(meta)
+    differing = [f"{key} {here.get(key)!r} (published {then.get(key)!r})" for key in CHECKPOINT_FINGERPRINT
+                 if here.get(key) != then.get(key)]
+    if not differing:
+        return None
+    if retrained:
+        path.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+    where = "trained here" if retrained else f"at {path}"
+    return f"{NOT_THE_PUBLISHED_MODEL} {where} is not the published one: " + "; ".join(differing)
 
 
 def cpu_difference(made_on: Any, here: str | None = None) -> str:
