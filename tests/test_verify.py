@@ -436,7 +436,7 @@ def test_a_trained_model_is_retrained_when_its_checkpoint_is_not_at_hand(tmp_pat
     verdicts = verify_results(results, sample=2, log=lambda _: None)
     assert {v.verdict for v in verdicts} == {"cannot verify"}
     assert verdicts[0].detail.startswith("the checkpoint trained here is not the published one: test_loss")
-    assert not checkpoint.exists()  # a model that is not the published one is not left where a run would take it
+    assert not checkpoint.parent.exists()  # a model that is not the published one is not left where a run would take it
 
     published.unlink()
     verdicts = verify_results(results, sample=1, log=lambda _: None)

@@ -484,6 +484,8 @@ def checkpoint_problem(config: dict[str, Any], model: str, results_dir: str | Pa
     if retrained:
         path.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
     where = "trained here" if retrained else f"at {path}"
     return f"{NOT_THE_PUBLISHED_MODEL} {where} is not the published one: " + "; ".join(differing)
 
