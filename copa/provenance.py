@@ -79,15 +79,38 @@ def capabilities_here() -> list[str]:
     return [current, "DEFAULT"] if current != "DEFAULT" else ["DEFAULT"]
 
 
+def torch_math_libraries(shown: str | None = None) -> list[str]:
+    r"""The BLAS/LAPACK and oneDNN torch's own CPU operators use, from its build configuration
+    (``torch.__config__.show()``, or ``shown``). torch links MKL statically, so threadpoolctl, which lists the shared
+    libraries loaded (numpy's OpenBLAS), does not see the library that computes torch's float64 matrix products.
+
+    >>> torch_math_libraries("  - Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605 for x\n"
+    ...                      "  - Intel(R) MKL-DNN v3.12.0 (Git Hash 80afa71)\n  - Build settings: BLAS_INFO=mkl, X=1")
+    ['BLAS_INFO=mkl', 'Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605 for x', 'Intel(R) MKL-DNN v3.12.0']
+    """
+    shown = torch.__config__.show() if shown is None else shown
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", shown)
+    found = [f"BLAS_INFO={blas.group(1)}"] if blas else []
+    for line in shown.splitlines():
+        line = line.strip().lstrip("- ").strip()
+        if "Math Kernel Library" in line or "OpenBLAS" in line:
+            found.append(line)
+        elif "MKL-DNN" in line or "oneDNN" in line:
+            found.append(line.split(" (Git Hash")[0])
+    return found
+
+
 @functools.lru_cache(maxsize=1)
 def compute_environment() -> dict:
-    """What decides a CPU result's last bits besides the code: the CPU model, torch's kernel set, the BLAS and
-    OpenMP libraries in use (threadpoolctl: their API, version and the kernel architecture they chose) and the
-    kernel-choosing environment variables (:data:`KERNEL_SETTINGS`). Recorded in every record; ``copa verify``
-    reruns under the record's kernel set."""
+    """What decides a CPU result's last bits besides the code: the CPU model, torch's kernel set, the math libraries
+    torch computes with (:func:`torch_math_libraries`: MKL for its float64 matrix products, whose code path depends
+    on the CPU's vendor: docs/reproducibility.md), the BLAS and OpenMP libraries loaded beside it (threadpoolctl: their
+    API, version and the kernel architecture they chose; numpy's and SciPy's) and the kernel-choosing environment
+    variables (:data:`KERNEL_SETTINGS`). Recorded in every record; ``copa verify`` reruns under the record's kernel
+    set."""
     libraries = [{key: info.get(key) for key in ("internal_api", "version", "architecture", "threading_layer")
                   if info.get(key) is not None} for info in threadpool_info()]
-    return {"cpu_model": cpu_model(), "cpu_capability": cpu_capability(),
+    return {"cpu_model": cpu_model(), "cpu_capability": cpu_capability(), "torch_libraries": torch_math_libraries(),
             "libraries": sorted(libraries, key=lambda lib: str(sorted(lib.items()))),
             "environment": {key: os.environ[key] for key in KERNEL_SETTINGS if key in os.environ}}
 
