@@ -8,6 +8,7 @@ number can be traced to the code and machine that produced it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import re
@@ -100,17 +101,48 @@ def torch_math_libraries(shown: str | None = None) -> list[str]:
     return found
 
 
+def kernel_digests(dtype: torch.dtype = torch.float64) -> dict[str, str]:
+    """SHA-256 prefixes of a seeded matrix product (torch's BLAS: MKL on x86) and of a seeded convolution's output
+    and input gradient (float64: im2col + the BLAS; float32: oneDNN), on one thread: what this process's kernels
+    compute, bit for bit (benchmarks/kernel_fingerprint.py prints them)."""
+    def digest(tensor: torch.Tensor) -> str:
+        return hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()[:12]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(300, 400, dtype=dtype, generator=generator)
+        b = torch.randn(400, 200, dtype=dtype, generator=generator)
+        x = torch.randn(8, 3, 32, 32, dtype=dtype, generator=generator, requires_grad=True)
+        w = torch.randn(16, 3, 5, 5, dtype=dtype, generator=generator)
+        with torch.enable_grad():
+            y = torch.nn.functional.conv2d(x, w)
+            (y * y).sum().backward()
+        return {"gemm": digest(a @ b), "conv": digest(y), "conv_backward": digest(x.grad)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def kernel_fingerprint() -> str:
+    """One string for :func:`kernel_digests` in float64 (``gemm/conv/conv_backward``): two processes with the same
+    fingerprint compute these float64 operations to the same bits; records made under one fingerprint can be
+    reproduced bit for bit only under the same (docs/reproducibility.md, "Determinism")."""
+    return "/".join(kernel_digests(torch.float64).values())
+
+
 @functools.lru_cache(maxsize=1)
 def compute_environment() -> dict:
     """What decides a CPU result's last bits besides the code: the CPU model, torch's kernel set, the math libraries
     torch computes with (:func:`torch_math_libraries`: MKL for its float64 matrix products, whose code path depends
     on the CPU's vendor: docs/reproducibility.md), the BLAS and OpenMP libraries loaded beside it (threadpoolctl: their
     API, version and the kernel architecture they chose; numpy's and SciPy's) and the kernel-choosing environment
-    variables (:data:`KERNEL_SETTINGS`). Recorded in every record; ``copa verify`` reruns under the record's kernel
-    set."""
+    variables (:data:`KERNEL_SETTINGS`), and what the kernels compute (:func:`kernel_fingerprint`). Recorded in every
+    record; ``copa verify`` reruns under the record's kernel set."""
     libraries = [{key: info.get(key) for key in ("internal_api", "version", "architecture", "threading_layer")
                   if info.get(key) is not None} for info in threadpool_info()]
-    return {"cpu_model": cpu_model(), "cpu_capability": cpu_capability(), "torch_libraries": torch_math_libraries(),
+    return {"cpu_model": cpu_model(), "cpu_capability": cpu_capability(), "kernel_fingerprint": kernel_fingerprint(),
+            "torch_libraries": torch_math_libraries(),
             "libraries": sorted(libraries, key=lambda lib: str(sorted(lib.items()))),
             "environment": {key: os.environ[key] for key in KERNEL_SETTINGS if key in os.environ}}
 

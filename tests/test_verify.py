@@ -252,26 +252,34 @@ def test_exact_recoveries_that_differ_in_rounding_are_within_tolerance(published
     assert verdict.verdict == "within tolerance" and "both exact recoveries" in verdict.detail
 
 
-def test_a_row_not_reproduced_names_the_cpu_it_was_made_on(published, tmp_path):
-    """Records keep their CPU (records.csv cpu_model); a rerun that is not identical on another CPU says so, since
-    MKL rounds float64 matrix products by CPU vendor (docs/reproducibility.md, "Determinism")."""
-    from copa.provenance import cpu_model
+def test_a_row_not_reproduced_names_the_cpu_and_kernels_it_was_made_with(published, tmp_path):
+    """Records keep their CPU and kernel fingerprint (records.csv cpu_model, kernel_fingerprint); a rerun that is not
+    identical says where they differ from this machine's, since MKL rounds float64 matrix products by CPU
+    (docs/reproducibility.md, "Determinism"), and says nothing where they are the same."""
+    from copa.provenance import cpu_model, kernel_fingerprint
 
     rows = pd.read_csv(published / "records.csv")
-    assert set(rows["cpu_model"]) == {cpu_model()}
+    assert set(rows["cpu_model"]) == {cpu_model()} and set(rows["kernel_fingerprint"]) == {kernel_fingerprint()}
     elsewhere = "Some Other CPU @ 1.00GHz"
-    folder = tmp_path / "elsewhere"
-    folder.mkdir()
-    (folder / "config.yaml").write_text((published / "config.yaml").read_text())
     changed = (rows["attack"] == "mean-image") & (rows["defence"] == "none") & (rows["index"] == 1)
     rows.loc[changed, "ssim"] = rows.loc[changed, "ssim"] * (1 + 1e-15)
-    rows["cpu_model"] = elsewhere
-    rows.to_csv(folder / "records.csv", index=False)
-    results = verify_results(folder, sample=8, log=lambda _: None)
-    for result in results:
-        named = f"made on {elsewhere}, rerun on {cpu_model()}" in result.detail
-        assert named == (result.verdict != "identical"), (result.verdict, result.detail)
-    assert sum(r.verdict == "within tolerance" for r in results) == 1
+    cases = {"same kernels": ({"cpu_model": elsewhere}, None),
+             "other kernels": ({"cpu_model": elsewhere, "kernel_fingerprint": "0/1/2"},
+                               f"made on {elsewhere}, rerun on {cpu_model()}, whose float64 kernels compute other bits "
+                               f"(kernel fingerprint 0/1/2 then, {kernel_fingerprint()} here)"),
+             "made before fingerprints": ({"cpu_model": elsewhere, "kernel_fingerprint": None},
+                                          f"made on {elsewhere}, rerun on {cpu_model()}: MKL rounds")}
+    for name, (columns, clause) in cases.items():
+        folder = tmp_path / name.replace(" ", "-")
+        folder.mkdir()
+        (folder / "config.yaml").write_text((published / "config.yaml").read_text())
+        rows.assign(**columns).to_csv(folder / "records.csv", index=False)
+        results = verify_results(folder, sample=8, log=lambda _: None)
+        assert sum(r.verdict == "within tolerance" for r in results) == 1, name
+        for result in results:
+            named = clause is not None and clause in result.detail
+            assert named == (clause is not None and result.verdict != "identical"), (name, result.detail)
+            assert "made on" not in result.detail or clause is not None, (name, result.detail)
 
 
 def _copy_folder(published, tmp_path, name):

@@ -54,12 +54,12 @@ loss per local step (a JSON list; empty when the record does not say) and the fi
 (the update then equals fewer steps; empty when none was)."""
 RUN_COLUMNS = ["label_accuracy", "seconds", "forward_evals", "gradient_evals", "device", "git_commit", "finished_at",
                "config_hash", "run_config_hash", "versions", "hyperparameters", "attack_source_sha256", "sandbox",
-               "cpu_capability", "cpu_model", "record", "images"]
+               "cpu_capability", "cpu_model", "kernel_fingerprint", "record", "images"]
 """``attack_source_sha256``: the SHA-256 of the file that defined the attack when the record was made
 (:func:`copa.bench.pipeline.attack_identity`); a row whose attack file has changed since is stale
-(:func:`copa.bench.consistency.source_staleness`). ``cpu_capability`` and ``cpu_model``: the kernel set torch
-used and the CPU (:func:`copa.provenance.compute_environment`); float64 results are bit-identical only under the
-same kernel set on CPUs of the same vendor (docs/reproducibility.md, "Determinism")."""
+(:func:`copa.bench.consistency.source_staleness`). ``cpu_capability``, ``cpu_model`` and ``kernel_fingerprint``: the
+kernel set torch used, the CPU and what its float64 kernels compute (:func:`copa.provenance.compute_environment`);
+float64 results are bit-identical only where the fingerprint is the same (docs/reproducibility.md, "Determinism")."""
 
 
 def record_columns(metrics: Iterable[str] = DEFAULT_METRICS) -> list[str]:
@@ -327,6 +327,7 @@ def record_row(record: dict[str, Any], path: str | Path | None = None) -> dict[s
         "sandbox": sandbox_text(record),
         "cpu_capability": (record.get("compute") or {}).get("cpu_capability"),
         "cpu_model": (record.get("compute") or {}).get("cpu_model"),
+        "kernel_fingerprint": (record.get("compute") or {}).get("kernel_fingerprint"),
         "record": None if path is None else str(path), "images": images,
     }
 

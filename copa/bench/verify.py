@@ -51,7 +51,8 @@ from ..attacks import ATTACKS
 from ..errors import CopaError, InvalidSpecError, unknown_name
 from ..hyperparameters import check_threads
 from ..io import atomic_write_text, read_yaml_mapping
-from ..provenance import capabilities_here, cpu_capability, cpu_model, package_versions, resolve_device
+from ..provenance import (capabilities_here, cpu_capability, cpu_model, kernel_fingerprint, package_versions,
+                          resolve_device)
 from .consistency import (
     EXACT_PSNR,
     Consistency,
@@ -437,7 +438,7 @@ def _verify_positions(results_dir: Path, config: dict[str, Any], rows, picked: l
         if row.get("versions") != versions:
             detail += f"; versions then: {row.get('versions')}; now: {versions}"
         if kind != "identical":
-            detail += cpu_difference(row.get("cpu_model"))
+            detail += environment_difference(row.get("cpu_model"), row.get("kernel_fingerprint"))
         verdict(kind, detail)
     return out
 
@@ -490,18 +491,31 @@ def checkpoint_problem(config: dict[str, Any], model: str, results_dir: str | Pa
     return f"{NOT_THE_PUBLISHED_MODEL} {where} is not the published one: " + "; ".join(differing)
 
 
-def cpu_difference(made_on: Any, here: str | None = None) -> str:
-    """The clause a verdict other than identical gets when the record was made on another CPU model (records.csv
-    ``cpu_model``; empty when it does not say or is this one): torch's float64 matrix products go through MKL,
-    whose code path depends on the CPU's vendor and model, not only on the kernel set (docs/reproducibility.md).
+def environment_difference(made_on: Any, fingerprint: Any, *, here: str | None = None,
+                           here_fingerprint: str | None = None) -> str:
+    """The clause a verdict other than identical gets when the record was made where the kernels compute other bits:
+    its kernel fingerprint (records.csv ``kernel_fingerprint``, :func:`copa.provenance.kernel_fingerprint`) is not
+    this process's, or, for records without one, its CPU model (``cpu_model``) is not this one. Empty when the
+    record does not say, or says the same: then no environment difference explains the verdict. torch's float64
+    matrix products go through MKL, whose code path depends on the CPU, not only on the kernel set
+    (docs/reproducibility.md).
 
-    >>> cpu_difference("Intel(R) Xeon(R) CPU @ 2.80GHz", here="AMD EPYC")
+    >>> environment_difference("Intel(R) Xeon(R) CPU @ 2.80GHz", float("nan"), here="AMD EPYC")
     '; made on Intel(R) Xeon(R) CPU @ 2.80GHz, rerun on AMD EPYC: MKL rounds matrix products differently by CPU'
-    >>> cpu_difference("AMD EPYC", here="AMD EPYC"), cpu_difference(float("nan"), here="AMD EPYC")
+    >>> environment_difference("AMD EPYC", "a/b/c", here="AMD EPYC", here_fingerprint="d/e/f")
+    '; made on AMD EPYC, rerun on AMD EPYC, whose float64 kernels compute other bits (kernel fingerprint a/b/c then, d/e/f here)'
+    >>> environment_difference("AMD EPYC", "a/b/c", here="Other", here_fingerprint="a/b/c"), environment_difference(None, None, here="x")
     ('', '')
     """
     here = cpu_model() if here is None else here
-    if not isinstance(made_on, str) or not made_on or made_on == here:
+    made_on = made_on if isinstance(made_on, str) and made_on else None
+    if isinstance(fingerprint, str) and fingerprint:
+        here_fingerprint = kernel_fingerprint() if here_fingerprint is None else here_fingerprint
+        if fingerprint == here_fingerprint:
+            return ""
+        return (f"; made on {made_on or 'a CPU records.csv does not name'}, rerun on {here}, whose float64 kernels "
+                f"compute other bits (kernel fingerprint {fingerprint} then, {here_fingerprint} here)")
+    if made_on is None or made_on == here:
         return ""
     return f"; made on {made_on}, rerun on {here}: MKL rounds matrix products differently by CPU"
 
