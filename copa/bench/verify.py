@@ -51,7 +51,7 @@ from ..attacks import ATTACKS
 from ..errors import CopaError, InvalidSpecError, unknown_name
 from ..hyperparameters import check_threads
 from ..io import atomic_write_text, read_yaml_mapping
-from ..provenance import (capabilities_here, cpu_capability, cpu_model, kernel_fingerprint, package_versions,
+from ..provenance import (capabilities_here, compute_environment, cpu_capability, cpu_model, package_versions,
                           resolve_device)
 from .consistency import (
     EXACT_PSNR,
@@ -510,7 +510,7 @@ def environment_difference(made_on: Any, fingerprint: Any, *, here: str | None =
     here = cpu_model() if here is None else here
     made_on = made_on if isinstance(made_on, str) and made_on else None
     if isinstance(fingerprint, str) and fingerprint:
-        here_fingerprint = kernel_fingerprint() if here_fingerprint is None else here_fingerprint
+        here_fingerprint = compute_environment()["kernel_fingerprint"] if here_fingerprint is None else here_fingerprint
         if fingerprint == here_fingerprint:
             return ""
         return (f"; made on {made_on or 'a CPU records.csv does not name'}, rerun on {here}, whose float64 kernels "
