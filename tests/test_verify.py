@@ -15,7 +15,7 @@ import yaml
 
 from copa.bench.leaderboard import records_from_cells
 from copa.bench.pipeline import run_cell
-from copa.bench.verify import verify_results
+from copa.bench.verify import verify_results, worth_retrying
 from copa.cli import main
 
 
@@ -449,3 +449,21 @@ def test_a_trained_model_is_retrained_when_its_checkpoint_is_not_at_hand(tmp_pat
     published.unlink()
     verdicts = verify_results(results, sample=1, log=lambda _: None)
     assert verdicts[0].verdict == "cannot verify" and "is not published to check a retrained one" in verdicts[0].detail
+    assert not worth_retrying(verdicts[0])  # no kernel set retrains what is not published: no child rerun
+
+
+def test_verify_does_not_train_a_checkpoint_beyond_its_bound(tmp_path):
+    """A results folder (a submission's above all) that names a trained model whose checkpoint is not at hand cannot
+    make copa verify train it for more than VERIFY_RETRAINS_UP_TO_EPOCH epochs: the rows cannot be verified, and
+    nothing is trained or written."""
+    from copa.bench.verify import VERIFY_RETRAINS_UP_TO_EPOCH, checkpoint_problem
+
+    epoch = VERIFY_RETRAINS_UP_TO_EPOCH + 1
+    config = {**_config(tmp_path), "models": [f"cnn2_c1@epoch{epoch}"], "training": {"max_images": 16, "batch_size": 8}}
+    results = tmp_path / "results"
+    (results / "checkpoints").mkdir(parents=True)
+    (results / "checkpoints" / f"cnn2_c1@epoch{epoch}.json").write_text(json.dumps({"test_loss": 2.3}))
+    trained = []
+    problem = checkpoint_problem(config, f"cnn2_c1@epoch{epoch}", results, log=trained.append)
+    assert problem is not None and f"up to {VERIFY_RETRAINS_UP_TO_EPOCH} epochs, not {epoch}" in problem, problem
+    assert not trained and not any(tmp_path.glob("**/*.pt"))

@@ -296,6 +296,24 @@ RETRIED = ("different", "within tolerance")
 """Verdicts that a rerun under another kernel set may turn into ``identical``."""
 
 
+def worth_retrying(verification: Verification) -> bool:
+    """Whether a rerun under another kernel set may turn this verdict into ``identical``: one of :data:`RETRIED`, or
+    a trained model whose checkpoint, trained here, is not the published one (another kernel set may train it);
+    not a checkpoint that is neither at hand nor published, nor any other ``cannot verify``.
+
+    >>> worth_retrying(Verification("m", "a", "none", 0, "different", "psnr 6.39004 vs 6.39005"))
+    True
+    >>> worth_retrying(Verification("m@epoch1", "a", "none", 0, "cannot verify",
+    ...                             "the checkpoint trained here is not the published one: test_loss 2.3 (published 2.4)"))
+    True
+    >>> worth_retrying(Verification("m@epoch1", "a", "none", 0, "cannot verify",
+    ...                             "runs/m.pt is not at hand, and results/checkpoints/m@epoch1.json is not published"))
+    False
+    """
+    return verification.verdict in RETRIED or (verification.verdict == "cannot verify"
+                                               and verification.detail.startswith(NOT_THE_PUBLISHED_MODEL))
+
+
 def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], out: list[Verification], *,
                                    rtol: float, threads: int, log: Callable[[str], None]) -> None:
     """Rerun the records this process did not reproduce exactly under another of this CPU's kernel sets — the
@@ -304,8 +322,7 @@ def _retry_under_other_kernel_sets(results_dir: Path, rows, picked: list[int], o
     once, at import). A verdict that becomes ``identical`` says under which kernel set."""
 
     here = capabilities_here()
-    pending = {position: k for k, position in enumerate(picked) if out[k].verdict in RETRIED
-               or out[k].detail.startswith(NOT_THE_PUBLISHED_MODEL)}
+    pending = {position: k for k, position in enumerate(picked) if worth_retrying(out[k])}
     for capability in here[1:]:
         wanted = []
         for position in pending:
@@ -448,7 +465,14 @@ CHECKPOINT_FINGERPRINT = ("train_loss", "test_loss", "test_accuracy")
 last bit between the published one and the one at hand."""
 NOT_THE_PUBLISHED_MODEL = "the checkpoint"
 """How a verdict on a trained model whose checkpoint is not the published one begins (a rerun under another
-kernel set may train the published one: :func:`_retry_under_other_kernel_sets`)."""
+kernel set may train the published one: :func:`_retry_under_other_kernel_sets`). A checkpoint that is neither at
+hand nor published is not retried: its verdict begins otherwise."""
+
+
+VERIFY_RETRAINS_UP_TO_EPOCH = 20
+"""The most epochs ``copa verify`` trains a checkpoint that is not at hand (4× the project's own trained models,
+results/realistic/trained: epochs 0, 1 and 5): a results folder, a submission's above all, cannot make a verifier
+train for the workflow's :data:`~copa.bench.pipeline.MAX_TRAIN_EPOCH` (1,000) epochs."""
 
 
 def checkpoint_problem(config: dict[str, Any], model: str, results_dir: str | Path, *,
@@ -458,7 +482,7 @@ def checkpoint_problem(config: dict[str, Any], model: str, results_dir: str | Pa
     A trained model (``ARCH@epochE``) is attacked from the checkpoint the workflow's rule ``train`` writes under the
     config's ``out``; a results folder publishes only its description, ``checkpoints/ARCH@epochE.json``. Where the
     checkpoint is not at hand it is trained as the rule trains it, where the rule writes it (a few seconds: the
-    seeded SGD of :func:`copa.bench.pipeline.train_checkpoint`); its losses and accuracy
+    seeded SGD of :func:`copa.bench.pipeline.train_checkpoint`; up to :data:`VERIFY_RETRAINS_UP_TO_EPOCH`); its losses and accuracy
     (:data:`CHECKPOINT_FINGERPRINT`) must equal the published ones to the last bit, else the rerun would attack
     another model (float32 training rounds differently on another CPU: docs/reproducibility.md) and a retrained
     checkpoint that differs is removed again."""
@@ -470,8 +494,11 @@ def checkpoint_problem(config: dict[str, Any], model: str, results_dir: str | Pa
     retrained = not path.is_file()
     if retrained:
         if not published.is_file():
-            return (f"{NOT_THE_PUBLISHED_MODEL} {path} is not at hand, and {published} is not published to check a "
-                    f"retrained one against")
+            return (f"{path} is not at hand, and {published} is not published to check a retrained one against "
+                    f"(no kernel set can help: nothing is retried)")
+        if epoch > VERIFY_RETRAINS_UP_TO_EPOCH:
+            return (f"{path} is not at hand, and copa verify trains checkpoints of up to "
+                    f"{VERIFY_RETRAINS_UP_TO_EPOCH} epochs, not {epoch} (put the checkpoint there to verify its rows)")
         log(f"{model}: its checkpoint is not published; training it as the workflow's rule train does, into {path}")
         train_checkpoint(config, architecture, epoch, out_dir=path.parent, log=None)
     meta = path.with_suffix(".json")
