@@ -84,6 +84,20 @@ def test_the_floor_check_keeps_a_working_recursion(cifar_npz):
         assert checked["metrics"]["mean"]["psnr"] == unchecked["metrics"]["mean"]["psnr"]
 
 
+def test_the_floor_check_keeps_a_recursion_whose_update_was_clipped(cifar_npz):
+    """DP-SGD clips the client's update (here to norm 0.01, hundreds of times below these untrained gradients; noise
+    1e-12, so only the clipping acts): the layer-wise image still reproduces the update's direction, and the floor
+    check, whose residual fits the update's unknown scale, keeps it (the unscaled residual chose the blank image:
+    docs/defences.md, "The floor check under DP clipping")."""
+    clipped = "dp-gaussian:clip=0.01,sigma=1e-12"
+    undefended = _run("cnn2_c2", "copa", cifar_npz, COPA_STEPS, indices=(3,), input_shape="3x16x16")
+    record = _run("cnn2_c2", "copa", cifar_npz, COPA_STEPS, indices=(3,), input_shape="3x16x16", defences=(clipped,))
+    check = _image_layer(record)["floor_check"]
+    assert record["update_distortion"] > 0.9  # the observed update is far from the true one in norm
+    assert check["chosen"] == "layer-wise" and check["residual_layer-wise"] < 1e-9 < check["residual_blank"]
+    assert record["metrics"]["mean"]["psnr"] == pytest.approx(undefended["metrics"]["mean"]["psnr"], abs=0.1)
+
+
 def test_without_a_label_the_floor_check_uses_the_recovered_one(cifar_npz):
     record = _run("cnn2_c2", "copa", cifar_npz, COPA_STEPS, indices=(3,), input_shape="3x16x16", label_known=False)
     assert _image_layer(record)["floor_check"]["chosen"] == "layer-wise"

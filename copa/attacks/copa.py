@@ -33,8 +33,10 @@ Both run the layer-wise recursion of :mod:`copa.layerwise`. At every convolution
    CIFAR-10 train image 0; 94–99 % of it outside the pixel box: 5 dB, below the mean image's 12 dB).
    Each layer records the fraction of its reconstructed input outside what the layer below can produce
    (``outside_fraction``, ``outside_fraction_least_squares``: the detector). The decision is by the attack's own
-   loss: the relative gradient residual ``Σ_t‖∇_t − g_t‖² / Σ_t‖g_t‖²`` of the whole network, of the layer-wise
-   image and of the blank mid-grey image (the mean-image floor's guess, which knows nothing of the gradients).
+   loss: the relative gradient residual of the whole network with the update's unknown positive scale fitted,
+   ``min_s Σ_t‖s∇_t − g_t‖² / Σ_t‖g_t‖² = 1 − cos²`` (DP clipping scales a client's update by a factor the
+   attacker does not know; the unscaled residual chose the blank image over 30 dB reconstructions there:
+   docs/defences.md), of the layer-wise image and of the blank mid-grey image (the mean-image floor's guess, which knows nothing of the gradients).
    Where the blank image reproduces the observation better — or, if the image layer's least-squares solution
    lies outside the pixel box on more than ``amplified_fraction`` of its pixels (amplified), where it is not
    ``amplified_margin`` times worse — the layer-wise image is judged amplified noise: ``copa`` returns the
@@ -231,6 +233,22 @@ class _GradientMatch:
         den = sum(_flat_sum(t.square()) for t in self.targets)
         return [n / d if d > 0 else 0.0 for n, d in zip(num.tolist(), den.tolist())]
 
+    def scale_free_residual(self, x_i: Tensor) -> list[float]:
+        """``min_{s ≥ 0} Σ_t ‖s ∇_t − g_t‖² / Σ_t ‖g_t‖² = 1 − max(0, ⟨∇, g⟩)² / (‖∇‖² ‖g‖²)`` per instance (over
+        the whole concatenated update): the relative residual once the update's one unknown positive scale is
+        fitted. A client may scale its whole update by a factor the attacker does not know — DP-SGD clips it to
+        norm C (Abadi et al., CCS 2016: a factor ``min(1, C/‖g‖)``), and FedAvg's learning rate scales it too — so
+        the floor check compares candidates by this, not by :meth:`relative_residual` (under clipping the true
+        image's gradient is far from the clipped update in norm while parallel to it: docs/defences.md). 0 where
+        ``x_i`` reproduces the update up to scale; 1 where its gradient is orthogonal (or opposite) to it."""
+        with torch.enable_grad():
+            grads = self.gradients(x_i.detach())
+        dot = sum(_flat_sum(g.detach() * t) for g, t in zip(grads, self.targets))
+        own = sum(_flat_sum(g.detach().square()) for g in grads)
+        den = sum(_flat_sum(t.square()) for t in self.targets)
+        return [1.0 if d <= 0 or o <= 0 or v <= 0 else max(0.0, 1.0 - v * v / (o * d))
+                for v, o, d in zip(dot.tolist(), own.tolist(), den.tolist())]
+
     def __call__(self, x_i: Tensor) -> Tensor:
         return per_tensor_cosine_distance(self.gradients(x_i), self.targets, batched=True)
 
@@ -398,7 +416,7 @@ class COPA(Attack):
         "solver": Hyperparameter("normal", "ours: 'normal' (Gram Cholesky, fast) or 'lstsq' (LAPACK gelsd)"),
         "floor_check": Hyperparameter(True, "ours (issue 34): stage 4, the floor check — where the layer-wise image "
                                             "is judged worse than the blank mid-grey one (the mean-image floor's "
-                                            "guess) by the whole network's relative gradient residual, copa returns "
+                                            "guess) by the whole network's scale-free gradient residual, copa returns "
                                             "the blank image and copa-gm the best of it and its gradient-matching "
                                             "restarts; false: the layer-wise image always"),
         "amplified_fraction": Hyperparameter(0.05, "ours (issue 34): the fraction of the image layer's least-squares "
@@ -490,7 +508,7 @@ class COPA(Attack):
         upper = torch.stack([bounds[b][1] for b in members])
         blank = ((lower + upper) / 2).expand_as(layerwise_images).contiguous()
         candidates = {"layer-wise": layerwise_images, "blank": blank}
-        residuals = {name: match.relative_residual(x) for name, x in candidates.items()}
+        residuals = {name: match.scale_free_residual(x) for name, x in candidates.items()}
         # amplified: the image layer's least-squares solution leaves the pixel box on more than amplified_fraction
         # of its pixels; its layer-wise image then counts only where it beats the blank one by a factor of
         # amplified_margin (the residual ratio), else it is judged worse than the blank one
@@ -682,8 +700,8 @@ class COPAGradientMatching(COPA):
         n = len(worse)
         mean = (restarts[:n] + restarts[n:]) / 2
         own = match.subset(worse)
-        residuals = own.relative_residual(mean)
-        each, restart_objectives = part.relative_residual(restarts), restart_objectives.tolist()
+        residuals = own.scale_free_residual(mean)
+        each, restart_objectives = part.scale_free_residual(restarts), restart_objectives.tolist()
         images = candidates["layer-wise"].clone()
         values, counts = [math.inf] * images.shape[0], [0] * images.shape[0]
         for j, k in enumerate(worse):
