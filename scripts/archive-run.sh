@@ -19,7 +19,13 @@ case "$1" in
     (cd "$run" && find . \( -path '*/records/*' -o -path '*/cells/*' -o -path './logs/*' \) -type f \
         \( -name record.json -o -name images.npz -o -name reconstruction.png -o -name '*.json' -o -name '*.log' \) \
         -print0 | while IFS= read -r -d '' f; do
-          if [ ! -e "$dest/$f" ] || ! cmp -s "$f" "$dest/$f"; then mkdir -p "$dest/$(dirname "$f")"; cp -p "$f" "$dest/$f"; fi
+          # a live run deletes a cell's summary before it reruns the cell: a file gone since find listed it is
+          # skipped (the next save takes its new version), not an error that leaves the archive half copied
+          [ -f "$f" ] || continue
+          if [ ! -e "$dest/$f" ] || ! cmp -s "$f" "$dest/$f"; then
+            mkdir -p "$dest/$(dirname "$f")"
+            cp -p "$f" "$dest/$f" 2>/dev/null || echo "archive-run: $f went away while it was copied: skipped" >&2
+          fi
         done)
     cd "$ROOT"
     git add -A "archive/$name"

@@ -84,6 +84,28 @@ def test_a_changed_record_is_committed_again(repo: Path, tmp_path: Path):
     assert git(repo, "show", "HEAD:archive/paper/ds/records/none/cnn2_c1/rgap/0/record.json") == '{"status": "failed"}'
 
 
+def test_a_file_the_live_run_removes_during_the_save_is_skipped(repo: Path, tmp_path: Path):
+    """The workflow deletes a cell's summary before it reruns the cell; a save that meets it gone (here: a `cp` that
+    finds its source removed, as in a race with the run) still commits everything else and says what it skipped."""
+    run = tmp_path / "run"
+    make_run(run)
+    vanishing = run / "ds" / "cells" / "none" / "cnn2_c1" / "copa.json"
+    vanishing.write_text("{}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_cp = shutil.which("cp")
+    (bin_dir / "cp").write_text(f'#!/bin/sh\ncase "$2" in *copa.json) rm -f "$2"; '
+                                f'echo "cp: cannot stat $2" >&2; exit 1;; esac\nexec {real_cp} "$@"\n')
+    (bin_dir / "cp").chmod(0o755)
+    env = {**__import__("os").environ, "PATH": f"{bin_dir}:{__import__('os').environ['PATH']}"}
+    saved = subprocess.run(["bash", str(repo / "scripts" / "archive-run.sh"), "save", str(run), "paper"],
+                           capture_output=True, text=True, env=env)
+    assert saved.returncode == 0, saved.stderr
+    assert "copa.json went away while it was copied: skipped" in saved.stderr
+    assert "archive/paper/ds/records/none/cnn2_c1/rgap/0/record.json" in git(repo, "ls-files", "archive")
+    assert git(repo, "status", "--porcelain") == ""  # nothing left half copied and uncommitted
+
+
 @pytest.mark.parametrize("args, message", [
     ((), "usage"),
     (("move", "a", "b"), "usage"),
