@@ -20,14 +20,14 @@ import pandas as pd
 ATTACK_ORDER = ("rgap", "copa", "copa-gm", "dlg", "idlg", "ig", "hybrid")
 
 
-def defence_label(spec: str) -> str:
-    """The docs' short name of a defence spec.
+def short_defence_name(spec: str) -> str:
+    """The docs' short name of a defence spec (the tables' rows; copa.bench.record.defence_label is the canonical chain).
 
-    >>> defence_label("dp-gaussian:clip=1.0,delta=1e-05,sample_rate=0.01,sigma=0.001,steps=1")
+    >>> short_defence_name("dp-gaussian:clip=1.0,delta=1e-05,sample_rate=0.01,sigma=0.001,steps=1")
     'dp σ=0.001'
-    >>> defence_label("quantize:bits=4,rounding='deterministic'")
+    >>> short_defence_name("quantize:bits=4,rounding='deterministic'")
     'quantize:bits=4'
-    >>> defence_label("prune:p=0.9")
+    >>> short_defence_name("prune:p=0.9")
     'prune:p=0.9'
     """
     if spec.startswith("dp-gaussian:"):
@@ -53,7 +53,7 @@ def tables(records: pd.DataFrame) -> str:
         for defence in dict.fromkeys(records.loc[records["model"] == model, "defence"]):
             row = [f"{means.loc[(defence, a), 'psnr']:.2f} / {means.loc[(defence, a), 'ssim']:.2f}"
                    if (defence, a) in means.index else "–" for a in attacks]
-            lines.append(f"| {defence_label(defence)} | " + " | ".join(row) + " |")
+            lines.append(f"| {short_defence_name(defence)} | " + " | ".join(row) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
