@@ -82,6 +82,11 @@ Options beyond theirs: ``fc_rows="all"`` (copa's least-squares combination of ev
 :func:`copa.layerwise.fc_input_from_gradients`; the same to rounding on exact gradients) and
 ``solver="normal"`` (Gram Cholesky, faster; the same solution when a layer's system is consistent).
 
+Batched instances (ours, issue 32): a cell's images of one model run each layer's gradient-matching stage as one
+vectorised Adam run (per-instance objectives; Adam is elementwise, so each image follows its own trajectory, equal
+to its one-at-a-time run up to rounding: tests/test_batched.py); the least-squares solves stay per image. One image
+runs the unbatched computation.
+
 Measured (tests/test_hybrid.py): cnn2_c2, CIFAR-10 train image 3, full defaults, float64: 27.49 dB, as the
 authors' code on the same weights and observation (27.49 dB); ``precision="float32"``: 27.49 dB too.
 
@@ -150,39 +155,47 @@ def _residue_keep(geometry: ConvGeometry, dtype: torch.dtype, device) -> Tensor:
 
 class _LayerObjective:
     """hybrid.py's stage objective at conv layer ``index`` (L835–837): ``w_cos · Σ_t (1 − cos) + w_tv · TV +
-    w_lin · ‖U x − v‖²`` of ``x`` (``1×C×H×W``, unpadded)."""
+    w_lin · ‖U x − v‖²`` of ``x`` (``B×C×H×W``, unpadded), one value per instance.
 
-    def __init__(self, ctx, index: int, geometry: ConvGeometry, z: Tensor, delta: Tensor, keep: Tensor | None,
-                 loss_fn, labels: Tensor, dtype: torch.dtype, weights: dict[str, float]):
+    B instances of one model (a cell's images, issue 32's speed work) share the sub-network's parameters; their
+    gradients come from ``torch.func.vmap`` over ``torch.func.grad`` (as ``copa-gm``'s gradient matching) and
+    every term is per instance, so the sum's gradient on instance b's slice is instance b's own objective's
+    gradient. One instance takes plain ``torch.autograd.grad`` and the unbatched reductions: the computation of
+    the one-image attack, unchanged."""
+
+    def __init__(self, ctxs, index: int, geometry: ConvGeometry, zs: list[Tensor], deltas: list[Tensor],
+                 keep: Tensor | None, loss_fn, labels: Tensor, dtype: torch.dtype, weights: dict[str, float]):
+        ctx = ctxs[0]
         self.layers, self.acts = ctx.layers[index:], ctx.activations[index:]
         self.loss_fn, self.labels, self.weights = loss_fn, labels, weights
         # the sub-network's parameter tensors in hybrid.py's order (bias, then weight; L707–710) and the
         # observed gradients of the same tensors (in place of their gradients at the true input, L815–819)
         self.params, self.targets = [], []
         for k, layer in enumerate(ctx.layers[index:], start=index):
-            gw, gb = ctx.grads[k]
             if layer.bias is not None:
-                self.params.append(layer.bias.detach().to(dtype).clone().requires_grad_(True))
-                self.targets.append(gb.to(dtype))
-            self.params.append(layer.weight.detach().to(dtype).clone().requires_grad_(True))
-            self.targets.append(gw.to(dtype))
+                self.params.append(layer.bias.detach().to(dtype).clone().requires_grad_(len(ctxs) == 1))
+                self.targets.append(torch.stack([c.grads[k][1].to(dtype) for c in ctxs]))
+            self.params.append(layer.weight.detach().to(dtype).clone().requires_grad_(len(ctxs) == 1))
+            self.targets.append(torch.stack([c.grads[k][0].to(dtype) for c in ctxs]))
         # the linear system U x = v of L186–212 (U, V stacked at L205–206), in float64 (square_norm casts x
         # to u's dtype, L932)
         conv = ctx.layers[index]
         self.geometry, self.keep = geometry, keep
         self.weight = conv.weight.detach().to(torch.float64)
         self.stride, self.padding = conv.stride, conv.padding
-        self.z, self.delta = z.to(torch.float64).unsqueeze(0), delta.to(torch.float64)
-        self.grad = ctx.grads[index][0].to(torch.float64)
-        self.evaluations = 0
+        self.z = torch.stack([z.to(torch.float64) for z in zs])
+        self.delta = torch.stack([d.to(torch.float64) for d in deltas])
+        self.grad = torch.stack([c.grads[index][0].to(torch.float64) for c in ctxs])
+        self.evaluations = 0  # per instance: every call evaluates every instance once
+        self._per_instance = torch.func.vmap(torch.func.grad(self._instance_loss), in_dims=(None, 0, 0))
 
-    def _logits(self, x: Tensor) -> Tensor:
+    def _logits(self, params: list[Tensor], x: Tensor) -> Tensor:
         out, k = x, 0
         for layer, act in zip(self.layers, self.acts):
             bias = None
             if layer.bias is not None:
-                bias, k = self.params[k], k + 1
-            weight, k = self.params[k], k + 1
+                bias, k = params[k], k + 1
+            weight, k = params[k], k + 1
             if isinstance(layer, nn.Linear):
                 out = F.linear(out.flatten(1), weight, bias)
             else:
@@ -190,23 +203,34 @@ class _LayerObjective:
             out = act(out)
         return out
 
+    def _instance_loss(self, params: list[Tensor], x: Tensor, label: Tensor) -> Tensor:
+        return self.loss_fn(self._logits(params, x.unsqueeze(0)), label.unsqueeze(0))
+
     def linear(self, x: Tensor) -> Tensor:
-        """``‖U x − v‖² = ‖A x − z‖² + ‖K(δ) x − g‖²`` (raw; square_norm L927–935), float64."""
+        """``‖U x − v‖² = ‖A x − z‖² + ‖K(δ) x − g‖²`` per instance (raw; square_norm L927–935), float64."""
         x64 = x.to(torch.float64)
         forward = F.conv2d(x64, self.weight, stride=self.stride, padding=self.padding) - self.z
         x_k = x64 if self.keep is None else x64 * self.keep
-        gradient = grad_apply(self.geometry.pad(x_k), self.delta, self.geometry)[0] - self.grad
-        return forward.square().sum() + gradient.square().sum()
+        delta = self.delta[0] if x.shape[0] == 1 else self.delta  # one instance: δ shared, as the unbatched attack
+        gradient = grad_apply(self.geometry.pad(x_k), delta, self.geometry) - self.grad
+        if x.shape[0] == 1:
+            return (forward.square().sum() + gradient.square().sum()).unsqueeze(0)
+        return forward.square().flatten(1).sum(1) + gradient.square().flatten(1).sum(1)
 
     def terms(self, x: Tensor) -> dict[str, Tensor]:
         self.evaluations += 1
-        with torch.enable_grad():
-            loss = self.loss_fn(self._logits(x), self.labels)
-            grads = torch.autograd.grad(loss, self.params, create_graph=x.requires_grad)
-        return {"cos": per_tensor_cosine_distance(grads, self.targets, eps=1e-10),
-                "tv": total_variation(x), "linear": self.linear(x)}
+        if x.shape[0] == 1:
+            with torch.enable_grad():
+                loss = self.loss_fn(self._logits(self.params, x), self.labels)
+                grads = torch.autograd.grad(loss, self.params, create_graph=x.requires_grad)
+            return {"cos": per_tensor_cosine_distance(grads, [t[0] for t in self.targets], eps=1e-10).unsqueeze(0),
+                    "tv": total_variation(x).unsqueeze(0), "linear": self.linear(x)}
+        grads = self._per_instance(self.params, x, self.labels)
+        return {"cos": per_tensor_cosine_distance(grads, self.targets, eps=1e-10, batched=True),
+                "tv": total_variation(x, batched=True), "linear": self.linear(x)}
 
     def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The objective of every instance ``(B,)`` and its terms."""
         t = self.terms(x)
         w = self.weights
         return w["cos"] * t["cos"] + w["tv"] * t["tv"] + w["linear"] * t["linear"], t
@@ -223,7 +247,7 @@ class Hybrid(Attack):
     description = ("layer-wise R-GAP least squares, then gradient matching with the layer's equations as a soft "
                    "penalty at every layer, last iterate (the authors' released hybrid.py)")
     needs_label = True
-    batched = False
+    batched = True
     hyperparameters = {
         "steps_image": Hyperparameter(10000, f"{HYBRID} L613: n_iter_dlg_1st, 10000 in the paper (L950)",
                                       minimum=0, maximum=STEP_CEILING),
@@ -285,59 +309,77 @@ class Hybrid(Attack):
         return act.inverse(y)
 
     def reconstruct(self, observation, generator):
+        return self.reconstruct_batch([observation], [generator])[0]
+
+    def reconstruct_batch(self, observations, generators):
+        """B instances of one model: the linear algebra of each layer per instance, its gradient-matching stage
+        for all of them in one vectorised Adam run (:class:`_LayerObjective`; Adam is elementwise, so each
+        instance follows its own trajectory). The attack ignores the generators (it is deterministic)."""
         start = time.perf_counter()
-        ctx = chain_context(observation)  # checks the chain; float64 model copy and observed gradients
-        if observation.labels is None:
+        ctxs = [chain_context(o) for o in observations]  # checks the chain; float64 model copy and observed gradients
+        if any(o.labels is None for o in observations):
             raise NotApplicableError("hybrid needs the label (gradient matching uses it)")
+        ctx = ctxs[0]
         layers, acts = ctx.layers, ctx.activations
-        labels = observation.labels.to(ctx.model.weight_layers[0].weight.device)
+        labels = torch.cat([o.labels for o in observations]).to(ctx.model.weight_layers[0].weight.device)
         dtype = PRECISIONS[self.hp["precision"]]
         last = len(layers) - 1
         # 1. the final Linear layer (L579–585)
-        gw, gb = ctx.grads[last]
-        x_fc = (_first_row_fc_input(gw, gb) if self.hp["fc_rows"] == "first"
-                else fc_input_from_gradients(gw, gb))
-        grad_x = gb.reshape(-1) @ layers[last].weight  # ∂ℓ/∂x of the FC input (L366)
+        x_next, grad_x = [], []
+        for c in ctxs:
+            gw, gb = c.grads[last]
+            x_next.append(_first_row_fc_input(gw, gb) if self.hp["fc_rows"] == "first"
+                          else fc_input_from_gradients(gw, gb))
+            grad_x.append(gb.reshape(-1) @ layers[last].weight)  # ∂ℓ/∂x of the FC input (L366)
         if last == 0:
-            image = x_fc.reshape(1, *ctx.input_shapes[0])
-            return Reconstruction(images=image.to(observation.dtype), labels=observation.labels, forward_evals=0,
-                                  gradient_evals=0, info={"layers": [], "seconds_total": time.perf_counter() - start})
+            return [Reconstruction(images=x.reshape(1, *ctx.input_shapes[0]).to(o.dtype), labels=o.labels,
+                                   forward_evals=0, gradient_evals=0,
+                                   info={"layers": [], "seconds_total": time.perf_counter() - start})
+                    for o, x in zip(observations, x_next)]
         previous = ConvGeometry.from_conv(layers[last - 1], ctx.input_shapes[last - 1][-2:])
-        x_next = x_fc.reshape(previous.out_channels, *previous.output)
-        grad_x = grad_x.reshape(x_next.shape)
-        infos, evaluations, loss = [], 0, None
+        x_next = [x.reshape(previous.out_channels, *previous.output) for x in x_next]
+        grad_x = [g.reshape(x.shape) for g, x in zip(grad_x, x_next)]
+        infos, loss = [[] for _ in ctxs], [None] * len(ctxs)
+        evaluations = 0
         # 2. every convolution, backwards (L588–644)
         for i in range(last - 1, -1, -1):
             layer_start = time.perf_counter()
             module, act = layers[i], acts[i]
             geometry = ConvGeometry.from_conv(module, ctx.input_shapes[i][-2:])
-            z = self._inverse(act, x_next)                               # L590
-            delta = act.derivative(z) * grad_x                           # L596–597
-            grad_x_below = input_gradient(delta, module.weight, geometry)  # L593–594, before the correction
-            keep = (_residue_keep(geometry, torch.float64, delta.device)
+            keep = (_residue_keep(geometry, torch.float64, module.weight.device)
                     if self.hp["gradient_rows"] == "circ_rep_grad" else None)
-            x_ls, solve = self._least_squares(module, geometry, z, delta, ctx.grads[i][0], keep)
+            zs, deltas, grads_below, starts, solves = [], [], [], [], []
+            for b, c in enumerate(ctxs):
+                z = self._inverse(act, x_next[b])                                # L590
+                delta = act.derivative(z) * grad_x[b]                            # L596–597
+                grads_below.append(input_gradient(delta, module.weight, geometry))  # L593–594, before the correction
+                x_ls, solve = self._least_squares(module, geometry, z, delta, c.grads[i][0], keep)
+                zs.append(z), deltas.append(delta), solves.append(solve)
+                starts.append(x_ls.reshape(geometry.in_channels, *geometry.input))
             schedule = self.schedule(i)
-            objective = _LayerObjective(ctx, i, geometry, z, delta, keep, observation.loss_fn, labels, dtype,
+            objective = _LayerObjective(ctxs, i, geometry, zs, deltas, keep, observations[0].loss_fn, labels, dtype,
                                         schedule)
-            x_i, stage = self._match(objective, x_ls.reshape(1, geometry.in_channels, *geometry.input).to(dtype),
-                                     schedule["steps"], stage=f"layer {i} gradient matching")
+            x_i, stages = self._match(objective, torch.stack(starts).to(dtype), schedule["steps"],
+                                      stage=f"layer {i} gradient matching")
             evaluations += objective.evaluations
-            loss = stage["objective_final"]
-            rhs_norm = float(torch.linalg.vector_norm(torch.cat([z.reshape(-1), ctx.grads[i][0].reshape(-1)])))
-            infos.append({"layer": i, "unknowns": geometry.interior_unknowns,
-                          "rows": geometry.forward_rows + geometry.gradient_rows, "rank": solve.rank,
-                          "solver": solve.method, "residual_least_squares": solve.residual_norm,
-                          "residual_relative": solve.residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
-                          "steps": int(schedule["steps"]),
-                          "weights": {k: schedule[k] for k in ("cos", "tv", "linear")},
-                          **stage, "seconds": time.perf_counter() - layer_start})
-            x_next = x_i[0].to(torch.float64)                            # L643: the next layer starts here
-            grad_x = grad_x_below
-        image = x_next.reshape(1, *ctx.input_shapes[0])
-        return Reconstruction(images=image.to(observation.dtype), labels=observation.labels, loss=loss,
-                              forward_evals=evaluations, gradient_evals=evaluations,
-                              info={"layers": infos, "seconds_total": time.perf_counter() - start})
+            seconds = time.perf_counter() - layer_start
+            for b, c in enumerate(ctxs):
+                loss[b] = stages[b]["objective_final"]
+                rhs_norm = float(torch.linalg.vector_norm(torch.cat([zs[b].reshape(-1), c.grads[i][0].reshape(-1)])))
+                infos[b].append({"layer": i, "unknowns": geometry.interior_unknowns,
+                                 "rows": geometry.forward_rows + geometry.gradient_rows, "rank": solves[b].rank,
+                                 "solver": solves[b].method, "residual_least_squares": solves[b].residual_norm,
+                                 "residual_relative": solves[b].residual_norm / rhs_norm if rhs_norm > 0 else 0.0,
+                                 "steps": int(schedule["steps"]),
+                                 "weights": {k: schedule[k] for k in ("cos", "tv", "linear")},
+                                 **stages[b], "seconds": seconds})
+            x_next = [x.to(torch.float64) for x in x_i]                      # L643: the next layer starts here
+            grad_x = grads_below
+        seconds = time.perf_counter() - start
+        return [Reconstruction(images=x.reshape(1, *ctx.input_shapes[0]).to(o.dtype), labels=o.labels, loss=loss[b],
+                               forward_evals=evaluations, gradient_evals=evaluations,
+                               info={"layers": infos[b], "seconds_total": seconds})
+                for b, (o, x) in enumerate(zip(observations, x_next))]
 
     def _least_squares(self, module: nn.Conv2d, geometry: ConvGeometry, z: Tensor, delta: Tensor, grad: Tensor,
                        keep: Tensor | None):
@@ -351,31 +393,37 @@ class Hybrid(Attack):
         return solve_dense(matrix, system.rhs, method=self.hp["solver"])
 
     def _match(self, objective: _LayerObjective, x_start: Tensor, steps: int,
-               stage: str = "gradient matching") -> tuple[Tensor, dict[str, Any]]:
-        """Adam from the least-squares solution; the last iterate is returned (L810–846)."""
+               stage: str = "gradient matching") -> tuple[Tensor, list[dict[str, Any]]]:
+        """Adam from the least-squares solutions ``(B, C, H, W)``; the last iterate is returned (L810–846), with
+        each instance's objective facts."""
         x = x_start.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=self.hp["lr"])
+        batch = x.shape[0]
         initial = lowest = None
-        lowest_step = 0
+        lowest_step = [0] * batch
         with progress.stage(stage, total=int(steps)) as bar:
             for step in range(int(steps)):
                 optimizer.zero_grad()
-                value, _ = objective(x)
-                value.backward()
-                v = float(value.detach())
+                values, _ = objective(x)
+                values.sum().backward()
+                v = values.detach().tolist()
                 if initial is None:
-                    initial = v
-                if lowest is None or v < lowest:
-                    lowest, lowest_step = v, step
+                    initial, lowest = list(v), list(v)
+                for b in range(batch):
+                    if v[b] < lowest[b]:
+                        lowest[b], lowest_step[b] = v[b], step
                 optimizer.step()
-                bar.step(loss=v)
+                bar.step(loss=sum(v) / batch)
         x = x.detach()
         final, terms = objective(x)
-        final = float(final)
+        final = final.tolist()
         if initial is None:
-            initial = final
-        if lowest is None or final < lowest:
-            lowest, lowest_step = final, int(steps)
-        return x, {"objective_initial": initial, "objective_final": final,
-                   "objective_lowest": lowest, "objective_lowest_step": lowest_step,
-                   **{f"{k}_final": float(t) for k, t in terms.items()}}
+            initial, lowest, lowest_step = list(final), list(final), [int(steps)] * batch
+        facts = []
+        for b in range(batch):
+            if final[b] < lowest[b]:
+                lowest[b], lowest_step[b] = final[b], int(steps)
+            facts.append({"objective_initial": initial[b], "objective_final": final[b],
+                          "objective_lowest": lowest[b], "objective_lowest_step": lowest_step[b],
+                          **{f"{k}_final": float(t[b]) for k, t in terms.items()}})
+        return x, facts

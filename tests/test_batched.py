@@ -238,9 +238,15 @@ def test_unbatched_attacks_run_their_instances_one_after_the_other(cifar_npz):
     ("rgap", "cnn4_c1", {}, ()),
     ("copa", "cnn4_c1", {"steps": 25}, ("objective",)),  # null-space stage at layers 1 and 2
     ("copa-gm", "cnn4_c1", {"steps": 10, "steps_layer1": 0, "steps_image": 40}, ("objective", "gm_objective")),
+    # the authors' hybrid (a baseline plug-in): its gradient-matching stage at every layer, batched (issue 32)
+    ("hybrid", "cnn4_c1", {"steps_image": 40, "steps_layer1": 20, "steps_deeper": 10},
+     ("objective_initial", "objective_final", "cos_final", "linear_final")),
 ])
 def test_batched_layerwise_attacks_equal_sequential_runs(attack, model, overrides, stages, cifar_npz):
     """Per layer: B systems solved with shared weight-only blocks, then one vectorised Adam run per stage."""
+    from copa.attacks import load_plugins
+
+    load_plugins()
     observations = _observations(cifar_npz, [0, 1, 2], model=model, split="train", input_shape=(3, 16, 16))
     instance = create_attack(attack, overrides)
     assert type(instance).batched
@@ -404,9 +410,9 @@ def test_attacks_declare_whether_they_batch(capsys):
     from copa.cli import main
 
     load_plugins()
-    names = ("dlg", "idlg", "ig", "rgap", "copa", "copa-gm", "noise", "mean-image")
+    names = ("dlg", "idlg", "ig", "rgap", "copa", "copa-gm", "hybrid", "noise", "mean-image")
     declared = {name: ATTACKS.get(name).describe()["batched"] for name in names}
-    assert declared == {**dict.fromkeys(names[:6], True), "noise": False, "mean-image": False}
+    assert declared == {**dict.fromkeys(names[:7], True), "noise": False, "mean-image": False}
     assert main(["list", "attacks"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert " batched " in lines["copa"] and " batched " not in lines["noise"]
