@@ -256,6 +256,10 @@ def test_protection_onset_names_the_first_setting_below_20_db_per_local_data():
         "4 images, 1 per step: first at η = 0.01, K = 2 (16.00 dB; FedSGD 24.00; 1/3 settings below).",
         "ig on lenet-zhu — 1 image: never below 20 dB (lowest 21.00).",
     ]
+    # a partial sweep (or a failed K = 1 cell): no FedSGD mean, written as –, not nan
+    no_fedsgd = SWEEP[~((SWEEP["attack"] == "dlg") & (SWEEP["local_steps"] == 1) & (SWEEP["client_batch"] == 1))]
+    assert onset_sentences(protection_onset(no_fedsgd))[0].startswith(
+        "dlg on lenet-zhu — 1 image: first at η = 0.01, K = 2 (18.50 dB; FedSGD –; 1/3 settings below); ")
 
 
 def test_the_sweep_table_shows_each_setting_its_loss_trajectory_and_the_zero_loss_mark():

@@ -195,8 +195,9 @@ def onset_sentences(onset: pd.DataFrame, *, threshold: float = PROTECTION_THRESH
             data = local_data_text(row.client_batch, row.local_batch, 2)
             if not isinstance(row.first, str):  # none below the threshold
                 parts.append(f"{data}: never below {threshold:g} dB (lowest {row.lowest:.2f})")
-            else:
-                parts.append(f"{data}: first at {row.first} ({row.value:.2f} dB; FedSGD {row.fedsgd:.2f}; "
+            else:  # FedSGD –: no ok run of the K = 1 cell (failed, or not run yet in a partial leaderboard)
+                fedsgd = "–" if pd.isna(row.fedsgd) else f"{row.fedsgd:.2f}"
+                parts.append(f"{data}: first at {row.first} ({row.value:.2f} dB; FedSGD {fedsgd}; "
                              f"{row.below} settings below)")
         lines.append(f"{attack} on {model} — " + "; ".join(parts) + ".")
     return lines
