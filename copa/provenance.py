@@ -34,15 +34,31 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+OUTPUT_FOLDERS = ("results", "site", "archive")
+"""Top-level folders of the repository that hold what runs write (published tables and records, the built site, the
+archived records of runs in progress), not code: a change under them does not make the commit ``-dirty`` — a run whose
+``results_dir`` is ``results/`` rewrites tracked files there while its later cells still run the committed code."""
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """The commit of the source tree copa was imported from, with '-dirty' if it has local changes."""
-    src = Path(__file__).resolve().parent
+    """The commit of the source tree copa was imported from (:func:`commit_of`)."""
+    return commit_of(Path(__file__).resolve().parent)
+
+
+def commit_of(tree: Path) -> str | None:
+    """The commit checked out where ``tree`` lies, with '-dirty' if a tracked file outside :data:`OUTPUT_FOLDERS`
+    has local changes (the code that ran is then not the commit's); None outside a git checkout.
+
+    >>> commit_of(Path("/")) is None
+    True
+    """
+    excluded = [f":(top,exclude){folder}" for folder in OUTPUT_FOLDERS]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded],
+                               cwd=tree, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
