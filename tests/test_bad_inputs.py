@@ -254,6 +254,9 @@ CASES = [
          ("TMP/random.npz", "no zip header", "numpy.savez"), setup=random_bytes_npz),
     Case("npz with no images", "copa attack --attack noise --model cnn2_c1 --dataset npz:TMP/empty.npz --out OUT",
          ("index 0 is not in npz:TMP/empty.npz train", "0 images"), setup=empty_npz),
+    Case("npz path relative to another folder",
+         "copa attack --attack noise --model cnn2_c1 --dataset npz:no/such/cifar10_subset.npz --out OUT",
+         ("npz file no/such/cifar10_subset.npz not found", "relative to the current directory")),
     Case("truncated PNG in an image folder",
          "copa attack --attack noise --model cnn2_c1 --dataset folder:TMP/photos --out OUT",
          ("TMP/photos/cat/broken.png", "cannot be decoded", "replace or remove it"), setup=corrupt_png),
@@ -410,10 +413,11 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 
 def placeholders(text: str, tmp: Path) -> str:
-    """Machine-specific paths -> the table's placeholders (TMP, resolved or not)."""
+    """Machine-specific paths -> the table's placeholders (TMP, resolved or not; ROOT, the checkout the commands
+    run in)."""
     for path in {str(tmp.resolve()), str(tmp)}:
         text = text.replace(path, "TMP")
-    return text
+    return text.replace(str(ROOT), "ROOT")
 
 
 def needs_met(case: Case) -> bool:

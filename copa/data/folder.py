@@ -12,7 +12,7 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
 
 from ..errors import DataUnavailableError, InvalidSpecError
-from .locations import _file_signature
+from .locations import _file_signature, _relative_to_here
 from .pixels import _channel_histograms, _stats_from_histograms, _uint8_to_unit
 from .specs import DATASETS, DatasetKind, OFFICIAL_SPLITS, OpenedSplit
 
@@ -26,7 +26,7 @@ def _folder_root(path_text: str) -> Path:
     folder = Path(path_text).expanduser()
     if not folder.is_dir():
         raise DataUnavailableError(f"image folder {folder} not found" + (" (it is a file: use npz:PATH for .npz)"
-                                                                         if folder.is_file() else ""))
+                                                                         if folder.is_file() else _relative_to_here(folder)))
     return folder
 
 

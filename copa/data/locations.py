@@ -20,3 +20,12 @@ def _file_signature(path: Path) -> tuple[str, int, int]:
     stat = path.stat()
     return str(path), stat.st_mtime_ns, stat.st_size
 
+
+def _relative_to_here(path: Path) -> str:
+    """Where a relative path was looked for: a workflow's config names its data relative to the folder it ran in
+    (the repository root), so ``copa verify`` run elsewhere does not find it.
+
+    >>> _relative_to_here(Path("/abs/x.npz"))
+    ''
+    """
+    return "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"

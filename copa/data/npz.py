@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataUnavailableError, InvalidSpecError
-from .locations import _file_signature
+from .locations import _file_signature, _relative_to_here
 from .pixels import _channel_stats, _uint8_to_unit
 from .specs import DATASETS, DatasetKind, OpenedSplit
 
@@ -61,7 +61,7 @@ def _npz_arrays(path_text: str) -> tuple[Path, dict[str, np.ndarray]]:
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise DataUnavailableError(f"npz file {path} not found" + (" (it is a folder: use folder:PATH)"
-                                                                   if path.is_dir() else ""))
+                                                                   if path.is_dir() else _relative_to_here(path)))
     return path, _read_npz(_file_signature(path.resolve()))
 
 
