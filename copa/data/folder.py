@@ -25,8 +25,8 @@ def _folder_split_dirs(folder: Path) -> list[Path]:
 def _folder_root(path_text: str) -> Path:
     folder = Path(path_text).expanduser()
     if not folder.is_dir():
-        raise DataUnavailableError(f"image folder {folder} not found" + (" (it is a file: use npz:PATH for .npz)"
-                                                                         if folder.is_file() else _relative_to_here(folder)))
+        hint = " (it is a file: use npz:PATH for .npz)" if folder.is_file() else _relative_to_here(folder)
+        raise DataUnavailableError(f"image folder {folder} not found{hint}")
     return folder
 
 
